@@ -1,0 +1,128 @@
+"""The one settings object, read from the environment and `.env`.
+
+Every knob of the pipeline lives here so that the CLI, the Prefect flows, the workers and the tests
+read the same values the same way. Secrets are `SecretStr`: they print as '**********'.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
+DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Storage
+    database_url: SecretStr | None = Field(None, description="Postgres URL; unset = embedded Postgres under GDR_HOME")
+    db_host: str | None = Field(None, description="Legacy: host of an existing Postgres (used when DATABASE_URL is unset)")
+    db_port: int = Field(5432, description="Legacy: port, with DB_HOST")
+    db_user: str = Field("postgres", description="Legacy: user, with DB_HOST")
+    db_password: SecretStr | None = Field(None, description="Legacy: password, with DB_HOST")
+    db_name: str = Field("gent_disagreement", description="Legacy: database name, with DB_HOST")
+    db_pool_timeout: float = Field(30.0, description="Seconds a worker waits for a free pooled connection")
+
+    # Files
+    gdr_home: Path = Field(Path(".gdr"), description="State directory: embedded Postgres, caches, models")
+    episodes_file: Path = Field(Path("data/episodes.json"), description="The episode catalogue (JSON list)")
+    audio_dir: Path = Field(Path("data/audio"), description="Where catalogue file_names are found")
+    transcripts_dir: Path = Field(Path("data/transcripts"), description="Exports: raw response, chunks, Markdown, SRT, VTT")
+    cache_dir: Path | None = Field(None, description="Prefect result/cache storage; default GDR_HOME/cache. Share it between workers")
+
+    # Orchestration
+    max_parallel_episodes: int = Field(3, ge=1, le=64, description="Episodes processed at once")
+    skip_quality_gate: bool = Field(False, description="Embed transcripts even if they fail the coverage check")
+
+    # Providers
+    transcriber: Literal["auto", "deepgram", "local"] = Field("auto", description="auto = deepgram when DEEPGRAM_API_KEY is set, else local")
+    embedder: Literal["auto", "openai", "local"] = Field("auto", description="auto = openai when OPENAI_API_KEY is set, else local")
+    deepgram_api_key: SecretStr | None = Field(None, description="Deepgram key")
+    deepgram_base_url: str = Field("https://api.deepgram.com", description="Deepgram host (proxy, self-hosted, tests)")
+    deepgram_model: str = Field("nova-3", description="Deepgram model")
+    deepgram_language: str = Field("en", description="Deepgram language")
+    deepgram_max_concurrency: int = Field(10, ge=1, description="Simultaneous Deepgram requests across all episodes")
+    openai_api_key: SecretStr | None = Field(None, description="OpenAI key")
+    openai_base_url: str = Field("https://api.openai.com/v1", description="OpenAI base URL (must end in /v1)")
+    embedding_model: str | None = Field(None, description="Embedding model; default text-embedding-3-small (openai) or all-MiniLM-L6-v2 (local)")
+    embedding_dimensions: int | None = Field(None, ge=1, description="Vector size (text-embedding-3-* only); default the model's own")
+    local_whisper_model: Path | None = Field(None, description="Folder of a CTranslate2 Whisper model; default: the base model shipped in pip packages")
+    chunk_max_tokens: int = Field(250, ge=20, le=8000, description="Token budget of one retrieval chunk")
+
+    # Prices for the cost estimates (USD)
+    deepgram_price_per_minute: float = Field(0.0043, description="Deepgram nova-3 pre-recorded, USD per audio minute")
+    openai_price_per_million_tokens: float = Field(0.02, description="text-embedding-3-small, USD per 1M tokens")
+
+    # Feeds
+    feed_url: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Podcast RSS feed URL(s), JSON list or comma-separated")
+    default_speakers_map: dict[str, str] = Field(default_factory=dict, description='Speaker names for feed episodes, JSON like {"0": "Host"}')
+
+    @field_validator("feed_url", mode="before")
+    @classmethod
+    def _split_feed_urls(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [u.strip() for u in value.split(",") if u.strip()]
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @property
+    def uses_embedded_postgres(self) -> bool:
+        return self.database_url is None and self.db_host is None
+
+    def external_database_url(self) -> str | None:
+        """The URL of the server the user named (DATABASE_URL, else legacy DB_*), or None for the embedded one."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        if self.db_host is not None:
+            password = self.db_password.get_secret_value() if self.db_password else ""
+            auth = quote(self.db_user) + (":" + quote(password) if password else "")
+            return f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name)}"
+        return None
+
+    @property
+    def home(self) -> Path:
+        return self.gdr_home.resolve()
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def result_storage_path(self) -> Path:
+        return (self.cache_dir or self.home / "cache").resolve()
+
+    @property
+    def pool_size(self) -> int:
+        """One connection per parallel episode plus two for status reads and the orchestrator."""
+        return self.max_parallel_episodes + 2
+
+    @property
+    def resolved_transcriber(self) -> Literal["deepgram", "local"]:
+        if self.transcriber == "auto":
+            return "deepgram" if self.deepgram_api_key else "local"
+        return self.transcriber
+
+    @property
+    def resolved_embedder(self) -> Literal["openai", "local"]:
+        if self.embedder == "auto":
+            return "openai" if self.openai_api_key else "local"
+        return self.embedder
+
+    @cached_property
+    def secrets(self) -> list[str]:
+        """Secret values, for scrubbing any text that might leave the process."""
+        values = [self.deepgram_api_key, self.openai_api_key, self.db_password, self.database_url]
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,87 @@
+"""Provider-neutral transcript: what every Transcriber returns and every formatter consumes.
+
+Kept as plain dataclasses with a JSON round trip so a transcript can be cached, exported and
+re-formatted later without the provider that made it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One recognised word (or one CJK character) with its time span in seconds."""
+
+    text: str
+    start: float
+    end: float
+    speaker: int | None = None
+    punctuated: str | None = None
+    confidence: float | None = None
+
+    @property
+    def display(self) -> str:
+        """The best text to show: the punctuated form when the provider gave one."""
+        return self.punctuated or self.text
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """An utterance or paragraph as the provider delimited it (indices into Transcript.words)."""
+
+    start: float
+    end: float
+    speaker: int | None
+    first_word: int
+    last_word: int
+
+
+@dataclass(slots=True)
+class Transcript:
+    """Words with times and speakers, plus the provider's own grouping when it gave one."""
+
+    provider: str
+    model: str
+    duration: float
+    words: list[Word]
+    options: dict[str, Any] = field(default_factory=dict)
+    language: str | None = None
+    utterances: list[Span] | None = None
+    paragraphs: list[Span] | None = None
+
+    @property
+    def speech_seconds(self) -> float:
+        return sum(max(0.0, w.end - w.start) for w in self.words)
+
+    @property
+    def has_speakers(self) -> bool:
+        return any(w.speaker is not None for w in self.words)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Transcript:
+        def spans(items: list[dict[str, Any]] | None) -> list[Span] | None:
+            return None if items is None else [Span(**s) for s in items]
+
+        return cls(
+            provider=data["provider"],
+            model=data["model"],
+            duration=float(data["duration"]),
+            words=[Word(**w) for w in data["words"]],
+            options=dict(data.get("options") or {}),
+            language=data.get("language"),
+            utterances=spans(data.get("utterances")),
+            paragraphs=spans(data.get("paragraphs")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionResult:
+    """A transcript plus the provider's raw response, kept verbatim for reprocessing."""
+
+    transcript: Transcript
+    raw: dict[str, Any]
