@@ -2,14 +2,41 @@
 
 `parse_deepgram_response` turns a raw `/v1/listen` JSON body into the provider-neutral Transcript;
 it needs no network, so saved raw responses can be re-formatted at any time.
+
+`DeepgramTranscriber` makes one request per file with the SDK's own retries off: retries belong to
+the orchestration, which knows what failed from the error class (see `errors.py`).
 """
 
 from __future__ import annotations
 
+import email.utils
+import threading
+import time
+from collections.abc import Mapping
+from contextlib import suppress
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from ..errors import PermanentProviderError
-from ..transcript import Span, Transcript, Word
+import av
+import httpx
+from deepgram import DeepgramClient, DeepgramClientEnvironment
+from deepgram.core.api_error import ApiError
+
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    PermanentProviderError,
+    ProviderError,
+    QuotaExhaustedError,
+    TransientProviderError,
+)
+from ..settings import Settings
+from ..transcript import Span, Transcript, TranscriptionResult, Word
+
+BASE_TIMEOUT = 60.0  # seconds of request timeout before any audio
+TIMEOUT_PER_AUDIO_SECOND = 0.5  # long episodes take longer: the SDK's flat 60 s default times them out
+FALLBACK_BYTES_PER_SECOND = 16_000  # 128 kbit/s, when the audio cannot be probed for its duration
 
 
 def _model_name(metadata: dict[str, Any]) -> str:
@@ -34,7 +61,11 @@ def _spans(items: list[dict[str, Any]], counts: list[int], n_words: int) -> list
 
 
 def parse_deepgram_response(raw: dict[str, Any], options: dict[str, Any] | None = None) -> Transcript:
-    """Provider-neutral transcript of a Deepgram response; raises if the body is not a transcript."""
+    """Provider-neutral transcript of a Deepgram response; raises if the body is not a transcript.
+
+    The SDK does not raise on a malformed 2xx body (a callback-style `{"request_id"}` or `{}` comes
+    back as a model without results), so this is where such bodies are caught.
+    """
     results = raw.get("results") if isinstance(raw, dict) else None
     metadata = raw.get("metadata") if isinstance(raw, dict) else None
     if not isinstance(results, dict) or not isinstance(metadata, dict) or not results.get("channels"):
@@ -74,3 +105,127 @@ def parse_deepgram_response(raw: dict[str, Any], options: dict[str, Any] | None 
         utterances=utterances,
         paragraphs=paragraphs,
     )
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds a provider asked us to wait (`retry-after-ms`, or `Retry-After` as seconds or a date)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    with suppress(KeyError, ValueError):
+        return max(0.0, float(lowered["retry-after-ms"]) / 1000)
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    with suppress(ValueError):
+        return max(0.0, float(value))
+    with suppress(TypeError, ValueError):
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    return None
+
+
+@lru_cache(maxsize=None)
+def request_slots(size: int) -> threading.BoundedSemaphore:
+    """The process-wide cap on simultaneous Deepgram requests, shared by every episode (one per size)."""
+    return threading.BoundedSemaphore(size)
+
+
+def audio_seconds(path: Path) -> float:
+    """Duration from the container (or a bitrate estimate when it cannot be probed); sizes the timeout."""
+    try:
+        with av.open(str(path)) as container:
+            if container.duration:
+                return container.duration / av.time_base
+    except av.FFmpegError:
+        pass  # corrupt or unknown audio: Deepgram's 400 will say so
+    return path.stat().st_size / FALLBACK_BYTES_PER_SECOND
+
+
+def _provider_error(exc: ApiError) -> ProviderError:
+    """Our error class for a Deepgram HTTP error, from its status and `err_code` (never headers or key)."""
+    status = exc.status_code or 0
+    body = exc.body if isinstance(exc.body, dict) else {}
+    message = f"Deepgram answered HTTP {status} ({body.get('err_code') or 'no error code'})"
+    if status in (408, 409, 429) or status >= 500:
+        return TransientProviderError(message, status=status, retry_after=retry_after_seconds(exc.headers or {}))
+    if status in (401, 403):
+        return AuthenticationError(f"{message}: check DEEPGRAM_API_KEY", status=status)
+    if status == 402:
+        return QuotaExhaustedError(f"{message}: the Deepgram project is out of credit", status=status)
+    return PermanentProviderError(f"{message}: {body.get('err_msg') or 'no error message'}", status=status)
+
+
+class DeepgramTranscriber:
+    """Deepgram `/v1/listen` with diarization, paragraphs and utterances; one request per file."""
+
+    provider = "deepgram"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = DeepgramClientEnvironment.PRODUCTION.base,
+        model: str = "nova-3",
+        language: str = "en",
+        max_concurrency: int = 10,
+        base_timeout: float = BASE_TIMEOUT,
+    ) -> None:
+        self.model = model
+        self.language = language
+        self.max_concurrency = max_concurrency
+        self.base_timeout = base_timeout
+        base = base_url.rstrip("/")
+        ws = "ws" + base.removeprefix("http")  # http -> ws, https -> wss
+        self._client = DeepgramClient(
+            api_key=api_key,
+            environment=DeepgramClientEnvironment(base=base, production=ws, agent=ws, agent_rest=base),
+            timeout=base_timeout,
+            max_retries=0,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeepgramTranscriber:
+        if settings.deepgram_api_key is None or not settings.deepgram_api_key.get_secret_value():
+            raise ConfigError("DEEPGRAM_API_KEY is not set (needed for TRANSCRIBER=deepgram)")
+        return cls(
+            settings.deepgram_api_key.get_secret_value(),
+            base_url=settings.deepgram_base_url,
+            model=settings.deepgram_model,
+            language=settings.deepgram_language,
+            max_concurrency=settings.deepgram_max_concurrency,
+        )
+
+    def options(self) -> dict[str, Any]:
+        """The request's query parameters, exactly as sent (they are also the SDK call's keywords)."""
+        return {
+            "model": self.model,
+            "language": self.language,
+            "smart_format": True,
+            "punctuate": True,
+            "paragraphs": True,
+            "diarize": True,
+            "utterances": True,
+        }
+
+    def timeout_for(self, audio_path: Path) -> float:
+        return self.base_timeout + TIMEOUT_PER_AUDIO_SECOND * audio_seconds(audio_path)
+
+    def transcribe(self, audio_path: Path) -> TranscriptionResult:
+        audio = audio_path.read_bytes()  # bytes: a stream or file object breaks the SDK's request body
+        timeout = self.timeout_for(audio_path)
+        with request_slots(self.max_concurrency):
+            raw = self._request(audio, timeout)
+        return TranscriptionResult(transcript=parse_deepgram_response(raw, self.options()), raw=raw)
+
+    def _request(self, audio: bytes, timeout: float) -> dict[str, Any]:
+        """The response body as JSON, or one of our ProviderErrors (raised `from None`: the SDK's
+        exceptions hold the request, whose headers carry the key)."""
+        try:
+            response = self._client.listen.v1.media.transcribe_file(
+                request=audio, **self.options(), request_options={"timeout": timeout, "max_retries": 0}
+            )
+        except ApiError as exc:
+            raise _provider_error(exc) from None
+        except httpx.TimeoutException:
+            raise TransientProviderError(f"Deepgram did not answer within {timeout:.0f} s") from None
+        except httpx.TransportError as exc:
+            raise TransientProviderError(f"Deepgram connection failed ({type(exc).__name__})") from None
+        return response.model_dump(mode="json", by_alias=True, exclude_unset=True)

@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Synthesise the sample podcast catalogue in data/ (offline, deterministic).
+
+    python3 data/make_samples.py
+
+Needs only python3 (stdlib) plus the `espeak-ng` and `ffmpeg` executables. It writes
+
+    data/audio/GDR-00N.mp3            mono 16 kHz MP3 (32 kbps), one per episode
+    data/episodes.json                the episode catalogue the pipeline ingests
+    data/samples/GDR-00N.script.json  ground truth: every turn's speaker, text and start/end seconds
+    tests/search_questions.json       search questions, each pointing at the turn that answers it
+
+Every episode is a dialogue between two or three speakers with clearly different espeak-ng voices
+(American male, British female at a higher pitch, low Scottish male). Speaker "0" in each
+speakers_map is whoever speaks first, "1" the second distinct voice, and so on, so a diarizer that
+numbers speakers by first appearance lines up with the map.
+
+Turn text may contain `{written|spoken}` pairs: the written form goes into the ground truth (what a
+transcriber should ideally print, e.g. "1947"), the spoken form is what espeak-ng is given (it reads
+"1947" as "nineteen hundred forty seven" otherwise).
+
+Timestamps are measured from the synthesised samples themselves (each turn is trimmed to its speech
+with a 20 ms margin), not estimated, and the MP3 is written with its LAME gapless header so decoders
+that honour it (ffmpeg/PyAV, hence faster-whisper) line up with them to the millisecond.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import wave
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent
+ROOT = DATA.parent
+AUDIO_DIR = DATA / "audio"
+SAMPLES_DIR = DATA / "samples"
+EPISODES_FILE = DATA / "episodes.json"
+QUESTIONS_FILE = ROOT / "tests" / "search_questions.json"
+
+SAMPLE_RATE = 16000
+BITRATE = "32k"
+LEAD_SILENCE = 0.50  # seconds before the first turn
+TAIL_SILENCE = 0.80  # seconds after the last turn
+GAP_RANGE = (0.30, 0.60)  # silence between turns, drawn per gap from a seeded RNG
+TRIM_THRESHOLD = 200  # |sample| above this (of 32767, about -44 dBFS) counts as speech when trimming
+TRIM_MARGIN = 0.020  # seconds kept either side of the detected speech
+PEAK = 0.80 * 32767  # every turn is peak-normalised to this level
+
+# ---------------------------------------------------------------------------------------------
+# Voices. NB espeak-ng 1.51 silently ignores a "+variant" on "en-gb" ("en-gb+f3" sounds exactly
+# like plain "en-gb"); "en+f3" is the same British English voice with the variant applied.
+# ---------------------------------------------------------------------------------------------
+SPEAKERS = {
+    "Daniel Okafor": {"voice": "en-us", "pitch": 45, "speed": 160, "description": "American English, male, ~95 Hz"},
+    "Priya Raman": {"voice": "en+f3", "pitch": 70, "speed": 155, "description": "British English, female (f3), ~255 Hz"},
+    "Marcus Baird": {"voice": "en-gb-scotland+m2", "pitch": 20, "speed": 145, "description": "Scottish English, low male (m2), ~80 Hz"},
+}
+
+D, P, M = "Daniel Okafor", "Priya Raman", "Marcus Baird"
+
+EPISODES = [
+    {
+        "episode_id": 1,
+        "file_name": "GDR-001.mp3",
+        "title": "Bees on the Roof: Urban Beekeeping and Pollinator Decline",
+        "published": "2025-01-15",
+        "turns": [
+            (D, "Welcome back. I'm Daniel Okafor, and this week my co-host Priya Raman has been keeping bees on a roof in east London. Priya, how did that start?"),
+            (P, "A friend of mine had two hives above an old printing works in Hackney, and she needed help with the inspections. By July each colony had maybe fifty thousand bees in it, which is a lot of bees to meet before breakfast."),
+            (D, "Right."),
+            (P, "What surprised me is how far they travel. A honeybee will happily forage three kilometres from the hive, so my bees were working the whole of Victoria Park and the canal towpaths."),
+            (D, "So the honey from a city roof is basically a map of the neighborhood's flowers."),
+            (P, "Exactly. Our July honey tasted of lime trees, the lindens that line the streets."),
+            (D, "Let's get to the part everyone asks about. Are the bees actually in trouble?"),
+            (P, "Honeybees as a species are fine, they are managed livestock. The losses people remember started with colony collapse disorder, which American beekeepers reported in the winter of {2006|two thousand six}, when hives were found with a queen and plenty of honey but almost no adult workers."),
+            (D, "And the main suspect now is a mite, isn't it?"),
+            (P, "Varroa destructor. It is a parasitic mite that feeds on the developing bees and spreads deformed wing virus. In my friend's hives we did a sugar roll test every month, and in August we had to treat them with formic acid."),
+            (D, "Yeah. And the pesticides?"),
+            (P, "The big fight was over neonicotinoids. The European Union restricted three of them in {2013|twenty thirteen}, and in {2018|twenty eighteen} it banned their outdoor use entirely, because they impair the bees' navigation and foraging."),
+            (D, "Here's where I want to push back a bit. If honeybees are livestock, is putting hives on every roof actually helping wildlife?"),
+            (P, "Honestly, probably not. Britain has around two hundred and seventy bee species, and almost all of them are wild solitary bees or bumblebees. Some ecologists now argue that central London has too many hives, and that honeybees outcompete the wild bees for pollen and nectar."),
+            (D, "In America the poster child is the rusty patched bumblebee. In {2017|twenty seventeen} it became the first bumblebee listed as endangered under the Endangered Species Act."),
+            (P, "Right, and what helps that bee is not another hive, it is flowers and nesting sites. If you want to help pollinators in a city, plant things, stop mowing so often, and leave some bare ground."),
+            (D, "So the campaign called No Mow May is doing more good than my rooftop fantasies."),
+            (P, "Pretty much. Let the dandelions and clover flower in spring and the wild bees will find them."),
+            (D, "Lovely. Next week, the transistor."),
+        ],
+    },
+    {
+        "episode_id": 2,
+        "file_name": "GDR-002.mp3",
+        "title": "Murray Hill, 1947: The Transistor and Bell Labs",
+        "published": "2025-01-22",
+        "turns": [
+            (P, "This week Daniel has promised me the story of the transistor, and he has brought a prop."),
+            (D, "One prop. This is a replica of the point-contact transistor that John Bardeen and Walter Brattain built at Bell Labs in Murray Hill, New Jersey. They demonstrated it to the lab's management on {December 23, 1947|December twenty third, nineteen forty seven}."),
+            (P, "It looks like a paperclip stuck into a plastic triangle."),
+            (D, "That is more or less what it is. A slab of germanium, a plastic wedge, and two gold foil contacts pressed onto the crystal a fraction of a millimetre apart. A small signal going into one contact came out amplified at the other."),
+            (P, "And why did the phone company care?"),
+            (D, "Because the telephone network ran on vacuum tubes and mechanical relays. Tubes were hot and fragile and they burned out. Just for scale, the ENIAC computer used about seventeen and a half thousand of them."),
+            (P, "Right."),
+            (D, "So Bell wanted a solid state amplifier, and the group working on it was led by William Shockley."),
+            (P, "Shockley is the complicated part of this story, isn't he?"),
+            (D, "Very. He was furious that his name was not on the point-contact patent, so within weeks, in January {1948|nineteen forty eight}, he worked out the junction transistor on his own, the sandwich design that could actually be manufactured."),
+            (P, "Who came up with the word transistor?"),
+            (D, "John Pierce, an engineer at the lab. It was meant as a short form of transfer resistor. Bell announced the device to the press on {June 30, 1948|June thirtieth, nineteen forty eight}, and the New York Times buried the story on page forty six."),
+            (P, "Yeah. So how did it get out of Bell Labs?"),
+            (D, "Partly antitrust pressure. AT&T licensed the patent to anyone willing to pay a {$25,000|twenty five thousand dollar} advance on royalties, and in {1952|nineteen fifty two} it ran a symposium to teach the licensees how to make them. One licensee was a small firm in Dallas called Texas Instruments."),
+            (P, "The transistor radio people."),
+            (D, "Exactly. The Regency TR-1 went on sale in {1954|nineteen fifty four} for {$49.95|forty nine dollars and ninety five cents}, with four transistors inside."),
+            (P, "And what happened to Shockley?"),
+            (D, "He left to start Shockley Semiconductor in Mountain View in {1956|nineteen fifty six}, the same year the three of them shared the Nobel Prize in Physics. He was such a difficult manager that eight of his researchers quit in {1957|nineteen fifty seven} and founded Fairchild Semiconductor. Two of that traitorous eight, Robert Noyce and Gordon Moore, later founded Intel."),
+            (P, "So Silicon Valley exists partly because one man was impossible to work for."),
+            (D, "That is the uncomfortable version, yes."),
+        ],
+    },
+    {
+        "episode_id": 3,
+        "file_name": "GDR-003.mp3",
+        "title": "Sourdough: Wild Yeast, Lactic Acid and Gluten",
+        "published": "2025-01-29",
+        "turns": [
+            (P, "Today we have a guest. Marcus Baird runs a small bakery in Leith, and he has kept the same sourdough starter alive for twelve years. Marcus, what is actually living in that jar?"),
+            (M, "Two kinds of microbe that get along very well. There are wild yeasts, and there are lactic acid bacteria. The classic bacterium is Lactobacillus sanfranciscensis, named after the San Francisco sourdough it was first found in."),
+            (D, "Why do they get along?"),
+            (M, "Mostly they don't fight over the same sugar. That bacterium loves maltose, and its usual yeast partner, Kazachstania humilis, cannot use maltose at all. The bacteria make lactic and acetic acid, the pH drops to around three point eight, and most other microbes simply give up."),
+            (P, "So the sourness is a kind of security system."),
+            (M, "Exactly."),
+            (D, "Is that why San Francisco is so famous for it?"),
+            (M, "Partly it's marketing. Boudin Bakery has been baking there since {1849|eighteen forty nine}, during the Gold Rush, and they say part of the original mother dough is still in use."),
+            (P, "Let's talk about gluten, because people are very confused about it."),
+            (M, "Gluten isn't really in the flour as such. Flour has two proteins, gliadin and glutenin. When you add water they link up into a stretchy network that traps the carbon dioxide the yeast makes. Gliadin gives the dough extensibility, and glutenin gives it elasticity."),
+            (D, "And the trick where you mix the flour and water and just walk away?"),
+            (M, "That's the autolyse. A French professor, Raymond Calvel, popularised it in the {1970s|nineteen seventies}. You rest the flour and water for twenty or thirty minutes before adding the starter and the salt, and the gluten starts forming with no kneading at all."),
+            (P, "What hydration do you use?"),
+            (M, "Seventy five percent for my country loaf, so seven hundred and fifty grams of water to every kilo of flour. Then a long cold proof, about fourteen hours in the fridge at four degrees."),
+            (D, "Here is the question I get from listeners. Is sourdough safe for people who can't eat gluten?"),
+            (M, "If you have coeliac disease, no. It's still wheat, and the gluten is still there. What a long fermentation does do is break down a lot of the fructans, the fermentable carbohydrates in the FODMAP family, which is why some people with irritable bowel syndrome find sourdough easier to digest."),
+            (P, "Yeah."),
+            (D, "That's a distinction I didn't know. Coeliac disease is the immune reaction, and the fructans are a digestive problem."),
+            (M, "That's it. And bake it hot. I start at two hundred and fifty degrees Celsius in a Dutch oven, with the lid on for twenty minutes, so the crust gets the steam and the oven spring before it browns."),
+            (P, "Marcus Baird, thank you."),
+        ],
+    },
+    {
+        "episode_id": 4,
+        "file_name": "GDR-004.mp3",
+        "title": "Who Pays? The Economics of Carbon Taxes",
+        "published": "2025-02-05",
+        "turns": [
+            (D, "Today's disagreement is about carbon taxes. Priya thinks they are the best climate policy economists have ever designed. I think they are a political dead end."),
+            (P, "The idea is a hundred years old. Arthur Pigou argued in {1920|nineteen twenty}, in The Economics of Welfare, that when an activity harms people who aren't part of the deal, you should tax it by the size of the harm. Economists still call that a Pigouvian tax."),
+            (D, "And the harm from a tonne of carbon dioxide is what, exactly?"),
+            (P, "That is the social cost of carbon. In {2023|twenty twenty three} the Environmental Protection Agency in the United States put it at about one hundred and ninety dollars a tonne."),
+            (D, "Right, but nobody charges anything like that."),
+            (P, "Sweden comes closest. It introduced a carbon tax in {1991|nineteen ninety one}, the rate is now well over a hundred dollars a tonne, and the Swedish economy has kept growing while its emissions fell."),
+            (D, "Sweden also exempted a lot of heavy industry for years. My problem is the politics. In France a planned rise in the fuel tax set off the yellow vest protests in {2018|twenty eighteen}, and the government backed down."),
+            (P, "Which is why the design matters. If you return the money as an equal dividend per person, most lower income households come out ahead, because they burn less fuel in total, even if energy is a bigger share of their budget."),
+            (D, "Yeah, the fee and dividend idea. Didn't a lot of economists sign something about that?"),
+            (P, "In {2019|twenty nineteen} more than three thousand economists, including twenty seven Nobel laureates, signed a statement in the Wall Street Journal backing a carbon tax with the revenue returned as dividends."),
+            (D, "And British Columbia actually ran a revenue neutral version from {2008|two thousand eight}, starting at ten Canadian dollars a tonne. It was popular for years, and then in {2025|twenty twenty five} the province scrapped the consumer carbon tax anyway."),
+            (P, "Because the rebates were invisible. People saw the price at the pump, but they never noticed the tax cuts."),
+            (D, "So my dead end isn't economics, it's visibility."),
+            (P, "And trade. Europe's answer to industry moving abroad is the carbon border adjustment mechanism, which charges importers of steel, cement and aluminium for the carbon in their goods. The reporting phase started in October {2023|twenty twenty three}."),
+            (D, "We are going to disagree about that one next week."),
+        ],
+    },
+]
+
+# Each question is answered by exactly one turn: the one in `episode_id` containing `expect_text`.
+QUESTIONS = [
+    ("Which parasite spreads deformed wing virus in honeybee hives?", 1, "parasitic mite that feeds"),
+    ("Are rooftop honeybee hives in cities actually good for wild bees?", 1, "outcompete the wild bees"),
+    ("When was the rusty patched bumblebee put on the endangered species list?", 1, "first bumblebee listed as endangered"),
+    ("Who coined the word transistor and what is it short for?", 2, "short form of transfer resistor"),
+    ("How much did AT&T charge other companies for a licence to the transistor patent?", 2, "advance on royalties"),
+    ("Why did researchers walk out on William Shockley, and what company did they start?", 2, "founded Fairchild Semiconductor"),
+    ("How do the yeast and the bacteria in a sourdough starter avoid competing for food?", 3, "cannot use maltose at all"),
+    ("What is the autolyse technique and who made it popular?", 3, "A French professor, Raymond Calvel"),
+    ("Is sourdough easier to digest for people with irritable bowel syndrome?", 3, "break down a lot of the fructans"),
+    ("Where does the idea of a Pigouvian tax come from?", 4, "The Economics of Welfare"),
+    ("What happened to British Columbia's carbon tax?", 4, "scrapped the consumer carbon tax"),
+    ("How can a carbon tax be designed so that poorer households are not worse off?", 4, "equal dividend per person"),
+]
+
+MARKUP = re.compile(r"\{([^{}|]*)\|([^{}]*)\}")
+
+
+def written(text: str) -> str:
+    return MARKUP.sub(lambda m: m.group(1), text)
+
+
+def spoken(text: str) -> str:
+    return MARKUP.sub(lambda m: m.group(2), text)
+
+
+def run(cmd: list[str], stdin: bytes | None = None) -> bytes:
+    proc = subprocess.run(cmd, input=stdin, capture_output=True)
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.decode(errors='replace')}")
+    return proc.stdout
+
+
+FFMPEG = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+BITEXACT = ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact"]
+
+
+def synthesise(text: str, speaker: str, workdir: Path) -> array.array:
+    """One turn as 16 kHz mono int16 samples, trimmed to its speech and peak-normalised."""
+    voice = SPEAKERS[speaker]
+    raw, pcm = workdir / "turn.wav", workdir / "turn16k.wav"
+    run(["espeak-ng", "-v", voice["voice"], "-p", str(voice["pitch"]), "-s", str(voice["speed"]), "-w", str(raw), "--stdin"],
+        stdin=spoken(text).encode("utf-8"))
+    run(FFMPEG + ["-i", str(raw), "-ac", "1", "-ar", str(SAMPLE_RATE), "-c:a", "pcm_s16le", *BITEXACT, str(pcm)])
+    with wave.open(str(pcm), "rb") as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, SAMPLE_RATE)
+        samples = array.array("h", w.readframes(w.getnframes()))
+    if sys.byteorder == "big":
+        samples.byteswap()
+    loud = [i for i, s in enumerate(samples) if abs(s) > TRIM_THRESHOLD]
+    if not loud:
+        sys.exit(f"espeak-ng produced silence for: {text!r}")
+    margin = int(TRIM_MARGIN * SAMPLE_RATE)
+    samples = samples[max(0, loud[0] - margin): min(len(samples), loud[-1] + 1 + margin)]
+    peak = max(abs(s) for s in samples)
+    gain = PEAK / peak
+    return array.array("h", (max(-32768, min(32767, round(s * gain))) for s in samples))
+
+
+def build_episode(ep: dict, workdir: Path) -> dict:
+    stem = Path(ep["file_name"]).stem
+    rng = random.Random(f"gdr-samples:{stem}")
+    order: list[str] = []  # speakers by first appearance: index = diarizer's speaker number
+    for speaker, _ in ep["turns"]:
+        if speaker not in order:
+            order.append(speaker)
+    prev = None
+    for speaker, _ in ep["turns"]:
+        if speaker == prev:
+            sys.exit(f"{stem}: two consecutive turns by {speaker}; merge them")
+        prev = speaker
+
+    audio = array.array("h", bytes(2 * int(LEAD_SILENCE * SAMPLE_RATE)))
+    turns = []
+    for i, (speaker, text) in enumerate(ep["turns"]):
+        if i:
+            gap = round(rng.uniform(*GAP_RANGE), 2)
+            audio.extend(bytes(2 * int(gap * SAMPLE_RATE)))
+        start = len(audio)
+        audio.extend(synthesise(text, speaker, workdir))
+        turns.append({
+            "index": i,
+            "speaker": order.index(speaker),
+            "speaker_name": speaker,
+            "text": written(text),
+            "spoken": spoken(text),
+            "start": round(start / SAMPLE_RATE, 3),
+            "end": round(len(audio) / SAMPLE_RATE, 3),
+        })
+    audio.extend(bytes(2 * int(TAIL_SILENCE * SAMPLE_RATE)))
+
+    pcm = workdir / f"{stem}.wav"
+    with wave.open(str(pcm), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        data = audio if sys.byteorder == "little" else array.array("h", audio)
+        if sys.byteorder == "big":
+            data.byteswap()
+        w.writeframes(data.tobytes())
+    out = AUDIO_DIR / ep["file_name"]
+    run(FFMPEG + ["-i", str(pcm), *BITEXACT, "-ac", "1", "-ar", str(SAMPLE_RATE),
+                  "-c:a", "libmp3lame", "-b:a", BITRATE, "-id3v2_version", "0", "-write_xing", "1", str(out)])
+
+    speakers_map = {str(i): name for i, name in enumerate(order)}
+    return {
+        "episode_id": ep["episode_id"],
+        "file_name": ep["file_name"],
+        "title": ep["title"],
+        "published": ep["published"],
+        "duration": round(len(audio) / SAMPLE_RATE, 3),
+        "sample_rate": SAMPLE_RATE,
+        "speakers_map": speakers_map,
+        "voices": {str(i): {"name": name, **SPEAKERS[name]} for i, name in enumerate(order)},
+        "turns": turns,
+    }
+
+
+def write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    for tool in ("espeak-ng", "ffmpeg"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found on PATH (Debian/Ubuntu: apt-get install espeak-ng ffmpeg)")
+    AUDIO_DIR.mkdir(parents=True, exist_ok=True)
+    scripts = []
+    with tempfile.TemporaryDirectory(prefix="gdr-samples-") as tmp:
+        for ep in EPISODES:
+            script = build_episode(ep, Path(tmp))
+            stem = Path(ep["file_name"]).stem
+            write_json(SAMPLES_DIR / f"{stem}.script.json", script)
+            scripts.append(script)
+            size = (AUDIO_DIR / ep["file_name"]).stat().st_size
+            print(f"{ep['file_name']}: {script['duration']:.1f} s, {len(script['turns'])} turns, "
+                  f"{len(script['speakers_map'])} speakers, {size / 1024:.0f} KiB")
+
+    write_json(EPISODES_FILE, [
+        {"episode_id": s["episode_id"], "file_name": s["file_name"], "title": s["title"],
+         "published": s["published"], "speakers_map": s["speakers_map"], "processed": False}
+        for s in scripts
+    ])
+
+    by_id = {s["episode_id"]: s for s in scripts}
+    questions = []
+    for question, episode_id, expect in QUESTIONS:
+        hits = [t for t in by_id[episode_id]["turns"] if expect.lower() in t["text"].lower()]
+        if len(hits) != 1:
+            sys.exit(f"question {question!r}: {expect!r} matches {len(hits)} turns of episode {episode_id}, need exactly 1")
+        turn = hits[0]
+        questions.append({"question": question, "episode_id": episode_id, "speaker": turn["speaker_name"],
+                          "expect_text": expect, "start": turn["start"], "end": turn["end"]})
+    write_json(QUESTIONS_FILE, questions)
+    total = sum((AUDIO_DIR / s["file_name"]).stat().st_size for s in scripts)
+    print(f"wrote {EPISODES_FILE.relative_to(ROOT)}, {len(scripts)} scripts, {len(questions)} questions; audio total {total / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    main()

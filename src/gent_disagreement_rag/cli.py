@@ -1,0 +1,135 @@
+"""`gdr`: the one command-line entry point (plus `seed-db`, which the existing users know)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import store
+from .catalogue import load_catalogue
+from .database import Database, database_url, migrate, schema_version, stop_embedded
+from .errors import GdrError
+from .settings import Settings
+
+app = typer.Typer(help="Podcast episodes -> transcripts -> searchable knowledge base.", no_args_is_help=True)
+db_app = typer.Typer(help="The database: create/migrate the schema, show where it is.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _scrub(text: str, settings: Settings | None) -> str:
+    for secret in settings.secrets if settings else []:
+        text = text.replace(secret, "***")
+    return text
+
+
+def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Errors we raise on purpose print as one clear line and exit 1, without a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GdrError as exc:
+            err_console.print(f"[bold red]error:[/] {_scrub(str(exc), _safe_settings())}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _safe_settings() -> Settings | None:
+    try:
+        return Settings()
+    except Exception:
+        return None
+
+
+def open_database(settings: Settings) -> Database:
+    return Database.from_settings(settings)
+
+
+@db_app.command("init")
+@friendly_errors
+def db_init() -> None:
+    """Create or migrate the schema (idempotent) and load the episode catalogue."""
+    settings = Settings()
+    applied = migrate(database_url(settings))
+    with Database.from_settings(settings, migrate_schema=False) as db:
+        count = store.sync_catalogue(db, load_catalogue(settings.episodes_file)) if settings.episodes_file.exists() else 0
+        with db.connection() as conn:
+            version = schema_version(conn)
+    console.print(
+        f"schema version {version} ({'applied ' + ', '.join(applied) if applied else 'up to date'}); "
+        f"{count} catalogue episodes loaded from {settings.episodes_file}"
+    )
+
+
+seed_db = typer.Typer(help="Legacy name of `gdr db init` (the old README's `poetry run seed-db`).")
+seed_db.command()(db_init)
+
+
+@db_app.command("url")
+@friendly_errors
+def db_url() -> None:
+    """Print the URL to connect with psql (starts the embedded server if needed)."""
+    print(database_url(Settings()))
+
+
+@db_app.command("status")
+@friendly_errors
+def db_status() -> None:
+    """Schema version, row counts and embedding models."""
+    settings = Settings()
+    with open_database(settings) as db:
+        with db.connection() as conn:
+            version = schema_version(conn)
+        counts = store.table_counts(db)
+        models = store.embedding_model_counts(db)
+    where = "embedded Postgres at " + str(settings.pgdata) if settings.uses_embedded_postgres else "external Postgres"
+    console.print(f"{where}; schema version {version}")
+    table = Table("table", "rows")
+    for name, rows in counts.items():
+        table.add_row(name, str(rows))
+    console.print(table)
+    if models:
+        mt = Table("embedding model", "dimensions", "vectors")
+        for model_id, dims, rows in models:
+            mt.add_row(model_id, str(dims), str(rows))
+        console.print(mt)
+
+
+@db_app.command("stop")
+@friendly_errors
+def db_stop() -> None:
+    """Stop the embedded Postgres (it otherwise keeps running between commands)."""
+    settings = Settings()
+    if not settings.uses_embedded_postgres:
+        raise GdrError("DATABASE_URL/DB_HOST is set: the external server is not ours to stop")
+    console.print("stopped" if stop_embedded(settings) else "not running")
+
+
+@app.command("status")
+@friendly_errors
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
+    """Every catalogue episode with its processing status."""
+    settings = Settings()
+    entries = load_catalogue(settings.episodes_file)
+    with open_database(settings) as db:
+        store.sync_catalogue(db, entries)
+        rows = store.list_episodes(db)
+    if as_json:
+        print(json.dumps({"episodes": [r.as_json() for r in rows]}, indent=2, ensure_ascii=False))
+        return
+    table = Table("episode", "title", "status", "segments", "error", title=f"{len(rows)} episodes")
+    colours = {"processed": "green", "failed": "red", "pending": "yellow"}
+    for r in rows:
+        table.add_row(r.episode_id, r.title or r.file_name or "", f"[{colours[r.status]}]{r.status}[/]",
+                      str(r.segments), (r.last_error or "")[:80])
+    console.print(table)

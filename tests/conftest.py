@@ -1,0 +1,64 @@
+"""Shared fixtures: one real embedded Postgres + pgvector per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from gent_disagreement_rag.database import Database, migrate
+from gent_disagreement_rag.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "deepgram"
+
+# Tests never read a developer's .env, keys or caches.
+for _var in ("DEEPGRAM_API_KEY", "OPENAI_API_KEY", "DATABASE_URL", "DB_HOST", "TRANSCRIBER", "EMBEDDER"):
+    os.environ.pop(_var, None)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Admin URL of an embedded Postgres started for this test session and stopped after it."""
+    from gent_disagreement_rag.database import _embedded_server, stop_embedded
+
+    home = tmp_path_factory.mktemp("pg")
+    server = _embedded_server(home / "pgdata")
+    yield server.get_uri()
+    stop_embedded(Settings(_env_file=None, gdr_home=home))
+
+
+@pytest.fixture
+def fresh_db_url(pg_server: str) -> Iterator[str]:
+    """URL of a new, migrated database, dropped after the test."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = pg_server.replace("/postgres?", f"/{name}?")
+    migrate(url)
+    yield url
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fresh_db_url: str) -> Settings:
+    """Settings pointing at a fresh database, with every state directory under tmp_path."""
+    return Settings(
+        _env_file=None,
+        database_url=fresh_db_url,
+        gdr_home=tmp_path / "home",
+        episodes_file=tmp_path / "episodes.json",
+        audio_dir=tmp_path / "audio",
+        transcripts_dir=tmp_path / "transcripts",
+    )
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    with Database.from_settings(settings) as database:
+        yield database
