@@ -58,9 +58,9 @@ PEAK = 0.80 * 32767  # every turn is peak-normalised to this level
 # like plain "en-gb"); "en+f3" is the same British English voice with the variant applied.
 # ---------------------------------------------------------------------------------------------
 SPEAKERS = {
-    "Daniel Okafor": {"voice": "en-us", "pitch": 45, "speed": 160, "description": "American English, male, ~95 Hz"},
-    "Priya Raman": {"voice": "en+f3", "pitch": 70, "speed": 155, "description": "British English, female (f3), ~255 Hz"},
-    "Marcus Baird": {"voice": "en-gb-scotland+m2", "pitch": 20, "speed": 145, "description": "Scottish English, low male (m2), ~80 Hz"},
+    "Daniel Okafor": {"voice": "en-us", "pitch": 45, "speed": 175, "description": "American English, male, ~95 Hz"},
+    "Priya Raman": {"voice": "en+f3", "pitch": 70, "speed": 170, "description": "British English, female (f3), ~255 Hz"},
+    "Marcus Baird": {"voice": "en-gb-scotland+m2", "pitch": 20, "speed": 160, "description": "Scottish English, low male (m2), ~80 Hz"},
 }
 
 D, P, M = "Daniel Okafor", "Priya Raman", "Marcus Baird"

@@ -12,6 +12,7 @@ import pytest
 
 from gent_disagreement_rag.database import Database, migrate
 from gent_disagreement_rag.settings import Settings
+from tests.fakeapi import FakeAPI
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "deepgram"
@@ -62,3 +63,10 @@ def settings(tmp_path: Path, fresh_db_url: str) -> Settings:
 def db(settings: Settings) -> Iterator[Database]:
     with Database.from_settings(settings) as database:
         yield database
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAPI]:
+    """A local server speaking Deepgram's and OpenAI's wire formats for the real SDKs (tests/fakeapi.py)."""
+    with FakeAPI() as api:
+        yield api

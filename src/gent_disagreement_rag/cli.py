@@ -20,6 +20,8 @@ from .settings import Settings
 app = typer.Typer(help="Podcast episodes -> transcripts -> searchable knowledge base.", no_args_is_help=True)
 db_app = typer.Typer(help="The database: create/migrate the schema, show where it is.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+server_app = typer.Typer(help="A local Prefect server + worker with the ingest/default deployment.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -133,3 +135,60 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         table.add_row(r.episode_id, r.title or r.file_name or "", f"[{colours[r.status]}]{r.status}[/]",
                       str(r.segments), (r.last_error or "")[:80])
     console.print(table)
+
+
+@app.command("ingest")
+@friendly_errors
+def ingest_command(
+    episodes: Annotated[list[str] | None, typer.Option("--episodes", "-e", help="Episode ids to (re)process")] = None,
+    max_parallel: Annotated[int | None, typer.Option("--max-parallel", "-j", min=1, help="Episodes at once")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Process every catalogue episode (cached stages are reused)")] = False,
+) -> None:
+    """Run the `ingest` flow in this process: transcribe, format, export, embed and store episodes."""
+    settings = Settings()
+    from .prefect_env import apply_prefect_environment
+
+    apply_prefect_environment(settings)
+    from .ingest_progress import IngestProgress
+
+    with IngestProgress(console) as progress:
+        state = progress.run(episode_ids=episodes or None, max_parallel=max_parallel, force=force)
+    console.print(progress.summary_table())
+    console.print(state.message or state.name)
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
+@server_app.command("start")
+@friendly_errors
+def server_start(
+    port: Annotated[int, typer.Option(help="Port of the API and UI on 127.0.0.1")] = 4200,
+) -> None:
+    """Start the Prefect server (on the project's Postgres), the `default` pool, the deployment and a worker."""
+    from pathlib import Path
+
+    from . import services
+
+    info = services.start(Settings(), Path.cwd(), port=port)
+    console.print(f"Prefect UI: {info.ui_url}  (API {info.api_url}); logs in {info.logs}")
+    console.print(f"In another shell: export PREFECT_API_URL={info.api_url}; prefect deployment run ingest/default")
+
+
+@server_app.command("stop")
+@friendly_errors
+def server_stop() -> None:
+    """Stop the worker and the Prefect server started by `gdr server start`."""
+    from . import services
+
+    stopped = services.stop(Settings())
+    console.print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+@server_app.command("status")
+@friendly_errors
+def server_status() -> None:
+    """Which of the server and the worker are running."""
+    from . import services
+
+    pids = services.status(Settings())
+    console.print(", ".join(f"{name} (pid {pid})" for name, pid in pids.items()) or "not running")

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(None, description="Prefect result/cache storage; default GDR_HOME/cache. Share it between workers")
 
     # Orchestration
+    result_storage_block: str | None = Field(None, description="Prefect storage block slug for the stage cache (e.g. s3-bucket/gdr-cache); overrides CACHE_DIR")
     max_parallel_episodes: int = Field(3, ge=1, le=64, description="Episodes processed at once")
     skip_quality_gate: bool = Field(False, description="Embed transcripts even if they fail the coverage check")
 

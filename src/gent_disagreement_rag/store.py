@@ -234,3 +234,37 @@ def embedding_model_counts(db: Database) -> list[tuple[str, int, int]]:
                FROM embedding_models m LEFT JOIN embeddings e USING (model_id)
                GROUP BY m.model_id, m.dimensions ORDER BY m.model_id"""
         ).fetchall()
+
+
+@dataclass(frozen=True, slots=True)
+class CostTotals:
+    requests: int
+    audio_seconds: float
+    tokens: int
+    cost_usd: float
+
+
+def record_call(
+    db: Database, *, run_id: str | None, episode_id: str | None, stage: str, provider: str, model: str,
+    requests: int, audio_seconds: float, tokens: int, cost_usd: float,
+) -> None:
+    """One row of the cost ledger: a provider call that really happened (cache hits record nothing)."""
+    with db.connection() as conn:
+        conn.execute(
+            "INSERT INTO provider_calls (run_id, episode_id, stage, provider, model, requests, audio_seconds, tokens, cost_usd) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (run_id, episode_id, stage, provider, model, requests, audio_seconds, tokens, cost_usd),
+        )
+
+
+def cost_totals(db: Database, *, run_id: str | None = None, episode_id: str | None = None, since: date | None = None) -> CostTotals:
+    with db.connection() as conn:
+        row = conn.execute(
+            """SELECT coalesce(sum(requests), 0), coalesce(sum(audio_seconds), 0), coalesce(sum(tokens), 0),
+                      coalesce(sum(cost_usd), 0)
+               FROM provider_calls
+               WHERE (%(run)s::text IS NULL OR run_id = %(run)s) AND (%(ep)s::text IS NULL OR episode_id = %(ep)s)
+                 AND (%(since)s::date IS NULL OR created_at >= %(since)s::date)""",
+            {"run": run_id, "ep": episode_id, "since": since},
+        ).fetchone()
+    return CostTotals(int(row[0]), float(row[1]), int(row[2]), float(row[3]))

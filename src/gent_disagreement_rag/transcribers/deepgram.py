@@ -10,11 +10,12 @@ the orchestration, which knows what failed from the error class (see `errors.py`
 from __future__ import annotations
 
 import email.utils
+import io
 import threading
 import time
 from collections.abc import Mapping
 from contextlib import suppress
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -122,21 +123,22 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def request_slots(size: int) -> threading.BoundedSemaphore:
     """The process-wide cap on simultaneous Deepgram requests, shared by every episode (one per size)."""
     return threading.BoundedSemaphore(size)
 
 
-def audio_seconds(path: Path) -> float:
+def audio_seconds(audio: Path | bytes) -> float:
     """Duration from the container (or a bitrate estimate when it cannot be probed); sizes the timeout."""
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(audio) if isinstance(audio, Path) else io.BytesIO(audio), mode="r") as container:
             if container.duration:
                 return container.duration / av.time_base
     except av.FFmpegError:
         pass  # corrupt or unknown audio: Deepgram's 400 will say so
-    return path.stat().st_size / FALLBACK_BYTES_PER_SECOND
+    size = audio.stat().st_size if isinstance(audio, Path) else len(audio)
+    return size / FALLBACK_BYTES_PER_SECOND
 
 
 def _provider_error(exc: ApiError) -> ProviderError:

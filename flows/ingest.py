@@ -1,0 +1,263 @@
+"""Prefect flows: `ingest` runs one `episode_pipeline` subflow per episode, at most `max_parallel` at once.
+
+Thin by design: every stage is a library call from `gent_disagreement_rag.pipeline`, wrapped in an
+async task that runs it in a worker thread (the stages block: HTTP, Whisper, psycopg), is cached on
+a key built from what determines its output, and retries only transient errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_table_artifact
+from prefect.settings import (
+    PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
+    PREFECT_RESULTS_LOCAL_STORAGE_PATH,
+    temporary_settings,
+)
+from prefect.states import Completed, Failed
+from prefect.tasks import exponential_backoff
+
+from gent_disagreement_rag import pipeline, store
+from gent_disagreement_rag.database import Database
+from gent_disagreement_rag.errors import AuthenticationError, DatabaseUnavailableError, QuotaExhaustedError
+from gent_disagreement_rag.pipeline import EpisodeJob, FormattedEpisode
+from gent_disagreement_rag.settings import Settings
+from gent_disagreement_rag.transcript import TranscriptionResult
+
+RETRIES = 4
+RETRY_DELAYS = exponential_backoff(backoff_factor=1)(RETRIES)  # 1, 2, 4, 8 s (+ jitter)
+MAX_RETRY_AFTER = 120.0
+
+_run_settings: ContextVar[Settings | None] = ContextVar("gdr_run_settings", default=None)
+_databases: dict[str, Database] = {}
+
+ProgressListener = Callable[[str, str, dict[str, Any]], None]
+progress_listeners: list[ProgressListener] = []  # `gdr ingest` registers one to draw its live table
+
+
+def run_settings() -> Settings:
+    return _run_settings.get() or Settings()
+
+
+def run_database(settings: Settings) -> Database:
+    """One pool per process and database (psycopg's pool is thread-safe)."""
+    key = settings.model_dump_json(include={"database_url", "db_host", "db_port", "db_name", "gdr_home"})
+    if key not in _databases:
+        _databases[key] = Database.from_settings(settings)
+    return _databases[key]
+
+
+@dataclass(slots=True)
+class EpisodeSummary:
+    episode: str
+    title: str
+    status: str
+    seconds: float = 0.0
+    segments: int = 0
+    audio_minutes: float = 0.0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    error: str = ""
+
+
+def _notify(summary: EpisodeSummary) -> None:
+    for listener in progress_listeners:
+        listener(summary.episode, summary.status, asdict(summary))
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    import psycopg
+
+    return bool(getattr(exc, "transient", False)) or isinstance(exc, psycopg.OperationalError | DatabaseUnavailableError)
+
+
+async def retry_transient(task_, task_run, state) -> bool:
+    """Retry 429/5xx/timeouts/DB hiccups only; wait at least what the provider's Retry-After asks."""
+    exc = state.data if isinstance(state.data, BaseException) else await state.result(raise_on_failure=False)
+    if not is_transient(exc):
+        return False
+    if retry_after := getattr(exc, "retry_after", None):
+        planned = RETRY_DELAYS[min(task_run.run_count - 1, len(RETRY_DELAYS) - 1)]
+        await asyncio.sleep(min(max(0.0, retry_after - planned), MAX_RETRY_AFTER))
+    return True
+
+
+def _precomputed_key(context: Any, parameters: dict[str, Any]) -> str:
+    return parameters["cache_key"]
+
+
+cached_stage = task(
+    cache_key_fn=_precomputed_key,
+    persist_result=True,
+    cache_result_in_memory=False,
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StageCost:
+    """What one provider call cost, recorded in the ledger only when the call really happened."""
+
+    provider: str
+    model: str
+    requests: int
+    audio_seconds: float = 0.0
+    tokens: int = 0
+
+
+@cached_stage(name="transcribe", task_run_name="transcribe-{job.episode_id}")
+async def transcribe_task(job: EpisodeJob, cache_key: str, run_id: str) -> TranscriptionResult:
+    settings = run_settings()
+    result = await asyncio.to_thread(pipeline.transcribe, settings, job)
+    t = result.transcript
+    await asyncio.to_thread(
+        pipeline.record_cost, settings, run_database(settings), run_id, job.episode_id, "transcribe",
+        t.provider, t.model, 1 if t.provider != "local" else 0, t.duration, 0,
+    )
+    return result
+
+
+@cached_stage(name="format", task_run_name="format-{job.episode_id}")
+async def format_task(job: EpisodeJob, transcription: TranscriptionResult, cache_key: str) -> FormattedEpisode:
+    return await asyncio.to_thread(pipeline.format_episode, run_settings(), job, transcription.transcript)
+
+
+@cached_stage(name="export", task_run_name="export-{job.episode_id}")
+async def export_task(
+    job: EpisodeJob, transcription: TranscriptionResult, episode: FormattedEpisode, cache_key: str
+) -> dict[str, str]:
+    return await asyncio.to_thread(
+        pipeline.export, run_settings(), job, transcription.raw, transcription.transcript, episode
+    )
+
+
+@cached_stage(name="embed", task_run_name="embed-{job.episode_id}")
+async def embed_task(job: EpisodeJob, episode: FormattedEpisode, cache_key: str, run_id: str):
+    settings = run_settings()
+    batch = await asyncio.to_thread(pipeline.embed, settings, episode.chunks)
+    embedder = pipeline.embedder_for(settings)
+    await asyncio.to_thread(
+        pipeline.record_cost, settings, run_database(settings), run_id, job.episode_id, "embed",
+        embedder.provider, embedder.model, batch.requests, 0.0, batch.tokens,
+    )
+    return batch
+
+
+@task(
+    name="store",
+    task_run_name="store-{job.episode_id}",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+)
+async def store_task(job: EpisodeJob, episode: FormattedEpisode, batch) -> int:
+    """Not cached by Prefect: the database itself is the record (an unchanged episode is a no-op rewrite)."""
+    settings = run_settings()
+    return await asyncio.to_thread(pipeline.store_episode, settings, run_database(settings), job, episode, batch)
+
+
+def _cache_settings(settings: Settings) -> dict[Any, Any]:
+    """Stage results and cache records under GDR_HOME (or CACHE_DIR / a storage block), however the flow runs."""
+    updates: dict[Any, Any] = {PREFECT_RESULTS_LOCAL_STORAGE_PATH: settings.result_storage_path}
+    if settings.result_storage_block:
+        updates[PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK] = settings.result_storage_block
+    return updates
+
+
+@flow(name="episode_pipeline", flow_run_name="episode-{job.episode_id}", persist_result=False)
+async def episode_pipeline(job: EpisodeJob, run_id: str = "") -> dict[str, Any]:
+    """transcribe -> format (quality gate + chunks) -> export -> embed -> store, for one episode."""
+    settings = run_settings()
+    with temporary_settings(updates=_cache_settings(settings)):
+        t_key = await asyncio.to_thread(pipeline.transcribe_key, settings, job)
+        f_key = pipeline.format_key(settings, job, t_key)
+        transcription = await transcribe_task(job, cache_key=t_key, run_id=run_id)
+        episode = await format_task(job, transcription, cache_key=f_key)
+        await export_task(job, transcription, episode, cache_key=pipeline.export_key(settings, job, f_key))
+        e_key = await asyncio.to_thread(pipeline.embed_key, settings, f_key)
+        batch = await embed_task(job, episode, cache_key=e_key, run_id=run_id)
+        segments = await store_task(job, episode, batch)
+    return {"segments": segments, "audio_seconds": transcription.transcript.duration}
+
+
+async def _run_one(job: EpisodeJob, gate: asyncio.Semaphore, abort: dict[str, str], db: Database, run_id: str) -> EpisodeSummary:
+    async with gate:
+        summary = EpisodeSummary(job.episode_id, job.title, "running")
+        if abort:
+            summary.status, summary.error = "skipped", f"not started: {abort['reason']}"
+            _notify(summary)
+            return summary
+        _notify(summary)
+        started = time.perf_counter()
+        state = await episode_pipeline(job, run_id, return_state=True)
+        summary.seconds = round(time.perf_counter() - started, 2)
+        if state.is_completed():
+            result = await state.result()
+            summary.status, summary.segments = "processed", result["segments"]
+            summary.audio_minutes = round(result["audio_seconds"] / 60, 2)
+        else:
+            exc = await state.result(raise_on_failure=False)
+            summary.status = "failed"
+            summary.error = _describe(exc, run_settings())
+            if isinstance(exc, AuthenticationError | QuotaExhaustedError):
+                abort.setdefault("reason", summary.error)
+            await asyncio.to_thread(store.mark_failed, db, job.episode_id, summary.error)
+        ledger = await asyncio.to_thread(store.cost_totals, db, run_id=run_id, episode_id=job.episode_id)
+        summary.tokens, summary.cost_usd = ledger.tokens, ledger.cost_usd
+        _notify(summary)
+        return summary
+
+
+def _describe(exc: Any, settings: Settings) -> str:
+    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+    for secret in settings.secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+@flow(name="ingest", log_prints=True, persist_result=False)
+async def ingest(episode_ids: list[str] | None = None, max_parallel: int | None = None, force: bool = False):
+    """Process the catalogue's new, failed or changed episodes (or the named ones; all with force)."""
+    from prefect.runtime import flow_run
+
+    settings = Settings()
+    _run_settings.set(settings)
+    logger = get_run_logger()
+    db = run_database(settings)
+    plan = await asyncio.to_thread(pipeline.plan_episodes, settings, db, episode_ids, force)
+    for episode_id, error in plan.invalid.items():
+        await asyncio.to_thread(store.mark_failed, db, episode_id, error)
+    parallel = max_parallel or settings.max_parallel_episodes
+    logger.info(
+        "%d episodes to process (%d up to date, %d invalid), %d at a time",
+        len(plan.jobs), len(plan.up_to_date), len(plan.invalid), parallel,
+    )
+    for job in plan.jobs:
+        _notify(EpisodeSummary(job.episode_id, job.title, "queued"))
+    gate, abort = asyncio.Semaphore(parallel), {}
+    run_id = str(flow_run.get_id() or "")
+    summaries = list(await asyncio.gather(*(_run_one(job, gate, abort, db, run_id) for job in plan.jobs)))
+    summaries += [EpisodeSummary(e, "", "failed", error=err) for e, err in plan.invalid.items()]
+    for summary in summaries[len(plan.jobs):]:
+        _notify(summary)
+    await acreate_table_artifact(
+        key="ingest-summary",
+        table=[asdict(s) for s in summaries],
+        description=f"{len(summaries)} episodes; {len(plan.up_to_date)} already up to date",
+    )
+    failed = [s for s in summaries if s.status != "processed"]
+    message = f"{len(summaries) - len(failed)}/{len(summaries)} episodes processed"
+    if failed:
+        return Failed(message=f"{message}; {len(failed)} failed or skipped: " + ", ".join(s.episode for s in failed))
+    return Completed(message=message, data=[asdict(s) for s in summaries])

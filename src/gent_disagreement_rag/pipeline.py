@@ -1,0 +1,253 @@
+"""One episode's stages as plain functions: no Prefect here.
+
+The flows in `flows/` wrap each of these in a cached, retryable task; from a Python shell they can
+be called directly:
+
+    >>> s = Settings(); db = Database.from_settings(s)
+    >>> [job] = plan_episodes(s, db, episode_ids=["1"], force=True).jobs
+    >>> result = transcribe(s, job); episode = format_episode(s, job, result.transcript)
+    >>> export(s, job, result.raw, episode); batch = embed(s, episode.chunks); store_episode(s, db, job, episode, batch)
+
+Each stage also has a cache key built from what determines its output (audio content hash, provider,
+model, options, parameters, stage version): the orchestration uses them so that a rerun pays for nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import store
+from .catalogue import CatalogueEntry, load_catalogue
+from .chunking import CHUNKER_VERSION, Chunk, chunk_transcript
+from .database import Database
+from .embedders import EmbeddingBatch, Embedder, make_embedder
+from .errors import ConfigError, QualityGateError
+from .exports import export_episode
+from .quality import QualityReport, check_transcript
+from .settings import Settings
+from .transcribers import Transcriber, make_transcriber
+from .transcript import Transcript, TranscriptionResult
+
+TRANSCRIBE_VERSION = "1"
+EXPORT_VERSION = "1"
+EMBED_VERSION = "1"
+
+
+def stable_hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeJob:
+    """Everything the stages need to know about one episode; small and picklable."""
+
+    episode_id: str
+    title: str
+    stem: str
+    audio_path: Path
+    audio_sha256: str
+    speakers_map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FormattedEpisode:
+    chunks: list[Chunk]
+    quality: QualityReport
+
+
+@dataclass(slots=True)
+class EpisodePlan:
+    """What `ingest` will do: jobs to run, and episodes that cannot start (with the reason)."""
+
+    jobs: list[EpisodeJob] = field(default_factory=list)
+    invalid: dict[str, str] = field(default_factory=dict)
+    up_to_date: list[str] = field(default_factory=list)
+
+
+# Providers hold models and HTTP clients: one of each per process and configuration.
+_providers: dict[tuple[str, str], Any] = {}
+_providers_lock = threading.Lock()
+
+
+def _provider(kind: str, settings: Settings, factory) -> Any:
+    key = (kind, settings.model_dump_json())
+    with _providers_lock:
+        if key not in _providers:
+            _providers[key] = factory(settings)
+        return _providers[key]
+
+
+def transcriber_for(settings: Settings) -> Transcriber:
+    return _provider("transcriber", settings, make_transcriber)
+
+
+def embedder_for(settings: Settings) -> Embedder:
+    return _provider("embedder", settings, make_embedder)
+
+
+def _job_for(settings: Settings, entry: CatalogueEntry) -> EpisodeJob:
+    if not entry.file_name:
+        raise ConfigError(f"{settings.episodes_file}: episode {entry.episode_id}: field 'file_name': no audio file")
+    path = settings.audio_dir / entry.file_name
+    if not path.is_file():
+        raise ConfigError(
+            f"{settings.episodes_file}: episode {entry.episode_id}: field 'file_name': audio file not found: {path}"
+        )
+    return EpisodeJob(
+        episode_id=entry.episode_id,
+        title=entry.display_title,
+        stem=Path(entry.file_name).stem,
+        audio_path=path.resolve(),
+        audio_sha256=sha256_file(path),
+        speakers_map=entry.speakers_map,
+    )
+
+
+def plan_episodes(
+    settings: Settings, db: Database, episode_ids: list[str] | None = None, force: bool = False
+) -> EpisodePlan:
+    """Choose the episodes to process: new, failed, or whose audio changed (or the named ones, or all with force).
+
+    A malformed catalogue raises before any work; a missing audio file only affects its episode.
+    """
+    entries = load_catalogue(settings.episodes_file)
+    store.sync_catalogue(db, entries)
+    known = {row.episode_id: row for row in store.list_episodes(db)}
+    if episode_ids:
+        unknown = sorted(set(episode_ids) - {e.episode_id for e in entries})
+        if unknown:
+            raise ConfigError(f"{settings.episodes_file}: no episode with episode_id {', '.join(unknown)}")
+        entries = [e for e in entries if e.episode_id in set(episode_ids)]
+    plan = EpisodePlan()
+    for entry in entries:
+        try:
+            job = _job_for(settings, entry)
+        except ConfigError as exc:
+            plan.invalid[entry.episode_id] = str(exc)
+            continue
+        row = known[entry.episode_id]
+        current = row.status == "processed" and row.processed_sha256 == job.audio_sha256
+        if current and not force and not episode_ids:
+            plan.up_to_date.append(job.episode_id)
+        else:
+            plan.jobs.append(job)
+    return plan
+
+
+# --- transcribe -------------------------------------------------------------------------------
+
+
+def transcribe_key(settings: Settings, job: EpisodeJob) -> str:
+    t = transcriber_for(settings)
+    return stable_hash("transcribe", TRANSCRIBE_VERSION, job.audio_sha256, t.provider, t.model, t.options())
+
+
+def transcribe(settings: Settings, job: EpisodeJob) -> TranscriptionResult:
+    """Audio -> provider-neutral transcript plus the raw response (one provider request)."""
+    return transcriber_for(settings).transcribe(job.audio_path)
+
+
+# --- format -----------------------------------------------------------------------------------
+
+
+def format_key(settings: Settings, job: EpisodeJob, transcript_key: str) -> str:
+    return stable_hash(
+        "format", CHUNKER_VERSION, transcript_key, job.speakers_map, settings.chunk_max_tokens, settings.skip_quality_gate
+    )
+
+
+def format_episode(settings: Settings, job: EpisodeJob, transcript: Transcript) -> FormattedEpisode:
+    """Quality gate, then speaker turns and retrieval chunks; a failing gate stops the episode."""
+    report = check_transcript(transcript, transcript.duration)
+    if not report.passed and not settings.skip_quality_gate:
+        raise QualityGateError(
+            f"episode {job.episode_id}: transcript failed the quality gate: {'; '.join(report.reasons)} "
+            "(set SKIP_QUALITY_GATE=true to embed it anyway)"
+        )
+    chunks = chunk_transcript(transcript, job.speakers_map, max_tokens=settings.chunk_max_tokens)
+    return FormattedEpisode(chunks=chunks, quality=report)
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def export_key(settings: Settings, job: EpisodeJob, format_key_: str) -> str:
+    """Includes whether the files are still there: deleted exports are written again."""
+    folder = settings.transcripts_dir.resolve()
+    present = all((folder / f"{job.stem}{suffix}").exists() for suffix in (".raw.json", ".chunks.json", ".md", ".srt", ".vtt"))
+    return stable_hash("export", EXPORT_VERSION, format_key_, str(folder), job.title, present)
+
+
+def export(settings: Settings, job: EpisodeJob, raw: dict[str, Any], transcript: Transcript, episode: FormattedEpisode) -> dict[str, str]:
+    paths = export_episode(
+        settings.transcripts_dir, job.stem, raw, transcript, episode.chunks, job.title, job.speakers_map
+    )
+    return {kind: str(path) for kind, path in paths.items()}
+
+
+# --- embed ------------------------------------------------------------------------------------
+
+
+def embed_key(settings: Settings, format_key_: str) -> str:
+    e = embedder_for(settings)
+    return stable_hash("embed", EMBED_VERSION, format_key_, e.model_id)
+
+
+def embed(settings: Settings, chunks: list[Chunk]) -> EmbeddingBatch:
+    """All of an episode's chunks in as few requests as the API limits allow."""
+    return embedder_for(settings).embed([c.text for c in chunks])
+
+
+# --- store ------------------------------------------------------------------------------------
+
+
+def store_episode(settings: Settings, db: Database, job: EpisodeJob, episode: FormattedEpisode, batch: EmbeddingBatch) -> int:
+    """Replace the episode's rows atomically and mark it processed; returns the number of segments."""
+    e = embedder_for(settings)
+    store.store_episode(
+        db,
+        job.episode_id,
+        episode.chunks,
+        model_id=e.model_id,
+        provider=e.provider,
+        model=e.model,
+        vectors=batch.vectors,
+        audio_sha256=job.audio_sha256,
+        duration_seconds=episode.quality.duration,
+    )
+    return len(episode.chunks)
+
+
+# --- cost ledger ------------------------------------------------------------------------------
+
+
+def estimate_cost(settings: Settings, provider: str, audio_seconds: float, tokens: int) -> float:
+    """USD at the configured list prices; local providers cost nothing."""
+    if provider == "deepgram":
+        return audio_seconds / 60 * settings.deepgram_price_per_minute
+    if provider == "openai":
+        return tokens / 1e6 * settings.openai_price_per_million_tokens
+    return 0.0
+
+
+def record_cost(
+    settings: Settings, db: Database, run_id: str | None, episode_id: str, stage: str,
+    provider: str, model: str, requests: int, audio_seconds: float, tokens: int,
+) -> None:
+    store.record_call(
+        db, run_id=run_id, episode_id=episode_id, stage=stage, provider=provider, model=model, requests=requests,
+        audio_seconds=audio_seconds, tokens=tokens, cost_usd=estimate_cost(settings, provider, audio_seconds, tokens),
+    )

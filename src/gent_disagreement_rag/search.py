@@ -1,0 +1,604 @@
+"""Search the stored chunks: HNSW cosine search, Postgres full-text search, or both fused (RRF).
+
+One SQL statement per search (one round trip after the model lookup): the vector side is an
+HNSW scan of the model's partial index, the text side a GIN search of `segments.tsv`, each taking
+its top `CANDIDATES` with the filters applied inside the query; hybrid mode fuses the two rankings
+with reciprocal rank fusion (score = sum of 1 / (60 + rank)) in SQL, and the same statement fetches
+the neighbouring chunks asked for with `context`.
+
+Filters are applied inside the HNSW scan, with pgvector 0.8's iterative scan
+(`hnsw.iterative_scan = relaxed_order`, up to `hnsw.max_scan_tuples`) so a selective filter keeps
+scanning the graph instead of returning fewer than k rows. If the scan still comes back short (a
+filter matching a tiny fraction of a large table), the vector side is rerun as an exact scan.
+
+Filters:
+- `episode`: the episode id (an unknown id is an error);
+- `speaker`: case-insensitive; matches a speaker whose full name equals it ("priya raman") or whose
+  name starts with it as whole words ("priya" matches "Priya Raman", "pri" does not);
+- `since`: the episode's `published` date is on or after it (episodes without a date are excluded).
+
+Scores: vector mode = cosine similarity of the best chunk; text mode = ts_rank_cd; hybrid = RRF.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from .database import Database
+from .embedders import Embedder
+from .errors import GdrError
+from .settings import DEFAULT_LOCAL_MODEL, DEFAULT_OPENAI_MODEL, Settings
+
+
+class SearchError(GdrError):
+    """The search cannot run: empty query, unknown episode, nothing ingested, model unavailable."""
+
+
+class Mode(str, Enum):
+    vector = "vector"
+    text = "text"
+    hybrid = "hybrid"
+
+
+# The default mode was chosen by measurement on tests/search_questions.json (12 questions over the
+# 4 sample episodes, stored one chunk per script turn, local all-MiniLM-L6-v2 vectors):
+#   vector  hit@3 11/12 = 0.92   MRR 0.875
+#   text    hit@3  8/12 = 0.67   MRR 0.597
+#   hybrid  hit@3 12/12 = 1.00   MRR 0.958
+# (text = OR of the query's terms, ranked by ts_rank_cd; see _tsquery_sql). Hybrid wins on both.
+DEFAULT_MODE = Mode.hybrid
+
+RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
+CANDIDATES = 50  # rows each side of a hybrid search contributes to the fusion
+HNSW_EF_SEARCH = 100  # candidate list of the HNSW scan (pgvector default 40)
+HNSW_MAX_SCAN_TUPLES = 20_000  # iterative-scan budget under a filter (pgvector default too)
+MAX_FETCH = 200  # cap on hits fetched to fill k results after merging context windows
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One stored chunk of a result (the hit itself or a neighbour)."""
+
+    position: int
+    speaker: str
+    start: float
+    end: float
+    text: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"position": self.position, "speaker": self.speaker, "start": self.start, "end": self.end, "text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One result: a matching chunk, or a window of chunks around one or more matching chunks."""
+
+    rank: int  # 1-based
+    score: float  # see the module docstring: cosine similarity, ts_rank_cd or RRF, by mode
+    episode_id: str
+    title: str
+    published: date | None
+    speaker: str  # speaker of the best matching chunk
+    start: float  # seconds, start of the result (the window's first chunk)
+    end: float  # seconds, end of the result
+    text: str  # the chunk's text; for a window, one "Speaker: text" line per chunk
+    link: str | None  # audio_url#t=SECONDS, else AUDIO_DIR/file_name#t=SECONDS, at `start`
+    position: int  # position of the best matching chunk
+    positions: tuple[int, ...]  # every chunk in the result, in order
+    matched_positions: tuple[int, ...]  # the matching chunks merged into this result, best first
+    segments: tuple[Segment, ...]  # every chunk in the result, in order
+    vector_score: float | None = None  # cosine similarity of the best chunk (vector/hybrid)
+    vector_rank: int | None = None  # its rank on the vector side (None: not among the candidates)
+    text_score: float | None = None  # ts_rank_cd of the best chunk (text/hybrid)
+    text_rank: int | None = None
+
+    @property
+    def speakers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.speaker for s in self.segments))
+
+    @property
+    def time_range(self) -> str:
+        return f"{format_time(self.start)}–{format_time(self.end)}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "score": self.score,
+            "episode_id": self.episode_id,
+            "title": self.title,
+            "published": self.published.isoformat() if self.published else None,
+            "speaker": self.speaker,
+            "speakers": list(self.speakers),
+            "start": self.start,
+            "end": self.end,
+            "text": self.text,
+            "link": self.link,
+            "position": self.position,
+            "positions": list(self.positions),
+            "matched_positions": list(self.matched_positions),
+            "vector_score": self.vector_score,
+            "vector_rank": self.vector_rank,
+            "text_score": self.text_score,
+            "text_rank": self.text_rank,
+            "segments": [s.as_json() for s in self.segments],
+        }
+
+
+class SearchResults(list[Hit]):
+    """The hits, plus how they were found and, when empty, why (`notice`)."""
+
+    def __init__(self, hits: Sequence[Hit] = (), *, mode: Mode = DEFAULT_MODE, model_id: str | None = None,
+                 notice: str | None = None):
+        super().__init__(hits)
+        self.mode = mode
+        self.model_id = model_id
+        self.notice = notice
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    model_id: str
+    provider: str
+    model: str
+    dimensions: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Filters:
+    episode: str | None = None
+    speaker: str | None = None
+    since: date | None = None
+
+    @property
+    def any(self) -> bool:
+        return bool(self.episode or self.speaker or self.since)
+
+    def params(self) -> dict[str, Any]:
+        patterns = None
+        if self.speaker:
+            name = _like_escape(self.speaker.lower())
+            patterns = [name, name + " %"]
+        return {"episode": self.episode, "since": self.since, "speaker_patterns": patterns}
+
+
+def format_time(seconds: float) -> str:
+    total = max(0, int(seconds))
+    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def deep_link(audio_url: str | None, file_name: str | None, audio_dir: Path, seconds: float) -> str | None:
+    """A link that plays the episode from `seconds` (media-fragment `#t=`, whole seconds, rounded down)."""
+    t = max(0, math.floor(seconds))
+    if audio_url:
+        return f"{audio_url.split('#', 1)[0]}#t={t}"
+    if file_name:
+        return f"{audio_dir / file_name}#t={t}"
+    return None
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _parse_since(since: date | datetime | str | None) -> date | None:
+    if since is None or (isinstance(since, str) and not since.strip()):
+        return None
+    if isinstance(since, datetime):
+        return since.date()
+    if isinstance(since, date):
+        return since
+    try:
+        return date.fromisoformat(since.strip())
+    except ValueError:
+        raise SearchError(f"--since {since!r} is not a date (use YYYY-MM-DD)") from None
+
+
+def _parse_mode(mode: Mode | str) -> Mode:
+    try:
+        return Mode(mode.value if isinstance(mode, Mode) else str(mode).lower())
+    except ValueError:
+        raise SearchError(f"unknown search mode {mode!r} (use vector, text or hybrid)") from None
+
+
+# --- the embedding model ---------------------------------------------------------------------------
+
+
+def settings_model_id(settings: Settings) -> str:
+    """The model id the current settings' embedder produces (without building it)."""
+    from .embedders import model_id
+
+    if settings.resolved_embedder == "local":
+        return model_id("local", DEFAULT_LOCAL_MODEL, 384)
+    from .embedders.openai import NATIVE_DIMENSIONS
+
+    name = settings.embedding_model or DEFAULT_OPENAI_MODEL
+    return model_id("openai", name, settings.embedding_dimensions or NATIVE_DIMENSIONS.get(name, 0))
+
+
+def stored_models(conn: psycopg.Connection) -> list[StoredModel]:
+    """Registered models that have at least one stored vector."""
+    rows = conn.execute(
+        """SELECT m.model_id, m.provider, m.model, m.dimensions FROM embedding_models m
+           WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.model_id) ORDER BY m.model_id"""
+    ).fetchall()
+    return [StoredModel(*r) for r in rows]
+
+
+def choose_model(conn: psycopg.Connection, settings: Settings, requested: str | None = None) -> StoredModel:
+    """The model to search with: `requested`, else the only one with vectors, else the one the
+    settings' embedder produces, else the one with the most vectors."""
+    models = stored_models(conn)
+    if not models:
+        raise SearchError("the database has no embeddings yet: run `gdr ingest` first")
+    if requested:
+        for m in models:
+            if m.model_id == requested:
+                return m
+        raise SearchError(
+            f"no vectors stored for model {requested!r}; available: {', '.join(m.model_id for m in models)}"
+        )
+    if len(models) == 1:
+        return models[0]
+    preferred = settings_model_id(settings)
+    for m in models:
+        if m.model_id == preferred:
+            return m
+    counts = dict(conn.execute("SELECT model_id, count(*) FROM embeddings GROUP BY model_id").fetchall())
+    return max(models, key=lambda m: (counts.get(m.model_id, 0), m.model_id))
+
+
+def embedder_for(model: StoredModel, settings: Settings) -> Embedder:
+    """An embedder producing vectors comparable with `model`'s, or a SearchError saying what is missing."""
+    if model.provider == "local":
+        from .embedders.local_minilm import DIMENSIONS
+
+        if model.model != DEFAULT_LOCAL_MODEL or model.dimensions != DIMENSIONS:
+            raise SearchError(f"the stored vectors were made with {model.model_id}, which is not available locally")
+        return _local_embedder()
+    if model.provider == "openai":
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+        if not key:
+            raise SearchError(
+                f"the stored vectors were made with {model.model_id}; set OPENAI_API_KEY to embed the query "
+                "with the same model, or re-ingest with EMBEDDER=local (or search with --mode text)"
+            )
+        return _openai_embedder(key, settings.openai_base_url, model.model, model.dimensions)
+    raise SearchError(f"the stored vectors were made with {model.model_id}, which this version cannot embed queries for")
+
+
+@functools.cache
+def _local_embedder() -> Embedder:
+    from .embedders.local_minilm import LocalMiniLMEmbedder
+
+    return LocalMiniLMEmbedder()
+
+
+@functools.lru_cache(maxsize=4)
+def _openai_embedder(key: str, base_url: str, model: str, dimensions: int) -> Embedder:
+    from .embedders.openai import OpenAIEmbedder
+
+    return OpenAIEmbedder(key, base_url=base_url, model=model, dimensions=dimensions)
+
+
+def embed_query(embedder: Embedder, query: str, dimensions: int) -> np.ndarray:
+    vector = embedder.embed([query]).vectors[0]
+    if vector.shape != (dimensions,):
+        raise SearchError(f"the query embedding has {vector.shape[0]} dimensions, the stored vectors {dimensions}")
+    return vector
+
+
+# --- SQL -------------------------------------------------------------------------------------------
+
+
+def _tsquery_sql(query: str) -> sql.Composable:
+    """The text side's tsquery. A query using websearch syntax (quotes, OR, -word) is taken as is;
+    plain words (a question) become an OR of their terms, ranked by ts_rank_cd: websearch_to_tsquery
+    alone ANDs every term, which almost no chunk matches for a natural question."""
+    words = query.lower().split()
+    if '"' in query or "or" in words or any(w.startswith("-") for w in words):
+        return sql.SQL("websearch_to_tsquery('english', %(q)s)")
+    return sql.SQL("replace(websearch_to_tsquery('english', %(q)s)::text, ' & ', ' | ')::tsquery")
+
+
+def _vector_cte(model: StoredModel, filters: _Filters, *, exact: bool) -> sql.Composable:
+    """Top candidates by cosine distance. The index form keeps `embedding::vector(D) <=> q` with the
+    model id inlined, exactly as the partial HNSW index is defined, and tests the speaker and date
+    filters per row inside the scan (so the iterative scan keeps going until enough rows pass); the
+    exact form joins and sorts, for filters too selective for the graph."""
+    dims = sql.Literal(model.dimensions)
+    distance = sql.SQL("e.embedding::vector({d}) <=> %(qv)s::vector({d})").format(d=dims)
+    where = [sql.SQL("e.model_id = {}").format(sql.Literal(model.model_id))]
+    joins: list[sql.Composable] = []
+    if filters.episode:
+        where.append(sql.SQL("e.episode_id = %(episode)s"))
+    if filters.since:
+        where.append(sql.SQL(
+            "e.episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE x.published >= %(since)s))"
+        ))
+    if filters.speaker:
+        if exact:
+            joins.append(sql.SQL("JOIN segments s ON s.episode_id = e.episode_id AND s.position = e.position"))
+            where.append(sql.SQL("lower(s.speaker) LIKE ANY(%(speaker_patterns)s::text[])"))
+        else:
+            where.append(sql.SQL(
+                "(SELECT lower(s.speaker) LIKE ANY(%(speaker_patterns)s::text[]) FROM segments s "
+                "WHERE s.episode_id = e.episode_id AND s.position = e.position)"
+            ))
+    order = sql.SQL("({}) + 0").format(distance) if exact else distance
+    return sql.SQL(
+        "vec AS MATERIALIZED (SELECT e.episode_id, e.position, {distance} AS distance FROM embeddings e {joins} "
+        "WHERE {where} ORDER BY {order} LIMIT %(cand)s),\n"
+        "vr AS (SELECT episode_id, position, 1 - distance AS vscore, "
+        "row_number() OVER (ORDER BY distance, episode_id, position) AS vrank FROM vec)"
+    ).format(distance=distance, joins=sql.SQL(" ").join(joins), where=sql.SQL(" AND ").join(where), order=order)
+
+
+def _text_cte(query: str, filters: _Filters) -> sql.Composable:
+    where = [sql.SQL("s.tsv @@ tq.q")]
+    if filters.episode:
+        where.append(sql.SQL("s.episode_id = %(episode)s"))
+    if filters.since:
+        where.append(sql.SQL(
+            "s.episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE x.published >= %(since)s))"
+        ))
+    if filters.speaker:
+        where.append(sql.SQL("lower(s.speaker) LIKE ANY(%(speaker_patterns)s::text[])"))
+    return sql.SQL(
+        "tq AS (SELECT {tsq} AS q),\n"
+        "txt AS MATERIALIZED (SELECT s.episode_id, s.position, ts_rank_cd(s.tsv, tq.q) AS tscore "
+        "FROM segments s CROSS JOIN tq WHERE {where} ORDER BY tscore DESC, s.episode_id, s.position LIMIT %(cand)s),\n"
+        "tr AS (SELECT episode_id, position, tscore, "
+        "row_number() OVER (ORDER BY tscore DESC, episode_id, position) AS trank FROM txt)"
+    ).format(tsq=_tsquery_sql(query), where=sql.SQL(" AND ").join(where))
+
+
+def build_sql(mode: Mode, query: str, model: StoredModel | None, filters: _Filters, *, exact: bool = False) -> sql.Composed:
+    """The whole search as one statement: candidates, fusion, top %(fetch)s hits, their windows."""
+    ctes: list[sql.Composable] = []
+    if mode in (Mode.vector, Mode.hybrid):
+        assert model is not None
+        ctes.append(_vector_cte(model, filters, exact=exact))
+    if mode in (Mode.text, Mode.hybrid):
+        ctes.append(_text_cte(query, filters))
+    if mode is Mode.vector:
+        fused = "SELECT episode_id, position, vscore AS score, vscore, vrank, NULL::real AS tscore, NULL::bigint AS trank FROM vr"
+    elif mode is Mode.text:
+        fused = "SELECT episode_id, position, tscore AS score, NULL::float8 AS vscore, NULL::bigint AS vrank, tscore, trank FROM tr"
+    else:
+        fused = (
+            "SELECT episode_id, position, "
+            "coalesce(1.0 / (%(rrf_k)s + vrank), 0) + coalesce(1.0 / (%(rrf_k)s + trank), 0) AS score, "
+            "vscore, vrank, tscore, trank FROM vr FULL JOIN tr USING (episode_id, position)"
+        )
+    ctes.append(sql.SQL(
+        "hits AS (" + fused + " ORDER BY score DESC, episode_id, position LIMIT %(fetch)s)"
+    ))
+    vec_count = "(SELECT count(*) FROM vec)" if mode is not Mode.text else "NULL::bigint"
+    return sql.SQL(
+        "WITH {ctes}\n"
+        "SELECT h.episode_id, h.position, h.score::float8, h.vscore::float8, h.vrank::int, h.tscore::float8, h.trank::int, "
+        "ep.title, ep.published, ep.file_name, ep.audio_url, "
+        "s.position, s.speaker, s.start_seconds, s.end_seconds, s.text, " + vec_count + "\n"
+        "FROM hits h JOIN episodes ep ON ep.episode_id = h.episode_id "
+        "JOIN segments s ON s.episode_id = h.episode_id AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s\n"
+        "ORDER BY h.score DESC, h.episode_id, h.position, s.position"
+    ).format(ctes=sql.SQL(",\n").join(ctes))
+
+
+def _scan_settings(conn: psycopg.Connection) -> None:
+    """Transaction-local HNSW knobs (call inside a transaction)."""
+    conn.execute(
+        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+        "set_config('hnsw.max_scan_tuples', %s, true)",
+        (str(HNSW_EF_SEARCH), str(HNSW_MAX_SCAN_TUPLES)),
+    )
+
+
+# --- the search ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Window:
+    episode_id: str
+    lo: int
+    hi: int
+    best: tuple  # the best hit's row
+    matched: list[int]
+    segments: dict[int, Segment] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    mode: Mode
+    model: StoredModel | None
+    statement: sql.Composed
+    params: dict[str, Any]
+    filters: _Filters
+    fetch: int
+
+
+def _prepare(
+    db: Database, query: str, k: int, *, episode: str | None, speaker: str | None, since: date | datetime | str | None,
+    mode: Mode | str, context: int, model_id: str | None, settings: Settings,
+) -> _Prepared:
+    if not isinstance(query, str) or not query.strip():
+        raise SearchError("the search query is empty")
+    if k < 1:
+        raise SearchError(f"k must be at least 1 (got {k})")
+    if context < 0:
+        raise SearchError(f"context must be 0 or more chunks (got {context})")
+    if speaker is not None and not speaker.strip():
+        raise SearchError("the speaker filter is empty")
+    query = query.strip()
+    mode = _parse_mode(mode)
+    filters = _Filters(episode=str(episode) if episode is not None else None,
+                       speaker=speaker.strip() if speaker else None, since=_parse_since(since))
+    model = None
+    with db.connection() as conn:
+        if filters.episode is not None:
+            row = conn.execute("SELECT EXISTS (SELECT 1 FROM episodes WHERE episode_id = %s)", (filters.episode,)).fetchone()
+            if not row[0]:
+                known = [r[0] for r in conn.execute("SELECT episode_id FROM episodes ORDER BY episode_id LIMIT 21")]
+                listing = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+                raise SearchError(
+                    f"episode {filters.episode!r} does not exist" + (f" (known episodes: {listing})" if known else "")
+                )
+        if mode is Mode.text:
+            if not conn.execute("SELECT EXISTS (SELECT 1 FROM segments)").fetchone()[0]:
+                raise SearchError("the database has no transcript chunks yet: run `gdr ingest` first")
+        else:
+            model = choose_model(conn, settings, model_id)
+    params = filters.params()
+    if model is not None:
+        params["qv"] = embed_query(embedder_for(model, settings), query, model.dimensions)
+    fetch = k if context == 0 else min(MAX_FETCH, k * (2 * context + 1))
+    cand = max(CANDIDATES, fetch) if mode is Mode.hybrid else fetch
+    params.update(q=query, cand=cand, fetch=fetch, ctx=context, rrf_k=RRF_K)
+    return _Prepared(mode, model, build_sql(mode, query, model, filters), params, filters, fetch)
+
+
+def search(
+    query: str,
+    k: int = 5,
+    *,
+    episode: str | None = None,
+    speaker: str | None = None,
+    since: date | datetime | str | None = None,
+    mode: Mode | str = DEFAULT_MODE,
+    context: int = 0,
+    model_id: str | None = None,
+    settings: Settings | None = None,
+    db: Database | None = None,
+) -> SearchResults:
+    """The top k results for `query` (a list of Hit, best first; see the module docstring).
+
+    Pass an open `db` to reuse its pool (otherwise one is opened from `settings` and closed again).
+    `context` adds that many neighbouring chunks before and after each hit; hits whose windows
+    overlap (share a chunk) become one result spanning both, with the best score.
+    """
+    settings = settings or Settings()
+    own = db is None
+    db = db or Database.from_settings(settings)
+    try:
+        prepared = _prepare(db, query, k, episode=episode, speaker=speaker, since=since, mode=mode,
+                            context=context, model_id=model_id, settings=settings)
+        rows = _run(db, prepared)
+        hits = _assemble(rows, k, context, settings.audio_dir.resolve())
+        notice = None if hits else _empty_notice(db, prepared.filters)
+    finally:
+        if own:
+            db.close()
+    return SearchResults(hits, mode=prepared.mode, model_id=prepared.model.model_id if prepared.model else None,
+                         notice=notice)
+
+
+def _run(db: Database, p: _Prepared) -> list[tuple]:
+    with db.connection() as conn, conn.transaction():
+        if p.model is not None:
+            _scan_settings(conn)
+        rows = conn.execute(p.statement, p.params).fetchall()
+        if p.model is not None and p.filters.any:
+            found = rows[0][-1] if rows else 0
+            if found < p.fetch:  # the graph scan ran out of budget before enough rows passed the filter
+                exact = build_sql(p.mode, p.params["q"], p.model, p.filters, exact=True)
+                rows = conn.execute(exact, p.params).fetchall()
+    return rows
+
+
+def explain(query: str, k: int = 5, *, analyze: bool = False, settings: Settings | None = None,
+            db: Database | None = None, **options: Any) -> str:
+    """The Postgres plan of the search statement `search(query, k, **options)` would run."""
+    settings = settings or Settings()
+    own = db is None
+    db = db or Database.from_settings(settings)
+    try:
+        p = _prepare(db, query, k, episode=options.get("episode"), speaker=options.get("speaker"),
+                     since=options.get("since"), mode=options.get("mode", DEFAULT_MODE),
+                     context=options.get("context", 0), model_id=options.get("model_id"), settings=settings)
+        with db.connection() as conn, conn.transaction():
+            if p.model is not None:
+                _scan_settings(conn)
+            prefix = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN ")
+            return "\n".join(r[0] for r in conn.execute(prefix + p.statement, p.params))
+    finally:
+        if own:
+            db.close()
+
+
+def _assemble(rows: list[tuple], k: int, context: int, audio_dir: Path) -> list[Hit]:
+    """Group the rows into hits (score order), merge overlapping windows, keep the first k."""
+    windows: list[_Window] = []
+    current: tuple[str, int] | None = None
+    hit_rows: list[tuple[tuple, dict[int, Segment]]] = []
+    for row in rows:
+        key = (row[0], row[1])
+        if key != current:
+            hit_rows.append((row, {}))
+            current = key
+        hit_rows[-1][1][row[11]] = Segment(row[11], row[12], float(row[13]), float(row[14]), row[15])
+    for row, segs in hit_rows:
+        episode_id, position = row[0], row[1]
+        lo, hi = position - context, position + context
+        overlapping = [w for w in windows if w.episode_id == episode_id and w.lo <= hi and lo <= w.hi]
+        if not overlapping:
+            if len(windows) == k:
+                break
+            windows.append(_Window(episode_id, lo, hi, row, [position], dict(segs)))
+            continue
+        target, *others = overlapping  # windows are in score order: the first holds the best hit
+        for w in others:
+            target.lo, target.hi = min(target.lo, w.lo), max(target.hi, w.hi)
+            target.matched += w.matched
+            target.segments.update(w.segments)
+            windows.remove(w)
+        target.lo, target.hi = min(target.lo, lo), max(target.hi, hi)
+        target.matched.append(position)
+        target.segments.update(segs)
+    hits = []
+    for rank, w in enumerate(windows, 1):
+        best = w.best
+        segments = tuple(w.segments[p] for p in sorted(w.segments))
+        main = w.segments.get(best[1]) or segments[0]
+        if len(segments) == 1:
+            text = segments[0].text
+        else:
+            text = "\n".join(f"{s.speaker}: {s.text}" for s in segments)
+        title = best[7] or (Path(best[9]).stem if best[9] else f"Episode {best[0]}")
+        start, end = segments[0].start, max(s.end for s in segments)
+        hits.append(Hit(
+            rank=rank, score=float(best[2]), episode_id=best[0], title=title, published=best[8],
+            speaker=main.speaker, start=start, end=end, text=text,
+            link=deep_link(best[10], best[9], audio_dir, start),
+            position=best[1], positions=tuple(s.position for s in segments), matched_positions=tuple(w.matched),
+            segments=segments, vector_score=best[3], vector_rank=best[4], text_score=best[5], text_rank=best[6],
+        ))
+    return hits
+
+
+def _empty_notice(db: Database, filters: _Filters) -> str:
+    if filters.speaker:
+        with db.connection() as conn:
+            speakers = [r[0] for r in conn.execute(
+                "SELECT DISTINCT speaker FROM segments WHERE %(episode)s::text IS NULL OR episode_id = %(episode)s "
+                "ORDER BY speaker LIMIT 31",
+                {"episode": filters.episode},
+            )]
+        scope = f" in episode {filters.episode}" if filters.episode else ""
+        listing = ", ".join(speakers[:30]) + (", ..." if len(speakers) > 30 else "")
+        return f"no results from a speaker matching {filters.speaker!r}{scope}" + (
+            f" (speakers: {listing})" if speakers else ""
+        )
+    if filters.any:
+        return "no results match the filters"
+    return "no results"

@@ -1,0 +1,1 @@
+"""Test package: shared helpers import as `tests.fakeapi` (from tests and from `python -m bench...`)."""

@@ -1,0 +1,235 @@
+"""Exports: files and shapes, parseable SRT/WebVTT, atomic writes, offline re-formatting."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import types
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+
+from gent_disagreement_rag import exports
+from gent_disagreement_rag.chunking import chunk_transcript
+from gent_disagreement_rag.exports import (
+    CAPTION_LINE_CHARS,
+    CAPTION_MAX_SECONDS,
+    caption_cues,
+    export_episode,
+    format_timestamp,
+    reformat_raw,
+    write_atomic,
+)
+from gent_disagreement_rag.transcript import Transcript
+from tests.test_chunking import FIXTURE_FILES, FIXTURES, load_fixture, transcripts
+
+PHONE = FIXTURES / "phone_call_463s_2spk_nova3_utterances.json"
+SPEAKERS = {"0": "Tom", "1": "Beth"}
+SRT_TIME = r"(\d\d):(\d\d):(\d\d),(\d{3})"
+VTT_TIME = SRT_TIME.replace(",", r"\.")
+
+
+def seconds(match: tuple[str, ...]) -> float:
+    h, m, s, ms = map(int, match)
+    return h * 3600 + m * 60 + s + ms / 1000
+
+
+def parse_captions(text: str, time: str) -> list[tuple[float, float, list[str]]]:
+    """(start, end, text lines) of every cue; fails on any malformed block."""
+    cues = []
+    for block in filter(None, text.strip().split("\n\n")):
+        lines = block.split("\n")
+        if lines[0] == "WEBVTT":
+            continue
+        if time == SRT_TIME:
+            assert lines.pop(0) == str(len(cues) + 1)
+        stamps = re.fullmatch(f"{time} --> {time}", lines[0])
+        assert stamps, lines[0]
+        groups = stamps.groups()
+        cues.append((seconds(groups[:4]), seconds(groups[4:]), lines[1:]))
+    return cues
+
+
+def characters(texts: list[str]) -> str:
+    """Every non-space character in order: what captions must keep of the words, however joined."""
+    return re.sub(r"\s", "", "".join(texts))
+
+
+def assert_well_timed(cues: list[tuple[float, float, list[str]]]) -> None:
+    assert cues
+    for start, end, lines in cues:
+        assert start <= end and 1 <= len(lines) <= 2
+    assert all(a[0] <= b[0] and a[1] <= b[0] for a, b in pairwise(cues))
+
+
+@pytest.fixture
+def phone_export(tmp_path: Path) -> tuple[dict[str, Path], Transcript, list]:
+    raw = json.loads(PHONE.read_text(encoding="utf-8"))
+    transcript = load_fixture(PHONE)
+    chunks = chunk_transcript(transcript, SPEAKERS)
+    paths = export_episode(tmp_path / "out", "call", raw, transcript, chunks, "Customer call", SPEAKERS)
+    return paths, transcript, chunks
+
+
+def test_export_writes_five_files_and_no_temp_files(phone_export) -> None:
+    paths, _, _ = phone_export
+    assert {k: p.name for k, p in paths.items()} == {
+        "raw": "call.raw.json",
+        "chunks": "call.chunks.json",
+        "markdown": "call.md",
+        "srt": "call.srt",
+        "vtt": "call.vtt",
+    }
+    out_dir = paths["raw"].parent
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(p.name for p in paths.values())
+    assert json.loads(paths["raw"].read_text(encoding="utf-8")) == json.loads(PHONE.read_text(encoding="utf-8"))
+
+
+def test_chunks_json_extends_the_speaker_text_shape(phone_export) -> None:
+    paths, _, chunks = phone_export
+    data = json.loads(paths["chunks"].read_text(encoding="utf-8"))
+    assert len(data) == len(chunks)
+    for item, chunk in zip(data, chunks):
+        assert item == {
+            "speaker": chunk.speaker,
+            "text": chunk.text,
+            "start": chunk.start,
+            "end": chunk.end,
+            "position": chunk.position,
+            "token_count": chunk.token_count,
+        }
+    assert {item["speaker"] for item in data} == {"Tom", "Beth"}
+
+
+def test_markdown_has_a_title_and_one_block_per_turn(phone_export) -> None:
+    paths, _, _ = phone_export
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    assert markdown.startswith("# Customer call\n")
+    headers = re.findall(r"^\*\*(Tom|Beth)\*\* \[(\d\d:\d\d:\d\d)\]$", markdown, flags=re.M)
+    assert headers[:3] == [("Tom", "00:00:00"), ("Beth", "00:00:08"), ("Tom", "00:00:10")]
+    assert all(a[0] != b[0] for a, b in pairwise(headers))
+    assert "Hi. Thank you for calling Premier Phone Services." in markdown
+
+
+def test_srt_and_vtt_parse_with_short_increasing_cues(phone_export) -> None:
+    paths, _, _ = phone_export
+    srt = paths["srt"].read_text(encoding="utf-8")
+    srt_cues = parse_captions(srt, SRT_TIME)
+    assert_well_timed(srt_cues)
+    assert all(len(line) <= CAPTION_LINE_CHARS for _, _, lines in srt_cues for line in lines)
+    # Only a single long word (a spoken 12-digit number here) may outlast the limit.
+    assert all(end - start <= CAPTION_MAX_SECONDS or " " not in lines[-1] for start, end, lines in srt_cues)
+    assert srt_cues[0][2][0].startswith("Tom: Hi.")
+
+    vtt = paths["vtt"].read_text(encoding="utf-8")
+    assert vtt.startswith("WEBVTT\n\n")
+    vtt_cues = parse_captions(vtt, VTT_TIME)
+    assert [c[:2] for c in vtt_cues] == [c[:2] for c in srt_cues]
+    assert all(lines[0].startswith(("<v Tom>", "<v Beth>")) for _, _, lines in vtt_cues)
+
+
+@pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.name.split("_")[0])
+def test_captions_of_every_fixture_cover_every_word(path: Path, tmp_path: Path) -> None:
+    transcript = load_fixture(path)
+    assert characters([c.text for c in caption_cues(transcript)]) == characters([w.display for w in transcript.words])
+    paths = export_episode(tmp_path, "ep", {}, transcript, [], path.stem, {})
+    assert_well_timed(parse_captions(paths["srt"].read_text(encoding="utf-8"), SRT_TIME))
+    assert_well_timed(parse_captions(paths["vtt"].read_text(encoding="utf-8"), VTT_TIME))
+
+
+@settings(max_examples=40, deadline=None)
+@given(transcripts())
+def test_random_transcripts_give_valid_captions(transcript: Transcript) -> None:
+    cues = caption_cues(transcript)
+    assert not cues or cues[0].start == transcript.words[0].start
+    assert all(c.start <= c.end for c in cues)
+    assert all(a.start <= b.start and a.end <= b.start for a, b in pairwise(cues))
+    assert characters([c.text for c in cues]) == characters([w.display for w in transcript.words])
+
+
+def test_empty_transcript_exports_empty_captions(tmp_path: Path) -> None:
+    paths = export_episode(tmp_path, "silence", {}, Transcript("deepgram", "nova-3", 3.0, []), [], "Silence", {})
+    assert paths["srt"].read_text(encoding="utf-8") == ""
+    assert paths["vtt"].read_text(encoding="utf-8") == "WEBVTT\n"
+    assert json.loads(paths["chunks"].read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "sep", "expected"),
+    [
+        (0.0, ",", "00:00:00,000"),
+        (3661.5, ",", "01:01:01,500"),
+        (59.9996, ".", "00:01:00.000"),
+        (36000.25, ".", "10:00:00.250"),
+        (75.4, None, "00:01:15"),
+        (-0.001, ",", "00:00:00,000"),
+    ],
+)
+def test_format_timestamp(value: float, sep: str | None, expected: str) -> None:
+    assert format_timestamp(value, sep) == expected
+
+
+def test_atomic_write_replaces_the_file(tmp_path: Path) -> None:
+    target = tmp_path / "a.md"
+    write_atomic(target, "old")
+    write_atomic(target, "new ü")
+    assert target.read_text(encoding="utf-8") == "new ü"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.md"]
+
+
+@pytest.mark.parametrize("fail_in", ["fsync", "replace"])
+def test_interrupted_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_in: str) -> None:
+    target = tmp_path / "a.srt"
+    write_atomic(target, "old")
+
+    def crash(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(exports.os, fail_in, crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, "new " * 10_000)
+    monkeypatch.undo()
+    assert target.read_text(encoding="utf-8") == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.srt"]
+
+
+def test_reformat_raw_rebuilds_every_file_offline(tmp_path: Path) -> None:
+    raw_path = tmp_path / "ep42.raw.json"
+    shutil.copyfile(PHONE, raw_path)
+    paths = reformat_raw(raw_path, SPEAKERS, max_tokens=60)
+    assert all(p.parent == tmp_path and p.exists() for p in paths.values())
+    assert paths["chunks"].name == "ep42.chunks.json"
+    chunks = json.loads(paths["chunks"].read_text(encoding="utf-8"))
+    assert chunks and max(c["token_count"] for c in chunks) <= 60
+    assert paths["markdown"].read_text(encoding="utf-8").startswith("# ep42\n")
+    assert json.loads(raw_path.read_text(encoding="utf-8")) == json.loads(PHONE.read_text(encoding="utf-8"))
+
+
+def test_reformat_raw_writes_into_another_directory(tmp_path: Path) -> None:
+    paths = reformat_raw(PHONE, None, tmp_path / "out")
+    assert paths["raw"] == tmp_path / "out" / f"{PHONE.stem}.raw.json"
+    assert json.loads(paths["chunks"].read_text(encoding="utf-8"))[0]["speaker"] == "Speaker 0"
+
+
+def test_reformat_raw_hands_local_responses_to_the_local_parser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transcript = load_fixture(PHONE)
+    seen = []
+
+    def parse_local_response(raw: dict) -> Transcript:
+        seen.append(raw)
+        return transcript
+
+    fake = types.ModuleType("gent_disagreement_rag.transcribers.local_whisper")
+    fake.parse_local_response = parse_local_response  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    raw_path = tmp_path / "local.raw.json"
+    raw_path.write_text(json.dumps({"provider": "local", "segments": []}), encoding="utf-8")
+    paths = reformat_raw(raw_path, SPEAKERS)
+    assert seen == [{"provider": "local", "segments": []}]
+    assert "Tom: Hi." in paths["srt"].read_text(encoding="utf-8")
