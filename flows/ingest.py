@@ -8,19 +8,16 @@ a key built from what determines its output, and retries only transient errors.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import acreate_table_artifact
-from prefect.settings import (
-    PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
-    PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-    temporary_settings,
-)
 from prefect.states import Completed, Failed
 from prefect.tasks import exponential_backoff
 
@@ -33,6 +30,7 @@ from gent_disagreement_rag.transcript import TranscriptionResult
 
 RETRIES = 4
 RETRY_DELAYS = exponential_backoff(backoff_factor=1)(RETRIES)  # 1, 2, 4, 8 s (+ jitter)
+RETRY_JITTER = 0.5  # each delay is drawn from [delay * (1 - RETRY_JITTER), delay * (1 + RETRY_JITTER)]
 MAX_RETRY_AFTER = 120.0
 
 _run_settings: ContextVar[Settings | None] = ContextVar("gdr_run_settings", default=None)
@@ -67,6 +65,12 @@ class EpisodeSummary:
     error: str = ""
 
 
+def close_run_databases() -> None:
+    """Close this process's pools (tests and long-lived processes that switch databases)."""
+    while _databases:
+        _databases.popitem()[1].close()
+
+
 def _notify(summary: EpisodeSummary) -> None:
     for listener in progress_listeners:
         listener(summary.episode, summary.status, asdict(summary))
@@ -84,8 +88,8 @@ async def retry_transient(task_, task_run, state) -> bool:
     if not is_transient(exc):
         return False
     if retry_after := getattr(exc, "retry_after", None):
-        planned = RETRY_DELAYS[min(task_run.run_count - 1, len(RETRY_DELAYS) - 1)]
-        await asyncio.sleep(min(max(0.0, retry_after - planned), MAX_RETRY_AFTER))
+        shortest = RETRY_DELAYS[min(task_run.run_count - 1, len(RETRY_DELAYS) - 1)] * (1 - RETRY_JITTER)
+        await asyncio.sleep(min(max(0.0, retry_after - shortest), MAX_RETRY_AFTER))
     return True
 
 
@@ -99,7 +103,7 @@ cached_stage = task(
     cache_result_in_memory=False,
     retries=RETRIES,
     retry_delay_seconds=RETRY_DELAYS,
-    retry_jitter_factor=0.5,
+    retry_jitter_factor=RETRY_JITTER,
     retry_condition_fn=retry_transient,
 )
 
@@ -158,7 +162,7 @@ async def embed_task(job: EpisodeJob, episode: FormattedEpisode, cache_key: str,
     task_run_name="store-{job.episode_id}",
     retries=RETRIES,
     retry_delay_seconds=RETRY_DELAYS,
-    retry_jitter_factor=0.5,
+    retry_jitter_factor=RETRY_JITTER,
     retry_condition_fn=retry_transient,
 )
 async def store_task(job: EpisodeJob, episode: FormattedEpisode, batch) -> int:
@@ -167,27 +171,25 @@ async def store_task(job: EpisodeJob, episode: FormattedEpisode, batch) -> int:
     return await asyncio.to_thread(pipeline.store_episode, settings, run_database(settings), job, episode, batch)
 
 
-def _cache_settings(settings: Settings) -> dict[Any, Any]:
-    """Stage results and cache records under GDR_HOME (or CACHE_DIR / a storage block), however the flow runs."""
-    updates: dict[Any, Any] = {PREFECT_RESULTS_LOCAL_STORAGE_PATH: settings.result_storage_path}
-    if settings.result_storage_block:
-        updates[PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK] = settings.result_storage_block
-    return updates
+@functools.cache
+def _stored(stage: Task, storage: Path | str) -> Task:
+    """The stage with its results and cache records in GDR_HOME/cache, CACHE_DIR or a storage block."""
+    return stage.with_options(result_storage=storage)
 
 
 @flow(name="episode_pipeline", flow_run_name="episode-{job.episode_id}", persist_result=False)
 async def episode_pipeline(job: EpisodeJob, run_id: str = "") -> dict[str, Any]:
     """transcribe -> format (quality gate + chunks) -> export -> embed -> store, for one episode."""
     settings = run_settings()
-    with temporary_settings(updates=_cache_settings(settings)):
-        t_key = await asyncio.to_thread(pipeline.transcribe_key, settings, job)
-        f_key = pipeline.format_key(settings, job, t_key)
-        transcription = await transcribe_task(job, cache_key=t_key, run_id=run_id)
-        episode = await format_task(job, transcription, cache_key=f_key)
-        await export_task(job, transcription, episode, cache_key=pipeline.export_key(settings, job, f_key))
-        e_key = await asyncio.to_thread(pipeline.embed_key, settings, f_key)
-        batch = await embed_task(job, episode, cache_key=e_key, run_id=run_id)
-        segments = await store_task(job, episode, batch)
+    storage = settings.result_storage_block or settings.result_storage_path
+    t_key = await asyncio.to_thread(pipeline.transcribe_key, settings, job)
+    f_key = pipeline.format_key(settings, job, t_key)
+    transcription = await _stored(transcribe_task, storage)(job, cache_key=t_key, run_id=run_id)
+    episode = await _stored(format_task, storage)(job, transcription, cache_key=f_key)
+    await _stored(export_task, storage)(job, transcription, episode, cache_key=pipeline.export_key(settings, job, f_key))
+    e_key = await asyncio.to_thread(pipeline.embed_key, settings, f_key)
+    batch = await _stored(embed_task, storage)(job, episode, cache_key=e_key, run_id=run_id)
+    segments = await store_task(job, episode, batch)
     return {"segments": segments, "audio_seconds": transcription.transcript.duration}
 
 

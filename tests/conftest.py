@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,14 +26,19 @@ for _var in ("DEEPGRAM_API_KEY", "OPENAI_API_KEY", "DATABASE_URL", "DB_HOST", "T
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Admin URL of an embedded Postgres started for this test session and stopped after it."""
+def pg_server() -> Iterator[str]:
+    """Admin URL of an embedded Postgres started for this test session, stopped and deleted after it.
+
+    Not under pytest's tmp dir: pytest keeps that 0700, and postgres runs as another OS user when we are root.
+    """
     from gent_disagreement_rag.database import _embedded_server, stop_embedded
 
-    home = tmp_path_factory.mktemp("pg")
+    home = Path(tempfile.mkdtemp(prefix="gdr-test-pg-"))
+    home.chmod(0o755)
     server = _embedded_server(home / "pgdata")
     yield server.get_uri()
     stop_embedded(Settings(_env_file=None, gdr_home=home))
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -70,3 +78,40 @@ def fake_api() -> Iterator[FakeAPI]:
     """A local server speaking Deepgram's and OpenAI's wire formats for the real SDKs (tests/fakeapi.py)."""
     with FakeAPI() as api:
         yield api
+
+
+@pytest.fixture(scope="session")
+def prefect_api(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prefect API server for the test session, backed by the session's Postgres.
+
+    Like `prefect_test_harness`, but not on SQLite: a SQLite-backed server answers 503 "database is
+    locked" under concurrent subflows (measured), which serialises the very runs these tests check.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
+
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute('CREATE DATABASE "prefect_test"')
+    socket_dir = pg_server.split("host=", 1)[1]
+    database = f"postgresql+asyncpg://postgres:@/prefect_test?host={socket_dir}"
+    with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: database, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        server = SubprocessASGIServer(port=_free_port())
+        server.start(timeout=120)
+        try:
+            results = tmp_path_factory.mktemp("prefect-results")  # flow-level results; stage caches live in GDR_HOME
+            with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
+                yield server.api_url
+        finally:
+            server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

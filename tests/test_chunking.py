@@ -110,6 +110,22 @@ def test_adjacent_chunks_of_one_speaker_would_not_fit_together(transcript: Trans
             assert count_tokens(text) > 30
 
 
+@settings(max_examples=80, deadline=None)
+@given(transcripts())
+def test_no_backchannel_is_a_chunk_of_its_own(transcript: Transcript) -> None:
+    """Without budget pressure (every text counts 1 token), only a transcript of one turn stands alone."""
+    config, words = ChunkerConfig(), transcript.words
+    turns = speaker_turns(transcript)
+    backchannels = {
+        (t.first_word, t.last_word)
+        for t in turns
+        if t.last_word - t.first_word < config.backchannel_max_words
+        and words[t.last_word].end - words[t.first_word].start <= config.backchannel_max_seconds
+    }
+    chunks = chunk_transcript(transcript, count_tokens=lambda text: 1)
+    assert len(turns) < 2 or not backchannels & {(c.first_word, c.last_word) for c in chunks}
+
+
 @pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.name.split("_")[0])
 @pytest.mark.parametrize("max_tokens", [DEFAULT_MAX_TOKENS, 40])
 def test_real_fixtures_keep_the_invariants(path: Path, max_tokens: int) -> None:

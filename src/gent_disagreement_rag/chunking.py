@@ -311,5 +311,7 @@ def chunk_transcript(
     if not transcript.words:
         return []
     if count_tokens is None:
-        from .embedders.tokens import count_tokens
+        from .embedders.tokens import count_tokens as cl100k
+
+        count_tokens = cl100k
     return _Chunker(transcript, speakers_map or {}, config, count_tokens).chunks()

@@ -20,6 +20,7 @@ import tempfile
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,8 @@ def caption_cues(transcript: Transcript, speakers_map: dict[str, str] | None = N
                 if cue_text := text(first, i):  # words with no text make no (malformed) empty cue
                     cues.append(Cue(words[first].start, end, turn.speaker, cue_text, new_speaker))
                 first = i + 1
-    return [
-        replace(cue, end=max(cue.start, min(cue.end, nxt.start))) if nxt else cue
-        for cue, nxt in zip(cues, [*cues[1:], None], strict=True)
-    ]
+    clamped = [replace(cue, end=max(cue.start, min(cue.end, nxt.start))) for cue, nxt in pairwise(cues)]
+    return clamped + cues[-1:]
 
 
 def to_srt(cues: Sequence[Cue]) -> str:

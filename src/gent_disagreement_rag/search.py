@@ -56,14 +56,22 @@ class Mode(str, Enum):
 #   vector  hit@3 11/12 = 0.92   MRR 0.875
 #   text    hit@3  8/12 = 0.67   MRR 0.597
 #   hybrid  hit@3 12/12 = 1.00   MRR 0.958
-# (text = OR of the query's terms, ranked by ts_rank_cd; see _tsquery_sql). Hybrid wins on both.
+# (text = OR of the query's terms, ranked by ts_rank_cd; see text_query). Hybrid wins on both.
 DEFAULT_MODE = Mode.hybrid
 
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 CANDIDATES = 50  # rows each side of a hybrid search contributes to the fusion
 HNSW_EF_SEARCH = 100  # candidate list of the HNSW scan (pgvector default 40)
-HNSW_MAX_SCAN_TUPLES = 20_000  # iterative-scan budget under a filter (pgvector default too)
+# Iterative-scan budget under a filter (pgvector's default is 20,000). A filter so selective that
+# this many tuples yield fewer than k rows is served by an exact scan instead (see _run); scanning
+# 20,000 graph tuples costs far more than that.
+HNSW_MAX_SCAN_TUPLES = 5_000
 MAX_FETCH = 200  # cap on hits fetched to fill k results after merging context windows
+TEXT_ROW_BUDGET = 1_000  # estimated rows the text side may rank (see text_query)
+# Extra transaction-local planner settings for the search statement. Empty in production; the
+# tests set {"enable_seqscan": "off", "enable_sort": "off"} to get the HNSW plan on a 2,000-row
+# table, where Postgres rightly prefers an exact sequential scan (it picks HNSW unprompted at 100k).
+PLANNER_SETTINGS: dict[str, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +147,12 @@ class SearchResults(list[Hit]):
     """The hits, plus how they were found and, when empty, why (`notice`)."""
 
     def __init__(self, hits: Sequence[Hit] = (), *, mode: Mode = DEFAULT_MODE, model_id: str | None = None,
-                 notice: str | None = None):
+                 notice: str | None = None, exact_fallback: bool = False):
         super().__init__(hits)
         self.mode = mode
-        self.model_id = model_id
-        self.notice = notice
+        self.model_id = model_id  # the embedding model searched (None in text mode)
+        self.notice = notice  # why there are no results, when there are none
+        self.exact_fallback = exact_fallback  # True when a filter starved the HNSW scan and an exact scan ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,14 +310,47 @@ def embed_query(embedder: Embedder, query: str, dimensions: int) -> np.ndarray:
 # --- SQL -------------------------------------------------------------------------------------------
 
 
-def _tsquery_sql(query: str) -> sql.Composable:
-    """The text side's tsquery. A query using websearch syntax (quotes, OR, -word) is taken as is;
-    plain words (a question) become an OR of their terms, ranked by ts_rank_cd: websearch_to_tsquery
-    alone ANDs every term, which almost no chunk matches for a natural question."""
+def uses_websearch_syntax(query: str) -> bool:
+    """Quotes, OR or -word: the user wrote a websearch query, which is then taken as is."""
     words = query.lower().split()
-    if '"' in query or "or" in words or any(w.startswith("-") for w in words):
-        return sql.SQL("websearch_to_tsquery('english', %(q)s)")
-    return sql.SQL("replace(websearch_to_tsquery('english', %(q)s)::text, ' & ', ' | ')::tsquery")
+    return '"' in query or "or" in words or any(w.startswith("-") and len(w) > 1 for w in words)
+
+
+def _tsquery_literal(lexemes: Sequence[str], operator: str) -> str:
+    return f" {operator} ".join("'" + x.replace("\\", "\\\\").replace("'", "''") + "'" for x in lexemes)
+
+
+def text_query(conn: psycopg.Connection, query: str) -> str | None:
+    """The text side's tsquery (as tsquery text) for a plain-words query, or None for no lexemes.
+
+    websearch_to_tsquery alone ANDs every term, which almost no chunk matches for a natural
+    question, so the terms are ORed and ranked by ts_rank_cd instead. Ranking reads every matching
+    row, so common lexemes (by the planner's statistics of `segments.tsv`) are left out, rarest
+    first, once the estimated matching rows exceed TEXT_ROW_BUDGET; if even the rarest lexeme is
+    over it, all terms are ANDed. Without statistics (a never-analysed table) every term is kept.
+    """
+    rows = conn.execute(
+        """SELECT l.lexeme, st.freqs[array_position(st.elems, l.lexeme)], st.freqs[cardinality(st.elems) + 1],
+                  (SELECT reltuples FROM pg_class WHERE oid = 'segments'::regclass)
+           FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS l(lexeme)
+           LEFT JOIN (SELECT most_common_elems::text::text[] AS elems, most_common_elem_freqs AS freqs FROM pg_stats
+                      WHERE schemaname = current_schema() AND tablename = 'segments' AND attname = 'tsv') st ON true""",
+        (query,),
+    ).fetchall()
+    if not rows:
+        return None
+    lexemes = [r[0] for r in rows]
+    reltuples = rows[0][3] or 0
+    if reltuples <= 0 or rows[0][2] is None:  # no statistics yet
+        return _tsquery_literal(lexemes, "|")
+    estimate = {lex: (freq if freq is not None else min_freq) * reltuples for lex, freq, min_freq, _ in rows}
+    kept, total = [], 0.0
+    for lex in sorted(lexemes, key=lambda x: estimate[x]):
+        if total + estimate[lex] > TEXT_ROW_BUDGET:
+            break
+        kept.append(lex)
+        total += estimate[lex]
+    return _tsquery_literal(kept, "|") if kept else _tsquery_literal(lexemes, "&")
 
 
 def _vector_cte(model: StoredModel, filters: _Filters, *, exact: bool) -> sql.Composable:
@@ -344,7 +386,7 @@ def _vector_cte(model: StoredModel, filters: _Filters, *, exact: bool) -> sql.Co
     ).format(distance=distance, joins=sql.SQL(" ").join(joins), where=sql.SQL(" AND ").join(where), order=order)
 
 
-def _text_cte(query: str, filters: _Filters) -> sql.Composable:
+def _text_cte(filters: _Filters, *, websearch: bool) -> sql.Composable:
     where = [sql.SQL("s.tsv @@ tq.q")]
     if filters.episode:
         where.append(sql.SQL("s.episode_id = %(episode)s"))
@@ -354,23 +396,25 @@ def _text_cte(query: str, filters: _Filters) -> sql.Composable:
         ))
     if filters.speaker:
         where.append(sql.SQL("lower(s.speaker) LIKE ANY(%(speaker_patterns)s::text[])"))
+    tsq = "websearch_to_tsquery('english', %(q)s)" if websearch else "%(tsq)s::tsquery"
     return sql.SQL(
-        "tq AS (SELECT {tsq} AS q),\n"
+        "tq AS (SELECT " + tsq + " AS q),\n"
         "txt AS MATERIALIZED (SELECT s.episode_id, s.position, ts_rank_cd(s.tsv, tq.q) AS tscore "
         "FROM segments s CROSS JOIN tq WHERE {where} ORDER BY tscore DESC, s.episode_id, s.position LIMIT %(cand)s),\n"
         "tr AS (SELECT episode_id, position, tscore, "
         "row_number() OVER (ORDER BY tscore DESC, episode_id, position) AS trank FROM txt)"
-    ).format(tsq=_tsquery_sql(query), where=sql.SQL(" AND ").join(where))
+    ).format(where=sql.SQL(" AND ").join(where))
 
 
-def build_sql(mode: Mode, query: str, model: StoredModel | None, filters: _Filters, *, exact: bool = False) -> sql.Composed:
+def build_sql(mode: Mode, model: StoredModel | None, filters: _Filters, *, websearch: bool = False,
+              exact: bool = False) -> sql.Composed:
     """The whole search as one statement: candidates, fusion, top %(fetch)s hits, their windows."""
     ctes: list[sql.Composable] = []
     if mode in (Mode.vector, Mode.hybrid):
         assert model is not None
         ctes.append(_vector_cte(model, filters, exact=exact))
     if mode in (Mode.text, Mode.hybrid):
-        ctes.append(_text_cte(query, filters))
+        ctes.append(_text_cte(filters, websearch=websearch))
     if mode is Mode.vector:
         fused = "SELECT episode_id, position, vscore AS score, vscore, vrank, NULL::real AS tscore, NULL::bigint AS trank FROM vr"
     elif mode is Mode.text:
@@ -382,7 +426,8 @@ def build_sql(mode: Mode, query: str, model: StoredModel | None, filters: _Filte
             "vscore, vrank, tscore, trank FROM vr FULL JOIN tr USING (episode_id, position)"
         )
     ctes.append(sql.SQL(
-        "hits AS (" + fused + " ORDER BY score DESC, episode_id, position LIMIT %(fetch)s)"
+        "hits AS (" + fused + " ORDER BY score DESC, vscore DESC NULLS LAST, tscore DESC NULLS LAST, episode_id, position "
+        "LIMIT %(fetch)s)"
     ))
     vec_count = "(SELECT count(*) FROM vec)" if mode is not Mode.text else "NULL::bigint"
     return sql.SQL(
@@ -392,16 +437,18 @@ def build_sql(mode: Mode, query: str, model: StoredModel | None, filters: _Filte
         "s.position, s.speaker, s.start_seconds, s.end_seconds, s.text, " + vec_count + "\n"
         "FROM hits h JOIN episodes ep ON ep.episode_id = h.episode_id "
         "JOIN segments s ON s.episode_id = h.episode_id AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s\n"
-        "ORDER BY h.score DESC, h.episode_id, h.position, s.position"
+        "ORDER BY h.score DESC, h.vscore DESC NULLS LAST, h.tscore DESC NULLS LAST, h.episode_id, h.position, s.position"
     ).format(ctes=sql.SQL(",\n").join(ctes))
 
 
 def _scan_settings(conn: psycopg.Connection) -> None:
-    """Transaction-local HNSW knobs (call inside a transaction)."""
+    """Transaction-local HNSW knobs and PLANNER_SETTINGS (call inside a transaction)."""
+    knobs = {"hnsw.ef_search": str(HNSW_EF_SEARCH), "hnsw.iterative_scan": "relaxed_order",
+             "hnsw.max_scan_tuples": str(HNSW_MAX_SCAN_TUPLES), **PLANNER_SETTINGS}
     conn.execute(
-        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), "
-        "set_config('hnsw.max_scan_tuples', %s, true)",
-        (str(HNSW_EF_SEARCH), str(HNSW_MAX_SCAN_TUPLES)),
+        sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+            sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value)) for name, value in knobs.items()
+        ))
     )
 
 
@@ -426,6 +473,7 @@ class _Prepared:
     params: dict[str, Any]
     filters: _Filters
     fetch: int
+    websearch: bool
 
 
 def _prepare(
@@ -459,13 +507,16 @@ def _prepare(
                 raise SearchError("the database has no transcript chunks yet: run `gdr ingest` first")
         else:
             model = choose_model(conn, settings, model_id)
+        websearch = uses_websearch_syntax(query)
+        tsq = text_query(conn, query) if mode is not Mode.vector and not websearch else None
     params = filters.params()
     if model is not None:
         params["qv"] = embed_query(embedder_for(model, settings), query, model.dimensions)
     fetch = k if context == 0 else min(MAX_FETCH, k * (2 * context + 1))
     cand = max(CANDIDATES, fetch) if mode is Mode.hybrid else fetch
-    params.update(q=query, cand=cand, fetch=fetch, ctx=context, rrf_k=RRF_K)
-    return _Prepared(mode, model, build_sql(mode, query, model, filters), params, filters, fetch)
+    params.update(q=query, tsq=tsq, cand=cand, fetch=fetch, ctx=context, rrf_k=RRF_K)
+    statement = build_sql(mode, model, filters, websearch=websearch)
+    return _Prepared(mode, model, statement, params, filters, fetch, websearch)
 
 
 def search(
@@ -493,32 +544,35 @@ def search(
     try:
         prepared = _prepare(db, query, k, episode=episode, speaker=speaker, since=since, mode=mode,
                             context=context, model_id=model_id, settings=settings)
-        rows = _run(db, prepared)
+        rows, exact = _run(db, prepared)
         hits = _assemble(rows, k, context, settings.audio_dir.resolve())
         notice = None if hits else _empty_notice(db, prepared.filters)
     finally:
         if own:
             db.close()
     return SearchResults(hits, mode=prepared.mode, model_id=prepared.model.model_id if prepared.model else None,
-                         notice=notice)
+                         notice=notice, exact_fallback=exact)
 
 
-def _run(db: Database, p: _Prepared) -> list[tuple]:
+def _run(db: Database, p: _Prepared) -> tuple[list[tuple], bool]:
+    """The rows, and whether the exact rerun was needed."""
     with db.connection() as conn, conn.transaction():
         if p.model is not None:
             _scan_settings(conn)
-        rows = conn.execute(p.statement, p.params).fetchall()
+        # prepare=False: never a prepared statement, so never a generic plan. A generic plan does not see
+        # the LIMITs or the filter values and may trade the HNSW scan for a sequential scan and a sort.
+        rows = conn.execute(p.statement, p.params, prepare=False).fetchall()
         if p.model is not None and p.filters.any:
             found = rows[0][-1] if rows else 0
             if found < p.fetch:  # the graph scan ran out of budget before enough rows passed the filter
-                exact = build_sql(p.mode, p.params["q"], p.model, p.filters, exact=True)
-                rows = conn.execute(exact, p.params).fetchall()
-    return rows
+                exact = build_sql(p.mode, p.model, p.filters, websearch=p.websearch, exact=True)
+                return conn.execute(exact, p.params, prepare=False).fetchall(), True
+    return rows, False
 
 
 def explain(query: str, k: int = 5, *, analyze: bool = False, settings: Settings | None = None,
             db: Database | None = None, **options: Any) -> str:
-    """The Postgres plan of the search statement `search(query, k, **options)` would run."""
+    """The Postgres plan of the statement `search(query, k, **options)` runs first."""
     settings = settings or Settings()
     own = db is None
     db = db or Database.from_settings(settings)
@@ -548,12 +602,12 @@ def _assemble(rows: list[tuple], k: int, context: int, audio_dir: Path) -> list[
             current = key
         hit_rows[-1][1][row[11]] = Segment(row[11], row[12], float(row[13]), float(row[14]), row[15])
     for row, segs in hit_rows:
+        if len(windows) == k:  # hits below the top k do not stretch the windows above them
+            break
         episode_id, position = row[0], row[1]
         lo, hi = position - context, position + context
         overlapping = [w for w in windows if w.episode_id == episode_id and w.lo <= hi and lo <= w.hi]
         if not overlapping:
-            if len(windows) == k:
-                break
             windows.append(_Window(episode_id, lo, hi, row, [position], dict(segs)))
             continue
         target, *others = overlapping  # windows are in score order: the first holds the best hit
@@ -586,19 +640,26 @@ def _assemble(rows: list[tuple], k: int, context: int, audio_dir: Path) -> list[
     return hits
 
 
+def speaker_matches(name: str, speaker: str) -> bool:
+    """The speaker filter's rule (the SQL applies the same): whole name, or leading whole words."""
+    name, speaker = name.strip().lower(), speaker.lower()
+    return speaker == name or speaker.startswith(name + " ")
+
+
 def _empty_notice(db: Database, filters: _Filters) -> str:
     if filters.speaker:
         with db.connection() as conn:
             speakers = [r[0] for r in conn.execute(
                 "SELECT DISTINCT speaker FROM segments WHERE %(episode)s::text IS NULL OR episode_id = %(episode)s "
-                "ORDER BY speaker LIMIT 31",
+                "ORDER BY speaker",
                 {"episode": filters.episode},
             )]
-        scope = f" in episode {filters.episode}" if filters.episode else ""
-        listing = ", ".join(speakers[:30]) + (", ..." if len(speakers) > 30 else "")
-        return f"no results from a speaker matching {filters.speaker!r}{scope}" + (
-            f" (speakers: {listing})" if speakers else ""
-        )
+        if not any(speaker_matches(filters.speaker, s) for s in speakers):
+            scope = f" in episode {filters.episode}" if filters.episode else ""
+            listing = ", ".join(speakers[:30]) + (", ..." if len(speakers) > 30 else "")
+            return f"no results from a speaker matching {filters.speaker!r}{scope}" + (
+                f" (speakers: {listing})" if speakers else ""
+            )
     if filters.any:
         return "no results match the filters"
     return "no results"

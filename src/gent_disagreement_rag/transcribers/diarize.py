@@ -1,0 +1,110 @@
+"""Speaker turns without diarization weights: cluster stretches of speech by their pitch.
+
+No speaker-embedding model can be installed here, so this separates only voices whose pitch differs
+clearly (a man and a woman, say). Each stretch of speech gets the median pitch (in semitones) of its
+voiced frames (YIN), the medians are clustered with 1-D k-means for k = 2..max_speakers, and a
+clustering is accepted only if neighbouring clusters are at least MIN_SEMITONES apart and their
+centres differ by at least MIN_SEPARATION pooled standard deviations; among accepted clusterings the
+best separated wins. Otherwise everything is speaker 0: a wrong split would put one person's words
+under another's name, which is worse than no split. Two voices of similar pitch (two men) stay one
+speaker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+FRAME_SECONDS = 0.04
+HOP_SECONDS = 0.01
+F0_MIN, F0_MAX = 60.0, 400.0
+YIN_THRESHOLD = 0.15  # a frame is voiced when its normalised difference dips below this
+SILENCE_POWER = 1e-5  # mean square below -50 dBFS: no pitch
+BLOCK_FRAMES = 3000  # pitch is computed 30 s at a time to bound memory
+MIN_SEMITONES = 4.0
+MIN_SEPARATION = 4.0
+MIN_SHARE = 0.05  # of the stretches with a pitch, per speaker
+
+
+def pitch_track(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Pitch in semitones (12 * log2 Hz) of every 10 ms frame, NaN where unvoiced (YIN)."""
+    frame, hop = int(FRAME_SECONDS * sample_rate), int(HOP_SECONDS * sample_rate)
+    if len(audio) < frame:
+        return np.full(0, np.nan)
+    lo, hi = int(sample_rate / F0_MAX), int(sample_rate / F0_MIN)
+    lags = np.arange(hi + 1)
+    frames = np.lib.stride_tricks.sliding_window_view(audio, frame)[::hop]
+    out = np.full(len(frames), np.nan)
+    for start in range(0, len(frames), BLOCK_FRAMES):
+        block = frames[start : start + BLOCK_FRAMES].astype(np.float64)
+        autocorr = np.fft.irfft(np.abs(np.fft.rfft(block, n=2 * frame)) ** 2)[:, : hi + 1]
+        energy = np.cumsum(np.square(block), axis=1)
+        head = energy[:, frame - 1 - lags]  # sum of x[j]^2 for j < frame - lag
+        tail = energy[:, -1:] - np.concatenate([np.zeros((len(block), 1)), energy[:, lags[1:] - 1]], axis=1)
+        diff = (head + tail - 2.0 * autocorr)[:, 1:] / (frame - lags[1:])  # mean of (x[j] - x[j+lag])^2
+        normalised = diff * lags[1:] / np.maximum(np.cumsum(diff, axis=1), 1e-12)
+        below = normalised[:, lo - 1 :] < YIN_THRESHOLD
+        voiced = below.any(axis=1) & (energy[:, -1] > SILENCE_POWER * frame)
+        lag = lo + np.argmax(below, axis=1)
+        out[start : start + len(block)] = np.where(voiced, 12 * np.log2(sample_rate / lag), np.nan)
+    return out
+
+
+def _kmeans(x: np.ndarray, k: int, iterations: int = 100) -> np.ndarray:
+    """Lloyd's k-means on 1-D values, started at evenly spaced quantiles (deterministic)."""
+    centres = np.quantile(x, (np.arange(k) + 0.5) / k)
+    for _ in range(iterations):
+        labels = np.argmin(np.abs(x[:, None] - centres[None, :]), axis=1)
+        updated = np.array([x[labels == j].mean() if (labels == j).any() else centres[j] for j in range(k)])
+        if np.allclose(updated, centres):
+            break
+        centres = updated
+    return labels
+
+
+def _separation(x: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """The smallest gap between neighbouring clusters, in pooled standard deviations; 0 if any gap is too small."""
+    clusters = sorted((x[labels == j] for j in range(k)), key=np.mean)
+    worst = np.inf
+    for low, high in zip(clusters, clusters[1:]):
+        gap = high.mean() - low.mean()
+        spread = np.sqrt((low.var() * len(low) + high.var() * len(high)) / (len(low) + len(high)))
+        if gap < MIN_SEMITONES:
+            return 0.0
+        worst = min(worst, gap / max(spread, 1e-9))
+    return float(worst)
+
+
+def assign_speakers(
+    audio: np.ndarray, sample_rate: int, spans: Sequence[tuple[float, float]], max_speakers: int
+) -> list[int]:
+    """A speaker number per (start, end) span in seconds, numbered in order of first appearance.
+
+    A span without voiced frames takes the speaker of the span before it (or after it, at the start).
+    """
+    pitch = pitch_track(audio, sample_rate)
+    medians = np.full(len(spans), np.nan)
+    for i, (start, end) in enumerate(spans):
+        values = pitch[int(start / HOP_SECONDS) : int(end / HOP_SECONDS) + 1]
+        if (~np.isnan(values)).any():
+            medians[i] = np.nanmedian(values)
+    known = np.flatnonzero(~np.isnan(medians))
+    best_score, best = MIN_SEPARATION, None
+    for k in range(2, max_speakers + 1):
+        if len(known) < 2 * k:
+            break
+        labels = _kmeans(medians[known], k)
+        if np.bincount(labels, minlength=k).min() < max(2, MIN_SHARE * len(known)):
+            continue
+        score = _separation(medians[known], labels, k)
+        if score >= best_score:
+            best_score, best = score, labels
+    if best is None:
+        return [0] * len(spans)
+    nearest_known = np.maximum.accumulate(np.where(np.isnan(medians), -1, np.arange(len(spans))))
+    labels = np.zeros(len(spans), dtype=int)
+    labels[known] = best
+    labels = labels[np.where(nearest_known < 0, known[0], nearest_known)]
+    _, first_seen = np.unique(labels, return_index=True)
+    return np.argsort(np.argsort(first_seen))[labels].tolist()

@@ -1,0 +1,131 @@
+"""The Prefect flows end to end: real Prefect runs (test harness), real Postgres, real SDKs over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gent_disagreement_rag import store
+from gent_disagreement_rag.database import Database
+from gent_disagreement_rag.settings import Settings
+from tests.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_error, sha256_of
+
+
+def make_audio(path: Path, seconds: float, frequency: int) -> Path:
+    """A small, distinct mp3 (a sine tone): the fake Deepgram answers with a transcript spanning it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency={frequency}:duration={seconds}",
+         "-ac", "1", "-ar", "16000", "-b:a", "32k", str(path)],
+        check=True,
+    )
+    return path
+
+
+@pytest.fixture
+def catalogue(settings: Settings, fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch, prefect_api) -> list[str]:
+    """Six episodes with distinct audio, and the environment pointing every setting at the test's world."""
+    entries = []
+    for i in range(6):
+        make_audio(settings.audio_dir / f"EP-{i}.mp3", 20 + i, 300 + 40 * i)
+        entries.append({"episode_id": f"EP-{i}", "file_name": f"EP-{i}.mp3", "speakers_map": {"0": "Ann", "1": "Bob"}})
+    settings.episodes_file.write_text(json.dumps(entries))
+    env = {
+        "DATABASE_URL": settings.external_database_url(),
+        "GDR_HOME": str(settings.gdr_home),
+        "EPISODES_FILE": str(settings.episodes_file),
+        "AUDIO_DIR": str(settings.audio_dir),
+        "TRANSCRIPTS_DIR": str(settings.transcripts_dir),
+        **{k.upper(): v for k, v in fake_api.settings_fields().items()},
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return [e["episode_id"] for e in entries]
+
+
+def run_ingest(**parameters):
+    from flows.ingest import close_run_databases, ingest
+
+    try:
+        return asyncio.run(ingest(**parameters, return_state=True))
+    finally:
+        close_run_databases()
+
+
+def statuses(settings: Settings) -> dict[str, tuple[str, int, str | None]]:
+    with Database.from_settings(settings) as db:
+        return {e.episode_id: (e.status, e.segments, e.last_error) for e in store.list_episodes(db)}
+
+
+def test_six_episodes_three_at_a_time_then_a_rerun_costs_nothing(settings, catalogue, fake_api) -> None:
+    fake_api.deepgram_latency = (1.0, 0.0)  # long enough for episodes to overlap
+    state = run_ingest(max_parallel=3)
+    assert state.is_completed(), state.message
+    assert fake_api.peak_concurrency(LISTEN) == 3
+    assert len(fake_api.requests_to(LISTEN)) == 6
+    assert len(fake_api.requests_to(EMBEDDINGS)) == 6  # one batched request per episode
+    assert all(status == "processed" and segments > 0 for status, segments, _ in statuses(settings).values())
+    exports = sorted(p.name for p in settings.transcripts_dir.iterdir())
+    assert {f"EP-0{suffix}" for suffix in (".raw.json", ".chunks.json", ".md", ".srt", ".vtt")} <= set(exports)
+
+    requests_before = len(fake_api.requests)
+    assert run_ingest().is_completed()  # nothing new, failed or changed: nothing to do
+    assert run_ingest(force=True).is_completed()  # every episode again: every stage from cache
+    assert len(fake_api.requests) == requests_before
+
+
+def test_one_bad_episode_fails_alone_and_the_run_is_failed(settings, catalogue, fake_api) -> None:
+    bad = settings.audio_dir / "EP-3.mp3"
+    fake_api.add_audio(bad, response=None)
+    fake_api.enqueue(LISTEN, deepgram_error(400, "Bad Request", "corrupt or unsupported data"))
+    state = run_ingest(episode_ids=["EP-3", "EP-4"], max_parallel=1)
+    assert state.is_failed()
+    assert "1/2 episodes processed" in state.message
+    result = statuses(settings)
+    assert result["EP-3"][0] == "failed" and "corrupt or unsupported data" in result["EP-3"][2]
+    assert result["EP-4"][0] == "processed"
+    assert len(fake_api.requests_to(LISTEN)) == 2  # the 400 was not retried
+    # The next default run picks up the failed episode and the never-run ones, not the processed one.
+    assert run_ingest().is_completed()
+    assert {status for status, _, _ in statuses(settings).values()} == {"processed"}
+    transcribed = [hashlib.sha256(r.body).hexdigest() for r in fake_api.requests_to(LISTEN)]
+    assert transcribed.count(sha256_of(settings.audio_dir / "EP-4.mp3")) == 1
+    assert transcribed.count(sha256_of(bad)) == 2
+
+
+def test_transient_429_is_retried_and_succeeds(settings, catalogue, fake_api) -> None:
+    fake_api.enqueue(LISTEN, deepgram_error(429, "TOO_MANY_REQUESTS", retry_after=1))
+    fake_api.enqueue(LISTEN, deepgram_error(503, "SERVICE_UNAVAILABLE"))
+    state = run_ingest(episode_ids=["EP-0"])
+    assert state.is_completed(), state.message
+    listen = fake_api.requests_to(LISTEN)
+    assert [r.status for r in listen] == [429, 503, 200]
+    assert listen[1].started - listen[0].ended >= 1.0  # Retry-After honoured
+
+
+def test_changing_the_embedding_model_re_embeds_without_transcribing(settings, catalogue, fake_api, monkeypatch) -> None:
+    assert run_ingest(episode_ids=["EP-1"]).is_completed()
+    listen, embeds = len(fake_api.requests_to(LISTEN)), len(fake_api.requests_to(EMBEDDINGS))
+    monkeypatch.setenv("EMBEDDING_DIMENSIONS", "512")
+    assert run_ingest(episode_ids=["EP-1"]).is_completed()
+    assert len(fake_api.requests_to(LISTEN)) == listen
+    assert len(fake_api.requests_to(EMBEDDINGS)) == embeds + 1
+    assert fake_api.requests_to(EMBEDDINGS)[-1].json["dimensions"] == 512
+    with Database.from_settings(settings) as db:
+        models = {m: n for m, _, n in store.embedding_model_counts(db)}
+    assert set(models) == {"openai/text-embedding-3-small@1536", "openai/text-embedding-3-small@512"}
+    assert models["openai/text-embedding-3-small@1536"] == models["openai/text-embedding-3-small@512"] > 0
+
+
+def test_changing_the_chunker_re_chunks_without_transcribing(settings, catalogue, fake_api, monkeypatch) -> None:
+    assert run_ingest(episode_ids=["EP-2"]).is_completed()
+    before = statuses(settings)["EP-2"][1]
+    monkeypatch.setenv("CHUNK_MAX_TOKENS", "40")
+    assert run_ingest(episode_ids=["EP-2"]).is_completed()
+    assert statuses(settings)["EP-2"][1] > before
+    assert len(fake_api.requests_to(LISTEN)) == 1
