@@ -161,18 +161,18 @@ EPISODES = [
 
 # Each question is answered by exactly one turn: the one in `episode_id` containing `expect_text`.
 QUESTIONS = [
-    ("Which parasite spreads deformed wing virus in honeybee hives?", 1, "parasitic mite that feeds"),
-    ("Are rooftop honeybee hives in cities actually good for wild bees?", 1, "outcompete the wild bees"),
-    ("When was the rusty patched bumblebee put on the endangered species list?", 1, "first bumblebee listed as endangered"),
+    ("Which parasite spreads deformed wing virus in honeybee hives?", 1, "on the developing bees"),
+    ("Are rooftop honeybee hives in cities actually good for wild bees?", 1, "too many hives"),
+    ("When was the rusty patched bumblebee put on the endangered species list?", 1, "the rusty patched bumblebee"),
     ("Who coined the word transistor and what is it short for?", 2, "short form of transfer resistor"),
     ("How much did AT&T charge other companies for a licence to the transistor patent?", 2, "advance on royalties"),
-    ("Why did researchers walk out on William Shockley, and what company did they start?", 2, "founded Fairchild Semiconductor"),
+    ("Why did researchers walk out on William Shockley, and what company did they start?", 2, "later founded Intel"),
     ("How do the yeast and the bacteria in a sourdough starter avoid competing for food?", 3, "cannot use maltose at all"),
-    ("What is the autolyse technique and who made it popular?", 3, "rest the flour and water"),
+    ("What is the autolyse technique and who made it popular?", 3, "before adding the starter"),
     ("Why do some people with IBS tolerate sourdough better than ordinary bread?", 3, "find sourdough easier to digest"),
     ("Where does the idea of a Pigouvian tax come from?", 4, "The Economics of Welfare"),
-    ("What happened to British Columbia's carbon tax?", 4, "scrapped the consumer carbon tax"),
-    ("How can a carbon tax be designed so that poorer households are not worse off?", 4, "equal dividend per person"),
+    ("What happened to British Columbia's carbon tax?", 4, "the consumer carbon tax"),
+    ("How can a carbon tax be designed so that poorer households are not worse off?", 4, "return the money"),
 ]
 
 MARKUP = re.compile(r"\{([^{}|]*)\|([^{}]*)\}")

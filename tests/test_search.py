@@ -322,9 +322,10 @@ def test_selective_speaker_filter_still_returns_k(synthetic, index_plans) -> Non
     hits = search(query, 3, speaker=RARE, mode="vector", settings=settings, db=db)
     assert ["Honeybees" in h.text for h in hits] == [True, True, False]
     # Without iterative scans the same statement starves: the filter is selective enough to matter.
-    prepared = search_module._prepare(db, query, 5, episode=None, speaker=RARE, since=None, mode="vector", context=0,
-                                      model_id=None, settings=settings)
-    with db.connection() as conn, conn.transaction():
+    request = search_module._validate(query, 5, episode=None, speaker=RARE, since=None, mode="vector", context=0,
+                                      model_id=None)
+    with db.connection() as conn:
+        prepared = search_module._prepare(conn, request, settings)
         search_module._scan_settings(conn)
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'off', true)")  # ef_search stays 100
         rows = conn.execute(prepared.statement, prepared.params).fetchall()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from collections.abc import Callable
 from functools import wraps
 from typing import Annotated, Any
@@ -251,3 +252,39 @@ def search_command(
             )
         table.add_row(str(h.rank), f"{h.score:.4f}", where, text)
     console.print(table)
+
+
+@app.command("format")
+@friendly_errors
+def format_command(
+    raw_path: Annotated[Path, typer.Argument(help="A saved raw Deepgram (or local Whisper) response, e.g. X.raw.json")],
+    speakers_map: Annotated[str | None, typer.Option("--speakers-map", help='JSON like {"0": "Ann", "1": "Bob"}')] = None,
+    out_dir: Annotated[Path | None, typer.Option("-o", "--out-dir", help="Folder for the exports (default: beside RAW)")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Token budget of a chunk (default CHUNK_MAX_TOKENS)")] = None,
+) -> None:
+    """Re-format a saved raw response into chunks and exports, with no network: tune chunking for free."""
+    from .exports import reformat_raw
+
+    names = _parse_speakers_map(speakers_map)
+    if not raw_path.is_file():
+        raise GdrError(f"{raw_path}: no such file")
+    try:
+        paths = reformat_raw(raw_path, names, out_dir, max_tokens or Settings().chunk_max_tokens)
+    except json.JSONDecodeError as exc:
+        raise GdrError(f"{raw_path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    chunks = json.loads(paths["chunks"].read_text(encoding="utf-8"))
+    console.print(f"{len(chunks)} chunks from {raw_path}")
+    for kind, path in paths.items():
+        console.print(f"  {kind:8} {path}")
+
+
+def _parse_speakers_map(text: str | None) -> dict[str, str]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GdrError(f"--speakers-map: not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise GdrError('--speakers-map: expected an object of names, like {"0": "Ann", "1": "Bob"}')
+    return {str(k): v for k, v in value.items()}

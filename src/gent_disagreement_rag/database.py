@@ -66,8 +66,15 @@ def database_url(settings: Settings) -> str:
 
 
 def prefect_database_url(settings: Settings) -> str:
-    """SQLAlchemy/asyncpg URL for the Prefect server's own database, on the same Postgres."""
+    """SQLAlchemy/asyncpg URL of the Prefect server's own database on the same Postgres (created if missing)."""
     if external := settings.external_database_url():
+        try:
+            _ensure_database(external, PREFECT_DATABASE)
+        except psycopg.Error as exc:
+            raise DatabaseUnavailableError(
+                f"cannot create the '{PREFECT_DATABASE}' database for Prefect: {_first_line(exc)} "
+                "(create it yourself, or set PREFECT_API_DATABASE_CONNECTION_URL)"
+            ) from None
         return _swap_db(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+asyncpg://", external))
     server = _embedded_server(settings.pgdata)
     _ensure_database(server.get_uri(), PREFECT_DATABASE)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import psycopg
@@ -163,6 +163,12 @@ class StoredModel:
     dimensions: int
 
 
+class _Shape(NamedTuple):
+    episode: bool
+    speaker: bool
+    since: bool
+
+
 @dataclass(frozen=True, slots=True)
 class _Filters:
     episode: str | None = None
@@ -171,7 +177,12 @@ class _Filters:
 
     @property
     def any(self) -> bool:
-        return bool(self.episode or self.speaker or self.since)
+        return self.shape != _Shape(False, False, False)
+
+    @property
+    def shape(self) -> _Shape:
+        """Which filters are set: all the SQL text depends on (the values are parameters)."""
+        return _Shape(self.episode is not None, self.speaker is not None, self.since is not None)
 
     def params(self) -> dict[str, Any]:
         patterns = None
@@ -235,19 +246,20 @@ def settings_model_id(settings: Settings) -> str:
     return model_id("openai", name, settings.embedding_dimensions or NATIVE_DIMENSIONS.get(name, 0))
 
 
+STORED_MODELS_SQL = """SELECT m.model_id, m.provider, m.model, m.dimensions FROM embedding_models m
+    WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.model_id) ORDER BY m.model_id"""
+
+
 def stored_models(conn: psycopg.Connection) -> list[StoredModel]:
     """Registered models that have at least one stored vector."""
-    rows = conn.execute(
-        """SELECT m.model_id, m.provider, m.model, m.dimensions FROM embedding_models m
-           WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.model_id) ORDER BY m.model_id"""
-    ).fetchall()
-    return [StoredModel(*r) for r in rows]
+    return [StoredModel(*r) for r in conn.execute(STORED_MODELS_SQL).fetchall()]
 
 
-def choose_model(conn: psycopg.Connection, settings: Settings, requested: str | None = None) -> StoredModel:
+def choose_model(conn: psycopg.Connection, settings: Settings, requested: str | None = None,
+                 models: list[StoredModel] | None = None) -> StoredModel:
     """The model to search with: `requested`, else the only one with vectors, else the one the
     settings' embedder produces, else the one with the most vectors."""
-    models = stored_models(conn)
+    models = stored_models(conn) if models is None else models
     if not models:
         raise SearchError("the database has no embeddings yet: run `gdr ingest` first")
     if requested:
@@ -320,23 +332,26 @@ def _tsquery_literal(lexemes: Sequence[str], operator: str) -> str:
     return f" {operator} ".join("'" + x.replace("\\", "\\\\").replace("'", "''") + "'" for x in lexemes)
 
 
+TEXT_STATS_SQL = """SELECT l.lexeme, st.freqs[array_position(st.elems, l.lexeme)], st.freqs[cardinality(st.elems) + 1],
+       (SELECT reltuples FROM pg_class WHERE oid = 'segments'::regclass)
+    FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS l(lexeme)
+    LEFT JOIN (SELECT most_common_elems::text::text[] AS elems, most_common_elem_freqs AS freqs FROM pg_stats
+               WHERE schemaname = current_schema() AND tablename = 'segments' AND attname = 'tsv') st ON true"""
+
+
 def text_query(conn: psycopg.Connection, query: str) -> str | None:
     """The text side's tsquery (as tsquery text) for a plain-words query, or None for no lexemes.
 
     websearch_to_tsquery alone ANDs every term, which almost no chunk matches for a natural
     question, so the terms are ORed and ranked by ts_rank_cd instead. Ranking reads every matching
-    row, so common lexemes (by the planner's statistics of `segments.tsv`) are left out, rarest
-    first, once the estimated matching rows exceed TEXT_ROW_BUDGET; if even the rarest lexeme is
-    over it, all terms are ANDed. Without statistics (a never-analysed table) every term is kept.
+    row, so common lexemes (by the planner's statistics of `segments.tsv`) are left out, most
+    common first, while the estimated matching rows exceed TEXT_ROW_BUDGET; if even the rarest
+    lexeme is over it, all terms are ANDed. Without statistics (a never-analysed table) all are kept.
     """
-    rows = conn.execute(
-        """SELECT l.lexeme, st.freqs[array_position(st.elems, l.lexeme)], st.freqs[cardinality(st.elems) + 1],
-                  (SELECT reltuples FROM pg_class WHERE oid = 'segments'::regclass)
-           FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS l(lexeme)
-           LEFT JOIN (SELECT most_common_elems::text::text[] AS elems, most_common_elem_freqs AS freqs FROM pg_stats
-                      WHERE schemaname = current_schema() AND tablename = 'segments' AND attname = 'tsv') st ON true""",
-        (query,),
-    ).fetchall()
+    return _text_query(conn.execute(TEXT_STATS_SQL, (query,)).fetchall())
+
+
+def _text_query(rows: list[tuple]) -> str | None:
     if not rows:
         return None
     lexemes = [r[0] for r in rows]
@@ -353,7 +368,7 @@ def text_query(conn: psycopg.Connection, query: str) -> str | None:
     return _tsquery_literal(kept, "|") if kept else _tsquery_literal(lexemes, "&")
 
 
-def _vector_cte(model: StoredModel, filters: _Filters, *, exact: bool) -> sql.Composable:
+def _vector_cte(model: StoredModel, filters: _Shape, *, exact: bool) -> sql.Composable:
     """Top candidates by cosine distance. The index form keeps `embedding::vector(D) <=> q` with the
     model id inlined, exactly as the partial HNSW index is defined, and tests the speaker and date
     filters per row inside the scan (so the iterative scan keeps going until enough rows pass); the
@@ -386,7 +401,7 @@ def _vector_cte(model: StoredModel, filters: _Filters, *, exact: bool) -> sql.Co
     ).format(distance=distance, joins=sql.SQL(" ").join(joins), where=sql.SQL(" AND ").join(where), order=order)
 
 
-def _text_cte(filters: _Filters, *, websearch: bool) -> sql.Composable:
+def _text_cte(filters: _Shape, *, websearch: bool) -> sql.Composable:
     where = [sql.SQL("s.tsv @@ tq.q")]
     if filters.episode:
         where.append(sql.SQL("s.episode_id = %(episode)s"))
@@ -407,8 +422,13 @@ def _text_cte(filters: _Filters, *, websearch: bool) -> sql.Composable:
 
 
 def build_sql(mode: Mode, model: StoredModel | None, filters: _Filters, *, websearch: bool = False,
-              exact: bool = False) -> sql.Composed:
+              exact: bool = False) -> str:
     """The whole search as one statement: candidates, fusion, top %(fetch)s hits, their windows."""
+    return _build_sql(mode, model, filters.shape, websearch, exact)
+
+
+@functools.lru_cache(maxsize=256)
+def _build_sql(mode: Mode, model: StoredModel | None, filters: _Shape, websearch: bool, exact: bool) -> str:
     ctes: list[sql.Composable] = []
     if mode in (Mode.vector, Mode.hybrid):
         assert model is not None
@@ -438,7 +458,7 @@ def build_sql(mode: Mode, model: StoredModel | None, filters: _Filters, *, webse
         "FROM hits h JOIN episodes ep ON ep.episode_id = h.episode_id "
         "JOIN segments s ON s.episode_id = h.episode_id AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s\n"
         "ORDER BY h.score DESC, h.vscore DESC NULLS LAST, h.tscore DESC NULLS LAST, h.episode_id, h.position, s.position"
-    ).format(ctes=sql.SQL(",\n").join(ctes))
+    ).format(ctes=sql.SQL(",\n").join(ctes)).as_string(None)
 
 
 def _scan_settings(conn: psycopg.Connection) -> None:
@@ -466,20 +486,36 @@ class _Window:
 
 
 @dataclass(frozen=True, slots=True)
-class _Prepared:
+class _Request:
+    """A validated search request."""
+
+    query: str
+    k: int
     mode: Mode
-    model: StoredModel | None
-    statement: sql.Composed
-    params: dict[str, Any]
     filters: _Filters
-    fetch: int
-    websearch: bool
+    context: int
+    model_id: str | None
+
+    @property
+    def fetch(self) -> int:
+        """Hits to fetch: k, or more when context windows may merge and free slots."""
+        return self.k if self.context == 0 else min(MAX_FETCH, self.k * (2 * self.context + 1))
+
+    @property
+    def websearch(self) -> bool:
+        return uses_websearch_syntax(self.query)
 
 
-def _prepare(
-    db: Database, query: str, k: int, *, episode: str | None, speaker: str | None, since: date | datetime | str | None,
-    mode: Mode | str, context: int, model_id: str | None, settings: Settings,
-) -> _Prepared:
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    request: _Request
+    model: StoredModel | None
+    statement: str
+    params: dict[str, Any]
+
+
+def _validate(query: str, k: int, *, episode: str | None, speaker: str | None, since: date | datetime | str | None,
+              mode: Mode | str, context: int, model_id: str | None) -> _Request:
     if not isinstance(query, str) or not query.strip():
         raise SearchError("the search query is empty")
     if k < 1:
@@ -488,35 +524,45 @@ def _prepare(
         raise SearchError(f"context must be 0 or more chunks (got {context})")
     if speaker is not None and not speaker.strip():
         raise SearchError("the speaker filter is empty")
-    query = query.strip()
-    mode = _parse_mode(mode)
     filters = _Filters(episode=str(episode) if episode is not None else None,
                        speaker=speaker.strip() if speaker else None, since=_parse_since(since))
-    model = None
-    with db.connection() as conn:
+    return _Request(query.strip(), k, _parse_mode(mode), filters, context, model_id)
+
+
+def _prepare(conn: psycopg.Connection, request: _Request, settings: Settings) -> _Prepared:
+    """Checks and lookups in one round trip (a pipeline), then the query embedding and the statement."""
+    mode, filters = request.mode, request.filters
+    needs_text = mode is not Mode.vector and not request.websearch
+    with conn.pipeline():
+        episode_cur = None
         if filters.episode is not None:
-            row = conn.execute("SELECT EXISTS (SELECT 1 FROM episodes WHERE episode_id = %s)", (filters.episode,)).fetchone()
-            if not row[0]:
-                known = [r[0] for r in conn.execute("SELECT episode_id FROM episodes ORDER BY episode_id LIMIT 21")]
-                listing = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
-                raise SearchError(
-                    f"episode {filters.episode!r} does not exist" + (f" (known episodes: {listing})" if known else "")
-                )
+            episode_cur = conn.execute("SELECT EXISTS (SELECT 1 FROM episodes WHERE episode_id = %s)", (filters.episode,))
         if mode is Mode.text:
-            if not conn.execute("SELECT EXISTS (SELECT 1 FROM segments)").fetchone()[0]:
-                raise SearchError("the database has no transcript chunks yet: run `gdr ingest` first")
+            models_cur = conn.execute("SELECT EXISTS (SELECT 1 FROM segments)")
         else:
-            model = choose_model(conn, settings, model_id)
-        websearch = uses_websearch_syntax(query)
-        tsq = text_query(conn, query) if mode is not Mode.vector and not websearch else None
+            models_cur = conn.execute(STORED_MODELS_SQL)
+        stats_cur = conn.execute(TEXT_STATS_SQL, (request.query,)) if needs_text else None
+    if episode_cur is not None and not episode_cur.fetchone()[0]:
+        known = [r[0] for r in conn.execute("SELECT episode_id FROM episodes ORDER BY episode_id LIMIT 21")]
+        listing = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+        raise SearchError(
+            f"episode {filters.episode!r} does not exist" + (f" (known episodes: {listing})" if known else "")
+        )
+    model = None
+    if mode is Mode.text:
+        if not models_cur.fetchone()[0]:
+            raise SearchError("the database has no transcript chunks yet: run `gdr ingest` first")
+    else:
+        models = [StoredModel(*r) for r in models_cur.fetchall()]
+        model = choose_model(conn, settings, request.model_id, models)
     params = filters.params()
     if model is not None:
-        params["qv"] = embed_query(embedder_for(model, settings), query, model.dimensions)
-    fetch = k if context == 0 else min(MAX_FETCH, k * (2 * context + 1))
-    cand = max(CANDIDATES, fetch) if mode is Mode.hybrid else fetch
-    params.update(q=query, tsq=tsq, cand=cand, fetch=fetch, ctx=context, rrf_k=RRF_K)
-    statement = build_sql(mode, model, filters, websearch=websearch)
-    return _Prepared(mode, model, statement, params, filters, fetch, websearch)
+        params["qv"] = embed_query(embedder_for(model, settings), request.query, model.dimensions)
+    fetch = request.fetch
+    params.update(q=request.query, tsq=_text_query(stats_cur.fetchall()) if stats_cur else None,
+                  cand=max(CANDIDATES, fetch) if mode is Mode.hybrid else fetch, fetch=fetch,
+                  ctx=request.context, rrf_k=RRF_K)
+    return _Prepared(request, model, build_sql(mode, model, filters, websearch=request.websearch), params)
 
 
 def search(
@@ -537,54 +583,61 @@ def search(
     Pass an open `db` to reuse its pool (otherwise one is opened from `settings` and closed again).
     `context` adds that many neighbouring chunks before and after each hit; hits whose windows
     overlap (share a chunk) become one result spanning both, with the best score.
+    Three round trips: the pool's connection check, the lookups, the search statement.
     """
+    request = _validate(query, k, episode=episode, speaker=speaker, since=since, mode=mode, context=context,
+                        model_id=model_id)
     settings = settings or Settings()
     own = db is None
     db = db or Database.from_settings(settings)
     try:
-        prepared = _prepare(db, query, k, episode=episode, speaker=speaker, since=since, mode=mode,
-                            context=context, model_id=model_id, settings=settings)
-        rows, exact = _run(db, prepared)
-        hits = _assemble(rows, k, context, settings.audio_dir.resolve())
-        notice = None if hits else _empty_notice(db, prepared.filters)
+        with db.connection() as conn:
+            prepared = _prepare(conn, request, settings)
+            rows, exact = _run(conn, prepared)
+            hits = _assemble(rows, request.k, request.context, settings.audio_dir.resolve())
+            notice = None if hits else _empty_notice(conn, request.filters)
     finally:
         if own:
             db.close()
-    return SearchResults(hits, mode=prepared.mode, model_id=prepared.model.model_id if prepared.model else None,
+    return SearchResults(hits, mode=request.mode, model_id=prepared.model.model_id if prepared.model else None,
                          notice=notice, exact_fallback=exact)
 
 
-def _run(db: Database, p: _Prepared) -> tuple[list[tuple], bool]:
-    """The rows, and whether the exact rerun was needed."""
-    with db.connection() as conn, conn.transaction():
+def _run(conn: psycopg.Connection, p: _Prepared) -> tuple[list[tuple], bool]:
+    """The rows, and whether the exact rerun was needed. The HNSW settings are transaction-local:
+    they end with the commit that closes the pipeline."""
+    request = p.request
+    with conn.pipeline():
         if p.model is not None:
             _scan_settings(conn)
         # prepare=False: never a prepared statement, so never a generic plan. A generic plan does not see
         # the LIMITs or the filter values and may trade the HNSW scan for a sequential scan and a sort.
-        rows = conn.execute(p.statement, p.params, prepare=False).fetchall()
-        if p.model is not None and p.filters.any:
-            found = rows[0][-1] if rows else 0
-            if found < p.fetch:  # the graph scan ran out of budget before enough rows passed the filter
-                exact = build_sql(p.mode, p.model, p.filters, websearch=p.websearch, exact=True)
-                return conn.execute(exact, p.params, prepare=False).fetchall(), True
+        cur = conn.execute(p.statement, p.params, prepare=False)
+        conn.commit()
+    rows = cur.fetchall()
+    if p.model is not None and request.filters.any and (rows[0][-1] if rows else 0) < request.fetch:
+        # The graph scan ran out of budget (HNSW_MAX_SCAN_TUPLES) before enough rows passed the filter.
+        exact = build_sql(request.mode, p.model, request.filters, websearch=request.websearch, exact=True)
+        return conn.execute(exact, p.params, prepare=False).fetchall(), True
     return rows, False
 
 
 def explain(query: str, k: int = 5, *, analyze: bool = False, settings: Settings | None = None,
             db: Database | None = None, **options: Any) -> str:
     """The Postgres plan of the statement `search(query, k, **options)` runs first."""
+    request = _validate(query, k, episode=options.get("episode"), speaker=options.get("speaker"),
+                        since=options.get("since"), mode=options.get("mode", DEFAULT_MODE),
+                        context=options.get("context", 0), model_id=options.get("model_id"))
     settings = settings or Settings()
     own = db is None
     db = db or Database.from_settings(settings)
     try:
-        p = _prepare(db, query, k, episode=options.get("episode"), speaker=options.get("speaker"),
-                     since=options.get("since"), mode=options.get("mode", DEFAULT_MODE),
-                     context=options.get("context", 0), model_id=options.get("model_id"), settings=settings)
-        with db.connection() as conn, conn.transaction():
+        with db.connection() as conn:
+            p = _prepare(conn, request, settings)
             if p.model is not None:
                 _scan_settings(conn)
-            prefix = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN ")
-            return "\n".join(r[0] for r in conn.execute(prefix + p.statement, p.params))
+            prefix = "EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN "
+            return "\n".join(r[0] for r in conn.execute(prefix + p.statement, p.params, prepare=False))
     finally:
         if own:
             db.close()
@@ -646,14 +699,13 @@ def speaker_matches(name: str, speaker: str) -> bool:
     return speaker == name or speaker.startswith(name + " ")
 
 
-def _empty_notice(db: Database, filters: _Filters) -> str:
+def _empty_notice(conn: psycopg.Connection, filters: _Filters) -> str:
     if filters.speaker:
-        with db.connection() as conn:
-            speakers = [r[0] for r in conn.execute(
-                "SELECT DISTINCT speaker FROM segments WHERE %(episode)s::text IS NULL OR episode_id = %(episode)s "
-                "ORDER BY speaker",
-                {"episode": filters.episode},
-            )]
+        speakers = [r[0] for r in conn.execute(
+            "SELECT DISTINCT speaker FROM segments WHERE %(episode)s::text IS NULL OR episode_id = %(episode)s "
+            "ORDER BY speaker",
+            {"episode": filters.episode},
+        )]
         if not any(speaker_matches(filters.speaker, s) for s in speakers):
             scope = f" in episode {filters.episode}" if filters.episode else ""
             listing = ", ".join(speakers[:30]) + (", ..." if len(speakers) > 30 else "")
