@@ -11,7 +11,7 @@ Needs only python3 (stdlib) plus the `espeak-ng` and `ffmpeg` executables. It wr
     tests/search_questions.json       search questions, each pointing at the turn that answers it
 
 Every episode is a dialogue between two or three speakers with clearly different espeak-ng voices
-(American male, British female at a higher pitch, low Scottish male). Speaker "0" in each
+(American male ~97 Hz, British female ~235 Hz, low British male ~77 Hz). Speaker "0" in each
 speakers_map is whoever speaks first, "1" the second distinct voice, and so on, so a diarizer that
 numbers speakers by first appearance lines up with the map.
 
@@ -47,8 +47,8 @@ QUESTIONS_FILE = ROOT / "tests" / "search_questions.json"
 SAMPLE_RATE = 16000
 BITRATE = "32k"
 LEAD_SILENCE = 0.50  # seconds before the first turn
-TAIL_SILENCE = 0.80  # seconds after the last turn
-GAP_RANGE = (0.30, 0.60)  # silence between turns, drawn per gap from a seeded RNG
+TAIL_SILENCE = 0.50  # seconds after the last turn
+GAP_RANGE = (0.30, 0.50)  # silence between turns, drawn per gap from a seeded RNG
 TRIM_THRESHOLD = 200  # |sample| above this (of 32767, about -44 dBFS) counts as speech when trimming
 TRIM_MARGIN = 0.020  # seconds kept either side of the detected speech
 PEAK = 0.80 * 32767  # every turn is peak-normalised to this level
@@ -58,9 +58,9 @@ PEAK = 0.80 * 32767  # every turn is peak-normalised to this level
 # like plain "en-gb"); "en+f3" is the same British English voice with the variant applied.
 # ---------------------------------------------------------------------------------------------
 SPEAKERS = {
-    "Daniel Okafor": {"voice": "en-us", "pitch": 45, "speed": 165, "description": "American English, male, ~95 Hz"},
-    "Priya Raman": {"voice": "en+f2", "pitch": 70, "speed": 160, "description": "British English, female (f2), ~230 Hz"},
-    "Marcus Baird": {"voice": "en-gb-x-rp+m1", "pitch": 20, "speed": 150, "description": "British RP English, low male (m1), ~75 Hz"},
+    "Daniel Okafor": {"voice": "en-us", "pitch": 45, "speed": 165, "description": "American English, male, ~97 Hz"},
+    "Priya Raman": {"voice": "en+f2", "pitch": 70, "speed": 160, "description": "British English, female (f2), ~235 Hz"},
+    "Marcus Baird": {"voice": "en-gb-x-rp+m1", "pitch": 20, "speed": 150, "description": "British RP English, low male (m1), ~77 Hz"},
 }
 
 D, P, M = "Daniel Okafor", "Priya Raman", "Marcus Baird"
@@ -101,8 +101,8 @@ EPISODES = [
             (D, "Because the telephone network ran on vacuum tubes, which were hot and fragile and burned out. For scale, the ENIAC computer used about seventeen and a half thousand of them."),
             (P, "Right."),
             (D, "The group was led by William Shockley, who was furious that his name was not on the patent. Within weeks he worked out the junction transistor on his own, the sandwich design that could actually be manufactured."),
-            (P, "Who came up with the word transistor?"),
-            (D, "John Pierce, an engineer at the lab. It was meant as a short form of transfer resistor. Bell announced it in {June 1948|June nineteen forty eight}, and the New York Times buried the story on page forty six."),
+            (P, "And the name itself?"),
+            (D, "John Pierce, an engineer at the lab, coined it. It was meant as a short form of transfer resistor. Bell announced it in {June 1948|June nineteen forty eight}, and the New York Times buried the story on page forty six."),
             (P, "Yeah. So how did it get out of Bell Labs?"),
             (D, "Antitrust pressure. {AT&T|A T and T} licensed the patent for a {$25,000|twenty five thousand dollar} advance on royalties. One licensee was a small firm in Dallas called Texas Instruments, and in {1954|nineteen fifty four} the Regency TR-1 radio went on sale with four of their transistors inside."),
             (P, "And what happened to Shockley?"),
@@ -129,9 +129,7 @@ EPISODES = [
             (M, "That's the autolyse. A French professor, Raymond Calvel, popularised it in the {1970s|nineteen seventies}. You rest the flour and water for twenty or thirty minutes before adding the starter and salt, and the gluten forms without kneading."),
             (D, "Here's the question I get from listeners. Is sourdough safe for people who can't eat gluten?"),
             (M, "If you have coeliac disease, no. It's still wheat. What a long fermentation does do is break down a lot of the fructans, the fermentable carbohydrates, which is why some people with irritable bowel syndrome find sourdough easier to digest."),
-            (P, "Yeah. And the bake itself?"),
-            (M, "Hot. Two hundred and fifty degrees Celsius in a Dutch oven, with the lid on for twenty minutes, so the loaf gets its oven spring before the crust sets."),
-            (P, "Marcus Baird, thank you."),
+            (P, "Yeah. Marcus Baird, thank you."),
         ],
     },
     {
@@ -161,18 +159,18 @@ EPISODES = [
 
 # Each question is answered by exactly one turn: the one in `episode_id` containing `expect_text`.
 QUESTIONS = [
-    ("Which parasite spreads deformed wing virus in honeybee hives?", 1, "on the developing bees"),
+    ("Which parasite spreads deformed wing virus in honeybee hives?", 1, "a parasitic mite"),
     ("Are rooftop honeybee hives in cities actually good for wild bees?", 1, "too many hives"),
     ("When was the rusty patched bumblebee put on the endangered species list?", 1, "the rusty patched bumblebee"),
-    ("Who coined the word transistor and what is it short for?", 2, "short form of transfer resistor"),
+    ("Who coined the word transistor and what is it short for?", 2, "an engineer at the lab"),
     ("How much did AT&T charge other companies for a licence to the transistor patent?", 2, "advance on royalties"),
-    ("Why did researchers walk out on William Shockley, and what company did they start?", 2, "later founded Intel"),
-    ("How do the yeast and the bacteria in a sourdough starter avoid competing for food?", 3, "cannot use maltose at all"),
+    ("Which company did the eight researchers who quit Shockley's lab go on to found?", 2, "later founded Intel"),
+    ("Why don't the yeast and the bacteria in a starter fight over sugar?", 3, "cannot use maltose at all"),
     ("What is the autolyse technique and who made it popular?", 3, "before adding the starter"),
     ("Why do some people with IBS tolerate sourdough better than ordinary bread?", 3, "find sourdough easier to digest"),
     ("Where does the idea of a Pigouvian tax come from?", 4, "The Economics of Welfare"),
     ("What happened to British Columbia's carbon tax?", 4, "the consumer carbon tax"),
-    ("How can a carbon tax be designed so that poorer households are not worse off?", 4, "return the money"),
+    ("What design of carbon tax leaves lower income families better off?", 4, "return the money"),
 ]
 
 MARKUP = re.compile(r"\{([^{}|]*)\|([^{}]*)\}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from collections.abc import Callable
 from functools import wraps
@@ -148,10 +150,21 @@ def ingest_command(
 ) -> None:
     """Run the `ingest` flow in this process: transcribe, format, export, embed and store episodes."""
     settings = Settings()
+    from .pipeline import plan_episodes
+
+    with open_database(settings) as db:
+        plan = plan_episodes(settings, db, episodes or None, force)
+    if not plan.jobs and not plan.invalid:  # skip starting Prefect at all when there is nothing to do
+        console.print(f"nothing to do: {len(plan.up_to_date)} episodes up to date (--force runs them again from cache)")
+        return
     from .prefect_env import apply_prefect_environment
 
     apply_prefect_environment(settings)
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # the live table replaces per-task lines
     from .ingest_progress import IngestProgress
+
+    # The temporary API server cancels its event recorder on exit and logs the CancelledError: noise, not a failure.
+    logging.getLogger("prefect.server.services.task_run_recorder").disabled = True
 
     with IngestProgress(console) as progress:
         state = progress.run(episode_ids=episodes or None, max_parallel=max_parallel, force=force)

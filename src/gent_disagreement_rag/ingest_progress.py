@@ -57,13 +57,15 @@ class IngestProgress:
         return table
 
     def summary_table(self) -> Table:
-        table = Table("episode", "title", "status", "seconds", "segments", "audio min", "tokens", "cost $", "error",
-                      title=f"ingest summary  {self._counts()}", title_justify="left")
+        table = Table(title=f"ingest summary  {self._counts()}", title_justify="left")
+        for name, justify in (("episode", "left"), ("status", "left"), ("s", "right"), ("segments", "right"),
+                              ("audio min", "right"), ("tokens", "right"), ("cost $", "right"), ("error", "left")):
+            table.add_column(name, justify=justify, no_wrap=name != "error", overflow="ellipsis")
         for episode_id, info in self.episodes.items():
             status = info["status"]
             table.add_row(
-                episode_id, str(info.get("title", ""))[:40], f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
-                f"{info.get('seconds', 0):.1f}", str(info.get("segments", 0)), f"{info.get('audio_minutes', 0):.2f}",
-                str(info.get("tokens", 0)), f"{info.get('cost_usd', 0):.4f}", str(info.get("error", ""))[:80],
+                episode_id, f"[{STATUS_STYLE.get(status, '')}]{status}[/]", f"{info.get('seconds', 0):.1f}",
+                str(info.get("segments", 0)), f"{info.get('audio_minutes', 0):.2f}", str(info.get("tokens", 0)),
+                f"{info.get('cost_usd', 0):.4f}", str(info.get("error", "")),
             )
         return table

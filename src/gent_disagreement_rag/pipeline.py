@@ -14,6 +14,7 @@ model, options, parameters, stage version): the orchestration uses them so that 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -43,8 +44,15 @@ def stable_hash(*parts: Any) -> str:
 
 
 def sha256_file(path: Path) -> str:
+    """Content hash of an audio file, remembered per (path, size, mtime) so planning twice hashes once."""
+    stat = path.stat()
+    return _sha256_file(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

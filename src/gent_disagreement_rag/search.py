@@ -1,10 +1,13 @@
 """Search the stored chunks: HNSW cosine search, Postgres full-text search, or both fused (RRF).
 
-One SQL statement per search (one round trip after the model lookup): the vector side is an
-HNSW scan of the model's partial index, the text side a GIN search of `segments.tsv`, each taking
-its top `CANDIDATES` with the filters applied inside the query; hybrid mode fuses the two rankings
-with reciprocal rank fusion (score = sum of 1 / (60 + rank)) in SQL, and the same statement fetches
-the neighbouring chunks asked for with `context`.
+One SQL statement does the search: the vector side is an HNSW scan of the model's partial index,
+the text side a GIN search of `segments.tsv` ranked by ts_rank_cd, each taking its top
+`CANDIDATES` with the filters applied inside the query; hybrid mode fuses the two rankings with
+reciprocal rank fusion (score = sum of 1 / (60 + rank)) in SQL, and the same statement fetches the
+neighbouring chunks asked for with `context`. A search is three round trips on one pooled
+connection: the pool's connection check, the lookups (episode, stored models, lexeme statistics;
+pipelined), and the statement with its transaction-local HNSW settings (pipelined with the commit).
+At 100k chunks the library call takes ~3 ms (vector) / ~5 ms (hybrid) plus the query embedding.
 
 Filters are applied inside the HNSW scan, with pgvector 0.8's iterative scan
 (`hnsw.iterative_scan = relaxed_order`, up to `hnsw.max_scan_tuples`) so a selective filter keeps
@@ -51,12 +54,21 @@ class Mode(str, Enum):
     hybrid = "hybrid"
 
 
-# The default mode was chosen by measurement on tests/search_questions.json (12 questions over the
-# 4 sample episodes, stored one chunk per script turn, local all-MiniLM-L6-v2 vectors):
-#   vector  hit@3 11/12 = 0.92   MRR 0.875
-#   text    hit@3  8/12 = 0.67   MRR 0.597
-#   hybrid  hit@3 12/12 = 1.00   MRR 0.958
-# (text = OR of the query's terms, ranked by ts_rank_cd; see text_query). Hybrid wins on both.
+# The default mode was chosen by measurement: the 12 questions of tests/search_questions.json over
+# the 4 sample episodes, local all-MiniLM-L6-v2 vectors; a hit = right episode, time range
+# overlapping the expected turn. (text = OR of the query's lexemes ranked by ts_rank_cd, see
+# text_query; hybrid = RRF of both, ties to the closer vector.)
+#                                        vector          text            hybrid      (hit@3 of 12, MRR)
+#   script turns, one chunk per turn     10  .723        10  .729        10  .736
+#   local Whisper + diarizer transcript, real chunker:
+#     CHUNK_MAX_TOKENS=250 (default)     11  .889        11  .896        12 1.000
+#     CHUNK_MAX_TOKENS=80                12  .903        11  .896        12 1.000
+#     CHUNK_MAX_TOKENS=40                12  .833        11  .722        12  .944
+# (samples as of 2026-11-28 11:05; the misses on script turns are a question turn outranking its
+# answer, e.g. "Who came up with the word transistor?".)
+# Hybrid is never behind on hit@3 and has the best MRR in every setting, and it keeps the
+# rare names and terms that vectors blur (tests/test_search.py: a term only text search finds).
+# At 100k chunks it costs ~1.5 ms more than vector alone (the text side ranks <= TEXT_ROW_BUDGET rows).
 DEFAULT_MODE = Mode.hybrid
 
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
@@ -221,7 +233,7 @@ def _parse_since(since: date | datetime | str | None) -> date | None:
     try:
         return date.fromisoformat(since.strip())
     except ValueError:
-        raise SearchError(f"--since {since!r} is not a date (use YYYY-MM-DD)") from None
+        raise SearchError(f"since={since!r} is not a date (use YYYY-MM-DD)") from None
 
 
 def _parse_mode(mode: Mode | str) -> Mode:
@@ -375,7 +387,10 @@ def _vector_cte(model: StoredModel, filters: _Shape, *, exact: bool) -> sql.Comp
     exact form joins and sorts, for filters too selective for the graph."""
     dims = sql.Literal(model.dimensions)
     distance = sql.SQL("e.embedding::vector({d}) <=> %(qv)s::vector({d})").format(d=dims)
-    where = [sql.SQL("e.model_id = {}").format(sql.Literal(model.model_id))]
+    # Inlined, not a parameter: the planner matches the partial index's predicate against constants
+    # only. (The statement is cached as text with %(name)s placeholders, hence the doubled %.)
+    model_literal = sql.Literal(model.model_id).as_string(None).replace("%", "%%")
+    where = [sql.SQL("e.model_id = " + model_literal)]
     joins: list[sql.Composable] = []
     if filters.episode:
         where.append(sql.SQL("e.episode_id = %(episode)s"))
