@@ -1,0 +1,25 @@
+"""The README stays true to the code: every setting documented, the quickstart is the two commands."""
+
+from __future__ import annotations
+
+import re
+
+from gent_disagreement_rag.settings import Settings
+from tests.conftest import REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text()
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", section, flags=re.MULTILINE))
+    assert documented == {name.upper() for name in Settings.model_fields}
+
+
+def test_quickstart_is_make_run_and_make_test() -> None:
+    quickstart = README.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    assert [line.split("#")[0].strip() for line in quickstart.strip().splitlines()] == ["make run", "make test"]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    assert "make test" in (REPO_ROOT / ".ci" / "run").read_text()
