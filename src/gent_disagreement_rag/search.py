@@ -59,13 +59,13 @@ class Mode(str, Enum):
 # overlapping the expected turn. (text = OR of the query's lexemes ranked by ts_rank_cd, see
 # text_query; hybrid = RRF of both, ties to the closer vector.)
 #                                        vector          text            hybrid      (hit@3 of 12, MRR)
-#   script turns, one chunk per turn     10  .723        10  .729        10  .736
+#   script turns, one chunk per turn     12  .861        12  .875        12  .958
 #   local Whisper + diarizer transcript, real chunker:
 #     CHUNK_MAX_TOKENS=250 (default)     11  .889        11  .896        12 1.000
 #     CHUNK_MAX_TOKENS=80                12  .903        11  .896        12 1.000
 #     CHUNK_MAX_TOKENS=40                12  .833        11  .722        12  .944
-# (samples as of 2026-11-28 11:05; the misses on script turns are a question turn outranking its
-# answer, e.g. "Who came up with the word transistor?".)
+# (samples as of 2026-11-28 11:12. An earlier version of them gave, on script turns, 10 .723 /
+# 10 .729 / 10 .736: there a question turn outranked its answer turn in every mode.)
 # Hybrid is never behind on hit@3 and has the best MRR in every setting, and it keeps the
 # rare names and terms that vectors blur (tests/test_search.py: a term only text search finds).
 # At 100k chunks it costs ~1.5 ms more than vector alone (the text side ranks <= TEXT_ROW_BUDGET rows).
