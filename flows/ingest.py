@@ -1,4 +1,5 @@
-"""Prefect flows: `ingest` runs one `episode_pipeline` subflow per episode, at most `max_parallel` at once.
+"""Prefect flows: `ingest` runs `discover` (feeds configured) then one `episode_pipeline` subflow per
+episode, at most `max_parallel` at once.
 
 Thin by design: every stage is a library call from `gent_disagreement_rag.pipeline`, wrapped in an
 async task that runs it in a worker thread (the stages block: HTTP, Whisper, psycopg), is cached on
@@ -97,15 +98,29 @@ def _precomputed_key(context: Any, parameters: dict[str, Any]) -> str:
     return parameters["cache_key"]
 
 
-cached_stage = task(
-    cache_key_fn=_precomputed_key,
-    persist_result=True,
-    cache_result_in_memory=False,
+retried_stage = task(
     retries=RETRIES,
     retry_delay_seconds=RETRY_DELAYS,
     retry_jitter_factor=RETRY_JITTER,
     retry_condition_fn=retry_transient,
 )
+cached_stage = retried_stage(cache_key_fn=_precomputed_key, persist_result=True, cache_result_in_memory=False)
+
+
+@retried_stage(name="discover", task_run_name="discover")
+async def discover_task() -> list[str]:
+    """Register the feeds' new episodes; not cached: the feed is read afresh on every run."""
+    settings = run_settings()
+    new = await asyncio.to_thread(pipeline.discover, settings, run_database(settings))
+    get_run_logger().info("%d new episodes in %d feeds", len(new), len(settings.feed_url))
+    return new
+
+
+@retried_stage(name="download", task_run_name="download-{job.episode_id}")
+async def download_task(job: EpisodeJob) -> EpisodeJob:
+    """The episode's enclosure, resumed if a partial download is there; returns the job with the audio's hash."""
+    settings = run_settings()
+    return await asyncio.to_thread(pipeline.download, settings, run_database(settings), job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,14 +172,7 @@ async def embed_task(job: EpisodeJob, episode: FormattedEpisode, cache_key: str,
     return batch
 
 
-@task(
-    name="store",
-    task_run_name="store-{job.episode_id}",
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_jitter_factor=RETRY_JITTER,
-    retry_condition_fn=retry_transient,
-)
+@retried_stage(name="store", task_run_name="store-{job.episode_id}")
 async def store_task(job: EpisodeJob, episode: FormattedEpisode, batch) -> int:
     """Not cached by Prefect: the database itself is the record (an unchanged episode is a no-op rewrite)."""
     settings = run_settings()
@@ -179,9 +187,11 @@ def _stored(stage: Task, storage: Path | str) -> Task:
 
 @flow(name="episode_pipeline", flow_run_name="episode-{job.episode_id}", persist_result=False)
 async def episode_pipeline(job: EpisodeJob, run_id: str = "") -> dict[str, Any]:
-    """transcribe -> format (quality gate + chunks) -> export -> embed -> store, for one episode."""
+    """[download ->] transcribe -> format (quality gate + chunks) -> export -> embed -> store, for one episode."""
     settings = run_settings()
     storage = settings.result_storage_block or settings.result_storage_path
+    if job.needs_download:
+        job = await download_task(job)
     t_key = await asyncio.to_thread(pipeline.transcribe_key, settings, job)
     f_key = pipeline.format_key(settings, job, t_key)
     transcription = await _stored(transcribe_task, storage)(job, cache_key=t_key, run_id=run_id)
@@ -197,7 +207,7 @@ async def _run_one(job: EpisodeJob, gate: asyncio.Semaphore, abort: dict[str, st
     async with gate:
         summary = EpisodeSummary(job.episode_id, job.title, "running")
         if abort:
-            summary.status, summary.error = "skipped", f"not started: {abort['reason']}"
+            summary.status, summary.error = "skipped", f"not started: the run stopped at episode {abort['episode']}"
             _notify(summary)
             return summary
         _notify(summary)
@@ -213,6 +223,7 @@ async def _run_one(job: EpisodeJob, gate: asyncio.Semaphore, abort: dict[str, st
             summary.status = "failed"
             summary.error = _describe(exc, run_settings())
             if isinstance(exc, AuthenticationError | QuotaExhaustedError):
+                abort.setdefault("episode", job.episode_id)
                 abort.setdefault("reason", summary.error)
             await asyncio.to_thread(store.mark_failed, db, job.episode_id, summary.error)
         ledger = await asyncio.to_thread(store.cost_totals, db, run_id=run_id, episode_id=job.episode_id)
@@ -230,13 +241,15 @@ def _describe(exc: Any, settings: Settings) -> str:
 
 @flow(name="ingest", log_prints=True, persist_result=False)
 async def ingest(episode_ids: list[str] | None = None, max_parallel: int | None = None, force: bool = False):
-    """Process the catalogue's new, failed or changed episodes (or the named ones; all with force)."""
+    """Register the feeds' new episodes; process new, failed or changed ones (or the named ones; all with force)."""
     from prefect.runtime import flow_run
 
     settings = Settings()
     _run_settings.set(settings)
     logger = get_run_logger()
     db = run_database(settings)
+    if settings.feed_url:
+        await discover_task()
     plan = await asyncio.to_thread(pipeline.plan_episodes, settings, db, episode_ids, force)
     for episode_id, error in plan.invalid.items():
         await asyncio.to_thread(store.mark_failed, db, episode_id, error)
@@ -260,6 +273,9 @@ async def ingest(episode_ids: list[str] | None = None, max_parallel: int | None 
     )
     failed = [s for s in summaries if s.status != "processed"]
     message = f"{len(summaries) - len(failed)}/{len(summaries)} episodes processed"
+    if abort:  # a bad key or no credit: said once, not once per episode
+        skipped = sum(s.status == "skipped" for s in summaries)
+        message = f"run stopped: {abort['reason']} ({skipped} episodes not started); {message}"
     if failed:
         return Failed(message=f"{message}; {len(failed)} failed or skipped: " + ", ".join(s.episode for s in failed))
     return Completed(message=message, data=[asdict(s) for s in summaries])

@@ -23,6 +23,8 @@ Faults: a queue per path; each queued Reply answers exactly one request, then no
     api.enqueue(LISTEN, deepgram_error(429, "TOO_MANY_REQUESTS", retry_after=3), slow(5), dropped())
     api.enqueue(EMBEDDINGS, openai_error(429, "insufficient_quota", type="insufficient_quota"))
     api.enqueue(LISTEN, Reply(status=200, body={"request_id": "x"}))   # any status and body
+    api.enqueue(LISTEN, dropped(), when=for_audio(path))  # only for requests that match (here: one file)
+    api.enqueue(EMBEDDINGS, slow(5), when=containing("zebra"))  # (here: inputs with this text)
 
 Latency of normal answers (a benchmark models the real services with it):
     api.deepgram_latency = (2.0, 1 / 200)        # seconds: base + per second of audio
@@ -42,7 +44,7 @@ import string
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -124,6 +126,18 @@ def openai_error(
         headers["retry-after-ms"] = str(retry_after_ms)
     body = {"error": {"message": message or f"fake {code}", "type": type, "param": None, "code": code}}
     return Reply(status=status, body=body, headers=headers)
+
+
+def for_audio(audio: bytes | Path) -> Callable[[Recorded], bool]:
+    """`enqueue(..., when=)` predicate: a `/v1/listen` request uploading this audio."""
+    sha = sha256_of(audio)
+    return lambda record: hashlib.sha256(record.body).hexdigest() == sha
+
+
+def containing(text: str) -> Callable[[Recorded], bool]:
+    """`enqueue(..., when=)` predicate: a request whose body contains this (ASCII) text."""
+    needle = text.encode()
+    return lambda record: needle in record.body
 
 
 def _bare(token: str) -> str:
@@ -295,6 +309,7 @@ class FakeAPI:
         self.openai_latency = 0.0
         self.embeddings_encoding: str | None = None  # "float"/"base64" overrides the request's choice
         self._queues: dict[str, deque[Reply]] = defaultdict(deque)
+        self._matched: list[tuple[str, Callable[[Recorded], bool], deque[Reply]]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -336,10 +351,14 @@ class FakeAPI:
                 self.audio_seconds[sha] = seconds
         return sha
 
-    def enqueue(self, path: str, *replies: Reply) -> None:
-        """Answer the next requests to `path` (LISTEN or EMBEDDINGS) with these replies, in order."""
+    def enqueue(self, path: str, *replies: Reply, when: Callable[[Recorded], bool] | None = None) -> None:
+        """Answer the next requests to `path` (LISTEN or EMBEDDINGS) with these replies, in order;
+        with `when`, only the requests it matches (see `for_audio`, `containing`), before the general queue."""
         with self._lock:
-            self._queues[path].extend(replies)
+            if when is None:
+                self._queues[path].extend(replies)
+            else:
+                self._matched.append((path, when, deque(replies)))
 
     def requests_to(self, path: str) -> list[Recorded]:
         with self._lock:
@@ -370,7 +389,8 @@ class FakeAPI:
         )
         with self._lock:
             self.requests.append(record)
-            queue = self._queues[url.path]
+            matched = [q for path, when, q in self._matched if path == url.path and q and when(record)]
+            queue = matched[0] if matched else self._queues[url.path]
             reply = queue.popleft() if queue else Reply()
         if reply.drop:
             record.ended = time.monotonic()

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import CatalogueError
+from .settings import Settings
 
 
 class CatalogueEntry(BaseModel):
@@ -51,7 +52,7 @@ def load_catalogue(path: Path) -> list[CatalogueEntry]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CatalogueError(f"{path}: episodes file not found (set EPISODES_FILE)") from None
+        raise CatalogueError(f"{path}: episodes file not found (set EPISODES_FILE, or FEED_URL for a feed-only show)") from None
     except json.JSONDecodeError as exc:
         raise CatalogueError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(data, list):
@@ -77,3 +78,10 @@ def load_catalogue(path: Path) -> list[CatalogueEntry]:
         seen[entry.episode_id] = index
         entries.append(entry)
     return entries
+
+
+def catalogue_entries(settings: Settings) -> list[CatalogueEntry]:
+    """The EPISODES_FILE entries; none for a feed-only show (FEED_URL set and no EPISODES_FILE)."""
+    if settings.feed_url and not settings.episodes_file.exists():
+        return []
+    return load_catalogue(settings.episodes_file)

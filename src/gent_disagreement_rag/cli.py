@@ -5,21 +5,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import datetime
 from pathlib import Path
 from collections.abc import Callable
 from functools import wraps
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import store
-from .catalogue import load_catalogue
+from .catalogue import catalogue_entries, load_catalogue
 from .database import Database, database_url, migrate, schema_version, stop_embedded
 from .errors import GdrError
 from .search import DEFAULT_MODE, Mode
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .pipeline import EpisodePlan
 
 app = typer.Typer(help="Podcast episodes -> transcripts -> searchable knowledge base.", no_args_is_help=True)
 db_app = typer.Typer(help="The database: create/migrate the schema, show where it is.", no_args_is_help=True)
@@ -124,20 +129,52 @@ def db_stop() -> None:
 @app.command("status")
 @friendly_errors
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
-    """Every catalogue episode with its processing status."""
+    """Every episode (catalogue and feed) with its processing status and what its provider calls cost."""
     settings = Settings()
-    entries = load_catalogue(settings.episodes_file)
+    entries = catalogue_entries(settings)
     with open_database(settings) as db:
         store.sync_catalogue(db, entries)
         rows = store.list_episodes(db)
     if as_json:
         print(json.dumps({"episodes": [r.as_json() for r in rows]}, indent=2, ensure_ascii=False))
         return
-    table = Table("episode", "title", "status", "segments", "error", title=f"{len(rows)} episodes")
+    table = Table("episode", "title", "status", "segments", "cost $", "error", title=f"{len(rows)} episodes")
     colours = {"processed": "green", "failed": "red", "pending": "yellow"}
     for r in rows:
-        table.add_row(r.episode_id, r.title or r.file_name or "", f"[{colours[r.status]}]{r.status}[/]",
-                      str(r.segments), (r.last_error or "")[:80])
+        table.add_row(r.episode_id, escape(r.title or r.file_name or ""), f"[{colours[r.status]}]{r.status}[/]",
+                      str(r.segments), f"{r.cost_usd:.4f}", (r.last_error or "")[:80])
+    console.print(table)
+
+
+@app.command("costs")
+@friendly_errors
+def costs_command(
+    since: Annotated[
+        datetime | None, typer.Option("--since", formats=["%Y-%m-%d"], help="Only provider calls on/after YYYY-MM-DD")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """What the provider calls cost (estimated at the configured prices), per episode and in total."""
+    day = since.date() if since else None
+    with open_database(Settings()) as db:
+        episodes = store.cost_by_episode(db, since=day)
+        total = store.cost_totals(db, since=day)
+    if as_json:
+        rows = [{"episode_id": episode_id, "title": title, **cost.as_json()} for episode_id, title, cost in episodes]
+        print(json.dumps({"since": day.isoformat() if day else None, "episodes": rows, "total": total.as_json()},
+                         indent=2, ensure_ascii=False))
+        return
+    table = Table("episode", "title", "requests", "audio min", "tokens", "cost $",
+                  title="provider costs" + (f" since {day}" if day else ""))
+
+    def add(label: str, title: str | None, cost: store.CostTotals) -> None:
+        table.add_row(label, escape(title or ""), str(cost.requests), f"{cost.audio_seconds / 60:.2f}", str(cost.tokens),
+                      f"{cost.cost_usd:.4f}")
+
+    for episode_id, title, cost in episodes:
+        add(episode_id or "(deleted episode)", title, cost)
+    table.add_section()
+    add("total", None, total)
     console.print(table)
 
 
@@ -147,14 +184,23 @@ def ingest_command(
     episodes: Annotated[list[str] | None, typer.Option("--episodes", "-e", help="Episode ids to (re)process")] = None,
     max_parallel: Annotated[int | None, typer.Option("--max-parallel", "-j", min=1, help="Episodes at once")] = None,
     force: Annotated[bool, typer.Option("--force", help="Process every catalogue episode (cached stages are reused)")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be processed, with estimated minutes, tokens and cost")
+    ] = False,
 ) -> None:
-    """Run the `ingest` flow in this process: transcribe, format, export, embed and store episodes."""
+    """Run the `ingest` flow in this process: discover feed episodes; download, transcribe, format, export, embed, store."""
     settings = Settings()
-    from .pipeline import plan_episodes
+    from .pipeline import discover, plan_episodes
 
     with open_database(settings) as db:
+        if dry_run and settings.feed_url:
+            discover(settings, db)  # registers new feed episodes as pending; downloads nothing
         plan = plan_episodes(settings, db, episodes or None, force)
-    if not plan.jobs and not plan.invalid:  # skip starting Prefect at all when there is nothing to do
+        if dry_run:
+            _print_estimates(settings, db, plan)
+            return
+    # Skip starting Prefect at all when there is nothing to do (with feeds, only the flow's discover can tell).
+    if not plan.jobs and not plan.invalid and not settings.feed_url:
         console.print(f"nothing to do: {len(plan.up_to_date)} episodes up to date (--force runs them again from cache)")
         return
     from .prefect_env import apply_prefect_environment
@@ -172,6 +218,25 @@ def ingest_command(
     console.print(state.message or state.name)
     if not state.is_completed():
         raise typer.Exit(1)
+
+
+def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> None:
+    """The dry run's table: no provider is called, nothing is downloaded."""
+    from .estimates import estimate_plan
+
+    estimates = estimate_plan(settings, db, plan)
+    table = Table("episode", "title", "audio min", "est. tokens", "est. cost $",
+                  title=f"would process {len(estimates)} episodes ({settings.resolved_transcriber} transcription, "
+                        f"{settings.resolved_embedder} embeddings); {len(plan.up_to_date)} up to date")
+    for e in estimates:
+        minutes = f"{e.audio_seconds / 60:.2f}" if e.audio_seconds is not None else "?"
+        table.add_row(e.episode_id, escape(e.title), minutes, str(e.tokens), f"{e.cost_usd:.4f}")
+    table.add_section()
+    table.add_row("total", "", f"{sum(e.audio_seconds or 0 for e in estimates) / 60:.2f}",
+                  str(sum(e.tokens for e in estimates)), f"{sum(e.cost_usd for e in estimates):.4f}")
+    console.print(table)
+    for episode_id, error in plan.invalid.items():
+        err_console.print(f"[red]{episode_id}: cannot start:[/] {_scrub(error, settings)}", highlight=False)
 
 
 @server_app.command("start")

@@ -200,6 +200,10 @@ def migrate(url: str) -> list[str]:
     return applied
 
 
+def latest_schema_version() -> int:
+    return max(version for version, _, _ in _migration_files())
+
+
 def schema_version(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
     return int(row[0])

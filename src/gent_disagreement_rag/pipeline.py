@@ -18,17 +18,18 @@ import functools
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import store
-from .catalogue import CatalogueEntry, load_catalogue
+from .catalogue import CatalogueEntry, catalogue_entries
 from .chunking import CHUNKER_VERSION, Chunk, chunk_transcript
 from .database import Database
 from .embedders import EmbeddingBatch, Embedder, make_embedder
 from .errors import ConfigError, QualityGateError
 from .exports import export_episode
+from .feeds import download_enclosure, parse_feed
 from .quality import QualityReport, check_transcript
 from .settings import Settings
 from .transcribers import Transcriber, make_transcriber
@@ -66,8 +67,14 @@ class EpisodeJob:
     title: str
     stem: str
     audio_path: Path
-    audio_sha256: str
+    audio_sha256: str | None  # None: a feed episode whose audio is still to be downloaded from audio_url
     speakers_map: dict[str, str] = field(default_factory=dict)
+    audio_url: str | None = None
+    audio_size: int | None = None  # the size the feed declares
+
+    @property
+    def needs_download(self) -> bool:
+        return self.audio_sha256 is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,35 +131,81 @@ def _job_for(settings: Settings, entry: CatalogueEntry) -> EpisodeJob:
     )
 
 
+def _feed_job_for(settings: Settings, row: store.EpisodeRow) -> EpisodeJob:
+    """A feed episode's audio is its downloaded enclosure; until it is there, the job downloads it first."""
+    path = (settings.audio_dir / (row.file_name or row.episode_id)).resolve()
+    return EpisodeJob(
+        episode_id=row.episode_id,
+        title=row.title or row.episode_id,
+        stem=row.episode_id,
+        audio_path=path,
+        audio_sha256=sha256_file(path) if path.is_file() else None,
+        speakers_map=row.speakers_map,
+        audio_url=row.audio_url,
+        audio_size=row.enclosure_length,
+    )
+
+
 def plan_episodes(
     settings: Settings, db: Database, episode_ids: list[str] | None = None, force: bool = False
 ) -> EpisodePlan:
     """Choose the episodes to process: new, failed, or whose audio changed (or the named ones, or all with force).
 
-    A malformed catalogue raises before any work; a missing audio file only affects its episode.
+    Candidates are the catalogue's entries and the feed episodes registered by `discover`. A malformed
+    catalogue raises before any work; a missing audio file only affects its episode.
     """
-    entries = load_catalogue(settings.episodes_file)
+    entries = catalogue_entries(settings)
     store.sync_catalogue(db, entries)
-    known = {row.episode_id: row for row in store.list_episodes(db)}
+    rows = store.list_episodes(db)
+    known = {row.episode_id: row for row in rows}
+    candidates = {e.episode_id: functools.partial(_job_for, settings, e) for e in entries}
+    candidates |= {r.episode_id: functools.partial(_feed_job_for, settings, r) for r in rows if r.source == "feed"}
     if episode_ids:
-        unknown = sorted(set(episode_ids) - {e.episode_id for e in entries})
+        unknown = sorted(set(episode_ids) - candidates.keys())
         if unknown:
-            raise ConfigError(f"{settings.episodes_file}: no episode with episode_id {', '.join(unknown)}")
-        entries = [e for e in entries if e.episode_id in set(episode_ids)]
+            raise ConfigError(
+                f"no episode with episode_id {', '.join(unknown)} in {settings.episodes_file} or the feeds' episodes"
+            )
+        candidates = {e: make_job for e, make_job in candidates.items() if e in set(episode_ids)}
     plan = EpisodePlan()
-    for entry in entries:
+    for episode_id, make_job in candidates.items():
         try:
-            job = _job_for(settings, entry)
+            job = make_job()
         except ConfigError as exc:
-            plan.invalid[entry.episode_id] = str(exc)
+            plan.invalid[episode_id] = str(exc)
             continue
-        row = known[entry.episode_id]
+        row = known[episode_id]
         current = row.status == "processed" and row.processed_sha256 == job.audio_sha256
         if current and not force and not episode_ids:
             plan.up_to_date.append(job.episode_id)
         else:
             plan.jobs.append(job)
     return plan
+
+
+# --- discover and download --------------------------------------------------------------------
+
+
+def discover(settings: Settings, db: Database) -> list[str]:
+    """Read every FEED_URL and register its episodes (new ones pending); returns the ids of the new ones."""
+    known = {row.episode_id for row in store.list_episodes(db)}
+    items = [item for url in settings.feed_url for item in parse_feed(url)]
+    store.sync_feed(db, items, settings.default_speakers_map)
+    return [item.episode_id for item in items if item.episode_id not in known]
+
+
+def download(settings: Settings, db: Database, job: EpisodeJob) -> EpisodeJob:
+    """Fetch a feed episode's enclosure into AUDIO_DIR, record its hash and size, and drop older enclosures' files."""
+    if job.audio_url is None:
+        raise ConfigError(f"episode {job.episode_id}: no audio file and no audio_url to download it from")
+    path, sha256, size = download_enclosure(
+        job.audio_url, job.audio_path, max_bytes=settings.max_audio_bytes, expected_size=job.audio_size
+    )
+    store.record_audio(db, job.episode_id, sha256, audio_size=size)
+    for stale in path.parent.glob(f"{job.episode_id}-*"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return replace(job, audio_sha256=sha256)
 
 
 # --- transcribe -------------------------------------------------------------------------------

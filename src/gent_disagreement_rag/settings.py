@@ -51,8 +51,10 @@ class Settings(BaseSettings):
     deepgram_model: str = Field("nova-3", description="Deepgram model")
     deepgram_language: str = Field("en", description="Deepgram language")
     deepgram_max_concurrency: int = Field(10, ge=1, description="Simultaneous Deepgram requests across all episodes")
+    deepgram_timeout: float = Field(60.0, gt=0, description="Seconds a Deepgram request may take, plus 0.5 s per second of audio")
     openai_api_key: SecretStr | None = Field(None, description="OpenAI key")
     openai_base_url: str = Field("https://api.openai.com/v1", description="OpenAI base URL (must end in /v1)")
+    openai_timeout: float = Field(60.0, gt=0, description="Seconds an OpenAI embeddings request may take")
     embedding_model: str | None = Field(None, description="Embedding model; default text-embedding-3-small (openai) or all-MiniLM-L6-v2 (local)")
     embedding_dimensions: int | None = Field(None, ge=1, description="Vector size (text-embedding-3-* only); default the model's own")
     local_whisper_model: Path | None = Field(None, description="Folder of a CTranslate2 Whisper model; default: the base model shipped in pip packages")
@@ -65,6 +67,7 @@ class Settings(BaseSettings):
     # Feeds
     feed_url: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Podcast RSS feed URL(s), JSON list or comma-separated")
     default_speakers_map: dict[str, str] = Field(default_factory=dict, description='Speaker names for feed episodes, JSON like {"0": "Host"}')
+    max_audio_bytes: int = Field(1 << 30, ge=1, description="Largest enclosure downloaded from a feed, in bytes (default 1 GiB)")
 
     @field_validator("feed_url", mode="before")
     @classmethod
@@ -127,3 +130,17 @@ class Settings(BaseSettings):
 
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the fields above (`python -m gent_disagreement_rag.settings`)."""
+    rows = ["| variable | default | what it does |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        shown = "" if default in (None, [], {}) else f"`{default}`"
+        rows.append(f"| `{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

