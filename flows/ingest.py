@@ -248,8 +248,12 @@ async def ingest(episode_ids: list[str] | None = None, max_parallel: int | None 
     _run_settings.set(settings)
     logger = get_run_logger()
     db = run_database(settings)
-    if settings.feed_url:
-        await discover_task()
+    feed_error = ""
+    if settings.feed_url:  # a feed that cannot be read fails the run at the end, not the catalogue's episodes
+        discovered = await discover_task(return_state=True)
+        if not discovered.is_completed():
+            feed_error = _describe(await discovered.result(raise_on_failure=False), settings)
+            logger.error("feed discovery failed: %s", feed_error)
     plan = await asyncio.to_thread(pipeline.plan_episodes, settings, db, episode_ids, force)
     for episode_id, error in plan.invalid.items():
         await asyncio.to_thread(store.mark_failed, db, episode_id, error)
@@ -276,6 +280,10 @@ async def ingest(episode_ids: list[str] | None = None, max_parallel: int | None 
     if abort:  # a bad key or no credit: said once, not once per episode
         skipped = sum(s.status == "skipped" for s in summaries)
         message = f"run stopped: {abort['reason']} ({skipped} episodes not started); {message}"
+    if feed_error:
+        message = f"feed discovery failed: {feed_error}; {message}"
     if failed:
-        return Failed(message=f"{message}; {len(failed)} failed or skipped: " + ", ".join(s.episode for s in failed))
+        message = f"{message}; {len(failed)} failed or skipped: " + ", ".join(s.episode for s in failed)
+    if failed or feed_error:
+        return Failed(message=message)
     return Completed(message=message, data=[asdict(s) for s in summaries])

@@ -338,6 +338,18 @@ def test_a_broken_enclosure_fails_only_its_episode(settings: Settings, show: Fee
     assert audio_gets(show).count("/audio/ep2.mp3") == 1  # a 404 is not retried
 
 
+def test_an_unreadable_feed_fails_the_run_but_not_the_catalogue_episodes(
+    settings: Settings, show: FeedServer, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.audio_dir.mkdir(parents=True, exist_ok=True)
+    (settings.audio_dir / "cat.mp3").write_bytes(show.files["/audio/ep1.mp3"])
+    settings.episodes_file.write_text(json.dumps([{"episode_id": "cat-1", "file_name": "cat.mp3"}]))
+    monkeypatch.setenv("FEED_URL", show.url + "/gone.xml")  # 404: permanent, not retried
+    state = run_ingest()
+    assert state.is_failed() and "feed discovery failed" in state.message and "1/1 episodes processed" in state.message
+    assert statuses(settings)["cat-1"][0] == "processed"
+
+
 def test_a_changed_enclosure_is_downloaded_and_processed_again(
     settings: Settings, show: FeedServer, fake_api: FakeAPI, prefect_api: str, tmp_path: Path
 ) -> None:
