@@ -123,17 +123,6 @@ async def download_task(job: EpisodeJob) -> EpisodeJob:
     return await asyncio.to_thread(pipeline.download, settings, run_database(settings), job)
 
 
-@dataclass(frozen=True, slots=True)
-class StageCost:
-    """What one provider call cost, recorded in the ledger only when the call really happened."""
-
-    provider: str
-    model: str
-    requests: int
-    audio_seconds: float = 0.0
-    tokens: int = 0
-
-
 @cached_stage(name="transcribe", task_run_name="transcribe-{job.episode_id}")
 async def transcribe_task(job: EpisodeJob, cache_key: str, run_id: str) -> TranscriptionResult:
     settings = run_settings()
@@ -270,6 +259,8 @@ async def ingest(episode_ids: list[str] | None = None, max_parallel: int | None 
     summaries += [EpisodeSummary(e, "", "failed", error=err) for e, err in plan.invalid.items()]
     for summary in summaries[len(plan.jobs):]:
         _notify(summary)
+    if any(s.status == "processed" for s in summaries):
+        await asyncio.to_thread(store.refresh_statistics, db)
     await acreate_table_artifact(
         key="ingest-summary",
         table=[asdict(s) for s in summaries],

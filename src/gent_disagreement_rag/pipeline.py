@@ -24,7 +24,7 @@ from typing import Any
 
 from . import store
 from .catalogue import CatalogueEntry, catalogue_entries
-from .chunking import CHUNKER_VERSION, Chunk, chunk_transcript
+from .chunking import Chunk, ChunkerConfig, chunk_transcript
 from .database import Database
 from .embedders import EmbeddingBatch, Embedder, make_embedder
 from .errors import ConfigError, QualityGateError
@@ -36,6 +36,7 @@ from .transcribers import Transcriber, make_transcriber
 from .transcript import Transcript, TranscriptionResult
 
 TRANSCRIBE_VERSION = "1"
+FORMAT_VERSION = "1"  # the quality gate and how chunks are made from a transcript (chunker's own version is in its key)
 EXPORT_VERSION = "1"
 EMBED_VERSION = "1"
 
@@ -120,6 +121,10 @@ def _job_for(settings: Settings, entry: CatalogueEntry) -> EpisodeJob:
     if not path.is_file():
         raise ConfigError(
             f"{settings.episodes_file}: episode {entry.episode_id}: field 'file_name': audio file not found: {path}"
+        )
+    if path.stat().st_size == 0:  # an interrupted copy: uploading it would only earn a 400
+        raise ConfigError(
+            f"{settings.episodes_file}: episode {entry.episode_id}: field 'file_name': audio file is empty (0 bytes): {path}"
         )
     return EpisodeJob(
         episode_id=entry.episode_id,
@@ -224,9 +229,15 @@ def transcribe(settings: Settings, job: EpisodeJob) -> TranscriptionResult:
 # --- format -----------------------------------------------------------------------------------
 
 
+def chunker_config(settings: Settings) -> ChunkerConfig:
+    return ChunkerConfig(max_tokens=settings.chunk_max_tokens)
+
+
 def format_key(settings: Settings, job: EpisodeJob, transcript_key: str) -> str:
+    """Every chunker parameter (and its version), the token counter, the names and the quality gate."""
     return stable_hash(
-        "format", CHUNKER_VERSION, transcript_key, job.speakers_map, settings.chunk_max_tokens, settings.skip_quality_gate
+        "format", FORMAT_VERSION, transcript_key, job.speakers_map, chunker_config(settings).cache_key(), "cl100k",
+        settings.skip_quality_gate,
     )
 
 
@@ -238,7 +249,7 @@ def format_episode(settings: Settings, job: EpisodeJob, transcript: Transcript) 
             f"episode {job.episode_id}: transcript failed the quality gate: {'; '.join(report.reasons)} "
             "(set SKIP_QUALITY_GATE=true to embed it anyway)"
         )
-    chunks = chunk_transcript(transcript, job.speakers_map, max_tokens=settings.chunk_max_tokens)
+    chunks = chunk_transcript(transcript, job.speakers_map, config=chunker_config(settings))
     return FormattedEpisode(chunks=chunks, quality=report)
 
 

@@ -321,3 +321,9 @@ def cost_by_episode(db: Database, *, since: date | None = None) -> list[tuple[st
             {"since": since},
         ).fetchall()
     return [(r[0], r[1], CostTotals(int(r[2]), float(r[3]), int(r[4]), float(r[5]))) for r in rows]
+
+
+def refresh_statistics(db: Database) -> None:
+    """ANALYZE after a run: search's full-text side sizes its query from these statistics."""
+    with db.connection() as conn:
+        conn.execute("ANALYZE segments")
