@@ -129,3 +129,17 @@ def test_changing_the_chunker_re_chunks_without_transcribing(settings, catalogue
     assert run_ingest(episode_ids=["EP-2"]).is_completed()
     assert statuses(settings)["EP-2"][1] > before
     assert len(fake_api.requests_to(LISTEN)) == 1
+
+
+def test_an_episode_claimed_by_another_run_is_left_to_it(settings, catalogue, fake_api) -> None:
+    claim = store.claim_episode(settings.external_database_url(), "EP-0")  # as another process's run would
+    assert claim is not None and store.claim_episode(settings.external_database_url(), "EP-0") is None
+    try:
+        state = run_ingest(episode_ids=["EP-0", "EP-1"])
+    finally:
+        claim.close()
+    assert state.is_completed() and "1 being processed by another run" in state.message
+    assert statuses(settings)["EP-0"][0] == "pending" and statuses(settings)["EP-1"][0] == "processed"
+    assert len(fake_api.requests_to(LISTEN)) == 1
+    assert run_ingest(episode_ids=["EP-0"]).is_completed()  # the claim died with its connection
+    assert statuses(settings)["EP-0"][0] == "processed"

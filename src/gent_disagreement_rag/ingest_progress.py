@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-STATUS_STYLE = {"queued": "dim", "running": "cyan", "processed": "green", "failed": "red", "skipped": "yellow"}
+STATUS_STYLE = {
+    "queued": "dim", "running": "cyan", "processed": "green", "failed": "red", "skipped": "yellow", "busy": "blue",
+}
 
 
 class IngestProgress:

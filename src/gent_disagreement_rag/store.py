@@ -26,6 +26,7 @@ from .feeds import FeedItem
 
 EPISODE_LOCK_NAMESPACE = 7_413_002  # first key of pg_advisory_xact_lock(int, int) for episode writes
 MODEL_REGISTRATION_LOCK = 7_413_003
+EPISODE_CLAIM_NAMESPACE = 7_413_004  # session locks: which run is processing an episode right now
 _registered_models: dict[str, set[str]] = {}  # per database URL: models whose index is known to exist
 
 
@@ -327,3 +328,17 @@ def refresh_statistics(db: Database) -> None:
     """ANALYZE after a run: search's full-text side sizes its query from these statistics."""
     with db.connection() as conn:
         conn.execute("ANALYZE segments")
+
+
+def claim_episode(url: str, episode_id: str) -> psycopg.Connection | None:
+    """Claim an episode for this run, or None when another run (process, worker, machine) is processing it.
+
+    A session advisory lock on a connection of its own, outside the pool: it is held for as long as the
+    episode is processed, and Postgres releases it by itself if the process dies, so a crash never leaves
+    an episode claimed. Close the returned connection to release the claim.
+    """
+    conn = psycopg.connect(url, autocommit=True)
+    if conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (EPISODE_CLAIM_NAMESPACE, episode_id)).fetchone()[0]:
+        return conn
+    conn.close()
+    return None
