@@ -121,6 +121,15 @@ class Settings(BaseSettings):
             return "openai" if self.openai_api_key else "local"
         return self.embedder
 
+    def require_secret(self, field: str, needed_for: str) -> str:
+        """The value of a secret setting, or a ConfigError naming the variable and what needs it."""
+        value: SecretStr | None = getattr(self, field)
+        if value is None or not value.get_secret_value():
+            from .errors import ConfigError
+
+            raise ConfigError(f"{field.upper()} is not set (needed for {needed_for})")
+        return value.get_secret_value()
+
     @cached_property
     def secrets(self) -> list[str]:
         """Secret values, for scrubbing any text that might leave the process."""

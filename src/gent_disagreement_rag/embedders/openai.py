@@ -86,10 +86,8 @@ class OpenAIEmbedder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIEmbedder:
-        if settings.openai_api_key is None or not settings.openai_api_key.get_secret_value():
-            raise ConfigError("OPENAI_API_KEY is not set (needed for EMBEDDER=openai)")
         return cls(
-            settings.openai_api_key.get_secret_value(),
+            settings.require_secret("openai_api_key", "EMBEDDER=openai"),
             base_url=settings.openai_base_url,
             model=settings.embedding_model or DEFAULT_OPENAI_MODEL,
             dimensions=settings.embedding_dimensions,

@@ -26,7 +26,6 @@ from deepgram.core.api_error import ApiError
 
 from ..errors import (
     AuthenticationError,
-    ConfigError,
     PermanentProviderError,
     ProviderError,
     QuotaExhaustedError,
@@ -185,10 +184,8 @@ class DeepgramTranscriber:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeepgramTranscriber:
-        if settings.deepgram_api_key is None or not settings.deepgram_api_key.get_secret_value():
-            raise ConfigError("DEEPGRAM_API_KEY is not set (needed for TRANSCRIBER=deepgram)")
         return cls(
-            settings.deepgram_api_key.get_secret_value(),
+            settings.require_secret("deepgram_api_key", "TRANSCRIBER=deepgram"),
             base_url=settings.deepgram_base_url,
             model=settings.deepgram_model,
             language=settings.deepgram_language,
