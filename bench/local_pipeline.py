@@ -25,13 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import jiwer
 import numpy as np
 
 from gent_disagreement_rag.embedders.local_minilm import LocalMiniLMEmbedder
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.transcribers.local_whisper import LocalWhisperTranscriber
-from tests.test_providers_local import DIALOGUE, _normalise, _speaker_at, synthesize_dialogue
+from tests.test_providers_local import DIALOGUE, speaker_at, synthesize_dialogue, word_error_rate
 
 PAUSE_SECONDS = 0.6
 SENTENCES = 1000
@@ -52,10 +51,8 @@ def make_episode(folder: Path, minutes: float) -> tuple[Path, int, list[tuple[fl
     period = turns[-1][1] + PAUSE_SECONDS
     loops = max(1, round(minutes * 60 / period))
     episode = folder / f"episode-{minutes:g}min.mp3"
-    subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-stream_loop", str(loops - 1), "-i", str(one), "-ac", "1", "-b:a", "64k", str(episode)],
-        check=True,
-    )
+    loop = ["-stream_loop", str(loops - 1), "-i", str(one)]
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *loop, "-ac", "1", "-b:a", "64k", str(episode)], check=True)
     return episode, loops, turns, period
 
 
@@ -66,7 +63,7 @@ def transcription_figures(episode: Path, loops: int, turns: list[tuple[float, fl
     transcript = result.transcript
     reference = " ".join(text for _, text in DIALOGUE * loops)
     hypothesis = " ".join(w.display for w in transcript.words)
-    right = [w.speaker == _speaker_at(turns, ((w.start + w.end) / 2) % period) for w in transcript.words]
+    right = [w.speaker == speaker_at(turns, ((w.start + w.end) / 2) % period) for w in transcript.words]
     return {
         "audio_seconds": round(transcript.duration, 1),
         "wall_seconds": round(wall, 1),
@@ -75,7 +72,7 @@ def transcription_figures(episode: Path, loops: int, turns: list[tuple[float, fl
         "audio_seconds_per_cpu_second": round(transcript.duration / cpu, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "setup_seconds": round(setup_seconds, 1),
-        "wer": round(jiwer.wer(reference, hypothesis, reference_transform=_normalise, hypothesis_transform=_normalise), 4),
+        "wer": round(word_error_rate(reference, hypothesis), 4),
         "speakers": len({w.speaker for w in transcript.words}),
         "speaker_accuracy": round(float(np.mean(right)), 4) if right else None,
         "options": transcriber.options(),
@@ -116,9 +113,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gdr-bench-") as folder:
         for minutes in args.minutes:
             episode, loops, turns, period = make_episode(Path(folder), minutes)
-            child = [sys.executable, "-m", "bench.local_pipeline", "--child", json.dumps([str(episode), loops, turns, period])]
-            output = subprocess.run(child, check=True, capture_output=True, text=True).stdout
-            report["transcription"][f"{minutes:g}min"] = json.loads(output.strip().splitlines()[-1])
+            job = json.dumps([str(episode), loops, turns, period])
+            child = subprocess.run(
+                [sys.executable, "-m", "bench.local_pipeline", "--child", job], check=True, capture_output=True, text=True
+            )
+            report["transcription"][f"{minutes:g}min"] = json.loads(child.stdout.strip().splitlines()[-1])
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
 

@@ -9,9 +9,11 @@ a key built from what determines its output, and retries only transient errors.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +42,19 @@ _databases: dict[str, Database] = {}
 
 ProgressListener = Callable[[str, str, dict[str, Any]], None]
 progress_listeners: list[ProgressListener] = []  # `gdr ingest` registers one to draw its live table
+
+
+# The stages block (HTTP, Whisper, psycopg) and run in threads. Not asyncio.to_thread's default pool: it has
+# cpu_count + 4 threads (6 on a 2-core machine) and a stage holds its thread for a whole provider request, so
+# it capped the episodes in flight at 6 whatever MAX_PARALLEL_EPISODES said (measured: 16 Deepgram requests
+# went out 6 at a time). Threads are started only as needed; 128 covers 64 parallel episodes (the maximum).
+_stage_threads = ThreadPoolExecutor(max_workers=128, thread_name_prefix="gdr-stage")
+
+
+async def _to_thread(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """`asyncio.to_thread` on the stage pool (the caller's context variables go along, as there)."""
+    call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_stage_threads, call)
 
 
 def run_settings() -> Settings:
@@ -112,7 +127,7 @@ cached_stage = retried_stage(cache_key_fn=_precomputed_key, persist_result=True,
 async def discover_task() -> list[str]:
     """Register the feeds' new episodes; not cached: the feed is read afresh on every run."""
     settings = run_settings()
-    new = await asyncio.to_thread(pipeline.discover, settings, run_database(settings))
+    new = await _to_thread(pipeline.discover, settings, run_database(settings))
     get_run_logger().info("%d new episodes in %d feeds", len(new), len(settings.feed_url))
     return new
 
@@ -121,31 +136,54 @@ async def discover_task() -> list[str]:
 async def download_task(job: EpisodeJob) -> EpisodeJob:
     """The episode's enclosure, resumed if a partial download is there; returns the job with the audio's hash."""
     settings = run_settings()
-    return await asyncio.to_thread(pipeline.download, settings, run_database(settings), job)
+    return await _to_thread(pipeline.download, settings, run_database(settings), job)
+
+
+async def _record_cost(
+    settings: Settings, run_id: str, episode_id: str, stage: str, provider: str, model: str,
+    requests: int, audio_seconds: float, tokens: int,
+) -> None:
+    """Write a call that was paid for to the cost ledger. Database hiccups are retried here, and in the
+    end only logged: failing the stage would make its retry pay for the same call again."""
+    for delay in [*RETRY_DELAYS, None]:
+        try:
+            await _to_thread(
+                pipeline.record_cost, settings, run_database(settings), run_id, episode_id, stage,
+                provider, model, requests, audio_seconds, tokens,
+            )
+            return
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if delay is None:
+                get_run_logger().warning(
+                    "cost ledger: the %s call of episode %s is not recorded: %s", stage, episode_id, _describe(exc, settings)
+                )
+                return
+            await asyncio.sleep(delay)
 
 
 @cached_stage(name="transcribe", task_run_name="transcribe-{job.episode_id}")
 async def transcribe_task(job: EpisodeJob, cache_key: str, run_id: str) -> TranscriptionResult:
     settings = run_settings()
-    result = await asyncio.to_thread(pipeline.transcribe, settings, job)
+    result = await _to_thread(pipeline.transcribe, settings, job)
     t = result.transcript
-    await asyncio.to_thread(
-        pipeline.record_cost, settings, run_database(settings), run_id, job.episode_id, "transcribe",
-        t.provider, t.model, 1 if t.provider != "local" else 0, t.duration, 0,
+    await _record_cost(
+        settings, run_id, job.episode_id, "transcribe", t.provider, t.model, 1 if t.provider != "local" else 0, t.duration, 0
     )
     return result
 
 
 @cached_stage(name="format", task_run_name="format-{job.episode_id}")
 async def format_task(job: EpisodeJob, transcription: TranscriptionResult, cache_key: str) -> FormattedEpisode:
-    return await asyncio.to_thread(pipeline.format_episode, run_settings(), job, transcription.transcript)
+    return await _to_thread(pipeline.format_episode, run_settings(), job, transcription.transcript)
 
 
 @cached_stage(name="export", task_run_name="export-{job.episode_id}")
 async def export_task(
     job: EpisodeJob, transcription: TranscriptionResult, episode: FormattedEpisode, cache_key: str
 ) -> dict[str, str]:
-    return await asyncio.to_thread(
+    return await _to_thread(
         pipeline.export, run_settings(), job, transcription.raw, transcription.transcript, episode
     )
 
@@ -153,11 +191,10 @@ async def export_task(
 @cached_stage(name="embed", task_run_name="embed-{job.episode_id}")
 async def embed_task(job: EpisodeJob, episode: FormattedEpisode, cache_key: str, run_id: str):
     settings = run_settings()
-    batch = await asyncio.to_thread(pipeline.embed, settings, episode.chunks)
+    batch = await _to_thread(pipeline.embed, settings, episode.chunks)
     embedder = pipeline.embedder_for(settings)
-    await asyncio.to_thread(
-        pipeline.record_cost, settings, run_database(settings), run_id, job.episode_id, "embed",
-        embedder.provider, embedder.model, batch.requests, 0.0, batch.tokens,
+    await _record_cost(
+        settings, run_id, job.episode_id, "embed", embedder.provider, embedder.model, batch.requests, 0.0, batch.tokens
     )
     return batch
 
@@ -166,7 +203,7 @@ async def embed_task(job: EpisodeJob, episode: FormattedEpisode, cache_key: str,
 async def store_task(job: EpisodeJob, episode: FormattedEpisode, batch) -> int:
     """Not cached by Prefect: the database itself is the record (an unchanged episode is a no-op rewrite)."""
     settings = run_settings()
-    return await asyncio.to_thread(pipeline.store_episode, settings, run_database(settings), job, episode, batch)
+    return await _to_thread(pipeline.store_episode, settings, run_database(settings), job, episode, batch)
 
 
 @functools.cache
@@ -182,7 +219,7 @@ async def episode_pipeline(job: EpisodeJob, run_id: str = "") -> dict[str, Any]:
     storage = settings.result_storage_block or settings.result_storage_path
     if job.needs_download:
         job = await download_task(job)
-    t_key = await asyncio.to_thread(pipeline.transcribe_key, settings, job)
+    t_key = await _to_thread(pipeline.transcribe_key, settings, job)
     f_key = pipeline.format_key(settings, job, t_key)
     # Large stage outputs (a transcript's thousands of words, the chunks, the vectors) go in `opaque`: Prefect
     # otherwise walks every object inside them twice per task call, looking for futures (measured: ~4 s of
@@ -192,7 +229,7 @@ async def episode_pipeline(job: EpisodeJob, run_id: str = "") -> dict[str, Any]:
     await _stored(export_task, storage)(
         job, opaque(transcription), opaque(episode), cache_key=pipeline.export_key(settings, job, f_key)
     )
-    e_key = await asyncio.to_thread(pipeline.embed_key, settings, f_key)
+    e_key = await _to_thread(pipeline.embed_key, settings, f_key)
     batch = await _stored(embed_task, storage)(job, opaque(episode), cache_key=e_key, run_id=run_id)
     segments = await store_task(job, opaque(episode), opaque(batch))
     return {"segments": segments, "audio_seconds": transcription.transcript.duration}
@@ -205,7 +242,7 @@ async def _run_one(job: EpisodeJob, gate: asyncio.Semaphore, abort: dict[str, st
             summary.status, summary.error = "skipped", f"not started: the run stopped at episode {abort['episode']}"
             _notify(summary)
             return summary
-        claim = await asyncio.to_thread(store.claim_episode, db.url, job.episode_id)
+        claim = await _to_thread(store.claim_episode, db.url, job.episode_id)
         if claim is None:  # another run has it: it is not done twice, and not a failure of this run
             summary.status, summary.error = "busy", "being processed by another run"
             _notify(summary)
@@ -215,7 +252,7 @@ async def _run_one(job: EpisodeJob, gate: asyncio.Semaphore, abort: dict[str, st
         try:
             state = await episode_pipeline(job, run_id, return_state=True)
         finally:
-            await asyncio.to_thread(claim.close)
+            await _to_thread(claim.close)
         summary.seconds = round(time.perf_counter() - started, 2)
         if state.is_completed():
             result = await state.result()
@@ -228,8 +265,8 @@ async def _run_one(job: EpisodeJob, gate: asyncio.Semaphore, abort: dict[str, st
             if isinstance(exc, AuthenticationError | QuotaExhaustedError):
                 abort.setdefault("episode", job.episode_id)
                 abort.setdefault("reason", summary.error)
-            await asyncio.to_thread(store.mark_failed, db, job.episode_id, summary.error)
-        ledger = await asyncio.to_thread(store.cost_totals, db, run_id=run_id, episode_id=job.episode_id)
+            await _to_thread(store.mark_failed, db, job.episode_id, summary.error)
+        ledger = await _to_thread(store.cost_totals, db, run_id=run_id, episode_id=job.episode_id)
         summary.tokens, summary.cost_usd = ledger.tokens, ledger.cost_usd
         _notify(summary)
         return summary
@@ -257,9 +294,9 @@ async def ingest(episode_ids: list[str] | None = None, max_parallel: int | None 
         if not discovered.is_completed():
             feed_error = _describe(await discovered.result(raise_on_failure=False), settings)
             logger.error("feed discovery failed: %s", feed_error)
-    plan = await asyncio.to_thread(pipeline.plan_episodes, settings, db, episode_ids, force)
+    plan = await _to_thread(pipeline.plan_episodes, settings, db, episode_ids, force)
     for episode_id, error in plan.invalid.items():
-        await asyncio.to_thread(store.mark_failed, db, episode_id, error)
+        await _to_thread(store.mark_failed, db, episode_id, error)
     parallel = max_parallel or settings.max_parallel_episodes
     logger.info(
         "%d episodes to process (%d up to date, %d invalid), %d at a time",
@@ -274,7 +311,7 @@ async def ingest(episode_ids: list[str] | None = None, max_parallel: int | None 
     for summary in summaries[len(plan.jobs):]:
         _notify(summary)
     if any(s.status == "processed" for s in summaries):
-        await asyncio.to_thread(store.refresh_statistics, db)
+        await _to_thread(store.refresh_statistics, db)
     await acreate_table_artifact(
         key="ingest-summary",
         table=[asdict(s) for s in summaries],

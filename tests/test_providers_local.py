@@ -36,7 +36,7 @@ from gent_disagreement_rag.transcribers.local_whisper import (
 
 # espeak-ng 1.51 ignores a variant after "en-gb" ("en-gb+f3" is still the male voice); Whisper base
 # understands the American female variant best (WER 6 % against 20 % for "en+f3").
-VOICES = {0: ("en-us", "50"), 1: ("en-us+f3", "50")}  # about 105 Hz and 200 Hz
+VOICES = {0: ("en-us", "50"), 1: ("en-us+f3", "50")}  # (voice, pitch): about 105 Hz and 200 Hz
 DIALOGUE = [
     (0, "Welcome back to the show. Today we are talking about why experts disagree."),
     (1, "Thank you for having me. It is a question that matters to all of us."),
@@ -48,25 +48,33 @@ DIALOGUE = [
     (1, "It is the best signal we have."),
 ]
 LONG_PAUSE_AFTER = 3  # a 2.5 s silence after this turn, the rest are 0.6 s
+Turns = list[tuple[float, float, int]]  # (start, end, voice) in seconds
+
+WORDS_ONLY = jiwer.Compose(
+    [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip(), jiwer.ReduceToListOfListOfWords()]
+)
 
 
-def _normalise(text: str) -> list[list[str]]:
-    return jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])(text)
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    return jiwer.wer(reference, hypothesis, reference_transform=WORDS_ONLY, hypothesis_transform=WORDS_ONLY)
 
 
 def speak(text: str, voice: str, pitch: str) -> tuple[bytes, int]:
     """16-bit mono PCM and its sample rate, from espeak-ng."""
-    wav = subprocess.run(["espeak-ng", "-v", voice, "-p", pitch, "--stdout", text], check=True, capture_output=True).stdout
+    command = ["espeak-ng", "-v", voice, "-p", pitch, "--stdout", text]
+    wav = subprocess.run(command, check=True, capture_output=True).stdout
     with wave.open(io.BytesIO(wav)) as reader:
         rate = reader.getframerate()
         return reader.readframes(reader.getnframes()), rate  # espeak's streamed header overstates the length
 
 
-def synthesize_dialogue(turns: list[tuple[int, str]], out: Path, pauses: list[float]) -> list[tuple[float, float, int]]:
-    """Speak each (voice, text) turn followed by its pause into `out` (any format ffmpeg writes); returns (start, end, voice) per turn."""
+def synthesize_dialogue(
+    turns: list[tuple[int, str]], out: Path, pauses: list[float], voices: dict[int, tuple[str, str]] = VOICES
+) -> Turns:
+    """Speak each (voice, text) turn, then its pause, into `out` (WAV, or anything ffmpeg writes)."""
     pcm, truth, rate = bytearray(), [], 22050
     for (voice, text), pause in zip(turns, pauses, strict=True):
-        speech, rate = speak(text, *VOICES[voice])
+        speech, rate = speak(text, *voices[voice])
         start = len(pcm) / 2 / rate
         pcm += speech
         truth.append((start, len(pcm) / 2 / rate, voice))
@@ -83,7 +91,8 @@ def synthesize_dialogue(turns: list[tuple[int, str]], out: Path, pauses: list[fl
     return truth
 
 
-def _speaker_at(truth: list[tuple[float, float, int]], t: float) -> int:
+def speaker_at(truth: Turns, t: float) -> int:
+    """The voice of the turn at (or nearest to) time t."""
     return min(truth, key=lambda turn: max(turn[0] - t, t - turn[1], 0.0))[2]
 
 
@@ -91,7 +100,10 @@ def _speaker_at(truth: list[tuple[float, float, int]], t: float) -> int:
 def speech_tools() -> None:
     missing = [tool for tool in ("espeak-ng", "ffmpeg") if shutil.which(tool) is None]
     if missing:
-        pytest.fail(f"{' and '.join(missing)} not installed: the local-provider tests synthesise speech with them (apt-get install espeak-ng ffmpeg)")
+        pytest.fail(
+            f"{' and '.join(missing)} not installed: the local-provider tests synthesise speech with them "
+            "(apt-get install espeak-ng ffmpeg)"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +117,7 @@ def transcriber(gdr_home: Path) -> LocalWhisperTranscriber:
 
 
 @pytest.fixture(scope="session")
-def dialogue(speech_tools: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[float, float, int]]]:
+def dialogue(speech_tools: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Turns]:
     path = tmp_path_factory.mktemp("audio") / "dialogue.mp3"
     pauses = [2.5 if i == LONG_PAUSE_AFTER else 0.6 for i in range(len(DIALOGUE))]
     return path, synthesize_dialogue(DIALOGUE, path, pauses)
@@ -141,7 +153,7 @@ def test_transcribes_synthetic_speech_accurately(dialogue_result) -> None:
     transcript = dialogue_result.transcript
     reference = " ".join(text for _, text in DIALOGUE)
     hypothesis = " ".join(w.display for w in transcript.words)
-    error = jiwer.wer(reference, hypothesis, reference_transform=_normalise, hypothesis_transform=_normalise)
+    error = word_error_rate(reference, hypothesis)
     assert error < 0.15, f"WER {error:.1%}: {hypothesis}"
     assert transcript.provider == "local" and transcript.model == "whisper-base-int8"
     assert transcript.language == "en"
@@ -192,13 +204,26 @@ def test_piece_cuts_fall_in_silences() -> None:
         assert audio[cut - 100 : cut + 100].max() == 0, cut / SAMPLE_RATE
 
 
-@pytest.mark.parametrize("content", [b"", b"this is a text file, not audio\n", "head"], ids=["zero-byte", "text", "truncated-header"])
+def _video_only(path: Path) -> None:
+    video = ["-f", "lavfi", "-i", "testsrc=duration=1:size=32x32:rate=5", "-f", "mp4"]
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *video, str(path)], check=True)
+
+
+UNDECODABLE = {
+    "zero-byte": lambda path, good: path.write_bytes(b""),
+    "text": lambda path, good: path.write_text("this is a text file, not audio\n"),
+    "truncated-header": lambda path, good: path.write_bytes(good.read_bytes()[:300]),
+    "no-audio-stream": lambda path, good: _video_only(path),
+}
+
+
+@pytest.mark.parametrize("kind", UNDECODABLE)
 def test_undecodable_audio_is_a_permanent_error_naming_the_file(
-    transcriber: LocalWhisperTranscriber, dialogue, tmp_path: Path, content
+    transcriber: LocalWhisperTranscriber, dialogue, tmp_path: Path, kind: str
 ) -> None:
     path = tmp_path / "episode 7.mp3"
-    path.write_bytes(dialogue[0].read_bytes()[:300] if content == "head" else content)
-    with pytest.raises(PermanentProviderError, match="episode 7.mp3"):
+    UNDECODABLE[kind](path, dialogue[0])
+    with pytest.raises(PermanentProviderError, match="episode 7.mp3: cannot decode the audio"):
         transcriber.transcribe(path)
 
 
@@ -213,24 +238,22 @@ def test_local_whisper_folder_without_weights_is_a_config_error(tmp_path: Path) 
 def test_two_voices_get_two_speakers_with_the_right_turns(dialogue, dialogue_result) -> None:
     words = dialogue_result.transcript.words
     assert {w.speaker for w in words} == {0, 1}
-    right = sum(w.speaker == _speaker_at(dialogue[1], (w.start + w.end) / 2) for w in words)
+    right = sum(w.speaker == speaker_at(dialogue[1], (w.start + w.end) / 2) for w in words)
     assert right >= 0.9 * len(words)
 
 
-def _turn_audio(tmp_path: Path, voices: dict[int, tuple[str, str]], monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setitem(VOICES, 0, voices[0])
-    monkeypatch.setitem(VOICES, 1, voices[1])
-    truth = synthesize_dialogue(DIALOGUE, tmp_path / "turns.wav", [0.4] * len(DIALOGUE))
+def _turn_audio(tmp_path: Path, voices: dict[int, tuple[str, str]]) -> tuple[np.ndarray, list[tuple[float, float]], list[int]]:
+    truth = synthesize_dialogue(DIALOGUE, tmp_path / "turns.wav", [0.4] * len(DIALOGUE), voices)
     return decode(tmp_path / "turns.wav"), [(start, end) for start, end, _ in truth], [voice for *_, voice in truth]
 
 
-def test_diarizer_separates_voices_of_different_pitch(speech_tools, tmp_path: Path, monkeypatch) -> None:
-    audio, spans, voices = _turn_audio(tmp_path, {0: ("en-us", "40"), 1: ("en+f4", "60")}, monkeypatch)
+def test_diarizer_separates_voices_of_different_pitch(speech_tools, tmp_path: Path) -> None:
+    audio, spans, voices = _turn_audio(tmp_path, {0: ("en-us", "40"), 1: ("en+f4", "60")})
     assert assign_speakers(audio, SAMPLE_RATE, spans, max_speakers=4) == voices
 
 
-def test_diarizer_keeps_voices_of_similar_pitch_as_one_speaker(speech_tools, tmp_path: Path, monkeypatch) -> None:
-    audio, spans, _ = _turn_audio(tmp_path, {0: ("en-us", "50"), 1: ("en-gb", "50")}, monkeypatch)
+def test_diarizer_keeps_voices_of_similar_pitch_as_one_speaker(speech_tools, tmp_path: Path) -> None:
+    audio, spans, _ = _turn_audio(tmp_path, {0: ("en-us", "50"), 1: ("en-gb", "50")})
     assert set(assign_speakers(audio, SAMPLE_RATE, spans, max_speakers=4)) == {0}
 
 
@@ -238,9 +261,12 @@ def test_diarizer_keeps_voices_of_similar_pitch_as_one_speaker(speech_tools, tmp
 
 
 def test_paraphrase_ranks_above_unrelated_sentence(embedder: LocalMiniLMEmbedder) -> None:
-    query, paraphrase, unrelated = embedder.embed(
-        ["Why do experts disagree so often?", "What makes specialists reach different conclusions?", "Bake the bread for forty minutes."]
-    ).vectors
+    texts = [
+        "Why do experts disagree so often?",
+        "What makes specialists reach different conclusions?",
+        "Bake the bread for forty minutes.",
+    ]
+    query, paraphrase, unrelated = embedder.embed(texts).vectors
     assert query @ paraphrase > query @ unrelated + 0.2
 
 

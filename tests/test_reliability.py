@@ -136,7 +136,7 @@ class World:
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            return conn.execute(query, params).fetchall()
+            return conn.execute(query, params or None).fetchall()
 
     def listen_counts(self) -> Counter[str]:
         """/v1/listen requests per episode (matched by the audio's hash)."""
@@ -152,14 +152,14 @@ class World:
         """Nothing half-written: a processed episode has contiguous segments, one vector each, and the
         same number of segments as its exported chunks; an episode that is not processed has none."""
         rows = self.sql(
-            """SELECT e.episode_id, e.status, count(s.position), coalesce(max(s.position) + 1, 0),
+            """SELECT e.episode_id, e.file_name, e.status, count(s.position), coalesce(max(s.position) + 1, 0),
                       (SELECT count(*) FROM embeddings m WHERE m.episode_id = e.episode_id)
-               FROM episodes e LEFT JOIN segments s USING (episode_id) GROUP BY e.episode_id, e.status"""
+               FROM episodes e LEFT JOIN segments s USING (episode_id) GROUP BY e.episode_id"""
         )
-        for episode_id, status, segments, span, vectors in rows:
+        for episode_id, file_name, status, segments, span, vectors in rows:
             if status == "processed":
                 assert segments > 0 and segments == span == vectors, (episode_id, segments, span, vectors)
-                chunks = json.loads((self.transcripts_dir / f"{episode_id}.chunks.json").read_text())
+                chunks = json.loads((self.transcripts_dir / f"{Path(file_name).stem}.chunks.json").read_text())
                 assert len(chunks) == segments, (episode_id, len(chunks), segments)
             else:
                 assert segments == vectors == 0, (episode_id, status, segments, vectors)
@@ -185,14 +185,19 @@ def world(tmp_path: Path, fresh_db_url: str, fake_api: FakeAPI, prefect_api: str
     return World(tmp_path, fake_api, app_env, prefect_api)
 
 
-def run_flow(**parameters: Any):
-    """The `ingest` flow in this process; afterwards every pooled connection must be back in its pool."""
+def run_flow(stats: dict[str, int] | None = None, **parameters: Any):
+    """The `ingest` flow in this process; afterwards every pooled connection must be back in its pool
+    (the pool's final statistics go into `stats`)."""
     from flows.ingest import close_run_databases, ingest, run_database
 
     try:
         state = asyncio.run(ingest(**parameters, return_state=True))
-        stats = run_database(Settings(_env_file=None)).pool.get_stats()
-        assert stats["pool_available"] == stats["pool_size"], f"connections not returned to the pool: {stats}"
+        pool = run_database(Settings(_env_file=None)).pool
+        # (a connection the pool is still opening in the background counts in pool_size: give it a moment)
+        wait_for(lambda: pool.get_stats()["pool_available"] == pool.get_stats()["pool_size"], timeout=15,
+                 what=f"every connection back in the pool: {pool.get_stats()}")
+        if stats is not None:
+            stats.update(pool.get_stats())
         return state
     finally:
         close_run_databases()
@@ -310,3 +315,469 @@ def test_a_bad_key_or_no_credit_stops_the_run_after_one_request(world: World, pa
     assert {e: rows[e].status for e in ids[1:]} == {e: "pending" for e in ids[1:]}  # never started, not "failed"
     assert reason in state.message, state.message
     world.assert_consistent()
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("catalogue", "message"),
+    [
+        ('[{"episode_id": 1, "file_name": "a.mp3"},]', "not valid JSON: Expecting value at line 1 column 42"),
+        ('[{"episode_id": 1, "file_name": "a.mp3"}, {"episode_id": "1", "file_name": "b.mp3"}]',
+         "entry 1 (episode_id '1'): field 'episode_id': duplicate of entry 0 ('1')"),
+        ('[{"file_name": "a.mp3"}]', "entry 0: field 'episode_id': Field required"),
+        ('[{"episode_id": 7}]', "entry 0 (episode_id 7): field 'file_name': required (or give an audio_url)"),
+        ('{"episode_id": 7}', "expected a JSON list of episodes, got dict"),
+    ],
+    ids=["bad-json", "duplicate-id", "missing-id", "missing-file", "not-a-list"],
+)
+def test_a_malformed_catalogue_stops_gdr_ingest_before_any_work(world: World, catalogue: str, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from gent_disagreement_rag.cli import app
+
+    world.write_catalogue(catalogue)
+    result = CliRunner().invoke(app, ["ingest"], terminal_width=1000)
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {world.app_env['EPISODES_FILE']}: {message}"
+    assert world.api.requests == [] and world.rows() == {}
+
+
+def test_unknown_speaker_ids_and_non_ascii_titles_and_names(world: World) -> None:
+    file_name = "épisode-東京.mp3"
+    make_tones([(world.audio_dir / file_name, 3, 440)])
+    title = "Ça coûte cher — 経済の話 🎙"
+    world.write_catalogue([{"episode_id": "U-1", "file_name": file_name, "title": title,
+                            "speakers_map": {"0": "Zoë Ångström", "1": "李雷", "9": "Nobody"}}])
+    turns = [(0, "Bienvenue au café, naïve question d'abord."), (1, "東京 の 経済 は 強い です."),
+             (2, "A third voice nobody named.")]
+    world.api.add_audio(world.audio_dir / file_name, response=deepgram_response(turns, duration=3.0))
+
+    assert run_flow().is_completed()
+
+    speakers = world.sql("SELECT speaker, text FROM segments WHERE episode_id = 'U-1' ORDER BY position")
+    assert {s for s, _ in speakers} == {"Zoë Ångström", "李雷", "Speaker 2"}  # an unnamed id is "Speaker N"
+    assert any("東京" in text for _, text in speakers)
+    markdown = (world.transcripts_dir / "épisode-東京.md").read_text(encoding="utf-8")
+    assert title in markdown and "Zoë Ångström" in markdown and "李雷" in markdown and "Speaker 2" in markdown
+    assert world.rows()["U-1"].title == title
+    world.assert_consistent()
+
+
+def _bad_audio(world: World) -> dict[str, Path]:
+    """The same kinds of bad audio files for both transcribers."""
+    audio = world.audio_dir
+    files = {"B-empty": audio / "B-empty.mp3", "B-text": audio / "B-text.mp3", "B-zero": audio / "B-zero.mp3"}
+    files["B-empty"].write_bytes(b"")
+    files["B-text"].write_text("These are show notes, not audio.\n" * 50)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "0",
+                    "-b:a", "32k", str(files["B-zero"])], check=True)  # a header and no audio frame
+    entries = [{"episode_id": "B-missing", "file_name": "B-missing.mp3"}]
+    entries += [{"episode_id": e, "file_name": p.name} for e, p in files.items()]
+    entries.append({"episode_id": "B-trunc", "file_name": "B-trunc.mp3"})
+    entries.append({"episode_id": "B-ok", "file_name": "B-ok.mp3"})
+    world.write_catalogue(entries)
+    return files
+
+
+def test_bad_audio_files_with_deepgram(world: World) -> None:
+    files = _bad_audio(world)
+    make_tones([(world.audio("B-ok"), 3, 300), (world.tmp / "ten.mp3", 10, 500)])
+    whole = (world.tmp / "ten.mp3").read_bytes()
+    world.audio("B-trunc").write_bytes(whole[: len(whole) * 4 // 10])  # cut mid-frame at 40 %
+    # What Deepgram answers for these (the fake answers anything, so it is told).
+    world.api.enqueue(LISTEN, deepgram_error(400, "Bad Request", "corrupt or unsupported data"),
+                      when=for_audio(files["B-text"]))
+    world.api.add_audio(files["B-zero"], response=deepgram_response([], duration=0.0))
+
+    state = run_flow(max_parallel=3)
+
+    assert state.is_failed() and "2/6 episodes processed" in state.message, state.message
+    rows = world.rows()
+    episodes_file = world.app_env["EPISODES_FILE"]
+    assert rows["B-missing"].last_error == (f"{episodes_file}: episode B-missing: field 'file_name': "
+                                            f"audio file not found: {world.audio('B-missing')}")
+    assert rows["B-empty"].last_error == (f"{episodes_file}: episode B-empty: field 'file_name': "
+                                          f"audio file is empty (0 bytes): {files['B-empty']}")
+    assert rows["B-text"].last_error == (
+        "PermanentProviderError: Deepgram answered HTTP 400 (Bad Request): corrupt or unsupported data")
+    assert rows["B-zero"].last_error.startswith("QualityGateError: episode B-zero: transcript failed the quality gate: "
+                                                "no words recognised")
+    assert rows["B-trunc"].status == rows["B-ok"].status == "processed"
+    [upload] = [r for r in world.api.requests_to(LISTEN) if sha256_of(r.body) == sha256_of(world.audio("B-trunc"))]
+    assert len(upload.body) == len(whole) * 4 // 10  # sent as it is: what is decodable is the provider's call
+    # The missing and empty files were never uploaded; nothing was retried.
+    assert world.listen_counts() == {"B-text": 1, "B-zero": 1, "B-trunc": 1, "B-ok": 1}
+    world.assert_consistent()
+
+
+@pytest.mark.slow
+def test_bad_audio_files_with_local_whisper(world: World, monkeypatch) -> None:
+    monkeypatch.setenv("TRANSCRIBER", "local")
+    files = _bad_audio(world)
+    shutil.copyfile(SAMPLE_SPEECH, world.audio("B-ok"))
+    speech = SAMPLE_SPEECH.read_bytes()
+    world.audio("B-trunc").write_bytes(speech[: len(speech) // 5])  # the first ~26 s, cut mid-frame
+
+    state = run_flow(episode_ids=["B-missing", "B-empty", "B-text", "B-zero", "B-trunc"], max_parallel=2)
+
+    assert state.is_failed() and "1/5 episodes processed" in state.message, state.message
+    rows = world.rows()
+    assert rows["B-missing"].last_error.endswith(f"audio file not found: {world.audio('B-missing')}")
+    assert rows["B-empty"].last_error.endswith(f"audio file is empty (0 bytes): {files['B-empty']}")
+    assert rows["B-text"].last_error.startswith(f"PermanentProviderError: {files['B-text'].resolve()}: cannot decode the audio")
+    assert rows["B-zero"].last_error.startswith(f"PermanentProviderError: {files['B-zero'].resolve()}: cannot decode the audio")
+    assert rows["B-trunc"].status == "processed" and 20 < rows["B-trunc"].duration_seconds < 30
+    words = " ".join(text for (text,) in world.sql("SELECT text FROM segments WHERE episode_id = 'B-trunc'")).lower()
+    assert "bee" in words  # the episode opens on urban beekeeping
+    assert world.api.requests_to(LISTEN) == []
+    world.assert_consistent()
+
+
+def test_changed_audio_is_processed_again_and_its_old_rows_replaced(world: World) -> None:
+    world.catalogue(["C-0", "C-1"], seconds=3)
+    old = world.audio("C-0").read_bytes()
+    world.api.add_audio(old, response=deepgram_response([(0, "oldversion " * 12), (1, "oldversion " * 12)], duration=3.0))
+    assert run_flow().is_completed()
+    before = world.rows()["C-0"]
+
+    make_tones([(world.audio("C-0"), 5, 880)])  # the file is replaced by a new edit
+    new = world.audio("C-0").read_bytes()
+    world.api.add_audio(new, response=deepgram_response([(1, "newversion " * 30)], duration=5.0))
+    assert run_flow().is_completed()
+
+    after = world.rows()["C-0"]
+    uploads = Counter(sha256_of(r.body) for r in world.api.requests_to(LISTEN))
+    assert uploads == {sha256_of(old): 1, sha256_of(new): 1, sha256_of(world.audio("C-1")): 1}  # C-1 not again
+    assert after.processed_sha256 == sha256_of(new) != before.processed_sha256
+    texts = [t for (t,) in world.sql("SELECT text FROM segments WHERE episode_id = 'C-0'")]
+    assert texts and all("newversion" in t and "oldversion" not in t for t in texts)
+    assert after.duration_seconds == 5.0
+    world.assert_consistent()
+
+
+# --- crash and resume -----------------------------------------------------------------------------
+
+
+def backends(world: World, where: str = "true") -> int:
+    """Other sessions on the world's database (optionally only those matching a condition)."""
+    return world.sql(f"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                     f"AND pid <> pg_backend_pid() AND {where}")[0][0]
+
+
+@pytest.mark.slow
+def test_sigkill_while_storing_then_resume(world: World) -> None:
+    ids = world.catalogue([f"S-{i}" for i in range(6)])
+    with Database.from_settings(world.settings) as db:
+        store.ensure_model(db, MODEL_ID, "openai", "text-embedding-3-small", 1536)
+    with psycopg.connect(world.url) as locker:
+        # Holding the model's row blocks each store transaction at its embeddings COPY: segments already
+        # copied, nothing committed. The kill lands there.
+        locker.execute("SELECT 1 FROM embedding_models WHERE model_id = %s FOR UPDATE", (MODEL_ID,))
+        proc = world.spawn("ingest", "-j", "3", name="killed")
+        wait_for(lambda: backends(world, "wait_event_type = 'Lock' AND query LIKE 'COPY embeddings%'") == 3
+                 or proc.poll() is not None, what="three episodes storing")
+        assert proc.poll() is None, world.output("killed")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    wait_for(lambda: backends(world) == 0, what="the killed process's sessions to end")
+
+    assert set(world.statuses().values()) == {"pending"}
+    assert world.sql("SELECT count(*) FROM segments") == [(0,)]  # the half-done transactions were rolled back
+    world.assert_consistent()
+    paid = {e: world.listen_counts()[e] for e in ids}
+    assert paid == {"S-0": 1, "S-1": 1, "S-2": 1, "S-3": 0, "S-4": 0, "S-5": 0}
+
+    rerun = world.gdr("ingest", "-j", "3")
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert set(world.statuses().values()) == {"processed"}
+    world.assert_consistent()
+    # Transcriptions and embeddings done before the kill were not paid for again.
+    assert world.listen_counts() == {e: 1 for e in ids}
+    assert len(world.api.requests_to(EMBEDDINGS)) == 6
+    assert world.ledger("transcribe") == world.ledger("embed") == {e: 1 for e in ids}
+
+
+@pytest.mark.slow
+def test_sigkill_while_transcribing_then_resume(world: World) -> None:
+    ids = world.catalogue([f"R-{i}" for i in range(6)])
+    slow_ids = ids[3:]
+    for e in slow_ids:
+        world.api.add_audio(world.audio(e), seconds=120)  # answered after 120 * 0.25 = 30 s
+    world.api.deepgram_latency = (0.0, 0.25)
+    proc = world.spawn("ingest", "-j", "3", name="killed")
+    wait_for(lambda: proc.poll() is not None or (
+        list(world.statuses().values()).count("processed") == 3 and
+        sum(world.listen_counts()[e] for e in slow_ids) == 3), what="three processed, three transcribing")
+    assert proc.poll() is None, world.output("killed")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    wait_for(lambda: backends(world) == 0, what="the killed process's sessions to end")
+    world.assert_consistent()
+
+    world.api.deepgram_latency = (0.0, 0.0)
+    rerun = world.gdr("ingest", "-j", "3")
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert set(world.statuses().values()) == {"processed"}
+    world.assert_consistent()
+    # Finished episodes were not touched again; the three cut off mid-request were asked once more.
+    assert world.listen_counts() == {**{e: 1 for e in ids[:3]}, **{e: 2 for e in slow_ids}}
+    assert len(world.api.requests_to(EMBEDDINGS)) == 6
+    assert world.ledger("transcribe") == world.ledger("embed") == {e: 1 for e in ids}
+
+
+# --- concurrent runs ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_ingest_runs_at_once_over_the_same_catalogue(world: World) -> None:
+    ids = world.catalogue([f"D-{i}" for i in range(8)])
+    world.api.deepgram_latency = (1.0, 0.0)
+    nightly = world.spawn("ingest", "-j", "3", name="nightly")
+    manual = world.spawn("ingest", "-j", "3", name="manual")
+    codes = [nightly.wait(timeout=300), manual.wait(timeout=300)]  # a deadlock would time out here
+
+    assert codes == [0, 0], world.output("nightly") + world.output("manual")
+    assert set(world.statuses().values()) == {"processed"}
+    world.assert_consistent()
+    # Each episode claimed by one run at a time (the other reports it busy, not failed): paid for once.
+    assert world.listen_counts() == {e: 1 for e in ids}
+    assert len(world.api.requests_to(EMBEDDINGS)) == len(ids)
+    assert world.ledger("transcribe") == world.ledger("embed") == {e: 1 for e in ids}
+
+
+# --- database faults --------------------------------------------------------------------------------
+
+
+def test_postgres_down_at_start_is_one_clear_line_and_exit_code_1(world: World) -> None:
+    from tests.conftest import _free_port
+
+    world.catalogue(["Z-0"])
+    url = f"postgresql://gdr:{DB_PASSWORD}@127.0.0.1:{_free_port()}/gdr"  # nothing listens there
+    result = world.gdr("ingest", DATABASE_URL=url)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith('error: cannot connect to Postgres: connection failed: connection to server at '
+                                    '"127.0.0.1", port ')
+    assert result.stderr.endswith("Connection refused\n") and result.stderr.count("\n") == 1, result.stderr
+    assert DB_PASSWORD not in result.stderr
+    assert world.api.requests == []
+
+
+@pytest.fixture
+def own_postgres(tmp_path_factory) -> Any:
+    """A Postgres of this test's own, to stop and start without disturbing the session's."""
+    from gent_disagreement_rag.database import embedded_url, stop_embedded
+
+    home = Path(tempfile.mkdtemp(prefix="gdr-test-restart-"))
+    home.chmod(0o755)
+    settings = Settings(_env_file=None, gdr_home=home)
+    url = embedded_url(settings)
+    try:
+        yield url, settings
+    finally:
+        stop_embedded(settings)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def restart_postgres(settings: Settings, down_seconds: float) -> None:
+    from gent_disagreement_rag.database import _embedded_server, stop_embedded
+
+    assert stop_embedded(settings)
+    time.sleep(down_seconds)
+    _embedded_server(settings.pgdata)
+
+
+@pytest.mark.slow
+def test_postgres_restarted_mid_run(world: World, own_postgres, monkeypatch) -> None:
+    url, pg = own_postgres
+    world.app_env["DATABASE_URL"] = url
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("DB_POOL_TIMEOUT", "1")
+    ids = world.catalogue(["M-0", "M-1", "M-2"])
+
+    # 1. Postgres goes away while the episodes are being transcribed and stays away longer than a
+    #    worker waits for a connection; the transcriptions already paid for must not be asked again.
+    world.api.deepgram_latency = (2.0, 0.0)
+
+    def outage() -> None:
+        wait_for(lambda: len(world.api.requests_to(LISTEN)) == 3, what="three transcriptions in flight")
+        restart_postgres(pg, down_seconds=4)
+
+    chaos = threading.Thread(target=outage)
+    chaos.start()
+    state = run_flow(episode_ids=ids[:2] + ids[2:], max_parallel=3)
+    chaos.join()
+    assert state.is_completed(), state.message
+    assert world.listen_counts() == {e: 1 for e in ids}
+    assert world.ledger("transcribe") == {e: 1 for e in ids}
+    world.assert_consistent()
+
+    # 2. Postgres restarts while an episode is being stored: the store transaction dies with its
+    #    connection, the pool replaces its broken connections, and the store stage's retry succeeds.
+    make_tones([(world.audio("M-3"), 2.0, 990)])
+    world.write_catalogue([{"episode_id": e, "file_name": f"{e}.mp3"} for e in [*ids, "M-3"]])
+    locker = psycopg.connect(url)  # holds the store at its embeddings COPY until the restart
+    locker.execute("SELECT 1 FROM embedding_models WHERE model_id = %s FOR UPDATE", (MODEL_ID,))
+
+    def restart_while_storing() -> None:
+        wait_for(lambda: backends(world, "wait_event_type = 'Lock' AND query LIKE 'COPY embeddings%'") == 1,
+                 what="the store to start")
+        restart_postgres(pg, down_seconds=0.5)
+
+    chaos = threading.Thread(target=restart_while_storing)
+    chaos.start()
+    state = run_flow()
+    chaos.join()
+    locker.close()
+    assert state.is_completed(), state.message
+    assert world.statuses() == {e: "processed" for e in [*ids, "M-3"]}
+    assert world.listen_counts()["M-3"] == 1 and len(world.api.requests_to(EMBEDDINGS)) == 4
+    assert [(r.state_name, r.run_count) for r in task_runs("store-M-3")] == [("Completed", 2)]
+    world.assert_consistent()
+
+
+def task_runs(name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[name])))
+
+
+@pytest.mark.slow
+def test_sixteen_workers_on_a_pool_of_three_wait_for_connections(world: World, monkeypatch) -> None:
+    from flows.ingest import run_database
+
+    monkeypatch.setenv("MAX_PARALLEL_EPISODES", "1")  # a pool of 1 + 2 connections, for -j 16
+    ids = world.catalogue([f"W-{i:02d}" for i in range(16)])
+    with Database.from_settings(world.settings) as db:
+        store.ensure_model(db, MODEL_ID, "openai", "text-embedding-3-small", 1536)
+    locker = psycopg.connect(world.url)  # three stores hold the three connections until released
+    locker.execute("SELECT 1 FROM embedding_models WHERE model_id = %s FOR UPDATE", (MODEL_ID,))
+    waiting: list[int] = []
+
+    def release_when_exhausted() -> None:
+        wait_for(lambda: backends(world, "wait_event_type = 'Lock' AND query LIKE 'COPY embeddings%'") == 3,
+                 what="three stores holding the three connections")
+        pool = run_database(Settings(_env_file=None)).pool  # the run's own, created before any store
+        wait_for(lambda: pool.get_stats().get("requests_waiting", 0) >= 10, what="the pool to run dry")
+        waiting.append(pool.get_stats()["requests_waiting"])
+        locker.rollback()
+
+    chaos = threading.Thread(target=release_when_exhausted)
+    chaos.start()
+    stats: dict[str, int] = {}
+    state = run_flow(stats, max_parallel=16)
+    chaos.join()
+    locker.close()
+
+    assert state.is_completed(), state.message
+    assert world.statuses() == {e: "processed" for e in ids}
+    assert waiting[0] >= 10 and stats["pool_max"] == 3 and stats.get("requests_errors", 0) == 0, (waiting, stats)
+    assert world.listen_counts() == {e: 1 for e in ids}  # waiting for a connection never repeated a paid call
+    world.assert_consistent()
+
+
+# --- load -----------------------------------------------------------------------------------------
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.slow
+def test_two_hundred_episodes_sixteen_workers(world: World) -> None:
+    ids = world.catalogue([f"L-{i:03d}" for i in range(200)], seconds=2)
+    world.api.deepgram_latency = (0.3, 0.0)
+    world.api.openai_latency = 0.1
+    pool_size = Settings(_env_file=None, max_parallel_episodes=16).pool_size
+    proc = world.spawn("ingest", "-j", "16", name="load", MAX_PARALLEL_EPISODES="16")
+    samples: list[tuple[int, int, int]] = []  # (episodes processed, RSS kB, sessions on the database)
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        try:
+            samples.append((list(world.statuses().values()).count("processed"), rss_kb(proc.pid), backends(world)))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        time.sleep(0.5)
+    code = os.waitstatus_to_exitcode(status)
+    print("LOAD", code, usage.ru_maxrss, samples)
+    assert code == 0, world.output("load")
+    assert world.statuses() == {e: "processed" for e in ids}
+    world.assert_consistent()
+    assert world.listen_counts() == {e: 1 for e in ids}
+    assert backends(world) == 0  # no session outlives the run
+
+
+# --- secrets --------------------------------------------------------------------------------------
+
+
+def prefect_texts(since: Any) -> list[str]:
+    """Everything the Prefect API holds about runs started after `since`: state messages, logs, artifacts."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId,
+    )
+
+    texts = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)))
+        ids = [r.id for r in runs]
+        assert ids
+        texts += [r.model_dump_json() for r in runs]
+        texts += [t.model_dump_json() for t in client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)))]
+        offset = 0
+        while batch := client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), offset=offset):
+            texts += [log.model_dump_json() for log in batch]
+            offset += len(batch)
+        texts += [a.model_dump_json() for a in client.read_artifacts() if a.flow_run_id in ids]
+    return texts
+
+
+@pytest.mark.slow
+def test_secrets_appear_in_no_output_log_artifact_export_or_error(world: World, pg_server: str) -> None:
+    from datetime import datetime, timezone
+
+    url = world.url.replace("postgres:@", f"postgres:{DB_PASSWORD}@")  # trust auth: accepted and ignored
+    assert url != world.url
+    ids = world.catalogue(["X-0", "X-1", "X-2", "X-3"])
+    script_transcript(world, "X-2", "markerx2x")
+    # Worst cases: providers that echo the key back in their error text.
+    world.api.enqueue(LISTEN, deepgram_error(400, "Bad Request", f"could not read audio sent with key {DEEPGRAM_KEY}"),
+                      when=for_audio(world.audio("X-1")))
+    world.api.enqueue(EMBEDDINGS, openai_error(401, "invalid_api_key", message=f"Incorrect API key provided: {OPENAI_KEY}"),
+                      when=containing("markerx2x"))
+    since = datetime.now(timezone.utc)
+
+    ingest = world.gdr("ingest", "-j", "1", DATABASE_URL=url)
+    status = world.gdr("status", "--json", DATABASE_URL=url)
+
+    assert ingest.returncode == 1 and status.returncode == 0
+    rows = world.rows()
+    assert [rows[e].status for e in ids] == ["processed", "failed", "failed", "pending"]
+    # A bad key stops the run with one clear message; the episode after it is not started, not failed.
+    reason = "AuthenticationError: OpenAI embeddings answered HTTP 401 (invalid_api_key): check OPENAI_API_KEY"
+    assert rows["X-2"].last_error == reason
+    last_line = ingest.stdout.strip().splitlines()[-1]
+    assert last_line.startswith(f"run stopped: {reason} (1 episodes not started); 1/4 episodes processed"), last_line
+    assert len(world.api.requests_to(EMBEDDINGS)) == 2  # X-0's and X-2's, none for X-3
+
+    texts = {"gdr ingest": ingest.stdout + ingest.stderr, "gdr status": status.stdout + status.stderr}
+    texts |= {f"prefect #{i}": text for i, text in enumerate(prefect_texts(since))}
+    texts |= {str(p): p.read_text(errors="replace") for p in world.tmp.rglob("*") if p.is_file()}
+    for table in ("episodes", "segments", "provider_calls"):
+        texts[f"table {table}"] = "\n".join(r[0] for r in world.sql(f"SELECT t::text FROM {table} t"))
+    assert len(texts) > 20 and "X-1" in texts["gdr ingest"]
+    for secret in (DEEPGRAM_KEY, OPENAI_KEY, DB_PASSWORD):
+        leaks = [where for where, text in texts.items() if secret in text]
+        assert leaks == [], f"{secret} found in {leaks}"

@@ -95,7 +95,7 @@ def speaker_name(speaker_id: int | None, speakers_map: dict[str, str]) -> str:
 
 
 def is_cjk(char: str) -> bool:
-    return bool(_CJK.match(char))
+    return char >= "\u2e80" and bool(_CJK.match(char))  # below U+2E80 (Latin and the like), no regex
 
 
 def is_char_segmented(words: Sequence[Word]) -> bool:

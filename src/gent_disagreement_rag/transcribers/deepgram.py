@@ -140,10 +140,13 @@ def audio_seconds(audio: Path | bytes) -> float:
     return size / FALLBACK_BYTES_PER_SECOND
 
 
-def _provider_error(exc: ApiError) -> ProviderError:
-    """Our error class for a Deepgram HTTP error, from its status and `err_code` (never headers or key)."""
+def _provider_error(exc: ApiError, api_key: str = "") -> ProviderError:
+    """Our error class for a Deepgram HTTP error, from its status, `err_code` and `err_msg` (never the
+    headers; the key is masked should the body quote it back)."""
     status = exc.status_code or 0
     body = exc.body if isinstance(exc.body, dict) else {}
+    if api_key:
+        body = {k: str(v).replace(api_key, "***") for k, v in body.items()}
     message = f"Deepgram answered HTTP {status} ({body.get('err_code') or 'no error code'})"
     if status in (408, 409, 429) or status >= 500:
         return TransientProviderError(message, status=status, retry_after=retry_after_seconds(exc.headers or {}))
@@ -173,6 +176,7 @@ class DeepgramTranscriber:
         self.language = language
         self.max_concurrency = max_concurrency
         self.base_timeout = base_timeout
+        self._api_key = api_key  # only to mask it in error texts
         base = base_url.rstrip("/")
         ws = "ws" + base.removeprefix("http")  # http -> ws, https -> wss
         self._client = DeepgramClient(
@@ -223,7 +227,7 @@ class DeepgramTranscriber:
                 request=audio, **self.options(), request_options={"timeout": timeout, "max_retries": 0}
             )
         except ApiError as exc:
-            raise _provider_error(exc) from None
+            raise _provider_error(exc, self._api_key) from None
         except httpx.TimeoutException:
             raise TransientProviderError(f"Deepgram did not answer within {timeout:.0f} s") from None
         except httpx.TransportError as exc:

@@ -2,12 +2,12 @@
 
 No speaker-embedding model can be installed here, so this separates only voices whose pitch differs
 clearly (a man and a woman, say). Each stretch of speech gets the median pitch (in semitones) of its
-voiced frames (YIN), the medians are clustered with 1-D k-means for k = 2..max_speakers, and a
-clustering is accepted only if neighbouring clusters are at least MIN_SEMITONES apart and their
-centres differ by at least MIN_SEPARATION pooled standard deviations; among accepted clusterings the
-best separated wins. Otherwise everything is speaker 0: a wrong split would put one person's words
-under another's name, which is worse than no split. Two voices of similar pitch (two men) stay one
-speaker.
+voiced frames (YIN), the medians are clustered with optimal 1-D k-means for k = 2..max_speakers,
+and the largest k whose clusters are all clearly apart wins: neighbouring centres at least
+MIN_SEMITONES and MIN_SEPARATION pooled standard deviations apart, every cluster holding at least
+MIN_STRETCHES stretches and MIN_SHARE of them. Otherwise everything is speaker 0: a wrong split would
+put one person's words under another's name, which is worse than no split. So two voices of similar
+pitch (two men) stay one speaker.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ SILENCE_POWER = 1e-5  # mean square below -50 dBFS: no pitch
 BLOCK_FRAMES = 3000  # pitch is computed 30 s at a time to bound memory
 MIN_SEMITONES = 4.0
 MIN_SEPARATION = 4.0
-MIN_SHARE = 0.05  # of the stretches with a pitch, per speaker
+MIN_STRETCHES = 3  # per speaker, and
+MIN_SHARE = 0.05  # of the stretches with a pitch
 
 
 def pitch_track(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -51,29 +52,43 @@ def pitch_track(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return out
 
 
-def _kmeans(x: np.ndarray, k: int, iterations: int = 100) -> np.ndarray:
-    """Lloyd's k-means on 1-D values, started at evenly spaced quantiles (deterministic)."""
-    centres = np.quantile(x, (np.arange(k) + 0.5) / k)
-    for _ in range(iterations):
-        labels = np.argmin(np.abs(x[:, None] - centres[None, :]), axis=1)
-        updated = np.array([x[labels == j].mean() if (labels == j).any() else centres[j] for j in range(k)])
-        if np.allclose(updated, centres):
-            break
-        centres = updated
+def _kmeans(x: np.ndarray, k: int) -> np.ndarray:
+    """Optimal 1-D k-means (dynamic programming over the sorted values): a quiet speaker with few
+    stretches gets a cluster of their own, where Lloyd's iterations would split a talkative one instead."""
+    order = np.argsort(x)
+    ordered = x[order]
+    n = len(x)
+    sums = np.concatenate([[0.0], np.cumsum(ordered)])
+    squares = np.concatenate([[0.0], np.cumsum(ordered**2)])
+    cost = np.full((k + 1, n + 1), np.inf)
+    cost[0, 0] = 0.0
+    split = np.zeros((k + 1, n + 1), dtype=int)
+    for c in range(1, k + 1):
+        for end in range(c, n + 1):
+            starts = np.arange(c - 1, end)  # the last cluster is ordered[start:end]
+            sse = squares[end] - squares[starts] - (sums[end] - sums[starts]) ** 2 / (end - starts)
+            total = cost[c - 1, starts] + sse
+            best = int(np.argmin(total))
+            cost[c, end], split[c, end] = total[best], starts[best]
+    labels, end = np.empty(n, dtype=int), n
+    for c in range(k, 0, -1):
+        start = split[c, end]
+        labels[order[start:end]] = c - 1
+        end = start
     return labels
 
 
-def _separation(x: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """The smallest gap between neighbouring clusters, in pooled standard deviations; 0 if any gap is too small."""
+def _clearly_apart(x: np.ndarray, labels: np.ndarray, k: int) -> bool:
+    """Every cluster big enough, and each at least MIN_SEMITONES and MIN_SEPARATION pooled deviations from the next."""
     clusters = sorted((x[labels == j] for j in range(k)), key=np.mean)
-    worst = np.inf
+    if min(len(c) for c in clusters) < max(MIN_STRETCHES, MIN_SHARE * len(x)):
+        return False
     for low, high in zip(clusters, clusters[1:]):
         gap = high.mean() - low.mean()
         spread = np.sqrt((low.var() * len(low) + high.var() * len(high)) / (len(low) + len(high)))
-        if gap < MIN_SEMITONES:
-            return 0.0
-        worst = min(worst, gap / max(spread, 1e-9))
-    return float(worst)
+        if gap < MIN_SEMITONES or gap < MIN_SEPARATION * spread:
+            return False
+    return True
 
 
 def assign_speakers(
@@ -90,16 +105,11 @@ def assign_speakers(
         if (~np.isnan(values)).any():
             medians[i] = np.nanmedian(values)
     known = np.flatnonzero(~np.isnan(medians))
-    best_score, best = MIN_SEPARATION, None
-    for k in range(2, max_speakers + 1):
-        if len(known) < 2 * k:
-            break
+    best = None
+    for k in range(2, min(max_speakers, len(known) // MIN_STRETCHES) + 1):
         labels = _kmeans(medians[known], k)
-        if np.bincount(labels, minlength=k).min() < max(2, MIN_SHARE * len(known)):
-            continue
-        score = _separation(medians[known], labels, k)
-        if score >= best_score:
-            best_score, best = score, labels
+        if _clearly_apart(medians[known], labels, k):
+            best = labels
     if best is None:
         return [0] * len(spans)
     nearest_known = np.maximum.accumulate(np.where(np.isnan(medians), -1, np.arange(len(spans))))

@@ -1,0 +1,246 @@
+"""Section 4: search latency and recall at 10k and 100k stored chunks.
+
+The stored vectors have the structure of real ones without embedding 100k texts: cluster centres are
+real all-MiniLM-L6-v2 embeddings of generated topic sentences, and each chunk is its topic's centre
+plus Gaussian noise (cosine ~0.75 to the centre), normalised — 100 chunks per topic. The queries are
+real text (a topic's words in another order, plus other words), embedded by the library call itself
+with the same local model, so they land where questions about a topic would. Uniform random vectors
+would make HNSW recall meaningless (nothing is anyone's neighbour).
+
+Each chunk has a text (its topic's words + filler, for the full-text side of hybrid search), an episode
+(200 chunks each) and a speaker: the host (half of every episode) or one of 50 guests (~1% each).
+
+Measured, per scale:
+- the library call `search.search(query, k=10, mode=...)` with an open pool (query embedding included),
+  vector and hybrid (the default), p50/p95 over the queries;
+- recall@10 of vector mode against exact search (numpy, over all stored vectors, same query vector);
+- a speaker filter (~1% of the chunks) and an episode filter (200 chunks): latency, and whether every
+  query still gets k results (pgvector 0.8 iterative scan; exact fallback when it runs dry);
+- `gdr search "..." -k 10` as a user runs it: a new process each time (the venv's `gdr`, and `uv run gdr`).
+The HNSW settings are read from the index and the library's constants and reported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from bench.harness import REPO_ROOT, Postgres, load, log, percentile
+
+TOPIC_SUBJECTS = ("bees", "central banks", "transistors", "glaciers", "startups", "vaccines", "chess engines",
+                  "coral reefs", "railways", "housing markets", "volcanoes", "language models", "marathon runners",
+                  "medieval castles", "solar panels", "jazz musicians", "antibiotics", "supply chains",
+                  "black holes", "school lunches", "electric cars", "wolves", "tax policy", "deep sea fish",
+                  "coffee farmers")
+TOPIC_VERBS = ("survive", "change", "fail", "grow", "compete", "adapt", "collapse", "recover")
+TOPIC_CONTEXTS = ("in the winter", "during a recession", "after a war", "in a drought", "under new rules",
+                  "in big cities", "on small islands", "over a century", "when prices rise", "in the dark")
+FILLER = ("so", "the", "question", "is", "whether", "we", "really", "know", "and", "honestly", "I", "think",
+          "people", "data", "story", "about", "what", "actually", "happens", "when")
+HOST = "Ann Host"
+GUESTS = [f"Guest{i:02d} Speaker" for i in range(50)]
+CHUNKS_PER_TOPIC = 100
+EPISODE_CHUNKS = 200
+NOISE_NORM = 0.88  # |noise| / |centre|: cosine ~0.75 between a chunk and its topic's centre
+K = 10
+
+
+def topics(n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        s = TOPIC_SUBJECTS[i % len(TOPIC_SUBJECTS)]
+        v = TOPIC_VERBS[(i // len(TOPIC_SUBJECTS)) % len(TOPIC_VERBS)]
+        c = TOPIC_CONTEXTS[(i // (len(TOPIC_SUBJECTS) * len(TOPIC_VERBS))) % len(TOPIC_CONTEXTS)]
+        out.append(f"how {s} {v} {c}")
+    return out
+
+
+def query_text(topic: str, rng: np.random.Generator) -> str:
+    words = topic.split()[1:]
+    rng.shuffle(words)
+    extra = " ".join(rng.choice(FILLER, 2))
+    return f"why do {' '.join(words)} {extra}"
+
+
+def build(pg: Postgres, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    """A migrated database holding n chunks (segments + local MiniLM vectors), indexed as the store indexes them."""
+    from pgvector.psycopg import register_vector
+
+    from gent_disagreement_rag import store
+    from gent_disagreement_rag.embedders import model_id
+    from gent_disagreement_rag.search import _local_embedder
+
+    n_topics = n // CHUNKS_PER_TOPIC
+    names = topics(n_topics)
+    embedder = _local_embedder()
+    centres = embedder.embed(names).vectors
+    topic_of = rng.permutation(np.repeat(np.arange(n_topics), CHUNKS_PER_TOPIC))[:n]
+    noise = rng.standard_normal((n, centres.shape[1])).astype(np.float32)
+    noise *= NOISE_NORM / np.linalg.norm(noise, axis=1, keepdims=True)
+    vectors = centres[topic_of] + noise
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    url = pg.create_database(f"search{n // 1000}k")
+    mid = model_id("local", "all-MiniLM-L6-v2", 384)
+    n_episodes = n // EPISODE_CHUNKS
+    started = time.perf_counter()
+    with psycopg.connect(url) as conn:
+        register_vector(conn)
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO episodes (episode_id, title, status) VALUES (%s, %s, 'processed')",
+                            [(f"E{e:04d}", f"Episode {e}") for e in range(n_episodes)])
+            cur.execute("INSERT INTO embedding_models (model_id, provider, model, dimensions, index_name) "
+                        "VALUES (%s, 'local', 'all-MiniLM-L6-v2', 384, %s)", (mid, store.index_name(mid)))
+            with cur.copy("COPY segments (episode_id, position, speaker, start_seconds, end_seconds, text, token_count) "
+                          "FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "int4", "text", "float8", "float8", "text", "int4"])
+                for i in range(n):
+                    e, p = divmod(i, EPISODE_CHUNKS)
+                    speaker = HOST if p % 2 == 0 else GUESTS[(e + p // 2) % len(GUESTS)]
+                    text = names[topic_of[i]] + " " + " ".join(rng.choice(FILLER, 40))
+                    copy.write_row((f"E{e:04d}", p, speaker, p * 15.0, p * 15.0 + 14.0, text, 60))
+            with cur.copy("COPY embeddings (model_id, episode_id, position, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "text", "int4", "vector"])
+                for i in range(n):
+                    e, p = divmod(i, EPISODE_CHUNKS)
+                    copy.write_row((mid, f"E{e:04d}", p, vectors[i]))
+        conn.commit()
+        loaded = time.perf_counter() - started
+        # The store's own index statement (store.ensure_model), built after the bulk load.
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        started = time.perf_counter()
+        conn.execute(f"CREATE INDEX {store.index_name(mid)} ON embeddings USING hnsw "
+                     f"((embedding::vector(384)) vector_cosine_ops) WHERE model_id = '{mid}'")
+        conn.commit()
+        indexed = time.perf_counter() - started
+        conn.execute("ANALYZE")
+        conn.commit()
+        index_def = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (store.index_name(mid),)).fetchone()[0]
+    return {"url": url, "vectors": vectors, "names": names, "topic_of": topic_of, "load_seconds": round(loaded, 1),
+            "index_seconds": round(indexed, 1), "index_def": index_def}
+
+
+def exact_top(vectors: np.ndarray, query: np.ndarray, k: int = K) -> list[int]:
+    scores = vectors @ query
+    top = np.argpartition(-scores, k)[:k]
+    return [int(i) for i in top[np.argsort(-scores[top])]]
+
+
+def _row_index(episode_id: str, position: int) -> int:
+    return int(episode_id[1:]) * EPISODE_CHUNKS + position
+
+
+def library(world: dict[str, Any], queries: list[str]) -> dict[str, Any]:
+    from gent_disagreement_rag import search as S
+    from gent_disagreement_rag.database import Database
+    from gent_disagreement_rag.settings import Settings
+
+    settings = Settings(_env_file=None, database_url=world["url"], embedder="local", transcriber="local")
+    db = Database(world["url"], max_size=2)
+    db.open()
+    out: dict[str, Any] = {}
+    try:
+        S.search(queries[0], K, mode="vector", db=db, settings=settings)  # load MiniLM, warm the pool
+        embedder = S._local_embedder()
+        for name, options in (("vector", {"mode": "vector"}), ("hybrid", {"mode": "hybrid"}),
+                              ("vector + speaker filter", {"mode": "vector", "speaker": GUESTS[7]}),
+                              ("hybrid + speaker filter", {"mode": "hybrid", "speaker": GUESTS[7]}),
+                              ("vector + episode filter", {"mode": "vector", "episode": "E0003"}),
+                              ("hybrid + episode filter", {"mode": "hybrid", "episode": "E0003"})):
+            times, counts, exact_fallbacks, recalls = [], [], 0, []
+            for q in queries:
+                t = time.perf_counter()
+                hits = S.search(q, K, db=db, settings=settings, **options)
+                times.append(time.perf_counter() - t)
+                counts.append(len(hits))
+                exact_fallbacks += hits.exact_fallback
+                if name == "vector":
+                    qv = embedder.embed([q]).vectors[0]
+                    truth = set(exact_top(world["vectors"], qv))
+                    got = {_row_index(h.episode_id, h.position) for h in hits}
+                    recalls.append(len(truth & got) / K)
+            out[name] = {
+                "p50_ms": round(percentile(times, 50) * 1000, 1), "p95_ms": round(percentile(times, 95) * 1000, 1),
+                "min_results": min(counts), "queries": len(queries), "exact_fallbacks": exact_fallbacks,
+                "load": load(),
+            }
+            if recalls:
+                out[name]["recall_at_10"] = round(float(np.mean(recalls)), 4)
+            log(f"    {name}: p50 {out[name]['p50_ms']} ms, p95 {out[name]['p95_ms']} ms, min results {min(counts)}"
+                + (f", recall@10 {out[name]['recall_at_10']}" if recalls else "")
+                + (f", exact fallback {exact_fallbacks}x" if exact_fallbacks else ""))
+        # the query embedding alone, to split the library time
+        times = []
+        for q in queries:
+            t = time.perf_counter()
+            embedder.embed([q])
+            times.append(time.perf_counter() - t)
+        out["query embedding only"] = {"p50_ms": round(percentile(times, 50) * 1000, 1),
+                                       "p95_ms": round(percentile(times, 95) * 1000, 1)}
+    finally:
+        db.close()
+    return out
+
+
+def cli(world: dict[str, Any], queries: list[str], runs: int) -> dict[str, Any]:
+    """`gdr search` in a new process, as a user runs it (the venv's script, and through `uv run`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GDR_"))}
+    for name in ("OPENAI_API_KEY", "DEEPGRAM_API_KEY", "DB_HOST", "EMBEDDER", "TRANSCRIBER"):
+        env.pop(name, None)
+    env.update({"DATABASE_URL": world["url"], "COLUMNS": "120", "HF_HUB_OFFLINE": "1"})
+    gdr = str(Path(sys.executable).with_name("gdr"))
+    uv = shutil.which("uv") or "uv"
+    out = {}
+    for label, prefix in (("gdr search", [gdr]), ("uv run gdr search", [uv, "run", "gdr"])):
+        times = []
+        for i in range(runs):
+            t = time.perf_counter()
+            done = subprocess.run([*prefix, "search", queries[i % len(queries)], "-k", str(K)], env=env,
+                                  capture_output=True, text=True, cwd=REPO_ROOT)
+            times.append(time.perf_counter() - t)
+            if done.returncode != 0:
+                raise RuntimeError(f"{label} failed: {done.stderr[-2000:]}")
+        out[label] = {"p50_s": round(percentile(times, 50), 2), "max_s": round(max(times), 2), "runs": runs, "load": load()}
+        log(f"    {label}: p50 {out[label]['p50_s']} s, max {out[label]['max_s']} s")
+    # where a new process's time goes: interpreter + imports, before any search work
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import gent_disagreement_rag.cli"], env=env, check=True, cwd=REPO_ROOT)
+    out["import gent_disagreement_rag.cli"] = {"seconds": round(time.perf_counter() - t, 2)}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], env=env, check=True, cwd=REPO_ROOT)
+    out["python startup"] = {"seconds": round(time.perf_counter() - t, 2)}
+    return out
+
+
+def hnsw_settings() -> dict[str, Any]:
+    from gent_disagreement_rag import search as S
+
+    return {"m": 16, "ef_construction": 64, "ef_search": S.HNSW_EF_SEARCH, "iterative_scan": "relaxed_order",
+            "max_scan_tuples": S.HNSW_MAX_SCAN_TUPLES, "distance": "cosine (vector_cosine_ops)"}
+
+
+def run(pg: Postgres, *, quick: bool = False) -> dict[str, Any]:
+    scales = [10_000, 100_000]
+    n_queries = 30 if quick else 100
+    results: dict[str, Any] = {"hnsw": hnsw_settings(), "scales": {}}
+    for n in scales:
+        rng = np.random.default_rng(n)
+        log(f"  search: building {n:,} chunks")
+        world = build(pg, n, rng)
+        log(f"  search: {n:,} chunks loaded in {world['load_seconds']} s, HNSW built in {world['index_seconds']} s")
+        queries = [query_text(world["names"][rng.integers(len(world["names"]))], rng) for _ in range(n_queries)]
+        entry = {"load_seconds": world["load_seconds"], "index_seconds": world["index_seconds"],
+                 "index_def": world["index_def"], "library": library(world, queries)}
+        if n == scales[-1]:
+            entry["cli"] = cli(world, queries, 3 if quick else 7)
+        results["scales"][n] = entry
+        pg.drop_database(world["url"])
+    return results
