@@ -273,10 +273,7 @@ async def _run_one(job: EpisodeJob, gate: asyncio.Semaphore, abort: dict[str, st
 
 
 def _describe(exc: Any, settings: Settings) -> str:
-    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-    for secret in settings.secrets:
-        text = text.replace(secret, "***")
-    return text
+    return settings.scrub(f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc))
 
 
 @flow(name="ingest", log_prints=True, persist_result=False)

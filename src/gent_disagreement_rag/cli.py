@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import datetime
-from pathlib import Path
 from collections.abc import Callable
+from datetime import datetime
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -35,12 +35,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _scrub(text: str, settings: Settings | None) -> str:
-    for secret in settings.secrets if settings else []:
-        text = text.replace(secret, "***")
-    return text
-
-
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Errors we raise on purpose print as one clear line and exit 1, without a traceback."""
 
@@ -49,10 +43,9 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except GdrError as exc:
-            from rich.markup import escape
-
             # One unwrapped line (greppable, copyable paths), printed as is (no markup in messages).
-            message = escape(_scrub(str(exc), _safe_settings()))
+            settings = _safe_settings()
+            message = escape(settings.scrub(str(exc)) if settings else str(exc))
             err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
@@ -240,7 +233,7 @@ def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> Non
                   str(sum(e.tokens for e in estimates)), f"{sum(e.cost_usd for e in estimates):.4f}")
     console.print(table)
     for episode_id, error in plan.invalid.items():
-        err_console.print(f"[red]{episode_id}: cannot start:[/] {_scrub(error, settings)}", highlight=False)
+        err_console.print(f"[red]{episode_id}: cannot start:[/] {settings.scrub(error)}", highlight=False)
 
 
 @server_app.command("start")
@@ -295,8 +288,6 @@ def search_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """Search the transcripts: meaning (vector), words (text) or both fused (hybrid)."""
-    from rich.markup import escape
-
     from .search import search
 
     results = search(query, k, episode=episode, speaker=speaker, since=since, mode=mode, context=context,

@@ -24,7 +24,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from .chunking import Chunk, chunk_transcript, is_char_segmented, is_cjk, join_words, speaker_turns
+from .chunking import (
+    Chunk,
+    chunk_transcript,
+    is_char_segmented,
+    is_cjk,
+    join_words,
+    speaker_turns,
+)
 from .transcribers.deepgram import parse_deepgram_response
 from .transcript import Transcript
 

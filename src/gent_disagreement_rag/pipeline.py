@@ -26,7 +26,7 @@ from . import store
 from .catalogue import CatalogueEntry, catalogue_entries
 from .chunking import Chunk, ChunkerConfig, chunk_transcript
 from .database import Database
-from .embedders import EmbeddingBatch, Embedder, make_embedder
+from .embedders import Embedder, EmbeddingBatch, make_embedder
 from .errors import ConfigError, QualityGateError
 from .exports import export_episode
 from .feeds import download_enclosure, parse_feed

@@ -130,6 +130,12 @@ class Settings(BaseSettings):
             raise ConfigError(f"{field.upper()} is not set (needed for {needed_for})")
         return value.get_secret_value()
 
+    def scrub(self, text: str) -> str:
+        """The text with every secret value replaced by '***' (for anything that leaves the process)."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
     @cached_property
     def secrets(self) -> list[str]:
         """Secret values, for scrubbing any text that might leave the process."""
