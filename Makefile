@@ -15,8 +15,8 @@ install: $(UV)
 run: install
 	$(UV) run gdr db init
 	$(UV) run gdr ingest
-	$(UV) run gdr search "how do bees survive the winter" -k 3
-	$(UV) run gdr search "who invented the transistor" -k 3
+	$(UV) run gdr search "which mite spreads deformed wing virus" -k 3
+	$(UV) run gdr search "who coined the word transistor" -k 3
 
 test: install
 	$(UV) run pytest
