@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,13 @@ SENTENCES = 1000
 CHUNKS = 100
 
 
+def peak_rss_mb() -> int:
+    """This process's peak resident memory (Linux VmHWM: unlike ru_maxrss it does not carry over from the
+    process that started this one, which a vfork'ed child shares until exec)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) // 1024
+
+
 def _timed(work):
     """(result, wall seconds, CPU seconds of this process) of work()."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -44,15 +50,25 @@ def _timed(work):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def make_episode(folder: Path, minutes: float) -> tuple[Path, int, list[tuple[float, float, int]], float]:
-    """The dialogue looped to about `minutes`: (mp3, loops, turns of one loop, loop length in seconds)."""
+def make_episode(
+    folder: Path, minutes: float, speech_share: float = 1.0
+) -> tuple[Path, int, list[tuple[float, float, int]], float]:
+    """The dialogue, padded with silence to make speech about `speech_share` of it, looped to about `minutes`.
+
+    Returns (mp3, loops, turns of one loop, loop length in seconds). A sparse episode has a long file's
+    memory (whole-file decode, pieces, diarizer) at a fraction of the transcription time (the VAD skips
+    the silence).
+    """
     one = folder / "dialogue.wav"
     turns = synthesize_dialogue(DIALOGUE, one, [PAUSE_SECONDS] * len(DIALOGUE))
-    period = turns[-1][1] + PAUSE_SECONDS
+    period = (turns[-1][1] + PAUSE_SECONDS) / speech_share
+    padded = folder / "dialogue-padded.wav"
+    ffmpeg = ["ffmpeg", "-loglevel", "error", "-y"]
+    subprocess.run([*ffmpeg, "-i", str(one), "-af", f"apad=whole_dur={period:.3f}", str(padded)], check=True)
     loops = max(1, round(minutes * 60 / period))
-    episode = folder / f"episode-{minutes:g}min.mp3"
-    loop = ["-stream_loop", str(loops - 1), "-i", str(one)]
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *loop, "-ac", "1", "-b:a", "64k", str(episode)], check=True)
+    episode = folder / f"episode-{minutes:g}min-{speech_share:g}speech.mp3"
+    loop = ["-stream_loop", str(loops - 1), "-i", str(padded)]
+    subprocess.run([*ffmpeg, *loop, "-ac", "1", "-b:a", "64k", str(episode)], check=True)
     return episode, loops, turns, period
 
 
@@ -70,7 +86,7 @@ def transcription_figures(episode: Path, loops: int, turns: list[tuple[float, fl
         "cpu_seconds": round(cpu, 1),
         "audio_seconds_per_wall_second": round(transcript.duration / wall, 1),
         "audio_seconds_per_cpu_second": round(transcript.duration / cpu, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": peak_rss_mb(),
         "setup_seconds": round(setup_seconds, 1),
         "wer": round(word_error_rate(reference, hypothesis), 4),
         "speakers": len({w.speaker for w in transcript.words}),
@@ -94,7 +110,43 @@ def embedding_figures() -> dict:
             "per_wall_second": round(len(texts) / wall, 1),
             "per_cpu_second": round(len(texts) / cpu, 1),
         }
+    figures["peak_rss_mb"] = peak_rss_mb()
     return figures
+
+
+def _transcribe_in_child(episode: Path, loops: int, turns: list, period: float) -> dict:
+    job = json.dumps([str(episode), loops, turns, period])
+    child = subprocess.run([sys.executable, "-m", "bench.local_pipeline", "--child", job], check=True,
+                           capture_output=True, text=True)
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def run(*, quick: bool = False) -> dict:
+    """For bench.run_all: embeddings per second; Whisper speed on an all-speech episode; the peak RSS of a
+    60-minute episode (speech + silence). Each transcription in a process of its own (a clean peak RSS)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    load = lambda: round(os.getloadavg()[0], 2)  # noqa: E731
+    report: dict = {"cpus": os.cpu_count(), "load_before": load()}
+    report["embeddings"] = embedding_figures()
+    report["embeddings"]["load"] = load()
+    print(f"  local: MiniLM {report['embeddings']['chunks']['per_wall_second']} chunks/s, "
+          f"{report['embeddings']['sentences']['per_wall_second']} sentences/s (load {load()})", flush=True)
+    with tempfile.TemporaryDirectory(prefix="gdr-bench-") as folder:
+        minutes = 1.0 if quick else 5.0
+        figures = _transcribe_in_child(*make_episode(Path(folder), minutes))
+        figures["load"] = load()
+        report["speech"] = figures
+        print(f"  local: Whisper, {minutes:g} min of speech: {figures['audio_seconds_per_wall_second']} audio s per wall s, "
+              f"peak RSS {figures['peak_rss_mb']} MB (load {load()})", flush=True)
+        if not quick:
+            share = 0.25
+            figures = _transcribe_in_child(*make_episode(Path(folder), 60.0, share))
+            figures["speech_share"] = share
+            figures["load"] = load()
+            report["sixty_minutes"] = figures
+            print(f"  local: Whisper, 60 min ({share:.0%} speech): peak RSS {figures['peak_rss_mb']} MB, "
+                  f"{figures['wall_seconds']} s (load {load()})", flush=True)
+    return report
 
 
 def main() -> None:
@@ -112,12 +164,7 @@ def main() -> None:
     report["transcription"] = {}
     with tempfile.TemporaryDirectory(prefix="gdr-bench-") as folder:
         for minutes in args.minutes:
-            episode, loops, turns, period = make_episode(Path(folder), minutes)
-            job = json.dumps([str(episode), loops, turns, period])
-            child = subprocess.run(
-                [sys.executable, "-m", "bench.local_pipeline", "--child", job], check=True, capture_output=True, text=True
-            )
-            report["transcription"][f"{minutes:g}min"] = json.loads(child.stdout.strip().splitlines()[-1])
+            report["transcription"][f"{minutes:g}min"] = _transcribe_in_child(*make_episode(Path(folder), minutes))
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
 

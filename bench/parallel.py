@@ -234,6 +234,15 @@ def one_run(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: Pr
             pg.drop_database(db_url)
 
 
+def _peak(requests: list[dict[str, Any]]) -> int:
+    events = sorted([(r["started"], 1) for r in requests] + [(r["ended"], -1) for r in requests if r["ended"]])
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
 def scaling(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: PrefectServer, folder: Path,
             workers: list[int], *, mode: str = "flow", extra_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     fake.set(deepgram_latency=DEEPGRAM_LATENCY, openai_latency=OPENAI_LATENCY)
@@ -244,18 +253,26 @@ def scaling(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: Pr
         total, longest = sum(lat.values()), max(lat.values())
         ideal = max(total / w, longest)
         listen = [x for x in r["requests"] if x["path"] == "/v1/listen"]
+        first = min((x["started"] for x in listen), default=None)
         rows.append({
             "workers": w, "wall": round(r["wall"], 2), "ideal": round(ideal, 2), "efficiency": round(ideal / r["wall"], 3),
-            "cpu": round(r["cpu"], 1), "ok": r["ok"], "load_before": r["load_before"], "load_after": r["load_after"],
+            "ok": r["ok"], "message": "" if r["ok"] else r["message"][:500],
+            "load_before": r["load_before"], "load_after": r["load_after"],
+            "cpu_flow": round(r["cpu"], 1), "cpu_server": r["cpu_server"], "cpu_postgres": r["cpu_postgres"],
+            "cpu_fake": r["cpu_fake"],
             "listen_requests": len(listen),
             "embedding_requests": sum(1 for x in r["requests"] if x["path"] == "/v1/embeddings"),
-            "first_request_after": None,
+            "first_request_after": round(first - r["mono_start"], 2) if first is not None and "mono_start" in r else None,
+            "peak_listen_concurrency": _peak(listen),
         })
         log(f"  {mode} w={w}: wall {r['wall']:.1f} s, ideal {ideal:.1f} s, efficiency {ideal / r['wall']:.2f}, "
             f"flow-process CPU {r['cpu']:.1f} s{'' if r['ok'] else ' FAILED: ' + str(r['message'])}")
-    base = rows[0]["wall"] if rows and rows[0]["workers"] == 1 else None
+    return rows
+
+
+def with_speedup(rows: list[dict[str, Any]], base_wall: float | None) -> list[dict[str, Any]]:
     for row in rows:
-        row["speedup"] = round(base / row["wall"], 2) if base else None
+        row["speedup"] = round(base_wall / row["wall"], 2) if base_wall else None
     return rows
 
 
@@ -274,6 +291,35 @@ def overhead(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: P
         "per_episode_overhead_cpu": round((flow["cpu"] - bare["cpu"]) / n, 3),
         "load": load(),
     }
+
+
+def run(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: PrefectServer, folder: Path,
+        *, quick: bool = False) -> dict[str, Any]:
+    """The whole section: overhead at zero latency, then scaling on the ephemeral server and (full run) on
+    a `prefect server start` process."""
+    base, per_second = DEEPGRAM_LATENCY
+    out: dict[str, Any] = {
+        "episodes": len(world["audio"]),
+        "audio_minutes": [round(s / 60, 1) for _, s in world["audio"]],
+        "latency_model": f"Deepgram {base:g} s + audio/{1 / per_second:g}; OpenAI {OPENAI_LATENCY:g} s per request",
+        "backends": {},
+    }
+    log("  parallel: Prefect overhead, zero-latency fakes, 1 worker (flow vs the same library calls)")
+    out["overhead"] = overhead(pg, fake, world, server, folder)
+    o = out["overhead"]
+    log(f"  parallel: flow {o['per_episode_flow']:.2f} s/episode vs bare {o['per_episode_bare']:.2f} s/episode: "
+        f"overhead {o['per_episode_overhead']:.2f} s wall, {o['per_episode_overhead_cpu']:.2f} s CPU per episode")
+    workers = [1, 4] if quick else WORKERS
+    rows = scaling(pg, fake, world, server, folder, workers)
+    base_wall = rows[0]["wall"]
+    out["backends"]["ephemeral"] = {"startup_seconds": server.startup_seconds, "rows": with_speedup(rows, base_wall)}
+    if not quick:
+        log("  parallel: the same on a `prefect server start` process")
+        with prefect_server(pg, "process") as other:
+            log(f"  parallel: `prefect server start` ready in {other.startup_seconds} s")
+            rows = scaling(pg, fake, world, other, folder, [4, 8, 16])
+            out["backends"]["process"] = {"startup_seconds": other.startup_seconds, "rows": with_speedup(rows, base_wall)}
+    return out
 
 
 def main() -> None:

