@@ -522,6 +522,7 @@ def test_sigkill_while_transcribing_then_resume(world: World) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     wait_for(lambda: backends(world) == 0, what="the killed process's sessions to end")
+    assert world.statuses() == {**{e: "processed" for e in ids[:3]}, **{e: "pending" for e in slow_ids}}
     world.assert_consistent()
 
     world.api.deepgram_latency = (0.0, 0.0)
