@@ -30,6 +30,7 @@ import pytest
 from gent_disagreement_rag import store
 from gent_disagreement_rag.database import Database
 from gent_disagreement_rag.settings import Settings
+from flows.ingest import RETRIES
 from tests.conftest import REPO_ROOT
 from tests.fakeapi import (
     DEEPGRAM_KEY,
@@ -647,7 +648,9 @@ def test_postgres_restarted_mid_run(world: World, own_postgres, monkeypatch) -> 
     assert state.is_completed(), state.message
     assert world.statuses() == {e: "processed" for e in [*ids, "M-3"]}
     assert world.listen_counts()["M-3"] == 1 and len(world.api.requests_to(EMBEDDINGS)) == 4
-    assert [(r.state_name, r.run_count) for r in task_runs("store-M-3")] == [("Completed", 2)]
+    # Retried and then Completed; how many attempts the restart takes depends on the machine's load.
+    [(state_name, attempts)] = [(r.state_name, r.run_count) for r in task_runs("store-M-3")]
+    assert state_name == "Completed" and 2 <= attempts <= RETRIES + 1, (state_name, attempts)
     world.assert_consistent()
 
 
