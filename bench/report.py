@@ -187,6 +187,21 @@ round trip), and more cores.
 """
 
 
+def _parallel_budget(par: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, b in par["backends"].items():
+        for r in b["rows"]:
+            total = r["cpu_flow"] + r["cpu_server"] + r["cpu_postgres"] + r["cpu_fake"]
+            floor = max(r["cpu_flow"], total / machine["cpus"])
+            rows.append([name, r["workers"], f"{r['wall']:.1f}", f"{r['ideal']:.1f}", f"{r['cpu_flow']:.1f}", f"{total:.1f}",
+                         f"{floor:.1f}", f"{r['ideal'] / max(r['ideal'], floor):.2f}", r["load_before"]])
+    return ["**The CPU budget of each run** (seconds of CPU spent by the flow process, the API server, Postgres and the fake "
+            "API together; 'CPU floor' = the larger of the flow process's CPU, which one GIL serialises, and the total spread "
+            f"over {machine['cpus']} idle cores; 'bound' = ideal / max(ideal, CPU floor), the best efficiency this CPU work "
+            "would allow even if it overlapped perfectly with the waiting):", "",
+            _table(["server", "workers", "wall s", "ideal s", "flow CPU s", "all CPU s", "CPU floor s", "bound", "load"], rows), ""]
+
+
 def _section_api(api: dict[str, Any]) -> list[str]:
     t, old, c, noop = api["transcription_requests_per_episode"], api["old_vs_batched"], api["cached_rerun"], api["noop_cli"]
     rows = [
@@ -362,7 +377,7 @@ def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
             "- `--quick` runs every section smaller (8 shorter episodes, 10k chunks, a 1-minute audio file); `--only SECTION` "
             "reruns one section and keeps the others' last results (bench/results.json).", ""]
     if par := s.get("parallel"):
-        out += _section_parallel(par, m) + [PARALLEL_NOTES]
+        out += _section_parallel(par, m) + [PARALLEL_NOTES] + _parallel_budget(par, m)
     if api := s.get("api"):
         out += _section_api(api)
     if st := s.get("store"):
