@@ -249,7 +249,7 @@ def hnsw_settings() -> dict[str, Any]:
 
 def run(pg: Postgres, *, quick: bool = False) -> dict[str, Any]:
     scales = [10_000] if quick else [10_000, 100_000]
-    n_queries = 30 if quick else 100
+    n_queries = 20 if quick else 100
     results: dict[str, Any] = {"hnsw": hnsw_settings(), "scales": {}}
     for n in scales:
         rng = np.random.default_rng(n)

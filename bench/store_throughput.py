@@ -169,7 +169,7 @@ METHODS = ["store", "raw COPY", "executemany", "raw COPY, no HNSW", "raw COPY, n
 
 
 def run(pg: Postgres, *, quick: bool = False) -> dict[str, Any]:
-    n_episodes = 5 if quick else 10
+    n_episodes = 3 if quick else 10
     results: dict[str, Any] = {"episode_rows": EPISODE_ROWS, "episodes": n_episodes, "rows": {}}
     rng = np.random.default_rng(7)
     for dims in (384, 1536):
