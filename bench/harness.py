@@ -364,17 +364,6 @@ class RemoteFakeAPI:
 # --- audio ------------------------------------------------------------------------------------------
 
 
-def sine_mp3(path: Path, seconds: float, frequency: int) -> Path:
-    """A small distinct mp3 (as tests/test_flows.py makes them); its declared duration is what counts."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency={frequency}:duration={seconds}",
-         "-ac", "1", "-ar", "16000", "-b:a", "32k", str(path)],
-        check=True,
-    )
-    return path
-
-
 def percentile(values: list[float], q: float) -> float:
     import numpy as np
 

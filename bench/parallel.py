@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Postgres, PrefectServer, RemoteFakeAPI, load, log, prefect_server, sine_mp3
+from bench.harness import Postgres, PrefectServer, RemoteFakeAPI, load, log, prefect_server
+from tests.builders import make_audio
 
 DEEPGRAM_LATENCY = (2.0, 1 / 200)
 OPENAI_LATENCY = 0.3
@@ -46,7 +47,7 @@ def make_world(folder: Path, seconds: list[float]) -> dict[str, Any]:
     entries, audio = [], []
     for i, s in enumerate(seconds):
         name = f"BENCH-{i:02d}.mp3"
-        sine_mp3(audio_dir / name, 2, 200 + 37 * i)
+        make_audio(audio_dir / name, 2, 200 + 37 * i)
         entries.append({"episode_id": f"B{i:02d}", "file_name": name, "title": f"Bench episode {i}",
                         "speakers_map": {"0": "Ann Host", "1": "Bob Guest"}})
         audio.append((audio_dir / name, s))

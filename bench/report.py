@@ -79,7 +79,6 @@ def _summary(results: dict[str, Any]) -> list[str]:
                      f"episode in the flow process, plus ~{_server_cpu_per_episode(par):.2f} s of API-server CPU "
                      "(it was ~8 s per episode before this work: see section 1).")
     if api := s.get("api"):
-        old = api["old_vs_batched"]
         lines.append(f"- **API calls**: {api['transcription_requests_per_episode']['max']} transcription request and "
                      f"{api['embedding_requests_per_episode']:g} embeddings request per episode (one per segment would be "
                      f"{api['old_requests_per_episode']:g}); a fully cached rerun made {api['cached_rerun']['requests']} "

@@ -17,13 +17,13 @@ transaction per episode, as ingest does) into a fresh migrated database on the e
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import psycopg
 
 from bench.harness import Postgres, load, log
+from tests.builders import StoredSegment
 
 EPISODE_ROWS = 200  # ~ a 45–60 minute episode at the default CHUNK_MAX_TOKENS
 WORDS = (
@@ -34,21 +34,11 @@ WORDS = (
 MODEL = {384: ("local", "all-MiniLM-L6-v2"), 1536: ("openai", "text-embedding-3-small")}
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    position: int
-    speaker: str
-    start: float
-    end: float
-    text: str
-    token_count: int
-
-
-def make_episode(rng: np.random.Generator, rows: int, dims: int) -> tuple[list[Chunk], np.ndarray]:
+def make_episode(rng: np.random.Generator, rows: int, dims: int) -> tuple[list[StoredSegment], np.ndarray]:
     chunks = []
     for i in range(rows):
         words = [WORDS[j] for j in rng.integers(0, len(WORDS), 100)]
-        chunks.append(Chunk(i, "Ann Host" if i % 2 else "Bob Guest", i * 15.0, i * 15.0 + 14.5, " ".join(words), 130))
+        chunks.append(StoredSegment(i, "Ann Host" if i % 2 else "Bob Guest", i * 15.0, i * 15.0 + 14.5, " ".join(words), 130))
     vectors = rng.standard_normal((rows, dims)).astype(np.float32)
     return chunks, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
@@ -61,7 +51,7 @@ def _episodes(conn: psycopg.Connection, n: int) -> list[str]:
     return ids
 
 
-def _copy_rows(conn: psycopg.Connection, model_id: str, episode_id: str, chunks: list[Chunk], vectors: np.ndarray) -> None:
+def _copy_rows(conn: psycopg.Connection, model_id: str, episode_id: str, chunks: list[StoredSegment], vectors: np.ndarray) -> None:
     with conn.transaction(), conn.cursor() as cur:
         with cur.copy("COPY segments (episode_id, position, speaker, start_seconds, end_seconds, text, token_count) "
                       "FROM STDIN WITH (FORMAT BINARY)") as copy:
@@ -74,7 +64,7 @@ def _copy_rows(conn: psycopg.Connection, model_id: str, episode_id: str, chunks:
                 copy.write_row((model_id, episode_id, s.position, v))
 
 
-def _executemany_rows(conn: psycopg.Connection, model_id: str, episode_id: str, chunks: list[Chunk], vectors: np.ndarray) -> None:
+def _executemany_rows(conn: psycopg.Connection, model_id: str, episode_id: str, chunks: list[StoredSegment], vectors: np.ndarray) -> None:
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO segments (episode_id, position, speaker, start_seconds, end_seconds, text, token_count) "
@@ -106,7 +96,7 @@ def _register(url: str, dims: int, *, index: bool) -> str:
     return mid
 
 
-def _method(pg: Postgres, method: str, dims: int, episodes: list[tuple[list[Chunk], np.ndarray]]) -> dict[str, Any]:
+def _method(pg: Postgres, method: str, dims: int, episodes: list[tuple[list[StoredSegment], np.ndarray]]) -> dict[str, Any]:
     from pgvector.psycopg import register_vector
 
     from gent_disagreement_rag import store

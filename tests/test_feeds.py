@@ -30,8 +30,9 @@ from gent_disagreement_rag.database import Database
 from gent_disagreement_rag.errors import PermanentProviderError, TransientProviderError
 from gent_disagreement_rag.feeds import FeedItem, download_enclosure, parse_feed
 from gent_disagreement_rag.settings import Settings
+from tests.builders import make_audio
 from tests.fakeapi import LISTEN, FakeAPI
-from tests.test_flows import make_audio, run_ingest, statuses
+from tests.test_flows import run_ingest, statuses
 
 SPEAKERS = {"0": "Ann", "1": "Bob"}
 

@@ -5,26 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from gent_disagreement_rag import store
 from gent_disagreement_rag.database import Database
 from gent_disagreement_rag.settings import Settings
+from tests.builders import make_audio
 from tests.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_error, sha256_of
-
-
-def make_audio(path: Path, seconds: float, frequency: int) -> Path:
-    """A small, distinct mp3 (a sine tone): the fake Deepgram answers with a transcript spanning it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency={frequency}:duration={seconds}",
-         "-ac", "1", "-ar", "16000", "-b:a", "32k", str(path)],
-        check=True,
-    )
-    return path
 
 
 @pytest.fixture

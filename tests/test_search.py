@@ -12,7 +12,6 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -40,20 +39,11 @@ from gent_disagreement_rag.search import (
     search,
 )
 from gent_disagreement_rag.settings import Settings
+from tests.builders import StoredSegment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_MODEL = "local/all-MiniLM-L6-v2@384"
 OPENAI_MODEL = "openai/text-embedding-3-small@1536"
-
-
-@dataclass
-class Seg:
-    position: int
-    speaker: str
-    start: float
-    end: float
-    text: str
-    token_count: int
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +69,7 @@ def module_database(pg_server: str, home: Path) -> Iterator[tuple[Settings, Data
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def put(db: Database, episode_id: str, segs: list[Seg], vectors: np.ndarray, model_id: str = LOCAL_MODEL) -> None:
+def put(db: Database, episode_id: str, segs: list[StoredSegment], vectors: np.ndarray, model_id: str = LOCAL_MODEL) -> None:
     provider, rest = model_id.split("/", 1)
     store.store_episode(db, episode_id, segs, model_id=model_id, provider=provider, model=rest.split("@")[0],
                         vectors=vectors)
@@ -98,7 +88,7 @@ def samples(pg_server: str, tmp_path_factory: pytest.TempPathFactory, embedder) 
         store.sync_catalogue(db, load_catalogue(REPO_ROOT / "data" / "episodes.json"))
         for path in sorted((REPO_ROOT / "data" / "samples").glob("*.script.json")):
             script = json.loads(path.read_text())
-            segs = [Seg(i, t["speaker_name"], t["start"], t["end"], t["text"], len(t["text"].split()))
+            segs = [StoredSegment(i, t["speaker_name"], t["start"], t["end"], t["text"], len(t["text"].split()))
                     for i, t in enumerate(script["turns"])]
             put(db, str(script["episode_id"]), segs, embedder.embed([s.text for s in segs]).vectors)
         yield settings, db
@@ -283,7 +273,7 @@ def synthetic(pg_server: str, tmp_path_factory: pytest.TempPathFactory, embedder
         ])
         for e in range(SYNTH_EPISODES):
             topics = [(e * 7 + p * 3) % len(TOPICS) for p in range(SYNTH_CHUNKS)]
-            segs = [Seg(p, synth_speaker(e, p), p * 20.0, p * 20.0 + 19.0, f"{TOPICS[t]} Part {e}.{p}.", 20)
+            segs = [StoredSegment(p, synth_speaker(e, p), p * 20.0, p * 20.0 + 19.0, f"{TOPICS[t]} Part {e}.{p}.", 20)
                     for p, t in enumerate(topics)]
             vectors = unit(topic_vectors[topics] + rng.normal(scale=0.015, size=(SYNTH_CHUNKS, 384)))
             put(db, f"S{e:02d}", segs, vectors)
@@ -363,7 +353,7 @@ def test_rrf_fusion_lifts_a_rare_term_only_text_search_finds(db: Database, setti
         "Dragonflies move each of their four wings independently.",
     ]
     store.sync_catalogue(db, [CatalogueEntry(episode_id="air", file_name="air.mp3", title="Things that fly")])
-    put(db, "air", [Seg(i, "Host", i * 10.0, i * 10.0 + 9, t, 15) for i, t in enumerate(texts)], embedder.embed(texts).vectors)
+    put(db, "air", [StoredSegment(i, "Host", i * 10.0, i * 10.0 + 9, t, 15) for i, t in enumerate(texts)], embedder.embed(texts).vectors)
     query = "how did quetzalcoatlus fly"
     rare = 6
     vector = search(query, 3, mode="vector", settings=settings, db=db)
@@ -392,7 +382,7 @@ def test_overlapping_context_windows_merge(db: Database, settings: Settings, emb
                8: "Volcanologists measure sulphur dioxide to predict an eruption."}
     texts = [volcano.get(i) or t for i, t in enumerate(filler)]
     store.sync_catalogue(db, [CatalogueEntry(episode_id="news", file_name="news.mp3")])
-    put(db, "news", [Seg(i, "A" if i % 2 else "B", i * 10.0, i * 10.0 + 9, t, 10) for i, t in enumerate(texts)],
+    put(db, "news", [StoredSegment(i, "A" if i % 2 else "B", i * 10.0, i * 10.0 + 9, t, 10) for i, t in enumerate(texts)],
         embedder.embed(texts).vectors)
     plain = search("volcano eruption", 3, mode="vector", settings=settings, db=db)
     assert sorted(h.position for h in plain) == [3, 5, 8]
@@ -420,7 +410,7 @@ def test_empty_database_is_a_clear_error(db: Database, settings: Settings) -> No
 def test_openai_vectors_without_a_key_are_refused_clearly(db: Database, settings: Settings) -> None:
     store.sync_catalogue(db, [CatalogueEntry(episode_id="o", file_name="o.mp3")])
     rng = np.random.default_rng(1)
-    put(db, "o", [Seg(0, "Host", 0.0, 5.0, "hello there", 2)], unit(rng.normal(size=(1, 1536))), model_id=OPENAI_MODEL)
+    put(db, "o", [StoredSegment(0, "Host", 0.0, 5.0, "hello there", 2)], unit(rng.normal(size=(1, 1536))), model_id=OPENAI_MODEL)
     with pytest.raises(SearchError) as err:
         search("hello", settings=settings, db=db)
     assert str(err.value) == (
@@ -433,7 +423,7 @@ def test_openai_vectors_without_a_key_are_refused_clearly(db: Database, settings
 def test_model_choice_prefers_the_settings_embedder_then_the_most_vectors(db: Database, settings: Settings, embedder) -> None:
     store.sync_catalogue(db, [CatalogueEntry(episode_id=e, file_name=f"{e}.mp3") for e in ("a", "b")])
     rng = np.random.default_rng(2)
-    segs = [Seg(i, "Host", i * 5.0, i * 5.0 + 4, f"line {i}", 2) for i in range(3)]
+    segs = [StoredSegment(i, "Host", i * 5.0, i * 5.0 + 4, f"line {i}", 2) for i in range(3)]
     put(db, "a", segs, unit(rng.normal(size=(3, 1536))), model_id=OPENAI_MODEL)
     put(db, "b", segs, unit(rng.normal(size=(3, 1536))), model_id=OPENAI_MODEL)
     put(db, "a", segs, embedder.embed([s.text for s in segs]).vectors)

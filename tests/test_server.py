@@ -12,9 +12,9 @@ import pytest
 
 from gent_disagreement_rag import store
 from gent_disagreement_rag.database import Database
+from tests.builders import make_audio
 from tests.conftest import REPO_ROOT, _free_port
 from tests.fakeapi import LISTEN
-from tests.test_flows import make_audio
 
 BIN = Path(sys.executable).parent
 

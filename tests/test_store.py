@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +12,18 @@ import pytest
 
 from gent_disagreement_rag import store
 from gent_disagreement_rag.catalogue import CatalogueEntry, load_catalogue
-from gent_disagreement_rag.database import Database, latest_schema_version, migrate, schema_version
+from gent_disagreement_rag.database import (
+    Database,
+    latest_schema_version,
+    migrate,
+    schema_version,
+)
 from gent_disagreement_rag.errors import CatalogueError, DatabaseUnavailableError
+from tests.builders import StoredSegment
 
 
-@dataclass
-class Seg:
-    position: int
-    speaker: str
-    start: float
-    end: float
-    text: str
-    token_count: int
-
-
-def segments(n: int, tag: str = "v1") -> list[Seg]:
-    return [Seg(i, f"Speaker {i % 2}", i * 10.0, i * 10.0 + 9.5, f"{tag} segment {i} about topic {i}", 7) for i in range(n)]
+def segments(n: int, tag: str = "v1") -> list[StoredSegment]:
+    return [StoredSegment(i, f"Speaker {i % 2}", i * 10.0, i * 10.0 + 9.5, f"{tag} segment {i} about topic {i}", 7) for i in range(n)]
 
 
 def vectors(n: int, dims: int, seed: int = 0) -> np.ndarray:
@@ -40,7 +35,7 @@ def add_episodes(db: Database, ids: list[str]) -> None:
     store.sync_catalogue(db, [CatalogueEntry(episode_id=i, file_name=f"{i}.mp3") for i in ids])
 
 
-def put(db: Database, episode_id: str, segs: list[Seg], dims: int = 384, seed: int = 0, model: str = "m") -> None:
+def put(db: Database, episode_id: str, segs: list[StoredSegment], dims: int = 384, seed: int = 0, model: str = "m") -> None:
     store.store_episode(
         db, episode_id, segs, model_id=f"test/{model}@{dims}", provider="test", model=model,
         vectors=vectors(len(segs), dims, seed), audio_sha256="abc",
