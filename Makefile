@@ -9,8 +9,11 @@ export PYTHONUNBUFFERED := 1
 $(UV):
 	python3 -m pip install --quiet --user "uv==$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
 
+# Where Python may not write .pyc files (PYTHONDONTWRITEBYTECODE, as in many containers) every process would
+# compile its imports again (~1.3 s more CPU per `gdr search`), so the venv is compiled here (first time ~45 s
+# on 2 cores, then a ~2 s check per make). Elsewhere Python caches what it imports and this would only cost.
 install: $(UV)
-	$(UV) sync --locked --quiet
+	$(UV) sync --locked --quiet $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode)
 
 run: install
 	$(UV) run gdr db init

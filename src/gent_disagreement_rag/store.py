@@ -13,16 +13,18 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .catalogue import CatalogueEntry
 from .database import Database
-from .feeds import FeedItem
+
+if TYPE_CHECKING:  # annotations only: importing feeds (feedparser, httpx, the Deepgram SDK) cost every CLI command ~0.3 s
+    from .catalogue import CatalogueEntry
+    from .feeds import FeedItem
 
 EPISODE_LOCK_NAMESPACE = 7_413_002  # first key of pg_advisory_xact_lock(int, int) for episode writes
 MODEL_REGISTRATION_LOCK = 7_413_003
