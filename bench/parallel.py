@@ -1,6 +1,6 @@
 """Section 1: parallel scaling of the real `ingest` flow, and Prefect's own overhead per episode.
 
-16 episodes (distinct sine mp3s declared to the fake Deepgram with podcast-like durations) go through
+16 episodes (distinct sine mp3s as long as the episodes they stand for, declared to the fake Deepgram) go through
 flows/ingest.py against the fake API in its own process, configured like the real services
 (Deepgram 2 s + audio seconds / 200, OpenAI 0.3 s per request), with MAX_PARALLEL_EPISODES = 1, 2, 4,
 8, 16. Every run gets a fresh application database, stage cache and transcripts folder, and runs in
@@ -41,13 +41,23 @@ def durations(n: int = EPISODES, low: float = 10, high: float = 40) -> list[floa
     return [round(minutes[i] * 60) for i in order]
 
 
+def podcast_length_audio(path: Path, seconds: float, frequency: int) -> Path:
+    """An mp3 as long as the episode it stands for (a distinct 10-second tone, repeated without re-encoding),
+    so its size tells the flow how long the episode is, as a real file's does."""
+    clip = make_audio(path.with_suffix(".clip.mp3"), 10, frequency)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-stream_loop", "-1", "-i", str(clip), "-t", str(seconds),
+                    "-c", "copy", str(path)], check=True)
+    clip.unlink()
+    return path
+
+
 def make_world(folder: Path, seconds: list[float]) -> dict[str, Any]:
     """Audio + catalogue for the episodes; returns paths for the child processes."""
     audio_dir = folder / "audio"
     entries, audio = [], []
     for i, s in enumerate(seconds):
         name = f"BENCH-{i:02d}.mp3"
-        make_audio(audio_dir / name, 2, 200 + 37 * i)
+        podcast_length_audio(audio_dir / name, s, 200 + 37 * i)
         entries.append({"episode_id": f"B{i:02d}", "file_name": name, "title": f"Bench episode {i}",
                         "speakers_map": {"0": "Ann Host", "1": "Bob Guest"}})
         audio.append((audio_dir / name, s))
@@ -314,6 +324,9 @@ def run(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: Prefec
     rows = scaling(pg, fake, world, server, folder, workers)
     base_wall = rows[0]["wall"]
     out["backends"]["ephemeral"] = {"startup_seconds": server.startup_seconds, "rows": with_speedup(rows, base_wall)}
+    log("  parallel: the same library calls without Prefect (threads), to see what the orchestration costs")
+    rows = scaling(pg, fake, world, server, folder, [4] if quick else [4, 8, 16], mode="bare")
+    out["backends"]["bare"] = {"startup_seconds": 0.0, "rows": with_speedup(rows, base_wall)}
     if not quick:
         log("  parallel: the same on a `prefect server start` process")
         with prefect_server(pg, "process") as other:

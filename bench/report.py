@@ -39,6 +39,10 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
         rows = par["backends"]["process"]["rows"]
         ax.plot([r["workers"] for r in rows], [r["speedup"] for r in rows], "s-", label="ingest flow, `prefect server start`")
         ax2.plot([r["workers"] for r in rows], [r["efficiency"] for r in rows], "s-", label="`prefect server start`")
+    if "bare" in par["backends"]:
+        rows = par["backends"]["bare"]["rows"]
+        ax.plot([r["workers"] for r in rows], [r["speedup"] for r in rows], "^--", label="same library calls, no Prefect")
+        ax2.plot([r["workers"] for r in rows], [r["efficiency"] for r in rows], "^--", label="no Prefect")
     ax2.plot(all_ws, [_eff_target(w) for w in all_ws], ":", color="grey", label="target")
     for a in (ax, ax2):
         a.set_xscale("log", base=2)
@@ -73,7 +77,9 @@ def _summary(results: dict[str, Any]) -> list[str]:
             effs = ", ".join(f"{w}: {r['efficiency']:.2f}" for w, r in rows.items() if w > 1)
             lines.append(f"- **Parallel ingest** ({par['episodes']} episodes, realistic latencies): 4 workers take "
                          f"{cut:.0%} less time than 1 ({rows[1]['wall']:.0f} s -> {rows[4]['wall']:.0f} s; the plan promised ~75%); "
-                         f"efficiency vs the ideal {effs} (load {rows[4]['load_before']:.1f} on 2 cores).")
+                         f"efficiency vs the ideal {effs} (load {rows[4]['load_before']:.1f} on 2 cores)"
+                         + (f"; the same library calls without Prefect: {bare}." if (bare := ", ".join(
+                             f"{r['workers']}: {r['efficiency']:.2f}" for r in par["backends"].get("bare", {}).get("rows", []))) else "."))
         o = par["overhead"]
         lines.append(f"- **Prefect overhead**: {o['per_episode_overhead']:.2f} s wall / {o['per_episode_overhead_cpu']:.2f} s CPU per "
                      f"episode in the flow process, plus ~{_server_cpu_per_episode(par):.2f} s of API-server CPU "
@@ -126,11 +132,13 @@ def _section_parallel(par: dict[str, Any], machine: dict[str, Any]) -> list[str]
            "CPU columns: seconds of CPU used during the run by the flow process, the Prefect API server and Postgres "
            f"(a {machine['cpus']}-core machine has {machine['cpus']} CPU-seconds per wall second, shared with whatever else runs).", ""]
     for name, label in (("ephemeral", "Ephemeral API server (what `gdr ingest` starts: Prefect's SubprocessASGIServer, a uvicorn child process)"),
-                        ("process", "`prefect server start` (what `gdr server start` runs; UI and all services on)")):
+                        ("process", "`prefect server start` (what `gdr server start` runs; UI and all services on)"),
+                        ("bare", "No Prefect: the same library calls (pipeline.*) for each episode, `workers` threads at a time, "
+                                 "longest first; what Prefect costs is the difference")):
         if name not in par["backends"]:
             continue
         b = par["backends"][name]
-        out += [f"**{label}** — ready in {b['startup_seconds']} s (not included below).", ""]
+        out += [f"**{label}**" + (f" — ready in {b['startup_seconds']} s (not included below)." if name != "bare" else "."), ""]
         out.append(_table(
             ["workers", "wall s", "ideal s", "speedup", "efficiency", "target", "", "1st request after s", "CPU flow / server / Postgres s", "load"],
             [[r["workers"], f"{r['wall']:.1f}", f"{r['ideal']:.1f}", f"{r['speedup']:.2f}" if r["speedup"] else "",
@@ -201,12 +209,12 @@ keeps the raw JSON (no SDK model round trip); more cores.
 
 
 def greedy_makespan(par: dict[str, Any], workers: int) -> float:
-    """The flow's own schedule with zero overhead: episodes start in plan (catalogue) order, each as soon as
-    one of `workers` slots is free (asyncio.gather + Semaphore) — list scheduling, not perfect packing."""
+    """The flow's own schedule with zero overhead: episodes start in plan order (longest first), each as soon
+    as one of `workers` slots is free (asyncio.gather + Semaphore) — list scheduling, not perfect packing."""
     import heapq
 
     lanes = [0.0] * workers
-    for minutes in par["audio_minutes"]:
+    for minutes in sorted(par["audio_minutes"], reverse=True):
         heapq.heappush(lanes, heapq.heappop(lanes) + 2 + minutes * 60 / 200 + 0.3)
     return max(lanes)
 

@@ -303,7 +303,10 @@ async def ingest(episode_ids: list[str] | None = None, max_parallel: int | None 
         _notify(EpisodeSummary(job.episode_id, job.title, "queued"))
     gate, abort = asyncio.Semaphore(parallel), {}
     run_id = str(flow_run.get_id() or "")
+    warming = asyncio.ensure_future(_to_thread(pipeline.warm_up, settings)) if plan.jobs else None
     summaries = list(await asyncio.gather(*(_run_one(job, gate, abort, db, run_id) for job in plan.jobs)))
+    if warming is not None:
+        await warming
     summaries += [EpisodeSummary(e, "", "failed", error=err) for e, err in plan.invalid.items()]
     for summary in summaries[len(plan.jobs):]:
         _notify(summary)

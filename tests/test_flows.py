@@ -12,7 +12,7 @@ from gent_disagreement_rag import store
 from gent_disagreement_rag.database import Database
 from gent_disagreement_rag.settings import Settings
 from tests.builders import make_audio
-from tests.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_error, sha256_of
+from tests.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_error, for_audio, sha256_of
 
 
 @pytest.fixture
@@ -67,10 +67,18 @@ def test_six_episodes_three_at_a_time_then_a_rerun_costs_nothing(settings, catal
     assert len(fake_api.requests) == requests_before
 
 
+def test_the_longest_episodes_start_first(settings, catalogue, fake_api) -> None:
+    """Longest first (by audio size) so that parallel workers finish together; catalogue order breaks ties."""
+    assert run_ingest(max_parallel=1).is_completed()
+    started = [hashlib.sha256(r.body).hexdigest() for r in fake_api.requests_to(LISTEN)]
+    by_size = sorted(catalogue, key=lambda e: (settings.audio_dir / f"{e}.mp3").stat().st_size, reverse=True)
+    assert started == [sha256_of(settings.audio_dir / f"{e}.mp3") for e in by_size]
+    assert by_size[0] == "EP-5"  # the 25-second file, last in the catalogue
+
+
 def test_one_bad_episode_fails_alone_and_the_run_is_failed(settings, catalogue, fake_api) -> None:
     bad = settings.audio_dir / "EP-3.mp3"
-    fake_api.add_audio(bad, response=None)
-    fake_api.enqueue(LISTEN, deepgram_error(400, "Bad Request", "corrupt or unsupported data"))
+    fake_api.enqueue(LISTEN, deepgram_error(400, "Bad Request", "corrupt or unsupported data"), when=for_audio(bad))
     state = run_ingest(episode_ids=["EP-3", "EP-4"], max_parallel=1)
     assert state.is_failed()
     assert "1/2 episodes processed" in state.message

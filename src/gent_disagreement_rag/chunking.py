@@ -114,13 +114,36 @@ def join_words(texts: Iterable[str], *, char_segmented: bool = False) -> str:
     for text in (t.strip() for t in texts):
         if not text:
             continue
-        if out:
-            prev = out[-1]
-            glued = is_cjk(prev[-1]) or is_cjk(text[0]) or (char_segmented and len(prev) == 1 and len(text) == 1)
-            if not glued:
-                out.append(" ")
+        if out and not _glued(out[-1], text, char_segmented):
+            out.append(" ")
         out.append(text)
     return "".join(out)
+
+
+def _glued(previous: str, word: str, char_segmented: bool) -> bool:
+    """Whether two stripped, non-empty words join without a space (see join_words)."""
+    return is_cjk(previous[-1]) or is_cjk(word[0]) or (char_segmented and len(previous) == 1 and len(word) == 1)
+
+
+class WordJoiner:
+    """`join_words` one word at a time, for text that grows word by word (caption cues: joining the whole
+    cue again at every word cost more CPU than the rest of the export)."""
+
+    def __init__(self, char_segmented: bool = False):
+        self.text = ""
+        self.char_segmented = char_segmented
+        self._last_word = ""
+
+    def joined(self, word: str) -> str:
+        """The text with `word` appended; the joiner itself is unchanged."""
+        word = word.strip()
+        if not word or not self.text:
+            return self.text or word
+        return self.text + ("" if _glued(self._last_word, word, self.char_segmented) else " ") + word
+
+    def add(self, word: str) -> None:
+        self.text = self.joined(word)
+        self._last_word = word.strip() or self._last_word
 
 
 def _displays(words: Sequence[Word], first: int, last: int) -> Iterable[str]:

@@ -26,10 +26,10 @@ from typing import Any
 
 from .chunking import (
     Chunk,
+    WordJoiner,
     chunk_transcript,
     is_char_segmented,
     is_cjk,
-    join_words,
     speaker_turns,
 )
 from .transcribers.deepgram import parse_deepgram_response
@@ -77,27 +77,25 @@ def caption_cues(transcript: Transcript, speakers_map: dict[str, str] | None = N
     words = transcript.words
     char_segmented = is_char_segmented(words)
 
-    def text(first: int, last: int) -> str:
-        return join_words((w.display for w in words[first : last + 1]), char_segmented=char_segmented)
-
-    def ends_cue(first: int, i: int, prefix: str) -> bool:
+    def ends_cue(first: int, i: int, prefix: str, cue: WordJoiner) -> bool:
         nxt = words[i + 1]
         return (
             nxt.start - words[i].end >= CAPTION_PAUSE_SECONDS
             or nxt.end - words[first].start > CAPTION_MAX_SECONDS
-            or not _fits(prefix + text(first, i + 1))
+            or not _fits(prefix + cue.joined(nxt.display))
         )
 
     cues: list[Cue] = []
     for turn in speaker_turns(transcript, speakers_map):
-        first = turn.first_word
+        first, cue = turn.first_word, WordJoiner(char_segmented)
         for i in range(turn.first_word, turn.last_word + 1):
+            cue.add(words[i].display)
             new_speaker = first == turn.first_word
-            if i == turn.last_word or ends_cue(first, i, f"{turn.speaker}: " if new_speaker else ""):
+            if i == turn.last_word or ends_cue(first, i, f"{turn.speaker}: " if new_speaker else "", cue):
                 end = max(words[first].start, *(w.end for w in words[first : i + 1]))
-                if cue_text := text(first, i):  # words with no text make no (malformed) empty cue
-                    cues.append(Cue(words[first].start, end, turn.speaker, cue_text, new_speaker))
-                first = i + 1
+                if cue.text:  # words with no text make no (malformed) empty cue
+                    cues.append(Cue(words[first].start, end, turn.speaker, cue.text, new_speaker))
+                first, cue = i + 1, WordJoiner(char_segmented)
     clamped = [replace(cue, end=max(cue.start, min(cue.end, nxt.start))) for cue, nxt in pairwise(cues)]
     return clamped + cues[-1:]
 

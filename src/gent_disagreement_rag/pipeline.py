@@ -14,6 +14,7 @@ model, options, parameters, stage version): the orchestration uses them so that 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -114,6 +115,20 @@ def embedder_for(settings: Settings) -> Embedder:
     return _provider("embedder", settings, make_embedder)
 
 
+def warm_up(settings: Settings) -> None:
+    """Build the providers and load the chunker's tokenizer now, while the first transcriptions are in flight.
+
+    Otherwise the first episodes to come back all build them at once, on the one GIL they share (measured:
+    the OpenAI SDK import and the cl100k vocabulary held back the first 4 episodes' embedding by ~1-2 s).
+    What cannot be built fails here silently: the stage that needs it raises the error, for its episode.
+    """
+    from .embedders.tokens import encoding
+
+    for load in (functools.partial(transcriber_for, settings), functools.partial(embedder_for, settings), encoding):
+        with contextlib.suppress(Exception):
+            load()
+
+
 def _job_for(settings: Settings, entry: CatalogueEntry) -> EpisodeJob:
     if not entry.file_name:
         raise ConfigError(f"{settings.episodes_file}: episode {entry.episode_id}: field 'file_name': no audio file")
@@ -154,7 +169,8 @@ def _feed_job_for(settings: Settings, row: store.EpisodeRow) -> EpisodeJob:
 def plan_episodes(
     settings: Settings, db: Database, episode_ids: list[str] | None = None, force: bool = False
 ) -> EpisodePlan:
-    """Choose the episodes to process: new, failed, or whose audio changed (or the named ones, or all with force).
+    """Choose the episodes to process: new, failed, or whose audio changed (or the named ones, or all with force),
+    longest first.
 
     Candidates are the catalogue's entries and the feed episodes registered by `discover`. A malformed
     catalogue raises before any work; a missing audio file only affects its episode.
@@ -185,7 +201,18 @@ def plan_episodes(
             plan.up_to_date.append(job.episode_id)
         else:
             plan.jobs.append(job)
+    plan.jobs.sort(key=_audio_bytes, reverse=True)
     return plan
+
+
+def _audio_bytes(job: EpisodeJob) -> int:
+    """How long an episode will take, by proxy: its audio's size (the feed's declared size until downloaded).
+
+    Jobs start longest first so that a pool of workers finishes together: in catalogue order the last
+    long episode can start when the others are nearly done (measured: 16 episodes on 4 workers, 0.89
+    of the ideal at best with zero overhead; longest first, 1.0).
+    """
+    return job.audio_path.stat().st_size if job.audio_path.is_file() else (job.audio_size or 0)
 
 
 # --- discover and download --------------------------------------------------------------------
