@@ -284,9 +284,11 @@ def synthetic(pg_server: str, tmp_path_factory: pytest.TempPathFactory, embedder
 
 @pytest.fixture
 def index_plans(monkeypatch: pytest.MonkeyPatch) -> None:
-    """At 2,000 rows Postgres rightly prefers an exact sequential scan to the HNSW index (at 100k chunks
-    it picks the index by itself); discourage it so these tests exercise the index path."""
+    """At 2,000 rows an exact scan rightly beats the HNSW index (Postgres prefers a sequential scan; the
+    search ranks a selective speaker's chunks exactly); discourage both so these tests exercise the
+    index path (at 100k chunks the planner picks it by itself)."""
     monkeypatch.setattr(search_module, "PLANNER_SETTINGS", {"enable_seqscan": "off", "enable_sort": "off"})
+    monkeypatch.setattr(search_module, "GRAPH_ROW_COST", 0)
 
 
 def test_vector_search_uses_the_models_hnsw_index(synthetic, index_plans) -> None:
@@ -316,9 +318,28 @@ def test_selective_speaker_filter_still_returns_k(synthetic, index_plans) -> Non
     with db.connection() as conn:
         prepared = search_module._prepare(conn, request, settings)
         search_module._scan_settings(conn)
-        conn.execute("SELECT set_config('hnsw.iterative_scan', 'off', true)")  # ef_search stays 100
+        conn.execute("SELECT set_config('hnsw.iterative_scan', 'off', true)")  # ef_search stays as set
         rows = conn.execute(prepared.statement, prepared.params).fetchall()
     assert len(rows) < 5
+
+
+def test_selective_speaker_is_ranked_exactly_with_the_graph_walks_results(synthetic, monkeypatch) -> None:
+    settings, db = synthetic
+    query = "bees wintering in the hive"
+    # RARE owns 40 of 2,000 chunks: ranking them all is cheaper than walking the graph for 5 of them.
+    assert search_module.exact_is_cheaper(40, 5, 2_000)
+    assert search_module.exact_is_cheaper(1_000, 10, 100_000) and not search_module.exact_is_cheaper(50_000, 10, 100_000)
+    for mode in ("vector", "hybrid"):
+        plan = explain(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
+        assert store.index_name(LOCAL_MODEL) not in plan, plan
+        exact = search(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
+        with monkeypatch.context() as m:  # the same search through the graph
+            m.setattr(search_module, "PLANNER_SETTINGS", {"enable_seqscan": "off", "enable_sort": "off"})
+            m.setattr(search_module, "GRAPH_ROW_COST", 0)
+            assert store.index_name(LOCAL_MODEL) in explain(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
+            graph = search(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
+        assert [(h.episode_id, h.position) for h in exact] == [(h.episode_id, h.position) for h in graph], mode
+        assert not exact.exact_fallback and {h.speaker for h in exact} == {RARE}
 
 
 def test_episode_and_date_filters_return_only_matching_rows(synthetic) -> None:
@@ -436,6 +457,17 @@ def test_model_choice_prefers_the_settings_embedder_then_the_most_vectors(db: Da
         assert choose_model(conn, settings, LOCAL_MODEL).model_id == LOCAL_MODEL
     hits = search("line 1", 3, model_id=LOCAL_MODEL, settings=settings, db=db)
     assert hits.model_id == LOCAL_MODEL and {h.episode_id for h in hits} == {"a"}
+
+
+def test_text_query_ors_rare_terms_and_ands_the_informative_common_ones() -> None:
+    def stats(*freqs: tuple[str, float]) -> list[tuple]:  # TEXT_STATS_SQL's rows at 100k chunks
+        return [(lexeme, freq, 0.0001, 100_000.0) for lexeme, freq in freqs]
+
+    # Within TEXT_ROW_BUDGET: the rare terms ORed, rarest first; the common one left out.
+    assert search_module._text_query(stats(("mite", 0.001), ("varroa", 0.0005), ("bee", 0.2))) == "'varroa' | 'mite'"
+    # No term within it: ANDed, less a term found in most chunks (it would only drop chunks that lack it).
+    assert search_module._text_query(stats(("bee", 0.04), ("think", 0.87), ("hive", 0.03))) == "'bee' & 'hive'"
+    assert search_module._text_query(stats(("think", 0.87), ("know", 0.9))) == "'think' & 'know'"
 
 
 def test_deep_link_forms() -> None:

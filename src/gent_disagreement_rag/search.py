@@ -7,12 +7,18 @@ reciprocal rank fusion (score = sum of 1 / (60 + rank)) in SQL, and the same sta
 neighbouring chunks asked for with `context`. A search is three round trips on one pooled
 connection: the pool's connection check, the lookups (episode, stored models, lexeme statistics;
 pipelined), and the statement with its transaction-local HNSW settings (pipelined with the commit).
-At 100k chunks the library call takes ~3 ms (vector) / ~5 ms (hybrid) plus the query embedding.
+At 100k chunks (bench/search_latency.py, 2 shared cores at load ~2) the call takes ~13 ms (vector) /
+~17 ms (hybrid) at the median, of which the query embedding is 3-5 ms (local MiniLM on int8 kernels,
+see embedders/local_minilm.py); Postgres plans the statement in ~1 ms and runs the HNSW scan in
+~1.5-4 ms, and the text side of hybrid adds ~2-4 ms (GIN lookups, ranking every matching row).
 
 Filters are applied inside the HNSW scan, with pgvector 0.8's iterative scan
 (`hnsw.iterative_scan = relaxed_order`, up to `hnsw.max_scan_tuples`) so a selective filter keeps
 scanning the graph instead of returning fewer than k rows. If the scan still comes back short (a
-filter matching a tiny fraction of a large table), the vector side is rerun as an exact scan.
+filter matching a tiny fraction of a large table), the vector side is rerun as an exact scan. A
+speaker filter selective enough that ranking all of the speaker's chunks costs less than the graph
+walk (by the planner's estimate, see exact_is_cheaper) is served by the exact scan from the start:
+a guest with 1% of 100k chunks takes ~15-20 ms that way, 35-130 ms through the graph.
 
 Filters:
 - `episode`: the episode id (an unknown id is an error);
@@ -68,16 +74,23 @@ class Mode(str, Enum):
 # 10 .729 / 10 .736: there a question turn outranked its answer turn in every mode.)
 # Hybrid is never behind on hit@3 and has the best MRR in every setting, and it keeps the
 # rare names and terms that vectors blur (tests/test_search.py: a term only text search finds).
-# At 100k chunks it costs ~1.5 ms more than vector alone (the text side ranks <= TEXT_ROW_BUDGET rows).
+# At 100k chunks it costs ~4 ms more than vector alone (the statistics lookup, and the text side's GIN
+# lookups and ranking of every matching row, <= TEXT_ROW_BUDGET by estimate).
 DEFAULT_MODE = Mode.hybrid
 
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 CANDIDATES = 50  # rows each side of a hybrid search contributes to the fusion
-HNSW_EF_SEARCH = 100  # candidate list of the HNSW scan (pgvector default 40)
+# Candidate list of the HNSW scan (pgvector's default is 40). Recall@10 at 100k chunks varies from one
+# index build to the next (bench/search_latency.py's data, 5 builds): 0.974-0.992 at 40, 0.976-0.994 at
+# 60, 0.988-0.997 at 100. 60 would save ~1.7 ms a search, but only 100 kept >= 0.98 in every build.
+HNSW_EF_SEARCH = 100
 # Iterative-scan budget under a filter (pgvector's default is 20,000). A filter so selective that
 # this many tuples yield fewer than k rows is served by an exact scan instead (see _run); scanning
 # 20,000 graph tuples costs far more than that.
 HNSW_MAX_SCAN_TUPLES = 5_000
+# A tuple visited by the filtered graph walk (graph step + the filter's lookup) against a row of the exact
+# scan (index fetch + distance), measured at 100k chunks: ~33 us against ~13 us.
+GRAPH_ROW_COST = 2.5
 MAX_FETCH = 200  # cap on hits fetched to fill k results after merging context windows
 TEXT_ROW_BUDGET = 1_000  # estimated rows the text side may rank (see text_query)
 # Extra transaction-local planner settings for the search statement. Empty in production; the
@@ -197,11 +210,9 @@ class _Filters:
         return _Shape(self.episode is not None, self.speaker is not None, self.since is not None)
 
     def params(self) -> dict[str, Any]:
-        patterns = None
-        if self.speaker:
-            name = _like_escape(self.speaker.lower())
-            patterns = [name, name + " %"]
-        return {"episode": self.episode, "since": self.since, "speaker_patterns": patterns}
+        name = self.speaker.lower() if self.speaker else None
+        return {"episode": self.episode, "since": self.since, "speaker": name,
+                "speaker_prefix": _like_escape(name) + " %" if name else None}
 
 
 def format_time(seconds: float) -> str:
@@ -298,7 +309,7 @@ def embedder_for(model: StoredModel, settings: Settings) -> Embedder:
 
         if model.model != DEFAULT_LOCAL_MODEL or model.dimensions != DIMENSIONS:
             raise SearchError(f"the stored vectors were made with {model.model_id}, which is not available locally")
-        return _local_embedder()
+        return _local_embedder(settings.home)
     if model.provider == "openai":
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
         if not key:
@@ -311,10 +322,12 @@ def embedder_for(model: StoredModel, settings: Settings) -> Embedder:
 
 
 @functools.cache
-def _local_embedder() -> Embedder:
-    from .embedders.local_minilm import LocalMiniLMEmbedder
+def _local_embedder(home: Path) -> Embedder:
+    """The query embedder for local vectors: MiniLM on int8 kernels, 2-3x faster than the stored
+    vectors' model on one query (see embedders/local_minilm.py)."""
+    from .embedders.local_minilm import LocalMiniLMQueryEmbedder
 
-    return LocalMiniLMEmbedder()
+    return LocalMiniLMQueryEmbedder(home)
 
 
 @functools.lru_cache(maxsize=4)
@@ -358,7 +371,9 @@ def text_query(conn: psycopg.Connection, query: str) -> str | None:
     question, so the terms are ORed and ranked by ts_rank_cd instead. Ranking reads every matching
     row, so common lexemes (by the planner's statistics of `segments.tsv`) are left out, most
     common first, while the estimated matching rows exceed TEXT_ROW_BUDGET; if even the rarest
-    lexeme is over it, all terms are ANDed. Without statistics (a never-analysed table) all are kept.
+    lexeme is over it, the terms are ANDed, less those found in more than half of the chunks (BM25
+    weighs such a term below zero: it narrows the match by little, drops the chunks that lack it, and
+    its posting list is the longest to read). Without statistics (a never-analysed table) all are kept.
     """
     return _text_query(conn.execute(TEXT_STATS_SQL, (query,)).fetchall())
 
@@ -377,14 +392,21 @@ def _text_query(rows: list[tuple]) -> str | None:
             break
         kept.append(lex)
         total += estimate[lex]
-    return _tsquery_literal(kept, "|") if kept else _tsquery_literal(lexemes, "&")
+    if kept:
+        return _tsquery_literal(kept, "|")
+    return _tsquery_literal([lex for lex in lexemes if estimate[lex] <= reltuples / 2] or lexemes, "&")
+
+
+# The speaker rule of speaker_matches, as an = and a prefix LIKE: both can use segments_speaker_idx.
+SPEAKER_SQL = "(lower(s.speaker) = %(speaker)s OR lower(s.speaker) LIKE %(speaker_prefix)s)"
 
 
 def _vector_cte(model: StoredModel, filters: _Shape, *, exact: bool) -> sql.Composable:
     """Top candidates by cosine distance. The index form keeps `embedding::vector(D) <=> q` with the
-    model id inlined, exactly as the partial HNSW index is defined, and tests the speaker and date
-    filters per row inside the scan (so the iterative scan keeps going until enough rows pass); the
-    exact form joins and sorts, for filters too selective for the graph."""
+    model id inlined, exactly as the partial HNSW index is defined, and tests the filters per row as the
+    graph walk goes (the iterative scan going on until enough rows pass). The exact form (`+ 0` hides
+    the index) ranks every chunk passing the filters, fetched by their own indexes: chosen up front for
+    a selective speaker (see exact_is_cheaper), and the rerun when a graph walk came back short."""
     dims = sql.Literal(model.dimensions)
     distance = sql.SQL("e.embedding::vector({d}) <=> %(qv)s::vector({d})").format(d=dims)
     # Inlined, not a parameter: the planner matches the partial index's predicate against constants
@@ -399,14 +421,8 @@ def _vector_cte(model: StoredModel, filters: _Shape, *, exact: bool) -> sql.Comp
             "e.episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE x.published >= %(since)s))"
         ))
     if filters.speaker:
-        if exact:
-            joins.append(sql.SQL("JOIN segments s ON s.episode_id = e.episode_id AND s.position = e.position"))
-            where.append(sql.SQL("lower(s.speaker) LIKE ANY(%(speaker_patterns)s::text[])"))
-        else:
-            where.append(sql.SQL(
-                "(SELECT lower(s.speaker) LIKE ANY(%(speaker_patterns)s::text[]) FROM segments s "
-                "WHERE s.episode_id = e.episode_id AND s.position = e.position)"
-            ))
+        joins.append(sql.SQL("JOIN segments s ON s.episode_id = e.episode_id AND s.position = e.position"))
+        where.append(sql.SQL(SPEAKER_SQL))
     order = sql.SQL("({}) + 0").format(distance) if exact else distance
     return sql.SQL(
         "vec AS MATERIALIZED (SELECT e.episode_id, e.position, {distance} AS distance FROM embeddings e {joins} "
@@ -416,8 +432,9 @@ def _vector_cte(model: StoredModel, filters: _Shape, *, exact: bool) -> sql.Comp
     ).format(distance=distance, joins=sql.SQL(" ").join(joins), where=sql.SQL(" AND ").join(where), order=order)
 
 
-def _text_cte(filters: _Shape, *, websearch: bool) -> sql.Composable:
-    where = [sql.SQL("s.tsv @@ tq.q")]
+def _segment_filters(filters: _Shape) -> list[sql.Composable]:
+    """The filters as conditions on `segments s`: the text side's, and the speaker estimate's."""
+    where = []
     if filters.episode:
         where.append(sql.SQL("s.episode_id = %(episode)s"))
     if filters.since:
@@ -425,7 +442,12 @@ def _text_cte(filters: _Shape, *, websearch: bool) -> sql.Composable:
             "s.episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE x.published >= %(since)s))"
         ))
     if filters.speaker:
-        where.append(sql.SQL("lower(s.speaker) LIKE ANY(%(speaker_patterns)s::text[])"))
+        where.append(sql.SQL(SPEAKER_SQL))
+    return where
+
+
+def _text_cte(filters: _Shape, *, websearch: bool) -> sql.Composable:
+    where = [sql.SQL("s.tsv @@ tq.q"), *_segment_filters(filters)]
     tsq = "websearch_to_tsquery('english', %(q)s)" if websearch else "%(tsq)s::tsquery"
     return sql.SQL(
         "tq AS (SELECT " + tsq + " AS q),\n"
@@ -434,6 +456,24 @@ def _text_cte(filters: _Shape, *, websearch: bool) -> sql.Composable:
         "tr AS (SELECT episode_id, position, tscore, "
         "row_number() OVER (ORDER BY tscore DESC, episode_id, position) AS trank FROM txt)"
     ).format(where=sql.SQL(" AND ").join(where))
+
+
+@functools.lru_cache(maxsize=16)
+def _estimate_sql(filters: _Shape) -> str:
+    """The planner's estimate of the chunks passing the filters (EXPLAIN plans, reads no rows)."""
+    return sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM segments s WHERE {}").format(
+        sql.SQL(" AND ").join(_segment_filters(filters))).as_string(None)
+
+
+CHUNKS_SQL = "SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = 'segments'::regclass"
+
+
+def exact_is_cheaper(rows: float, candidates: int, chunks: float) -> bool:
+    """Whether ranking all `rows` chunks that pass a filter beats walking the HNSW graph until
+    `candidates` of them turn up. The walk visits ~candidates * chunks / rows tuples and each costs
+    ~GRAPH_ROW_COST rows of the exact scan, so exact wins while rows² <= GRAPH_ROW_COST * candidates
+    * chunks: at 100k chunks up to ~1,600 rows for 10 candidates (vector mode), ~3,500 for 50 (hybrid)."""
+    return rows * rows <= GRAPH_ROW_COST * candidates * chunks
 
 
 def build_sql(mode: Mode, model: StoredModel | None, filters: _Filters, *, websearch: bool = False,
@@ -527,6 +567,7 @@ class _Prepared:
     model: StoredModel | None
     statement: str
     params: dict[str, Any]
+    exact: bool  # the vector side ranks every chunk passing the filters (no graph walk, no rerun)
 
 
 def _validate(query: str, k: int, *, episode: str | None, speaker: str | None, since: date | datetime | str | None,
@@ -548,6 +589,10 @@ def _prepare(conn: psycopg.Connection, request: _Request, settings: Settings) ->
     """Checks and lookups in one round trip (a pipeline), then the query embedding and the statement."""
     mode, filters = request.mode, request.filters
     needs_text = mode is not Mode.vector and not request.websearch
+    # A speaker's share of the chunks varies most (a host: half; a guest: 1%), so with a speaker filter
+    # the planner's estimate of the passing chunks chooses between the graph walk and the exact scan.
+    estimate = mode is not Mode.text and filters.speaker is not None
+    params = filters.params()
     with conn.pipeline():
         episode_cur = None
         if filters.episode is not None:
@@ -557,6 +602,9 @@ def _prepare(conn: psycopg.Connection, request: _Request, settings: Settings) ->
         else:
             models_cur = conn.execute(STORED_MODELS_SQL)
         stats_cur = conn.execute(TEXT_STATS_SQL, (request.query,)) if needs_text else None
+        if estimate:
+            estimate_cur = conn.execute(_estimate_sql(filters.shape), params, prepare=False)
+            chunks_cur = conn.execute(CHUNKS_SQL)
     if episode_cur is not None and not episode_cur.fetchone()[0]:
         known = [r[0] for r in conn.execute("SELECT episode_id FROM episodes ORDER BY episode_id LIMIT 21")]
         listing = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
@@ -570,14 +618,16 @@ def _prepare(conn: psycopg.Connection, request: _Request, settings: Settings) ->
     else:
         models = [StoredModel(*r) for r in models_cur.fetchall()]
         model = choose_model(conn, settings, request.model_id, models)
-    params = filters.params()
     if model is not None:
         params["qv"] = embed_query(embedder_for(model, settings), request.query, model.dimensions)
     fetch = request.fetch
     params.update(q=request.query, tsq=_text_query(stats_cur.fetchall()) if stats_cur else None,
                   cand=max(CANDIDATES, fetch) if mode is Mode.hybrid else fetch, fetch=fetch,
                   ctx=request.context, rrf_k=RRF_K)
-    return _Prepared(request, model, build_sql(mode, model, filters, websearch=request.websearch), params)
+    exact = estimate and exact_is_cheaper(estimate_cur.fetchone()[0][0]["Plan"]["Plan Rows"], params["cand"],
+                                          chunks_cur.fetchone()[0] or 0.0)
+    return _Prepared(request, model, build_sql(mode, model, filters, websearch=request.websearch, exact=exact),
+                     params, exact)
 
 
 def search(
@@ -630,7 +680,7 @@ def _run(conn: psycopg.Connection, p: _Prepared) -> tuple[list[tuple], bool]:
         cur = conn.execute(p.statement, p.params, prepare=False)
         conn.commit()
     rows = cur.fetchall()
-    if p.model is not None and request.filters.any and (rows[0][-1] if rows else 0) < request.fetch:
+    if p.model is not None and request.filters.any and not p.exact and (rows[0][-1] if rows else 0) < request.fetch:
         # The graph scan ran out of budget (HNSW_MAX_SCAN_TUPLES) before enough rows passed the filter.
         exact = build_sql(request.mode, p.model, request.filters, websearch=request.websearch, exact=True)
         return conn.execute(exact, p.params, prepare=False).fetchall(), True
