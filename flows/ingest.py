@@ -139,28 +139,35 @@ async def download_task(job: EpisodeJob) -> EpisodeJob:
     return await _to_thread(pipeline.download, settings, run_database(settings), job)
 
 
+async def _with_db_retries(func: Callable[..., Any], /, *args: Any) -> Any:
+    """A database call in a stage thread, retried on transient errors (a restart, a dropped connection)
+    with the stages' delays, outside any task: a hiccup here must not fail work already paid for."""
+    for delay in [*RETRY_DELAYS, None]:
+        try:
+            return await _to_thread(func, *args)
+        except Exception as exc:
+            if delay is None or not is_transient(exc):
+                raise
+            await asyncio.sleep(delay)
+
+
 async def _record_cost(
     settings: Settings, run_id: str, episode_id: str, stage: str, provider: str, model: str,
     requests: int, audio_seconds: float, tokens: int,
 ) -> None:
-    """Write a call that was paid for to the cost ledger. Database hiccups are retried here, and in the
-    end only logged: failing the stage would make its retry pay for the same call again."""
-    for delay in [*RETRY_DELAYS, None]:
-        try:
-            await _to_thread(
-                pipeline.record_cost, settings, run_database(settings), run_id, episode_id, stage,
-                provider, model, requests, audio_seconds, tokens,
-            )
-            return
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            if delay is None:
-                get_run_logger().warning(
-                    "cost ledger: the %s call of episode %s is not recorded: %s", stage, episode_id, _describe(exc, settings)
-                )
-                return
-            await asyncio.sleep(delay)
+    """Write a call that was paid for to the cost ledger. Database hiccups are retried, and in the end
+    only logged: failing the stage would make its retry pay for the same call again."""
+    try:
+        await _with_db_retries(
+            pipeline.record_cost, settings, run_database(settings), run_id, episode_id, stage,
+            provider, model, requests, audio_seconds, tokens,
+        )
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        get_run_logger().warning(
+            "cost ledger: the %s call of episode %s is not recorded: %s", stage, episode_id, _describe(exc, settings)
+        )
 
 
 @cached_stage(name="transcribe", task_run_name="transcribe-{job.episode_id}")
@@ -242,7 +249,12 @@ async def _run_one(job: EpisodeJob, gate: asyncio.Semaphore, abort: dict[str, st
             summary.status, summary.error = "skipped", f"not started: the run stopped at episode {abort['episode']}"
             _notify(summary)
             return summary
-        claim = await _to_thread(store.claim_episode, db.url, job.episode_id)
+        try:
+            claim = await _with_db_retries(store.claim_episode, db.url, job.episode_id)
+        except Exception as exc:  # the database stayed away: this episode waits for the next run
+            summary.status, summary.error = "failed", _describe(exc, run_settings())
+            _notify(summary)
+            return summary
         if claim is None:  # another run has it: it is not done twice, and not a failure of this run
             summary.status, summary.error = "busy", "being processed by another run"
             _notify(summary)
@@ -281,7 +293,7 @@ async def ingest(episode_ids: list[str] | None = None, max_parallel: int | None 
     """Register the feeds' new episodes; process new, failed or changed ones (or the named ones; all with force)."""
     from prefect.runtime import flow_run
 
-    settings = Settings()
+    settings = Settings(max_parallel_episodes=max_parallel) if max_parallel else Settings()  # the pool is sized from it
     _run_settings.set(settings)
     logger = get_run_logger()
     db = run_database(settings)
@@ -294,7 +306,7 @@ async def ingest(episode_ids: list[str] | None = None, max_parallel: int | None 
     plan = await _to_thread(pipeline.plan_episodes, settings, db, episode_ids, force)
     for episode_id, error in plan.invalid.items():
         await _to_thread(store.mark_failed, db, episode_id, error)
-    parallel = max_parallel or settings.max_parallel_episodes
+    parallel = settings.max_parallel_episodes
     logger.info(
         "%d episodes to process (%d up to date, %d invalid), %d at a time",
         len(plan.jobs), len(plan.up_to_date), len(plan.invalid), parallel,

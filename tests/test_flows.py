@@ -69,7 +69,13 @@ def test_six_episodes_three_at_a_time_then_a_rerun_costs_nothing(settings, catal
 
 def test_the_longest_episodes_start_first(settings, catalogue, fake_api) -> None:
     """Longest first (by audio size) so that parallel workers finish together; catalogue order breaks ties."""
-    assert run_ingest(max_parallel=1).is_completed()
+    from flows.ingest import close_run_databases, ingest, run_database
+
+    try:
+        assert asyncio.run(ingest(max_parallel=1, return_state=True)).is_completed()
+        assert run_database(Settings()).pool.max_size == 1 + 2  # the run's pool follows max_parallel, not the default 3
+    finally:
+        close_run_databases()
     started = [hashlib.sha256(r.body).hexdigest() for r in fake_api.requests_to(LISTEN)]
     by_size = sorted(catalogue, key=lambda e: (settings.audio_dir / f"{e}.mp3").stat().st_size, reverse=True)
     assert started == [sha256_of(settings.audio_dir / f"{e}.mp3") for e in by_size]

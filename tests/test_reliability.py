@@ -666,7 +666,10 @@ def task_runs(name: str) -> list[Any]:
 def test_sixteen_workers_on_a_pool_of_three_wait_for_connections(world: World, monkeypatch) -> None:
     from flows.ingest import run_database
 
-    monkeypatch.setenv("MAX_PARALLEL_EPISODES", "1")  # a pool of 1 + 2 connections, for -j 16
+    monkeypatch.setenv("MAX_PARALLEL_EPISODES", "1")
+    # A run sizes its pool from its max_parallel; one made earlier in the process (here: for 1 episode at a time,
+    # 1 + 2 connections) is reused as it is, so 16 workers share 3 connections.
+    run_database(Settings(_env_file=None))
     ids = world.catalogue([f"W-{i:02d}" for i in range(16)])
     with Database.from_settings(world.settings) as db:
         store.ensure_model(db, MODEL_ID, "openai", "text-embedding-3-small", 1536)
