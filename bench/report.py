@@ -144,7 +144,7 @@ def _section_parallel(par: dict[str, Any], machine: dict[str, Any]) -> list[str]
             [[r["workers"], f"{r['wall']:.1f}", f"{r['ideal']:.1f}", f"{r['speedup']:.2f}" if r["speedup"] else "",
               f"{r['efficiency']:.2f}", f">= {_eff_target(r['workers'])}",
               _mark(r["efficiency"] >= _eff_target(r["workers"])) if r["workers"] > 1 else "",
-              r.get("first_request_after", ""), f"{r['cpu_flow']} / {r['cpu_server']} / {r['cpu_postgres']}",
+              "" if r.get("first_request_after") is None else r["first_request_after"], f"{r['cpu_flow']} / {r['cpu_server']} / {r['cpu_postgres']}",
               r["load_before"]] for r in b["rows"]]))
         out.append("")
     out += ["![speedup vs workers](bench/speedup.png)", "",
@@ -195,8 +195,12 @@ other engineers' test runs kept the load at 3-7 on 2 cores.
 
 **Why the targets are still missed, with data** (see the bounds table below):
 
-- *Not Prefect.* The "No Prefect" rows run the same library calls for the same episodes in threads, longest first:
-  compare them with the flow's rows at the same worker count. What remains is the per-episode work on 2 cores.
+- *What Prefect costs.* The "No Prefect" rows run the same library calls for the same episodes in threads, longest
+  first: on a quiet machine they reach the targets (~0.9 at 4, 8 and 16 workers). The flow's rows are lower by the
+  orchestration: per episode ~0.3 s of wall time in the flow process at zero latency (table above: a subflow's ~6
+  blocking API calls, task runs, cache lookups and result files for 4 cached stages, one GIL shared by every lane)
+  plus ~0.5 s of API-server CPU (its orchestration rules, the task-run events it records, logs), on the same 2 cores
+  as the flow, Postgres and the fake API. With 16 workers all of it lands in the ~14 s of the longest episode.
 - *Per-episode work on each lane's critical path.* The fake API's request log of a traced 4-worker run (load ~1.4)
   shows, besides each episode's provider latency: ~0.5-1 s after its transcript arrives before its embedding request
   goes out (the SDK's parse, the quality gate and chunking, the exports, the stage cache's pickles: CPU on the one GIL
@@ -206,13 +210,12 @@ other engineers' test runs kept the load at 3-7 on 2 cores.
   next (~6 API calls at 100-200 ms each while the API server shares the cores). With 4 episodes per lane that is
   ~9 s, plus ~3-4 s before the first request (flow run, plan: hashing the audio, the claims, 4 subflows) over a
   39 s ideal.
-- *16 workers*: the ideal is the longest episode alone (14.3 s), but all 16 episodes' CPU work (flow process ~1 s,
-  API server ~0.6 s, Postgres ~0.2 s each) has to fit in it on 2 cores, most of it after the first transcripts return.
 - *The machine's load*: every figure above stretches when other work shares the 2 cores (the load column).
 
-What would cut further: building the HNSW index after a bulk first load instead of inserting into it (section 3:
-549 vs 130 chunks/s at 1536 dims); a halfvec index at 1536 dims; fewer Prefect objects per episode (format + export as
-one task); more cores.
+What would cut further: the Prefect server on another machine (`gdr server start` there, `PREFECT_API_URL` here:
+its CPU no longer competes with the flow's); fewer Prefect objects per episode (format + export as one task, against
+the one-task-per-stage design); building the HNSW index after a bulk first load instead of inserting into it
+(section 3); more cores.
 """
 
 
@@ -279,7 +282,9 @@ def _section_store(st: dict[str, Any]) -> list[str]:
     return ["## 3. Store throughput", "",
             f"{st['episodes']} episodes x {st['episode_rows']} chunks (a chunk = a `segments` row with ~100 words of text and "
             "its generated tsvector + an `embeddings` row), one transaction per episode as ingest writes them, into a fresh "
-            "migrated database; rows/s = chunks per second. \"raw COPY\" is the same binary COPYs into the same tables "
+            "migrated database; rows/s = chunks per second, the median of "
+            f"{next(iter(st['rows'].values()))['store'].get('rounds', 1)} rounds in which the methods take turns (one "
+            "round swings by ~30% with the load). \"raw COPY\" is the same binary COPYs into the same tables "
             "without the store's bookkeeping; \"bare COPY\" is (id, vector) rows into an unindexed table, the figure the "
             "issue quotes (~118k rows/s at 384 dims, ~24k at 1536, measured on an idle machine).", "",
             _table(["dims", "method", "chunks/s", "seconds", "load"], rows), "",
