@@ -212,6 +212,9 @@ other engineers' test runs kept the load at 3-7 on 2 cores.
   39 s ideal.
 - *The machine's load*: every figure above stretches when other work shares the 2 cores (the load column).
 
+Tried without effect: the ephemeral server without its automation services (PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED /
+ACTIONS_ENABLED=false): the same wall time and server CPU at 4 and 16 workers, in two alternating pairs of runs.
+
 What would cut further: the Prefect server on another machine (`gdr server start` there, `PREFECT_API_URL` here:
 its CPU no longer competes with the flow's); fewer Prefect objects per episode (format + export as one task, against
 the one-task-per-stage design); building the HNSW index after a bulk first load instead of inserting into it
