@@ -16,7 +16,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from tests.builders import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,12 +97,6 @@ def postgres_cpu(pgdata: Path) -> float:
         return tree_cpu(int((pgdata / "postmaster.pid").read_text().split()[0]))
     except (OSError, ValueError, IndexError):
         return 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- Postgres ---------------------------------------------------------------------------------------

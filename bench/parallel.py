@@ -27,6 +27,7 @@ from typing import Any
 
 from bench.harness import Postgres, PrefectServer, RemoteFakeAPI, load, log, prefect_server
 from tests.builders import make_audio
+from tests.fakeapi import peak_overlap
 
 DEEPGRAM_LATENCY = (2.0, 1 / 200)
 OPENAI_LATENCY = 0.3
@@ -245,15 +246,6 @@ def one_run(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: Pr
             pg.drop_database(db_url)
 
 
-def _peak(requests: list[dict[str, Any]]) -> int:
-    events = sorted([(r["started"], 1) for r in requests] + [(r["ended"], -1) for r in requests if r["ended"]])
-    peak = current = 0
-    for _, step in events:
-        current += step
-        peak = max(peak, current)
-    return peak
-
-
 def scaling(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: PrefectServer, folder: Path,
             workers: list[int], *, mode: str = "flow", extra_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     fake.set(deepgram_latency=DEEPGRAM_LATENCY, openai_latency=OPENAI_LATENCY)
@@ -274,7 +266,7 @@ def scaling(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: Pr
             "listen_requests": len(listen),
             "embedding_requests": sum(1 for x in r["requests"] if x["path"] == "/v1/embeddings"),
             "first_request_after": round(first - r["mono_start"], 2) if first is not None and "mono_start" in r else None,
-            "peak_listen_concurrency": _peak(listen),
+            "peak_listen_concurrency": peak_overlap([(x["started"], x["ended"]) for x in listen]),
         })
         log(f"  {mode} w={w}: wall {r['wall']:.1f} s, ideal {ideal:.1f} s, efficiency {ideal / r['wall']:.2f}, "
             f"flow-process CPU {r['cpu']:.1f} s{'' if r['ok'] else ' FAILED: ' + str(r['message'])}")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gent_disagreement_rag.settings import Settings
+    from tests.fakeapi import FakeAPI
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,3 +34,23 @@ def make_audio(path: Path, seconds: float, frequency: int) -> Path:
         check=True,
     )
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_environment(settings: Settings, fake_api: FakeAPI) -> dict[str, str]:
+    """The variables that point the application (in this process or a child) at a test's database, folders
+    and the fake providers."""
+    return {
+        "DATABASE_URL": settings.external_database_url(),
+        "GDR_HOME": str(settings.gdr_home),
+        "EPISODES_FILE": str(settings.episodes_file),
+        "AUDIO_DIR": str(settings.audio_dir),
+        "TRANSCRIPTS_DIR": str(settings.transcripts_dir),
+        **{k.upper(): v for k, v in fake_api.settings_fields().items()},
+    }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 
 from gent_disagreement_rag.database import Database, migrate
 from gent_disagreement_rag.settings import Settings
+from tests.builders import free_port
 from tests.fakeapi import FakeAPI
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def prefect_api(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     socket_dir = pg_server.split("host=", 1)[1]
     database = f"postgresql+asyncpg://postgres:@/prefect_test?host={socket_dir}"
     with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: database, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        server = SubprocessASGIServer(port=_free_port())
+        server = SubprocessASGIServer(port=free_port())
         server.start(timeout=120)
         try:
             results = tmp_path_factory.mktemp("prefect-results")  # flow-level results; stage caches live in GDR_HOME
@@ -111,7 +111,3 @@ def prefect_api(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             server.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

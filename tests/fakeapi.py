@@ -128,6 +128,16 @@ def openai_error(
     return Reply(status=status, body=body, headers=headers)
 
 
+def peak_overlap(intervals: Sequence[tuple[float, float | None]]) -> int:
+    """The most (start, end) intervals open at once; one without an end is still open."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals if end is not None])
+    peak = current = 0
+    for _, step in events:  # at equal times the end (-1) sorts first
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
 def for_audio(audio: bytes | Path) -> Callable[[Recorded], bool]:
     """`enqueue(..., when=)` predicate: a `/v1/listen` request uploading this audio."""
     sha = sha256_of(audio)
@@ -366,15 +376,7 @@ class FakeAPI:
 
     def peak_concurrency(self, path: str) -> int:
         """The most requests to `path` in flight at once, from the recorded times."""
-        events = sorted(
-            [(r.started, 1) for r in self.requests_to(path)]
-            + [(r.ended, -1) for r in self.requests_to(path) if r.ended is not None]
-        )  # at equal times the end (-1) sorts first
-        peak = current = 0
-        for _, step in events:
-            current += step
-            peak = max(peak, current)
-        return peak
+        return peak_overlap([(r.started, r.ended) for r in self.requests_to(path)])
 
     def _handle(self, handler: _Handler) -> None:
         started = time.monotonic()

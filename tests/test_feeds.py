@@ -30,7 +30,7 @@ from gent_disagreement_rag.database import Database
 from gent_disagreement_rag.errors import PermanentProviderError, TransientProviderError
 from gent_disagreement_rag.feeds import FeedItem, download_enclosure, parse_feed
 from gent_disagreement_rag.settings import Settings
-from tests.builders import make_audio
+from tests.builders import app_environment, make_audio
 from tests.fakeapi import LISTEN, FakeAPI
 from tests.test_flows import run_ingest, statuses
 
@@ -275,14 +275,9 @@ def show(settings: Settings, fake_api: FakeAPI, host: FeedServer, monkeypatch: p
         Item("tag:show,2024:2", "Episode two", "/audio/ep2.mp3", number=2, duration="19", published=date(2024, 3, 8)),
     ]
     env = {
-        "DATABASE_URL": settings.external_database_url(),
-        "GDR_HOME": str(settings.gdr_home),
-        "EPISODES_FILE": str(settings.episodes_file),
-        "AUDIO_DIR": str(settings.audio_dir),
-        "TRANSCRIPTS_DIR": str(settings.transcripts_dir),
+        **app_environment(settings, fake_api),
         "FEED_URL": host.url + "/feed.xml",
         "DEFAULT_SPEAKERS_MAP": json.dumps(SPEAKERS),
-        **{k.upper(): v for k, v in fake_api.settings_fields().items()},
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

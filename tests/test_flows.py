@@ -11,7 +11,7 @@ import pytest
 from gent_disagreement_rag import store
 from gent_disagreement_rag.database import Database
 from gent_disagreement_rag.settings import Settings
-from tests.builders import make_audio
+from tests.builders import app_environment, make_audio
 from tests.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_error, for_audio, sha256_of
 
 
@@ -23,15 +23,7 @@ def catalogue(settings: Settings, fake_api: FakeAPI, monkeypatch: pytest.MonkeyP
         make_audio(settings.audio_dir / f"EP-{i}.mp3", 20 + i, 300 + 40 * i)
         entries.append({"episode_id": f"EP-{i}", "file_name": f"EP-{i}.mp3", "speakers_map": {"0": "Ann", "1": "Bob"}})
     settings.episodes_file.write_text(json.dumps(entries))
-    env = {
-        "DATABASE_URL": settings.external_database_url(),
-        "GDR_HOME": str(settings.gdr_home),
-        "EPISODES_FILE": str(settings.episodes_file),
-        "AUDIO_DIR": str(settings.audio_dir),
-        "TRANSCRIPTS_DIR": str(settings.transcripts_dir),
-        **{k.upper(): v for k, v in fake_api.settings_fields().items()},
-    }
-    for name, value in env.items():
+    for name, value in app_environment(settings, fake_api).items():
         monkeypatch.setenv(name, value)
     return [e["episode_id"] for e in entries]
 

@@ -562,10 +562,10 @@ def test_two_ingest_runs_at_once_over_the_same_catalogue(world: World) -> None:
 
 
 def test_postgres_down_at_start_is_one_clear_line_and_exit_code_1(world: World) -> None:
-    from tests.conftest import _free_port
+    from tests.builders import free_port
 
     world.catalogue(["Z-0"])
-    url = f"postgresql://gdr:{DB_PASSWORD}@127.0.0.1:{_free_port()}/gdr"  # nothing listens there
+    url = f"postgresql://gdr:{DB_PASSWORD}@127.0.0.1:{free_port()}/gdr"  # nothing listens there
     result = world.gdr("ingest", DATABASE_URL=url)
     assert result.returncode == 1
     assert result.stdout == ""

@@ -13,7 +13,8 @@ import pytest
 from gent_disagreement_rag import store
 from gent_disagreement_rag.database import Database
 from tests.builders import make_audio
-from tests.conftest import REPO_ROOT, _free_port
+from tests.builders import app_environment, free_port
+from tests.conftest import REPO_ROOT
 from tests.fakeapi import LISTEN
 
 BIN = Path(sys.executable).parent
@@ -24,16 +25,11 @@ def test_deployment_runs_through_server_and_worker(settings, fake_api) -> None:
     for i in range(2):
         make_audio(settings.audio_dir / f"S-{i}.mp3", 15, 500 + 50 * i)
     settings.episodes_file.write_text(json.dumps([{"episode_id": f"S-{i}", "file_name": f"S-{i}.mp3"} for i in range(2)]))
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "DATABASE_URL": settings.external_database_url(),
-        "GDR_HOME": str(settings.gdr_home),
-        "EPISODES_FILE": str(settings.episodes_file),
-        "AUDIO_DIR": str(settings.audio_dir),
-        "TRANSCRIPTS_DIR": str(settings.transcripts_dir),
+        **app_environment(settings, fake_api),
         "PREFECT_HOME": str(settings.gdr_home / "prefect-home"),
-        **{k.upper(): v for k, v in fake_api.settings_fields().items()},
     }
     started = subprocess.run([BIN / "gdr", "server", "start", "--port", str(port)], env=env, cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=300)

@@ -412,17 +412,10 @@ def _vector_cte(model: StoredModel, filters: _Shape, *, exact: bool) -> sql.Comp
     # Inlined, not a parameter: the planner matches the partial index's predicate against constants
     # only. (The statement is cached as text with %(name)s placeholders, hence the doubled %.)
     model_literal = sql.Literal(model.model_id).as_string(None).replace("%", "%%")
-    where = [sql.SQL("e.model_id = " + model_literal)]
+    where = [sql.SQL("e.model_id = " + model_literal), *_filter_conditions(filters, "e")]
     joins: list[sql.Composable] = []
-    if filters.episode:
-        where.append(sql.SQL("e.episode_id = %(episode)s"))
-    if filters.since:
-        where.append(sql.SQL(
-            "e.episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE x.published >= %(since)s))"
-        ))
     if filters.speaker:
         joins.append(sql.SQL("JOIN segments s ON s.episode_id = e.episode_id AND s.position = e.position"))
-        where.append(sql.SQL(SPEAKER_SQL))
     order = sql.SQL("({}) + 0").format(distance) if exact else distance
     return sql.SQL(
         "vec AS MATERIALIZED (SELECT e.episode_id, e.position, {distance} AS distance FROM embeddings e {joins} "
@@ -432,14 +425,15 @@ def _vector_cte(model: StoredModel, filters: _Shape, *, exact: bool) -> sql.Comp
     ).format(distance=distance, joins=sql.SQL(" ").join(joins), where=sql.SQL(" AND ").join(where), order=order)
 
 
-def _segment_filters(filters: _Shape) -> list[sql.Composable]:
-    """The filters as conditions on `segments s`: the text side's, and the speaker estimate's."""
+def _filter_conditions(filters: _Shape, table: str) -> list[sql.Composable]:
+    """The filters as SQL conditions: episode and date on `table`'s episode_id (`e` for the vector side,
+    `s` for the text side and the speaker estimate), the speaker on `segments s`."""
     where = []
     if filters.episode:
-        where.append(sql.SQL("s.episode_id = %(episode)s"))
+        where.append(sql.SQL(table + ".episode_id = %(episode)s"))
     if filters.since:
         where.append(sql.SQL(
-            "s.episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE x.published >= %(since)s))"
+            table + ".episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE x.published >= %(since)s))"
         ))
     if filters.speaker:
         where.append(sql.SQL(SPEAKER_SQL))
@@ -447,7 +441,7 @@ def _segment_filters(filters: _Shape) -> list[sql.Composable]:
 
 
 def _text_cte(filters: _Shape, *, websearch: bool) -> sql.Composable:
-    where = [sql.SQL("s.tsv @@ tq.q"), *_segment_filters(filters)]
+    where = [sql.SQL("s.tsv @@ tq.q"), *_filter_conditions(filters, "s")]
     tsq = "websearch_to_tsquery('english', %(q)s)" if websearch else "%(tsq)s::tsquery"
     return sql.SQL(
         "tq AS (SELECT " + tsq + " AS q),\n"
@@ -462,7 +456,7 @@ def _text_cte(filters: _Shape, *, websearch: bool) -> sql.Composable:
 def _estimate_sql(filters: _Shape) -> str:
     """The planner's estimate of the chunks passing the filters (EXPLAIN plans, reads no rows)."""
     return sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM segments s WHERE {}").format(
-        sql.SQL(" AND ").join(_segment_filters(filters))).as_string(None)
+        sql.SQL(" AND ").join(_filter_conditions(filters, "s"))).as_string(None)
 
 
 CHUNKS_SQL = "SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = 'segments'::regclass"

@@ -217,7 +217,7 @@ class LocalWhisperTranscriber:
             for start, end in piece_bounds(audio, self.piece_seconds):
                 piece = audio[start:end]
                 kwargs = dict(language=info["language"], beam_size=self.beam_size, word_timestamps=True, vad_filter=True)
-                if self.batch_size > 1:
+                if self.batch_size > 1:  # one pipeline per piece: it keeps the last speech time, in piece time
                     batched = BatchedInferencePipeline(model)
                     piece_segments, piece_info = batched.transcribe(piece, batch_size=self.batch_size, **kwargs)
                 else:
