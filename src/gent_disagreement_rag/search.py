@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import Enum
@@ -647,17 +648,11 @@ def search(
     request = _validate(query, k, episode=episode, speaker=speaker, since=since, mode=mode, context=context,
                         model_id=model_id)
     settings = settings or Settings()
-    own = db is None
-    db = db or Database.from_settings(settings)
-    try:
-        with db.connection() as conn:
-            prepared = _prepare(conn, request, settings)
-            rows, exact = _run(conn, prepared)
-            hits = _assemble(rows, request.k, request.context, settings.audio_dir.resolve())
-            notice = None if hits else _empty_notice(conn, request.filters)
-    finally:
-        if own:
-            db.close()
+    with _opened(settings, db) as database, database.connection() as conn:
+        prepared = _prepare(conn, request, settings)
+        rows, exact = _run(conn, prepared)
+        hits = _assemble(rows, request.k, request.context, settings.audio_dir.resolve())
+        notice = None if hits else _empty_notice(conn, request.filters)
     return SearchResults(hits, mode=request.mode, model_id=prepared.model.model_id if prepared.model else None,
                          notice=notice, exact_fallback=exact)
 
@@ -688,18 +683,22 @@ def explain(query: str, k: int = 5, *, analyze: bool = False, settings: Settings
                         since=options.get("since"), mode=options.get("mode", DEFAULT_MODE),
                         context=options.get("context", 0), model_id=options.get("model_id"))
     settings = settings or Settings()
-    own = db is None
-    db = db or Database.from_settings(settings)
-    try:
-        with db.connection() as conn:
-            p = _prepare(conn, request, settings)
-            if p.model is not None:
-                _scan_settings(conn)
-            prefix = "EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN "
-            return "\n".join(r[0] for r in conn.execute(prefix + p.statement, p.params, prepare=False))
-    finally:
-        if own:
-            db.close()
+    with _opened(settings, db) as database, database.connection() as conn:
+        p = _prepare(conn, request, settings)
+        if p.model is not None:
+            _scan_settings(conn)
+        prefix = "EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN "
+        return "\n".join(r[0] for r in conn.execute(prefix + p.statement, p.params, prepare=False))
+
+
+@contextmanager
+def _opened(settings: Settings, db: Database | None) -> Iterator[Database]:
+    """The caller's database as it is, or one opened from `settings` for this call and closed after it."""
+    if db is not None:
+        yield db
+        return
+    with Database.from_settings(settings) as own:
+        yield own
 
 
 def _assemble(rows: list[tuple], k: int, context: int, audio_dir: Path) -> list[Hit]:
