@@ -12,6 +12,25 @@ if TYPE_CHECKING:
     from gent_disagreement_rag.settings import Settings
     from tests.fakeapi import FakeAPI
 
+DEEPGRAM_FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures" / "deepgram"
+# Named, not globbed: a missing file fails collection loudly instead of leaving a parametrized test with no cases.
+DEEPGRAM_FIXTURE_NAMES = (
+    "nasa_eva_170s_3spk_nova2_utterances.json",
+    "phone_call_463s_2spk_nova3_utterances.json",
+    "zh_podcast_1418s_4spk_base_diarized.json",
+)
+
+
+def deepgram_fixture(name: str) -> Path:
+    """The path of a real captured Deepgram response in tests/fixtures/deepgram (see its SOURCES.md)."""
+    path = DEEPGRAM_FIXTURES_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"test fixture missing: {path} (tests/fixtures/deepgram/SOURCES.md lists them)")
+    return path
+
+
+DEEPGRAM_FIXTURE_FILES = [deepgram_fixture(name) for name in DEEPGRAM_FIXTURE_NAMES]
+
 
 @dataclass(frozen=True, slots=True)
 class StoredSegment:

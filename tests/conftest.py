@@ -18,7 +18,6 @@ from tests.builders import free_port
 from tests.fakeapi import FakeAPI
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "deepgram"
 
 # Tests never read a developer's .env, keys or caches.
 for _var in ("DEEPGRAM_API_KEY", "OPENAI_API_KEY", "DATABASE_URL", "DB_HOST", "TRANSCRIBER", "EMBEDDER"):

@@ -55,12 +55,12 @@ import numpy as np
 
 from gent_disagreement_rag.embedders.tokens import count_tokens
 from gent_disagreement_rag.transcribers.deepgram import audio_seconds
+from tests.builders import deepgram_fixture
 
 LISTEN = "/v1/listen"
 EMBEDDINGS = "/v1/embeddings"
 DEEPGRAM_KEY = "dg-fake-0123456789abcdef"
 OPENAI_KEY = "sk-fake-0123456789abcdef"
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared/fixtures/deepgram"
 NATIVE_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 _MODEL_UUID = "3b3aabe4-608a-46ac-9585-7960a25daf1a"
 _FILLER = (
@@ -71,8 +71,8 @@ _FILLER = (
 
 
 def load_fixture(name: str) -> dict[str, Any]:
-    """A real captured Deepgram response from ../shared/fixtures/deepgram."""
-    return json.loads((FIXTURES / name).read_text())
+    """A real captured Deepgram response from tests/fixtures/deepgram."""
+    return json.loads(deepgram_fixture(name).read_text())
 
 
 def sha256_of(audio: bytes | Path) -> str:

@@ -26,9 +26,10 @@ from gent_disagreement_rag.chunking import (
 from gent_disagreement_rag.embedders.tokens import count_tokens
 from gent_disagreement_rag.transcribers.deepgram import parse_deepgram_response
 from gent_disagreement_rag.transcript import Transcript, Word
+from tests.builders import DEEPGRAM_FIXTURE_FILES, DEEPGRAM_FIXTURES_DIR
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared/fixtures/deepgram"
-FIXTURE_FILES = sorted(FIXTURES.glob("*.json"))
+FIXTURES = DEEPGRAM_FIXTURES_DIR
+FIXTURE_FILES = DEEPGRAM_FIXTURE_FILES
 SPACE_NEXT_TO_CJK = re.compile(r"[\u4e00-\u9fff。？！] | [\u4e00-\u9fff。？！]")
 
 _LATIN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz'", min_size=1, max_size=8)
