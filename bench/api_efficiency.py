@@ -47,7 +47,7 @@ def _old_approach(env: dict[str, str], db_url: str, episode_id: str) -> dict[str
     code = f"""
 import json, time, psycopg
 from gent_disagreement_rag.settings import Settings
-from gent_disagreement_rag.embedders.openai import OpenAIEmbedder
+from gent_disagreement_rag.providers.embedders.openai import OpenAIEmbedder
 with psycopg.connect({db_url!r}) as conn:
     texts = [r[0] for r in conn.execute("SELECT text FROM segments WHERE episode_id = %s ORDER BY position", ({episode_id!r},))]
 embedder = OpenAIEmbedder.from_settings(Settings())

@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from tests.builders import free_port
+from tests.support.builders import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ class Postgres:
 
     def create_database(self, prefix: str = "b", *, migrated: bool = True) -> str:
         """URL of a new database (with the project's schema unless migrated=False)."""
-        from gent_disagreement_rag.database import migrate
+        from gent_disagreement_rag.storage.schema import migrate
 
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
@@ -145,13 +145,13 @@ class Postgres:
 @contextmanager
 def embedded_postgres() -> Iterator[Postgres]:
     """An embedded Postgres 18 + pgvector in a temp dir, stopped and deleted afterwards (as tests/conftest.py)."""
-    from gent_disagreement_rag.database import _embedded_server, stop_embedded
     from gent_disagreement_rag.settings import Settings
+    from gent_disagreement_rag.storage.embedded import embedded_server, stop_embedded
 
     home = Path(tempfile.mkdtemp(prefix="gdr-bench-pg-"))
     home.chmod(0o755)  # postgres runs as another OS user when we are root
     try:
-        server = _embedded_server(home / "pgdata")
+        server = embedded_server(home / "pgdata")
         yield Postgres(home, server.get_uri())
     finally:
         stop_embedded(Settings(_env_file=None, gdr_home=home))
@@ -249,7 +249,7 @@ def _fake_api_main(conn: Any) -> None:
     """Child process: a FakeAPI (tests/fakeapi.py) with prebuilt answers, driven over a Pipe."""
     import hashlib
 
-    from tests.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_response, filler_turns
+    from tests.support.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_response, filler_turns
 
     class PrebuiltFakeAPI(FakeAPI):
         def __init__(self) -> None:

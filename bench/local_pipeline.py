@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gent_disagreement_rag.embedders.local_minilm import LocalMiniLMEmbedder
+from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
+from gent_disagreement_rag.providers.transcribers.local_whisper import LocalWhisperTranscriber
 from gent_disagreement_rag.settings import Settings
-from gent_disagreement_rag.transcribers.local_whisper import LocalWhisperTranscriber
 from tests.test_providers_local import DIALOGUE, speaker_at, synthesize_dialogue, word_error_rate
 
 PAUSE_SECONDS = 0.6

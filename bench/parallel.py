@@ -1,7 +1,7 @@
 """Section 1: parallel scaling of the real `ingest` flow, and Prefect's own overhead per episode.
 
 16 episodes (distinct sine mp3s as long as the episodes they stand for, declared to the fake Deepgram) go through
-flows/ingest.py against the fake API in its own process, configured like the real services
+the `ingest` flow against the fake API in its own process, configured like the real services
 (Deepgram 2 s + audio seconds / 200, OpenAI 0.3 s per request), with MAX_PARALLEL_EPISODES = 1, 2, 4,
 8, 16. Every run gets a fresh application database, stage cache and transcripts folder, and runs in
 a fresh Python process (imports excluded from the timing; the flow call is timed as a user waits for it).
@@ -10,7 +10,7 @@ ideal(w) = max(sum of per-episode latencies / w, longest episode), per-episode l
 2 + seconds/200 + 0.3 x embedding requests; efficiency = ideal / wall.
 
 Prefect's overhead per episode: the same 16 episodes with zero-latency fakes, flow vs the same
-library calls made directly ("bare": pipeline.* in a loop, no Prefect), one episode at a time.
+the same episode sequence called directly ("bare": `process_episode` in threads, no Prefect), one episode at a time.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Postgres, PrefectServer, RemoteFakeAPI, load, log, prefect_server
-from tests.builders import make_audio
-from tests.fakeapi import peak_overlap
+from tests.support.builders import make_audio
+from tests.support.fakeapi import peak_overlap
 
 DEEPGRAM_LATENCY = (2.0, 1 / 200)
 OPENAI_LATENCY = 0.3
@@ -102,28 +102,25 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("trace"):
         _trace_api_calls()
     if spec["mode"] == "flow":
-        import asyncio
-
-        from flows.ingest import close_run_databases, ingest
+        from gent_disagreement_rag.orchestration.flows import ingest
 
         imported = time.perf_counter()
         load_before = os.getloadavg()[0]
         cpu0 = time.process_time()
         started, mono = time.perf_counter(), time.monotonic()
-        state = asyncio.run(ingest(max_parallel=spec["workers"], force=spec.get("force", False), return_state=True))
+        state = ingest(max_parallel=spec["workers"], force=spec.get("force", False), return_state=True)
         wall = time.perf_counter() - started
         cpu = time.process_time() - cpu0
-        close_run_databases()
         ok = state.is_completed()
         summaries = state.result(raise_on_failure=False) if ok else []
         summaries = summaries if isinstance(summaries, list) else []
         if not ok:
-            from gent_disagreement_rag import store
-            from gent_disagreement_rag.database import Database
             from gent_disagreement_rag.settings import Settings
+            from gent_disagreement_rag.storage import episodes as episode_store
+            from gent_disagreement_rag.storage.database import Database
 
             with Database.from_settings(Settings()) as db:
-                errors = sorted({(r.last_error or "")[:500] for r in store.list_episodes(db) if r.status != "processed"})
+                errors = sorted({(r.last_error or "")[:500] for r in episode_store.list_episodes(db) if r.status != "processed"})
             state_message = f"{state.message}; errors: {errors[:3]}"
         else:
             state_message = state.message
@@ -132,42 +129,32 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
                 "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
                 "episodes": [{"episode": s["episode"], "seconds": s["seconds"], "status": s["status"]}
                              for s in summaries]}
-    # "bare": the same library calls, no Prefect, `workers` episodes at a time in threads
+    # "bare": the library's episode sequence, no Prefect, `workers` episodes at a time in threads
     from concurrent.futures import ThreadPoolExecutor
 
-    from gent_disagreement_rag import pipeline
-    from gent_disagreement_rag.database import Database
+    from gent_disagreement_rag.ingest.context import RunContext
+    from gent_disagreement_rag.ingest.plan import plan_episodes
+    from gent_disagreement_rag.ingest.sequence import process_episode
+    from gent_disagreement_rag.ingest.stages import register_catalogue
     from gent_disagreement_rag.settings import Settings
 
     imported = time.perf_counter()
     load_before = os.getloadavg()[0]
     cpu0 = time.process_time()
     started = time.perf_counter()
-    settings = Settings()
-    db = Database.from_settings(settings)
-    plan = pipeline.plan_episodes(settings, db, None, spec.get("force", False))
+    ctx = RunContext.open(Settings(max_parallel_episodes=spec["workers"]))
+    register_catalogue(ctx)
+    plan = plan_episodes(ctx.settings, ctx.db, None, spec.get("force", False))
 
     def one(job):
         t = time.perf_counter()
-        t_key = pipeline.transcribe_key(settings, job)
-        result = pipeline.transcribe(settings, job)
-        tr = result.transcript
-        pipeline.record_cost(settings, db, "bare", job.episode_id, "transcribe", tr.provider, tr.model, 1, tr.duration, 0)
-        f_key = pipeline.format_key(settings, job, t_key)
-        episode = pipeline.format_episode(settings, job, tr)
-        pipeline.export_key(settings, job, f_key)
-        pipeline.export(settings, job, result.raw, tr, episode)
-        pipeline.embed_key(settings, f_key)
-        batch = pipeline.embed(settings, episode.chunks)
-        e = pipeline.embedder_for(settings)
-        pipeline.record_cost(settings, db, "bare", job.episode_id, "embed", e.provider, e.model, batch.requests, 0.0, batch.tokens)
-        pipeline.store_episode(settings, db, job, episode, batch)
+        process_episode(ctx, job, "bare")
         return {"episode": job.episode_id, "seconds": round(time.perf_counter() - t, 2), "status": "processed"}
 
     with ThreadPoolExecutor(spec["workers"]) as pool:
         episodes = list(pool.map(one, plan.jobs))
     wall = time.perf_counter() - started
-    db.close()
+    ctx.close()
     return {"wall": wall, "cpu": time.process_time() - cpu0, "import_seconds": imported - t0, "ok": True,
             "message": "", "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
             "episodes": episodes}

@@ -374,7 +374,7 @@ def _search_notes(se: dict[str, Any]) -> list[str]:
            "4. **ef_search stays 100.** Recall@10 at 100k varies from one index build to the next (10 builds of this data: "
            "0.952-0.992 at 40, 0.964-0.994 at 60, 0.977-0.999 at 100, one build of 10 under 0.98 at 100); 150 or 200 did "
            "not help. The raw SQL rows above show this run's build.",
-           f"5. **`gdr search`**: the CLI no longer imports the catalogue's pydantic models, feeds (feedparser, httpx), the "
+           "5. **`gdr search`**: the CLI no longer imports the catalogue's pydantic models, feeds (feedparser, httpx), the "
            "Deepgram SDK or PyAV to search (783 -> 582 modules); `make install` compiles the venv's bytecode where Python may "
            "not write it (PYTHONDONTWRITEBYTECODE, as on this machine: ~1.3 s of CPU per process otherwise).", ""]
     if raw and emb:

@@ -26,11 +26,11 @@ RESULTS = REPO_ROOT / "bench" / "results.json"
 CHART = REPO_ROOT / "bench" / "speedup.png"
 REPORT = REPO_ROOT / "BENCHMARKS.md"
 WARM_IMPORTS = (
-    "flows.ingest", "gent_disagreement_rag.cli", "gent_disagreement_rag.search", "gent_disagreement_rag.pipeline",
-    "gent_disagreement_rag.embedders.openai", "gent_disagreement_rag.embedders.local_minilm",
-    "gent_disagreement_rag.transcribers.deepgram", "gent_disagreement_rag.transcribers.local_whisper",
+    "flows.ingest", "gent_disagreement_rag.cli", "gent_disagreement_rag.search", "gent_disagreement_rag.orchestration.flows",
+    "gent_disagreement_rag.providers.embedders.openai", "gent_disagreement_rag.providers.embedders.local_minilm",
+    "gent_disagreement_rag.providers.transcribers.deepgram", "gent_disagreement_rag.providers.transcribers.local_whisper",
     "prefect.flow_engine", "prefect.task_engine", "prefect.server.api.server", "prefect.cli", "uvicorn", "asyncpg",
-    "tests.fakeapi", "bench.parallel", "bench.search_latency", "bench.local_pipeline",
+    "tests.support.fakeapi", "bench.parallel", "bench.search_latency", "bench.local_pipeline",
 )
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import psycopg
 
 from bench.harness import REPO_ROOT, Postgres, load, log, percentile
+from gent_disagreement_rag.search.statements import HNSW_EF_SEARCH
 
 TOPIC_SUBJECTS = ("bees", "central banks", "transistors", "glaciers", "startups", "vaccines", "chess engines",
                   "coral reefs", "railways", "housing markets", "volcanoes", "language models", "marathon runners",
@@ -74,9 +75,9 @@ def build(pg: Postgres, n: int, rng: np.random.Generator) -> dict[str, Any]:
     """A migrated database holding n chunks (segments + local MiniLM vectors), indexed as the store indexes them."""
     from pgvector.psycopg import register_vector
 
-    from gent_disagreement_rag import store
-    from gent_disagreement_rag.embedders import model_id
-    from gent_disagreement_rag.embedders.local_minilm import LocalMiniLMEmbedder
+    from gent_disagreement_rag.providers.embedders import model_id
+    from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
+    from gent_disagreement_rag.storage import segments as segment_store
 
     n_topics = n // CHUNKS_PER_TOPIC
     names = topics(n_topics)
@@ -97,7 +98,7 @@ def build(pg: Postgres, n: int, rng: np.random.Generator) -> dict[str, Any]:
             cur.executemany("INSERT INTO episodes (episode_id, title, status) VALUES (%s, %s, 'processed')",
                             [(f"E{e:04d}", f"Episode {e}") for e in range(n_episodes)])
             cur.execute("INSERT INTO embedding_models (model_id, provider, model, dimensions, index_name) "
-                        "VALUES (%s, 'local', 'all-MiniLM-L6-v2', 384, %s)", (mid, store.index_name(mid)))
+                        "VALUES (%s, 'local', 'all-MiniLM-L6-v2', 384, %s)", (mid, segment_store.index_name(mid)))
             with cur.copy("COPY segments (episode_id, position, speaker, start_seconds, end_seconds, text, token_count) "
                           "FROM STDIN WITH (FORMAT BINARY)") as copy:
                 copy.set_types(["text", "int4", "text", "float8", "float8", "text", "int4"])
@@ -113,16 +114,16 @@ def build(pg: Postgres, n: int, rng: np.random.Generator) -> dict[str, Any]:
                     copy.write_row((mid, f"E{e:04d}", p, vectors[i]))
         conn.commit()
         loaded = time.perf_counter() - started
-        # The store's own index statement (store.ensure_model), built after the bulk load.
+        # The store's own index statement (segment_store.ensure_model), built after the bulk load.
         conn.execute("SET maintenance_work_mem = '1GB'")
         started = time.perf_counter()
-        conn.execute(f"CREATE INDEX {store.index_name(mid)} ON embeddings USING hnsw "
+        conn.execute(f"CREATE INDEX {segment_store.index_name(mid)} ON embeddings USING hnsw "
                      f"((embedding::vector(384)) vector_cosine_ops) WHERE model_id = '{mid}'")
         conn.commit()
         indexed = time.perf_counter() - started
         conn.execute("ANALYZE")
         conn.commit()
-        index_def = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (store.index_name(mid),)).fetchone()[0]
+        index_def = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (segment_store.index_name(mid),)).fetchone()[0]
     return {"url": url, "vectors": vectors, "names": names, "topic_of": topic_of, "load_seconds": round(loaded, 1),
             "index_seconds": round(indexed, 1), "index_def": index_def}
 
@@ -139,15 +140,17 @@ def _row_index(episode_id: str, position: int) -> int:
 
 def library(world: dict[str, Any], queries: list[str]) -> dict[str, Any]:
     from gent_disagreement_rag import search as S
-    from gent_disagreement_rag.database import Database
+    from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMQueryEmbedder
     from gent_disagreement_rag.settings import Settings
+    from gent_disagreement_rag.storage.database import Database
 
     settings = Settings(_env_file=None, database_url=world["url"], embedder="local", transcriber="local")
     db = Database(world["url"], max_size=2)
     db.open()
     out: dict[str, Any] = {}
     try:
-        embedder = S._local_embedder(settings.home)  # the query embedder the library call uses
+        searcher = S.Searcher(settings, db)  # a serving process keeps one: its query embedder is loaded once
+        embedder = LocalMiniLMQueryEmbedder(settings.home)  # the query embedder the library call uses
         cases = (("vector", {"mode": "vector"}), ("hybrid", {"mode": "hybrid"}),
                  ("vector + speaker filter", {"mode": "vector", "speaker": GUESTS[7]}),
                  ("hybrid + speaker filter", {"mode": "hybrid", "speaker": GUESTS[7]}),
@@ -157,12 +160,12 @@ def library(world: dict[str, Any], queries: list[str]) -> dict[str, Any]:
         # without this the first case measured paid for the freshly built index alone).
         for _, options in cases:
             for q in queries[:5]:
-                S.search(q, K, db=db, settings=settings, **options)
+                searcher.search(q, K, **options)
         for name, options in cases:
             times, counts, exact_fallbacks, recalls = [], [], 0, []
             for q in queries:
                 t = time.perf_counter()
-                hits = S.search(q, K, db=db, settings=settings, **options)
+                hits = searcher.search(q, K, **options)
                 times.append(time.perf_counter() - t)
                 counts.append(len(hits))
                 exact_fallbacks += hits.exact_fallback
@@ -195,7 +198,7 @@ def library(world: dict[str, Any], queries: list[str]) -> dict[str, Any]:
 
         with psycopg.connect(world["url"], autocommit=True) as conn:
             register_vector(conn)
-            for ef in dict.fromkeys((S.HNSW_EF_SEARCH, 60, 40)):
+            for ef in dict.fromkeys((HNSW_EF_SEARCH, 60, 40)):
                 conn.execute(f"SET hnsw.ef_search = {ef}")
                 times, recalls = [], []
                 for qv in qvs:
@@ -209,7 +212,7 @@ def library(world: dict[str, Any], queries: list[str]) -> dict[str, Any]:
                     "p50_ms": round(percentile(times, 50) * 1000, 1), "p95_ms": round(percentile(times, 95) * 1000, 1),
                     "recall_at_10": round(float(np.mean(recalls)), 4), "load": load()}
         log(f"    query embedding alone: p95 {out['query embedding only']['p95_ms']} ms; raw SQL HNSW scan "
-            f"(ef_search {S.HNSW_EF_SEARCH}): p95 {out[f'raw SQL HNSW scan only, ef_search {S.HNSW_EF_SEARCH}']['p95_ms']} ms")
+            f"(ef_search {HNSW_EF_SEARCH}): p95 {out[f'raw SQL HNSW scan only, ef_search {HNSW_EF_SEARCH}']['p95_ms']} ms")
     finally:
         db.close()
     return out
@@ -246,7 +249,7 @@ def cli(world: dict[str, Any], queries: list[str], runs: int) -> dict[str, Any]:
 
 
 def hnsw_settings() -> dict[str, Any]:
-    from gent_disagreement_rag import search as S
+    from gent_disagreement_rag.search import statements as S
 
     return {"m": 16, "ef_construction": 64, "ef_search": S.HNSW_EF_SEARCH, "iterative_scan": "relaxed_order",
             "max_scan_tuples": S.HNSW_MAX_SCAN_TUPLES, "distance": "cosine (vector_cosine_ops)"}

@@ -12,10 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from gent_disagreement_rag.database import Database, migrate
 from gent_disagreement_rag.settings import Settings
-from tests.builders import free_port
-from tests.fakeapi import FakeAPI
+from gent_disagreement_rag.storage.database import Database
+from gent_disagreement_rag.storage.schema import migrate
+from tests.support.builders import free_port
+from tests.support.fakeapi import FakeAPI
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,11 +31,11 @@ def pg_server() -> Iterator[str]:
 
     Not under pytest's tmp dir: pytest keeps that 0700, and postgres runs as another OS user when we are root.
     """
-    from gent_disagreement_rag.database import _embedded_server, stop_embedded
+    from gent_disagreement_rag.storage.embedded import embedded_server, stop_embedded
 
     home = Path(tempfile.mkdtemp(prefix="gdr-test-pg-"))
     home.chmod(0o755)
-    server = _embedded_server(home / "pgdata")
+    server = embedded_server(home / "pgdata")
     yield server.get_uri()
     stop_embedded(Settings(_env_file=None, gdr_home=home))
     shutil.rmtree(home, ignore_errors=True)

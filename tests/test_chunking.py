@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gent_disagreement_rag.chunking import (
+from gent_disagreement_rag.providers.transcribers.deepgram import parse_deepgram_response
+from gent_disagreement_rag.text.chunking import (
     CHUNKER_VERSION,
     DEFAULT_MAX_TOKENS,
     Chunk,
@@ -23,10 +24,9 @@ from gent_disagreement_rag.chunking import (
     speaker_name,
     speaker_turns,
 )
-from gent_disagreement_rag.embedders.tokens import count_tokens
-from gent_disagreement_rag.transcribers.deepgram import parse_deepgram_response
+from gent_disagreement_rag.text.tokens import count_tokens
 from gent_disagreement_rag.transcript import Transcript, Word
-from tests.builders import DEEPGRAM_FIXTURE_FILES, DEEPGRAM_FIXTURES_DIR
+from tests.support.builders import DEEPGRAM_FIXTURE_FILES, DEEPGRAM_FIXTURES_DIR
 
 FIXTURES = DEEPGRAM_FIXTURES_DIR
 FIXTURE_FILES = DEEPGRAM_FIXTURE_FILES

@@ -8,7 +8,11 @@ import numpy as np
 import onnx
 import pytest
 
-from gent_disagreement_rag.embedders.local_minilm import LocalMiniLMEmbedder, LocalMiniLMQueryEmbedder
+from gent_disagreement_rag.providers.embedders.local_minilm import (
+    LocalMiniLMEmbedder,
+    LocalMiniLMQueryEmbedder,
+    query_model_path,
+)
 
 TEXTS = [
     "Why do experts disagree so often?",
@@ -37,11 +41,13 @@ def test_query_vectors_are_close_to_the_stored_models_and_batch_independent(home
 
 
 def test_query_model_is_built_once_with_int8_matmuls(home: Path) -> None:
-    path = LocalMiniLMQueryEmbedder(home).model_path
+    LocalMiniLMQueryEmbedder(home).embed(["a first query builds the model"])
+    path = query_model_path(home)
     assert path.parent == home / "models" and path.exists()
     built = path.stat().st_mtime_ns
-    assert LocalMiniLMQueryEmbedder(home).model_path == path and path.stat().st_mtime_ns == built
+    LocalMiniLMQueryEmbedder(home).embed(["a second embedder reuses it"])
+    assert query_model_path(home) == path and path.stat().st_mtime_ns == built
     ops = [node.op_type for node in onnx.load(str(path)).graph.node]
     assert ops.count("DynamicQuantizeMatMul") == 36  # 6 layers: Q, K, V, output, two feed-forward
     assert "MatMul" in ops  # the attention products (activations on both sides) stay fp32
-    assert not list(home.glob("models/.minilm-query-*"))  # no staging file left behind
+    assert not list(home.glob("models/.*.tmp"))  # no staging file left behind

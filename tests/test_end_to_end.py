@@ -6,16 +6,15 @@ Postgres, and the questions written for the samples must find the answering turn
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import shutil
 
 import pytest
 
-from gent_disagreement_rag import store
-from gent_disagreement_rag.database import Database
 from gent_disagreement_rag.search import search
+from gent_disagreement_rag.storage import episodes as episode_store
+from gent_disagreement_rag.storage.database import Database
 from tests.conftest import REPO_ROOT
 
 QUESTIONS = json.loads((REPO_ROOT / "tests" / "search_questions.json").read_text())
@@ -26,9 +25,9 @@ def ingested(tmp_path_factory, pg_server, prefect_api):
     """The sample catalogue ingested once for this module with the local providers; yields its Settings."""
     import psycopg
 
-    from flows.ingest import close_run_databases, ingest
-    from gent_disagreement_rag.database import migrate
+    from gent_disagreement_rag.orchestration.flows import ingest
     from gent_disagreement_rag.settings import Settings
+    from gent_disagreement_rag.storage.schema import migrate
 
     home = tmp_path_factory.mktemp("e2e")
     with psycopg.connect(pg_server, autocommit=True) as conn:
@@ -48,15 +47,14 @@ def ingested(tmp_path_factory, pg_server, prefect_api):
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
-        state = asyncio.run(ingest(return_state=True))
-        close_run_databases()
+        state = ingest(return_state=True)
         assert state.is_completed(), state.message
         yield Settings(_env_file=None)
 
 
 def test_every_sample_episode_is_processed_with_speakers_and_exports(ingested) -> None:
     with Database.from_settings(ingested) as db:
-        episodes = store.list_episodes(db)
+        episodes = episode_store.list_episodes(db)
         with db.connection() as conn:
             speakers = {r[0] for r in conn.execute("SELECT DISTINCT speaker FROM segments")}
     assert len(episodes) == 4 and all(e.status == "processed" and e.segments > 0 for e in episodes)

@@ -13,16 +13,17 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 
-from gent_disagreement_rag import exports
-from gent_disagreement_rag.chunking import chunk_transcript
-from gent_disagreement_rag.exports import (
+from gent_disagreement_rag import files
+from gent_disagreement_rag.files import write_atomic
+from gent_disagreement_rag.ingest.reformat import reformat_raw
+from gent_disagreement_rag.ingest.stages import write_exports
+from gent_disagreement_rag.text.chunking import chunk_transcript
+from gent_disagreement_rag.text.exports import (
     CAPTION_LINE_CHARS,
     CAPTION_MAX_SECONDS,
     caption_cues,
-    export_episode,
     format_timestamp,
-    reformat_raw,
-    write_atomic,
+    render_exports,
 )
 from gent_disagreement_rag.transcript import Transcript
 from tests.test_chunking import FIXTURE_FILES, FIXTURES, load_fixture, transcripts
@@ -57,6 +58,11 @@ def parse_captions(text: str, time: str) -> list[tuple[float, float, list[str]]]
 def characters(texts: list[str]) -> str:
     """Every non-space character in order: what captions must keep of the words, however joined."""
     return re.sub(r"\s", "", "".join(texts))
+
+
+def export_episode(folder: Path, stem: str, raw: dict, transcript: Transcript, chunks: list, title: str,
+                   speakers_map: dict[str, str]) -> dict[str, Path]:
+    return write_exports(folder, render_exports(stem, raw, transcript, chunks, title, speakers_map))
 
 
 def assert_well_timed(cues: list[tuple[float, float, list[str]]]) -> None:
@@ -189,7 +195,7 @@ def test_interrupted_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytes
     def crash(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(exports.os, fail_in, crash)
+    monkeypatch.setattr(files.os, fail_in, crash)
     with pytest.raises(OSError, match="disk full"):
         write_atomic(target, "new " * 10_000)
     monkeypatch.undo()
@@ -225,7 +231,7 @@ def test_reformat_raw_hands_local_responses_to_the_local_parser(
         seen.append(raw)
         return transcript
 
-    fake = types.ModuleType("gent_disagreement_rag.transcribers.local_whisper")
+    fake = types.ModuleType("gent_disagreement_rag.providers.transcribers.local_whisper")
     fake.parse_local_response = parse_local_response  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, fake.__name__, fake)
     raw_path = tmp_path / "local.raw.json"

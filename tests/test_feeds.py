@@ -24,14 +24,15 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 from typer.testing import CliRunner
 
-from gent_disagreement_rag import store
 from gent_disagreement_rag.cli import app
-from gent_disagreement_rag.database import Database
 from gent_disagreement_rag.errors import PermanentProviderError, TransientProviderError
-from gent_disagreement_rag.feeds import FeedItem, download_enclosure, parse_feed
 from gent_disagreement_rag.settings import Settings
-from tests.builders import app_environment, make_audio
-from tests.fakeapi import LISTEN, FakeAPI
+from gent_disagreement_rag.sources.feeds import FeedItem, download_enclosure, parse_feed
+from gent_disagreement_rag.storage import costs as cost_store
+from gent_disagreement_rag.storage import episodes as episode_store
+from gent_disagreement_rag.storage.database import Database
+from tests.support.builders import app_environment, make_audio
+from tests.support.fakeapi import LISTEN, FakeAPI
 from tests.test_flows import run_ingest, statuses
 
 SPEAKERS = {"0": "Ann", "1": "Bob"}
@@ -360,7 +361,7 @@ def test_a_changed_enclosure_is_downloaded_and_processed_again(
     [current] = settings.audio_dir.iterdir()  # the old enclosure's file is gone
     assert current.name not in first and current.read_bytes() == new
     with Database.from_settings(settings) as db:
-        [row] = store.list_episodes(db, [episode])
+        [row] = episode_store.list_episodes(db, [episode])
     assert (row.status, row.processed_sha256) == ("processed", hashlib.sha256(new).hexdigest())
 
 
@@ -374,13 +375,13 @@ def gdr(*args: str) -> str:
 
 
 def test_gdr_costs_per_episode_and_total(db: Database, show: FeedServer) -> None:
-    store.sync_catalogue(db, [])
-    store.sync_feed(db, parse_feed(show.rss().encode()), SPEAKERS)
+    episode_store.sync_catalogue(db, [])
+    episode_store.sync_feed(db, parse_feed(show.rss().encode()), SPEAKERS)
     one, two = feed_id("tag:show,2024:1"), feed_id("tag:show,2024:2")
     calls = [(one, "transcribe", "deepgram", 1, 600.0, 0, 0.043), (one, "embed", "openai", 1, 0.0, 2000, 0.00004),
              (two, "transcribe", "deepgram", 1, 120.0, 0, 0.0086)]
     for episode, stage, provider, requests, seconds, tokens, cost in calls:
-        store.record_call(db, run_id="r1", episode_id=episode, stage=stage, provider=provider, model="m",
+        cost_store.record_call(db, run_id="r1", episode_id=episode, stage=stage, provider=provider, model="m",
                           requests=requests, audio_seconds=seconds, tokens=tokens, cost_usd=cost)
     with db.connection() as conn:
         conn.execute("UPDATE provider_calls SET created_at = '2024-01-01' WHERE episode_id = %s", (two,))

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 
 import pytest
 
-from gent_disagreement_rag import store
-from gent_disagreement_rag.database import Database
 from gent_disagreement_rag.settings import Settings
-from tests.builders import app_environment, make_audio
-from tests.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_error, for_audio, sha256_of
+from gent_disagreement_rag.storage import episodes as episode_store
+from gent_disagreement_rag.storage import segments as segment_store
+from gent_disagreement_rag.storage.database import Database
+from tests.support.builders import app_environment, make_audio
+from tests.support.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_error, for_audio, sha256_of
 
 
 @pytest.fixture
@@ -29,17 +29,15 @@ def catalogue(settings: Settings, fake_api: FakeAPI, monkeypatch: pytest.MonkeyP
 
 
 def run_ingest(**parameters):
-    from flows.ingest import close_run_databases, ingest
+    """The `ingest` flow as a deployment runs it: settings from the environment, its own context."""
+    from gent_disagreement_rag.orchestration.flows import ingest
 
-    try:
-        return asyncio.run(ingest(**parameters, return_state=True))
-    finally:
-        close_run_databases()
+    return ingest(**parameters, return_state=True)
 
 
 def statuses(settings: Settings) -> dict[str, tuple[str, int, str | None]]:
     with Database.from_settings(settings) as db:
-        return {e.episode_id: (e.status, e.segments, e.last_error) for e in store.list_episodes(db)}
+        return {e.episode_id: (e.status, e.segments, e.last_error) for e in episode_store.list_episodes(db)}
 
 
 def test_six_episodes_three_at_a_time_then_a_rerun_costs_nothing(settings, catalogue, fake_api) -> None:
@@ -61,13 +59,7 @@ def test_six_episodes_three_at_a_time_then_a_rerun_costs_nothing(settings, catal
 
 def test_the_longest_episodes_start_first(settings, catalogue, fake_api) -> None:
     """Longest first (by audio size) so that parallel workers finish together; catalogue order breaks ties."""
-    from flows.ingest import close_run_databases, ingest, run_database
-
-    try:
-        assert asyncio.run(ingest(max_parallel=1, return_state=True)).is_completed()
-        assert run_database(Settings()).pool.max_size == 1 + 2  # the run's pool follows max_parallel, not the default 3
-    finally:
-        close_run_databases()
+    assert run_ingest(max_parallel=1).is_completed()
     started = [hashlib.sha256(r.body).hexdigest() for r in fake_api.requests_to(LISTEN)]
     by_size = sorted(catalogue, key=lambda e: (settings.audio_dir / f"{e}.mp3").stat().st_size, reverse=True)
     assert started == [sha256_of(settings.audio_dir / f"{e}.mp3") for e in by_size]
@@ -111,7 +103,7 @@ def test_changing_the_embedding_model_re_embeds_without_transcribing(settings, c
     assert len(fake_api.requests_to(EMBEDDINGS)) == embeds + 1
     assert fake_api.requests_to(EMBEDDINGS)[-1].json["dimensions"] == 512
     with Database.from_settings(settings) as db:
-        models = {m: n for m, _, n in store.embedding_model_counts(db)}
+        models = {m: n for m, _, n in segment_store.embedding_model_counts(db)}
     assert set(models) == {"openai/text-embedding-3-small@1536", "openai/text-embedding-3-small@512"}
     assert models["openai/text-embedding-3-small@1536"] == models["openai/text-embedding-3-small@512"] > 0
 
@@ -126,8 +118,8 @@ def test_changing_the_chunker_re_chunks_without_transcribing(settings, catalogue
 
 
 def test_an_episode_claimed_by_another_run_is_left_to_it(settings, catalogue, fake_api) -> None:
-    claim = store.claim_episode(settings.external_database_url(), "EP-0")  # as another process's run would
-    assert claim is not None and store.claim_episode(settings.external_database_url(), "EP-0") is None
+    claim = episode_store.claim_episode(settings.external_database_url(), "EP-0")  # as another process's run would
+    assert claim is not None and episode_store.claim_episode(settings.external_database_url(), "EP-0") is None
     try:
         state = run_ingest(episode_ids=["EP-0", "EP-1"])
     finally:

@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gent_disagreement_rag.embedders.openai import OpenAIEmbedder
-from gent_disagreement_rag.embedders.tokens import count_tokens, decode, encode
 from gent_disagreement_rag.errors import (
     AuthenticationError,
     ConfigError,
@@ -22,9 +20,13 @@ from gent_disagreement_rag.errors import (
     QuotaExhaustedError,
     TransientProviderError,
 )
+from gent_disagreement_rag.providers.audio import audio_seconds
+from gent_disagreement_rag.providers.embedders.openai import OpenAIEmbedder
+from gent_disagreement_rag.providers.http import retry_after_seconds
+from gent_disagreement_rag.providers.transcribers.deepgram import DeepgramTranscriber
 from gent_disagreement_rag.settings import Settings
-from gent_disagreement_rag.transcribers.deepgram import DeepgramTranscriber, audio_seconds, retry_after_seconds
-from tests.fakeapi import (
+from gent_disagreement_rag.text.tokens import count_tokens, decode, encode
+from tests.support.fakeapi import (
     DEEPGRAM_KEY,
     EMBEDDINGS,
     LISTEN,
@@ -165,7 +167,7 @@ def test_deepgram_slow_answer_times_out_as_transient(fake_api: FakeAPI, audio: P
 
 def test_deepgram_concurrency_cap_is_shared(fake_api: FakeAPI, tmp_path: Path) -> None:
     settings = make_settings(fake_api, tmp_path, deepgram_max_concurrency=2)
-    transcribers = [DeepgramTranscriber.from_settings(settings) for _ in range(3)]  # episodes share the cap
+    transcriber = DeepgramTranscriber.from_settings(settings)  # one per run: every episode of the run shares its cap
     fake_api.deepgram_latency = (0.15, 0.0)
     files = []
     for i in range(6):
@@ -173,7 +175,7 @@ def test_deepgram_concurrency_cap_is_shared(fake_api: FakeAPI, tmp_path: Path) -
         files[-1].write_bytes(b"episode %d" % i)
 
     with ThreadPoolExecutor(6) as pool:
-        list(pool.map(lambda i: transcribers[i % 3].transcribe(files[i]), range(6)))
+        list(pool.map(transcriber.transcribe, files))
 
     assert len(fake_api.requests) == 6
     assert fake_api.peak_concurrency(LISTEN) == 2

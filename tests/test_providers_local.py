@@ -20,11 +20,10 @@ import jiwer
 import numpy as np
 import pytest
 
-from gent_disagreement_rag.embedders.local_minilm import LocalMiniLMEmbedder
 from gent_disagreement_rag.errors import ConfigError, PermanentProviderError
-from gent_disagreement_rag.settings import Settings
-from gent_disagreement_rag.transcribers.diarize import assign_speakers
-from gent_disagreement_rag.transcribers.local_whisper import (
+from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
+from gent_disagreement_rag.providers.transcribers.diarize import assign_speakers
+from gent_disagreement_rag.providers.transcribers.local_whisper import (
     SAMPLE_RATE,
     WHISPER_BASE_BYTES,
     LocalWhisperTranscriber,
@@ -33,6 +32,7 @@ from gent_disagreement_rag.transcribers.local_whisper import (
     piece_bounds,
     shipped_whisper_base,
 )
+from gent_disagreement_rag.settings import Settings
 
 # espeak-ng 1.51 ignores a variant after "en-gb" ("en-gb+f3" is still the male voice); Whisper base
 # understands the American female variant best (WER 6 % against 20 % for "en+f3").

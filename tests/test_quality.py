@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gent_disagreement_rag.errors import QualityGateError
-from gent_disagreement_rag.quality import check_transcript, enforce
+from gent_disagreement_rag.text.quality import check_transcript, enforce
 from gent_disagreement_rag.transcript import Transcript, Word
 from tests.test_chunking import FIXTURE_FILES, FIXTURES, load_fixture
 

@@ -7,7 +7,6 @@ tests/fakeapi.py, which injects the faults. Nothing of ours is mocked.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -27,12 +26,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from gent_disagreement_rag import store
-from gent_disagreement_rag.database import Database
+from gent_disagreement_rag.ingest.context import RunContext
+from gent_disagreement_rag.ingest.retry import RETRIES
 from gent_disagreement_rag.settings import Settings
-from flows.ingest import RETRIES
+from gent_disagreement_rag.storage import episodes as episode_store
+from gent_disagreement_rag.storage import segments as segment_store
+from gent_disagreement_rag.storage.database import Database
 from tests.conftest import REPO_ROOT
-from tests.fakeapi import (
+from tests.support.fakeapi import (
     DEEPGRAM_KEY,
     EMBEDDINGS,
     LISTEN,
@@ -130,9 +131,9 @@ class World:
     def output(self, name: str) -> str:
         return (self.tmp / f"{name}.out").read_text() + (self.tmp / f"{name}.err").read_text()
 
-    def rows(self) -> dict[str, store.EpisodeRow]:
+    def rows(self) -> dict[str, episode_store.EpisodeRow]:
         with Database.from_settings(self.settings) as db:
-            return {row.episode_id: row for row in store.list_episodes(db)}
+            return {row.episode_id: row for row in episode_store.list_episodes(db)}
 
     def statuses(self) -> dict[str, str]:
         return {e: row.status for e, row in self.rows().items()}
@@ -193,14 +194,15 @@ def world(tmp_path: Path, fresh_db_url: str, fake_api: FakeAPI, prefect_api: str
             proc.wait()
 
 
-def run_flow(stats: dict[str, int] | None = None, **parameters: Any):
-    """The `ingest` flow in this process; afterwards every pooled connection must be back in its pool
-    (the pool's final statistics go into `stats`)."""
-    from flows.ingest import close_run_databases, ingest, run_database
+def run_flow(stats: dict[str, int] | None = None, ctx: RunContext | None = None, **parameters: Any):
+    """The `ingest` flow in this process, on `ctx` or a context from the environment's settings; afterwards
+    every pooled connection must be back in its pool (the pool's final statistics go into `stats`)."""
+    from gent_disagreement_rag.orchestration.flows import ingest
 
+    ctx = ctx or RunContext.open(Settings(_env_file=None))
     try:
-        state = asyncio.run(ingest(**parameters, return_state=True))
-        pool = run_database(Settings(_env_file=None)).pool
+        state = ingest(**parameters, ctx=ctx, return_state=True)
+        pool = ctx.db.pool
         # (a connection the pool is still opening in the background counts in pool_size: give it a moment)
         wait_for(lambda: pool.get_stats()["pool_available"] == pool.get_stats()["pool_size"], timeout=15,
                  what=f"every connection back in the pool: {pool.get_stats()}")
@@ -208,7 +210,7 @@ def run_flow(stats: dict[str, int] | None = None, **parameters: Any):
             stats.update(pool.get_stats())
         return state
     finally:
-        close_run_databases()
+        ctx.close()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 120, what: str = "condition") -> Any:
@@ -478,7 +480,7 @@ def backends(world: World, where: str = "true") -> int:
 def test_sigkill_while_storing_then_resume(world: World) -> None:
     ids = world.catalogue([f"S-{i}" for i in range(6)])
     with Database.from_settings(world.settings) as db:
-        store.ensure_model(db, MODEL_ID, "openai", "text-embedding-3-small", 1536)
+        segment_store.ensure_model(db, MODEL_ID, "openai", "text-embedding-3-small", 1536)
     with psycopg.connect(world.url) as locker:
         # Holding the model's row blocks each store transaction at its embeddings COPY: segments already
         # copied, nothing committed. The kill lands there.
@@ -562,7 +564,7 @@ def test_two_ingest_runs_at_once_over_the_same_catalogue(world: World) -> None:
 
 
 def test_postgres_down_at_start_is_one_clear_line_and_exit_code_1(world: World) -> None:
-    from tests.builders import free_port
+    from tests.support.builders import free_port
 
     world.catalogue(["Z-0"])
     url = f"postgresql://gdr:{DB_PASSWORD}@127.0.0.1:{free_port()}/gdr"  # nothing listens there
@@ -579,7 +581,7 @@ def test_postgres_down_at_start_is_one_clear_line_and_exit_code_1(world: World) 
 @pytest.fixture
 def own_postgres() -> Any:
     """A Postgres of this test's own, to stop and start without disturbing the session's."""
-    from gent_disagreement_rag.database import embedded_url, stop_embedded
+    from gent_disagreement_rag.storage.embedded import embedded_url, stop_embedded
 
     home = Path(tempfile.mkdtemp(prefix="gdr-test-restart-"))
     home.chmod(0o755)
@@ -593,11 +595,11 @@ def own_postgres() -> Any:
 
 
 def restart_postgres(settings: Settings, down_seconds: float) -> None:
-    from gent_disagreement_rag.database import _embedded_server, stop_embedded
+    from gent_disagreement_rag.storage.embedded import embedded_server, stop_embedded
 
     assert stop_embedded(settings)
     time.sleep(down_seconds)
-    _embedded_server(settings.pgdata)
+    embedded_server(settings.pgdata)
 
 
 @pytest.mark.slow
@@ -664,15 +666,12 @@ def task_runs(name: str) -> list[Any]:
 
 @pytest.mark.slow
 def test_sixteen_workers_on_a_pool_of_three_wait_for_connections(world: World, monkeypatch) -> None:
-    from flows.ingest import run_database
-
-    monkeypatch.setenv("MAX_PARALLEL_EPISODES", "1")
-    # A run sizes its pool from its max_parallel; one made earlier in the process (here: for 1 episode at a time,
-    # 1 + 2 connections) is reused as it is, so 16 workers share 3 connections.
-    run_database(Settings(_env_file=None))
+    # A run given its context uses that context's pool as it is: here 3 connections for 16 workers.
+    settings = Settings(_env_file=None)
+    ctx = RunContext(settings, Database.from_settings(settings, max_size=3))
     ids = world.catalogue([f"W-{i:02d}" for i in range(16)])
     with Database.from_settings(world.settings) as db:
-        store.ensure_model(db, MODEL_ID, "openai", "text-embedding-3-small", 1536)
+        segment_store.ensure_model(db, MODEL_ID, "openai", "text-embedding-3-small", 1536)
     locker = psycopg.connect(world.url)  # three stores hold the three connections until released
     locker.execute("SELECT 1 FROM embedding_models WHERE model_id = %s FOR UPDATE", (MODEL_ID,))
     waiting: list[int] = []
@@ -681,7 +680,7 @@ def test_sixteen_workers_on_a_pool_of_three_wait_for_connections(world: World, m
         try:
             wait_for(lambda: backends(world, "wait_event_type = 'Lock' AND query LIKE 'COPY embeddings%'") == 3,
                      what="three stores holding the three connections")
-            pool = run_database(Settings(_env_file=None)).pool  # the run's own, created before any store
+            pool = ctx.db.pool
             wait_for(lambda: pool.get_stats().get("requests_waiting", 0) >= 10, what="the pool to run dry")
             waiting.append(pool.get_stats()["requests_waiting"])
         finally:
@@ -690,7 +689,7 @@ def test_sixteen_workers_on_a_pool_of_three_wait_for_connections(world: World, m
     chaos = threading.Thread(target=release_when_exhausted)
     chaos.start()
     stats: dict[str, int] = {}
-    state = run_flow(stats, max_parallel=16)
+    state = run_flow(stats, ctx, max_parallel=16)
     chaos.join()
     locker.close()
 
@@ -756,7 +755,12 @@ def prefect_texts(since: Any) -> list[str]:
     """Everything the Prefect API holds about runs started after `since`: state messages, logs, artifacts."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
-        FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+        LogFilter,
+        LogFilterFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
     )
 
     texts = []

@@ -21,12 +21,8 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from gent_disagreement_rag import search as search_module
-from gent_disagreement_rag import store
-from gent_disagreement_rag.catalogue import CatalogueEntry, load_catalogue
 from gent_disagreement_rag.cli import app
-from gent_disagreement_rag.database import Database, migrate
-from gent_disagreement_rag.embedders.local_minilm import LocalMiniLMEmbedder
+from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
 from gent_disagreement_rag.search import (
     DEFAULT_MODE,
     RRF_K,
@@ -34,12 +30,21 @@ from gent_disagreement_rag.search import (
     SearchError,
     choose_model,
     deep_link,
+    engine,
     explain,
     format_time,
     search,
+    statements,
+    text_query,
 )
 from gent_disagreement_rag.settings import Settings
-from tests.builders import StoredSegment
+from gent_disagreement_rag.sources.catalogue import CatalogueEntry, load_catalogue
+from gent_disagreement_rag.storage import episodes as episode_store
+from gent_disagreement_rag.storage import segments as segment_store
+from gent_disagreement_rag.storage.database import Database
+from gent_disagreement_rag.storage.schema import migrate
+from gent_disagreement_rag.text.chunking import Chunk
+from tests.support.builders import segment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_MODEL = "local/all-MiniLM-L6-v2@384"
@@ -69,9 +74,9 @@ def module_database(pg_server: str, home: Path) -> Iterator[tuple[Settings, Data
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def put(db: Database, episode_id: str, segs: list[StoredSegment], vectors: np.ndarray, model_id: str = LOCAL_MODEL) -> None:
+def put(db: Database, episode_id: str, segs: list[Chunk], vectors: np.ndarray, model_id: str = LOCAL_MODEL) -> None:
     provider, rest = model_id.split("/", 1)
-    store.store_episode(db, episode_id, segs, model_id=model_id, provider=provider, model=rest.split("@")[0],
+    segment_store.store_episode(db, episode_id, segs, model_id=model_id, provider=provider, model=rest.split("@")[0],
                         vectors=vectors)
 
 
@@ -85,10 +90,10 @@ def unit(v: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def samples(pg_server: str, tmp_path_factory: pytest.TempPathFactory, embedder) -> Iterator[tuple[Settings, Database]]:
     with module_database(pg_server, tmp_path_factory.mktemp("samples")) as (settings, db):
-        store.sync_catalogue(db, load_catalogue(REPO_ROOT / "data" / "episodes.json"))
+        episode_store.sync_catalogue(db, load_catalogue(REPO_ROOT / "data" / "episodes.json"))
         for path in sorted((REPO_ROOT / "data" / "samples").glob("*.script.json")):
             script = json.loads(path.read_text())
-            segs = [StoredSegment(i, t["speaker_name"], t["start"], t["end"], t["text"], len(t["text"].split()))
+            segs = [segment(i, t["speaker_name"], t["start"], t["end"], t["text"], len(t["text"].split()))
                     for i, t in enumerate(script["turns"])]
             put(db, str(script["episode_id"]), segs, embedder.embed([s.text for s in segs]).vectors)
         yield settings, db
@@ -266,14 +271,14 @@ def synthetic(pg_server: str, tmp_path_factory: pytest.TempPathFactory, embedder
     topic_vectors = embedder.embed(TOPICS).vectors
     with module_database(pg_server, tmp_path_factory.mktemp("synthetic")) as (settings, db):
         start = date(2024, 1, 1)
-        store.sync_catalogue(db, [
+        episode_store.sync_catalogue(db, [
             CatalogueEntry(episode_id=f"S{e:02d}", title=f"Synthetic {e}", file_name=f"S{e:02d}.mp3",
                            published=start + timedelta(weeks=e), audio_url=f"https://example.org/S{e:02d}.mp3")
             for e in range(SYNTH_EPISODES)
         ])
         for e in range(SYNTH_EPISODES):
             topics = [(e * 7 + p * 3) % len(TOPICS) for p in range(SYNTH_CHUNKS)]
-            segs = [StoredSegment(p, synth_speaker(e, p), p * 20.0, p * 20.0 + 19.0, f"{TOPICS[t]} Part {e}.{p}.", 20)
+            segs = [segment(p, synth_speaker(e, p), p * 20.0, p * 20.0 + 19.0, f"{TOPICS[t]} Part {e}.{p}.", 20)
                     for p, t in enumerate(topics)]
             vectors = unit(topic_vectors[topics] + rng.normal(scale=0.015, size=(SYNTH_CHUNKS, 384)))
             put(db, f"S{e:02d}", segs, vectors)
@@ -287,13 +292,13 @@ def index_plans(monkeypatch: pytest.MonkeyPatch) -> None:
     """At 2,000 rows an exact scan rightly beats the HNSW index (Postgres prefers a sequential scan; the
     search ranks a selective speaker's chunks exactly); discourage both so these tests exercise the
     index path (at 100k chunks the planner picks it by itself)."""
-    monkeypatch.setattr(search_module, "PLANNER_SETTINGS", {"enable_seqscan": "off", "enable_sort": "off"})
-    monkeypatch.setattr(search_module, "GRAPH_ROW_COST", 0)
+    monkeypatch.setattr(statements, "PLANNER_SETTINGS", {"enable_seqscan": "off", "enable_sort": "off"})
+    monkeypatch.setattr(statements, "GRAPH_ROW_COST", 0)
 
 
 def test_vector_search_uses_the_models_hnsw_index(synthetic, index_plans) -> None:
     settings, db = synthetic
-    index = store.index_name(LOCAL_MODEL)
+    index = segment_store.index_name(LOCAL_MODEL)
     for options in ({"mode": "vector"}, {"mode": "hybrid"}, {"mode": "vector", "speaker": RARE},
                     {"mode": "hybrid", "since": "2024-03-01", "context": 1}):
         plan = explain("bees wintering in the hive", 5, settings=settings, db=db, **options)
@@ -308,16 +313,16 @@ def test_selective_speaker_filter_still_returns_k(synthetic, index_plans) -> Non
         assert len(hits) == 5 and {h.speaker for h in hits} == {RARE}, (mode, hits)
         assert not hits.exact_fallback  # the iterative HNSW scan found them, not the exact rerun
     plan = explain(query, 5, analyze=True, speaker=RARE, mode="vector", settings=settings, db=db)
-    assert f"Index Scan using {store.index_name(LOCAL_MODEL)}" in plan and "Rows Removed by Filter" in plan, plan
+    assert f"Index Scan using {segment_store.index_name(LOCAL_MODEL)}" in plan and "Rows Removed by Filter" in plan, plan
     # The top vector hits are on topic (the rare speaker has two honeybee chunks).
     hits = search(query, 3, speaker=RARE, mode="vector", settings=settings, db=db)
     assert ["Honeybees" in h.text for h in hits] == [True, True, False]
     # Without iterative scans the same statement starves: the filter is selective enough to matter.
-    request = search_module._validate(query, 5, episode=None, speaker=RARE, since=None, mode="vector", context=0,
+    request = engine._validate(query, 5, episode=None, speaker=RARE, since=None, mode="vector", context=0,
                                       model_id=None)
     with db.connection() as conn:
-        prepared = search_module._prepare(conn, request, settings)
-        search_module._scan_settings(conn)
+        prepared = engine.Searcher(settings, db)._prepare(conn, request)
+        statements.scan_settings(conn)
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'off', true)")  # ef_search stays as set
         rows = conn.execute(prepared.statement, prepared.params).fetchall()
     assert len(rows) < 5
@@ -327,16 +332,16 @@ def test_selective_speaker_is_ranked_exactly_with_the_graph_walks_results(synthe
     settings, db = synthetic
     query = "bees wintering in the hive"
     # RARE owns 40 of 2,000 chunks: ranking them all is cheaper than walking the graph for 5 of them.
-    assert search_module.exact_is_cheaper(40, 5, 2_000)
-    assert search_module.exact_is_cheaper(1_000, 10, 100_000) and not search_module.exact_is_cheaper(50_000, 10, 100_000)
+    assert statements.exact_is_cheaper(40, 5, 2_000)
+    assert statements.exact_is_cheaper(1_000, 10, 100_000) and not statements.exact_is_cheaper(50_000, 10, 100_000)
     for mode in ("vector", "hybrid"):
         plan = explain(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
-        assert store.index_name(LOCAL_MODEL) not in plan, plan
+        assert segment_store.index_name(LOCAL_MODEL) not in plan, plan
         exact = search(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
         with monkeypatch.context() as m:  # the same search through the graph
-            m.setattr(search_module, "PLANNER_SETTINGS", {"enable_seqscan": "off", "enable_sort": "off"})
-            m.setattr(search_module, "GRAPH_ROW_COST", 0)
-            assert store.index_name(LOCAL_MODEL) in explain(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
+            m.setattr(statements, "PLANNER_SETTINGS", {"enable_seqscan": "off", "enable_sort": "off"})
+            m.setattr(statements, "GRAPH_ROW_COST", 0)
+            assert segment_store.index_name(LOCAL_MODEL) in explain(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
             graph = search(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
         assert [(h.episode_id, h.position) for h in exact] == [(h.episode_id, h.position) for h in graph], mode
         assert not exact.exact_fallback and {h.speaker for h in exact} == {RARE}
@@ -373,8 +378,8 @@ def test_rrf_fusion_lifts_a_rare_term_only_text_search_finds(db: Database, setti
         "Hot air balloons rise because warm air is lighter than cold air.",
         "Dragonflies move each of their four wings independently.",
     ]
-    store.sync_catalogue(db, [CatalogueEntry(episode_id="air", file_name="air.mp3", title="Things that fly")])
-    put(db, "air", [StoredSegment(i, "Host", i * 10.0, i * 10.0 + 9, t, 15) for i, t in enumerate(texts)], embedder.embed(texts).vectors)
+    episode_store.sync_catalogue(db, [CatalogueEntry(episode_id="air", file_name="air.mp3", title="Things that fly")])
+    put(db, "air", [segment(i, "Host", i * 10.0, i * 10.0 + 9, t, 15) for i, t in enumerate(texts)], embedder.embed(texts).vectors)
     query = "how did quetzalcoatlus fly"
     rare = 6
     vector = search(query, 3, mode="vector", settings=settings, db=db)
@@ -402,8 +407,8 @@ def test_overlapping_context_windows_merge(db: Database, settings: Settings, emb
                5: "Ash from the eruption of the volcano grounded flights.",
                8: "Volcanologists measure sulphur dioxide to predict an eruption."}
     texts = [volcano.get(i) or t for i, t in enumerate(filler)]
-    store.sync_catalogue(db, [CatalogueEntry(episode_id="news", file_name="news.mp3")])
-    put(db, "news", [StoredSegment(i, "A" if i % 2 else "B", i * 10.0, i * 10.0 + 9, t, 10) for i, t in enumerate(texts)],
+    episode_store.sync_catalogue(db, [CatalogueEntry(episode_id="news", file_name="news.mp3")])
+    put(db, "news", [segment(i, "A" if i % 2 else "B", i * 10.0, i * 10.0 + 9, t, 10) for i, t in enumerate(texts)],
         embedder.embed(texts).vectors)
     plain = search("volcano eruption", 3, mode="vector", settings=settings, db=db)
     assert sorted(h.position for h in plain) == [3, 5, 8]
@@ -429,9 +434,9 @@ def test_empty_database_is_a_clear_error(db: Database, settings: Settings) -> No
 
 
 def test_openai_vectors_without_a_key_are_refused_clearly(db: Database, settings: Settings) -> None:
-    store.sync_catalogue(db, [CatalogueEntry(episode_id="o", file_name="o.mp3")])
+    episode_store.sync_catalogue(db, [CatalogueEntry(episode_id="o", file_name="o.mp3")])
     rng = np.random.default_rng(1)
-    put(db, "o", [StoredSegment(0, "Host", 0.0, 5.0, "hello there", 2)], unit(rng.normal(size=(1, 1536))), model_id=OPENAI_MODEL)
+    put(db, "o", [segment(0, "Host", 0.0, 5.0, "hello there", 2)], unit(rng.normal(size=(1, 1536))), model_id=OPENAI_MODEL)
     with pytest.raises(SearchError) as err:
         search("hello", settings=settings, db=db)
     assert str(err.value) == (
@@ -442,9 +447,9 @@ def test_openai_vectors_without_a_key_are_refused_clearly(db: Database, settings
 
 
 def test_model_choice_prefers_the_settings_embedder_then_the_most_vectors(db: Database, settings: Settings, embedder) -> None:
-    store.sync_catalogue(db, [CatalogueEntry(episode_id=e, file_name=f"{e}.mp3") for e in ("a", "b")])
+    episode_store.sync_catalogue(db, [CatalogueEntry(episode_id=e, file_name=f"{e}.mp3") for e in ("a", "b")])
     rng = np.random.default_rng(2)
-    segs = [StoredSegment(i, "Host", i * 5.0, i * 5.0 + 4, f"line {i}", 2) for i in range(3)]
+    segs = [segment(i, "Host", i * 5.0, i * 5.0 + 4, f"line {i}", 2) for i in range(3)]
     put(db, "a", segs, unit(rng.normal(size=(3, 1536))), model_id=OPENAI_MODEL)
     put(db, "b", segs, unit(rng.normal(size=(3, 1536))), model_id=OPENAI_MODEL)
     put(db, "a", segs, embedder.embed([s.text for s in segs]).vectors)
@@ -464,10 +469,10 @@ def test_text_query_ors_rare_terms_and_ands_the_informative_common_ones() -> Non
         return [(lexeme, freq, 0.0001, 100_000.0) for lexeme, freq in freqs]
 
     # Within TEXT_ROW_BUDGET: the rare terms ORed, rarest first; the common one left out.
-    assert search_module._text_query(stats(("mite", 0.001), ("varroa", 0.0005), ("bee", 0.2))) == "'varroa' | 'mite'"
+    assert text_query.plan_text_query(stats(("mite", 0.001), ("varroa", 0.0005), ("bee", 0.2))) == "'varroa' | 'mite'"
     # No term within it: ANDed, less a term found in most chunks (it would only drop chunks that lack it).
-    assert search_module._text_query(stats(("bee", 0.04), ("think", 0.87), ("hive", 0.03))) == "'bee' & 'hive'"
-    assert search_module._text_query(stats(("think", 0.87), ("know", 0.9))) == "'think' & 'know'"
+    assert text_query.plan_text_query(stats(("bee", 0.04), ("think", 0.87), ("hive", 0.03))) == "'bee' & 'hive'"
+    assert text_query.plan_text_query(stats(("think", 0.87), ("know", 0.9))) == "'think' & 'know'"
 
 
 def test_deep_link_forms() -> None:

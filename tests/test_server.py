@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gent_disagreement_rag import store
-from gent_disagreement_rag.database import Database
-from tests.builders import make_audio
-from tests.builders import app_environment, free_port
+from gent_disagreement_rag.storage import episodes as episode_store
+from gent_disagreement_rag.storage.database import Database
 from tests.conftest import REPO_ROOT
-from tests.fakeapi import LISTEN
+from tests.support.builders import app_environment, free_port, make_audio
+from tests.support.fakeapi import LISTEN
 
 BIN = Path(sys.executable).parent
 
@@ -47,4 +46,4 @@ def test_deployment_runs_through_server_and_worker(settings, fake_api) -> None:
     assert "server" in stopped.stdout and "worker" in stopped.stdout, stopped.stdout + stopped.stderr
     assert len(fake_api.requests_to(LISTEN)) == 2
     with Database.from_settings(settings) as db:
-        assert {e.episode_id: e.status for e in store.list_episodes(db)} == {"S-0": "processed", "S-1": "processed"}
+        assert {e.episode_id: e.status for e in episode_store.list_episodes(db)} == {"S-0": "processed", "S-1": "processed"}

@@ -9,21 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from gent_disagreement_rag import store
-from gent_disagreement_rag.catalogue import CatalogueEntry, load_catalogue
-from gent_disagreement_rag.database import (
-    Database,
-    latest_schema_version,
-    migrate,
-    schema_version,
-)
 from gent_disagreement_rag.errors import CatalogueError, DatabaseUnavailableError
-from tests.builders import StoredSegment
+from gent_disagreement_rag.sources.catalogue import CatalogueEntry, load_catalogue
+from gent_disagreement_rag.storage import episodes as episode_store
+from gent_disagreement_rag.storage import segments as segment_store
+from gent_disagreement_rag.storage.database import Database
+from gent_disagreement_rag.storage.schema import latest_schema_version, migrate, schema_version
+from gent_disagreement_rag.text.chunking import Chunk
+from tests.support.builders import segment
 
 
-def segments(n: int, tag: str = "v1") -> list[StoredSegment]:
-    return [StoredSegment(i, f"Speaker {i % 2}", i * 10.0, i * 10.0 + 9.5, f"{tag} segment {i} about topic {i}", 7) for i in range(n)]
+def segments(n: int, tag: str = "v1") -> list[Chunk]:
+    return [segment(i, f"Speaker {i % 2}", i * 10.0, i * 10.0 + 9.5, f"{tag} segment {i} about topic {i}", 7) for i in range(n)]
 
 
 def vectors(n: int, dims: int, seed: int = 0) -> np.ndarray:
@@ -32,11 +29,11 @@ def vectors(n: int, dims: int, seed: int = 0) -> np.ndarray:
 
 
 def add_episodes(db: Database, ids: list[str]) -> None:
-    store.sync_catalogue(db, [CatalogueEntry(episode_id=i, file_name=f"{i}.mp3") for i in ids])
+    episode_store.sync_catalogue(db, [CatalogueEntry(episode_id=i, file_name=f"{i}.mp3") for i in ids])
 
 
-def put(db: Database, episode_id: str, segs: list[StoredSegment], dims: int = 384, seed: int = 0, model: str = "m") -> None:
-    store.store_episode(
+def put(db: Database, episode_id: str, segs: list[Chunk], dims: int = 384, seed: int = 0, model: str = "m") -> None:
+    segment_store.store_episode(
         db, episode_id, segs, model_id=f"test/{model}@{dims}", provider="test", model=model,
         vectors=vectors(len(segs), dims, seed), audio_sha256="abc",
     )
@@ -67,7 +64,7 @@ def test_rerun_replaces_rows_without_duplicates(db: Database) -> None:
     put(db, "e1", segments(3, "v2"))
     got = rows(db, "e1")
     assert [r[1] for r in got] == [s.text for s in segments(3, "v2")]
-    [episode] = store.list_episodes(db, ["e1"])
+    [episode] = episode_store.list_episodes(db, ["e1"])
     assert episode.status == "processed" and episode.segments == 3
 
 
@@ -78,9 +75,9 @@ def test_failure_mid_write_keeps_previous_version(db: Database) -> None:
     bad = vectors(6, 384)
     bad[5, 0] = np.nan  # pgvector rejects NaN: the COPY of embeddings fails after segments were rewritten
     with pytest.raises(Exception, match="NaN"):
-        store.store_episode(db, "e1", segments(6, "v2"), model_id="test/m@384", provider="test", model="m", vectors=bad)
+        segment_store.store_episode(db, "e1", segments(6, "v2"), model_id="test/m@384", provider="test", model="m", vectors=bad)
     assert rows(db, "e1") == before
-    assert store.list_episodes(db, ["e1"])[0].segments == 4
+    assert episode_store.list_episodes(db, ["e1"])[0].segments == 4
 
 
 def test_sixteen_threads_thirty_two_episodes_pool_of_four(settings) -> None:
@@ -90,10 +87,10 @@ def test_sixteen_threads_thirty_two_episodes_pool_of_four(settings) -> None:
         add_episodes(db, ids)
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda i: put(db, ids[i], segments(10 + i), seed=i), range(32)))
-        counts = store.table_counts(db)
+        counts = episode_store.table_counts(db)
         assert counts["segments"] == sum(10 + i for i in range(32))
         assert counts["embeddings"] == counts["segments"]
-        assert all(e.status == "processed" for e in store.list_episodes(db))
+        assert all(e.status == "processed" for e in episode_store.list_episodes(db))
         assert db.pool.get_stats()["pool_size"] <= 4
 
 
@@ -118,7 +115,7 @@ def test_two_models_with_different_dimensions_coexist_and_use_their_index(db: Da
         put(db, ep, segments(50), dims=384, model="small")
         put(db, ep, segments(50), dims=1536, model="large")
     assert rows(db, "e1")[0][2:] == ("test/large@1536",) and len(rows(db, "e1")) == 100
-    models = {m: (d, n) for m, d, n in store.embedding_model_counts(db)}
+    models = {m: (d, n) for m, d, n in segment_store.embedding_model_counts(db)}
     assert models == {"test/small@384": (384, 100), "test/large@1536": (1536, 100)}
     with db.connection() as conn:
         conn.execute("SET enable_seqscan = off")
@@ -132,10 +129,10 @@ def test_two_models_with_different_dimensions_coexist_and_use_their_index(db: Da
                     (model_id, vectors(1, dim)[0].tolist()),
                 )
             )
-            assert store.index_name(model_id) in plan, plan
+            assert segment_store.index_name(model_id) in plan, plan
     # Re-chunked segments invalidate every model's vectors of that episode, not other episodes'.
     put(db, "e1", segments(10, "v2"), dims=384, model="small")
-    models = {m: n for m, _, n in store.embedding_model_counts(db)}
+    models = {m: n for m, _, n in segment_store.embedding_model_counts(db)}
     assert models == {"test/small@384": 60, "test/large@1536": 50}
 
 

@@ -143,10 +143,6 @@ class Settings(BaseSettings):
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
 
-def get_settings() -> Settings:
-    return Settings()
-
-
 def settings_table() -> str:
     """The README's configuration table, generated from the fields above (`python -m gent_disagreement_rag.settings`)."""
     rows = ["| variable | default | what it does |", "| --- | --- | --- |"]

@@ -1,0 +1,63 @@
+"""Live terminal view of a `gdr ingest` run: episodes queued, running, processed, failed."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+STATUS_STYLE = {
+    "queued": "dim", "running": "cyan", "processed": "green", "failed": "red", "skipped": "yellow", "busy": "blue",
+}
+
+
+class IngestProgress:
+    """The run's progress callback (`on_progress`); redraws a table on every change."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.episodes: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._live = Live(self._render(), console=console, transient=True, refresh_per_second=4)
+
+    def __enter__(self) -> IngestProgress:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(*exc)
+
+    def on_progress(self, episode_id: str, status: str, info: dict[str, Any]) -> None:
+        with self._lock:
+            self.episodes.setdefault(episode_id, {}).update(info)
+        self._live.update(self._render())
+
+    def _counts(self) -> str:
+        counts: dict[str, int] = {}
+        for info in self.episodes.values():
+            counts[info["status"]] = counts.get(info["status"], 0) + 1
+        return "  ".join(f"[{STATUS_STYLE[s]}]{s} {n}[/]" for s, n in sorted(counts.items()))
+
+    def _render(self) -> Table:
+        table = Table("episode", "status", title=f"ingest  {self._counts()}", title_justify="left")
+        for episode_id, info in self.episodes.items():
+            if info["status"] in ("running", "failed"):
+                table.add_row(episode_id, f"[{STATUS_STYLE[info['status']]}]{info['status']}[/]")
+        return table
+
+    def summary_table(self) -> Table:
+        table = Table(title=f"ingest summary  {self._counts()}", title_justify="left")
+        for name, justify in (("episode", "left"), ("status", "left"), ("s", "right"), ("segments", "right"),
+                              ("audio min", "right"), ("tokens", "right"), ("cost $", "right"), ("error", "left")):
+            table.add_column(name, justify=justify, no_wrap=name != "error", overflow="ellipsis")
+        for episode_id, info in self.episodes.items():
+            status = info["status"]
+            table.add_row(
+                episode_id, f"[{STATUS_STYLE.get(status, '')}]{status}[/]", f"{info.get('seconds', 0):.1f}",
+                str(info.get("segments", 0)), f"{info.get('audio_minutes', 0):.2f}", str(info.get("tokens", 0)),
+                f"{info.get('cost_usd', 0):.4f}", str(info.get("error", "")),
+            )
+        return table

@@ -1,0 +1,70 @@
+"""The run context: everything one run needs, built once at its start and passed down to every stage."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from ..providers.embedders import Embedder, make_embedder
+from ..providers.lazy import Lazy
+from ..providers.transcribers import Transcriber, make_transcriber
+from ..settings import Settings
+from ..storage.database import Database
+
+# (episode_id, status, details): how a run reports each episode's progress to whoever watches it.
+ProgressCallback = Callable[[str, str, dict[str, Any]], None]
+
+
+def _ignore_progress(episode_id: str, status: str, details: dict[str, Any]) -> None:
+    return None
+
+
+class RunContext:
+    """Settings, the database pool, the providers (built on first use, once) and the progress callback.
+
+    Slotted, with no __dict__: Prefect records a flow's parameters, and an object it cannot take apart
+    is shown as `<RunContext>` instead of having its settings and pool walked into the API.
+    """
+
+    __slots__ = ("settings", "db", "progress", "_transcriber", "_embedder")
+
+    def __init__(self, settings: Settings, db: Database, progress: ProgressCallback | None = None):
+        self.settings = settings
+        self.db = db
+        self.progress = progress or _ignore_progress
+        self._transcriber: Lazy[Transcriber] = Lazy(lambda: make_transcriber(settings))
+        self._embedder: Lazy[Embedder] = Lazy(lambda: make_embedder(settings))
+
+    @classmethod
+    def open(cls, settings: Settings | None = None, progress: ProgressCallback | None = None) -> RunContext:
+        """A context on the settings' database, with a pool for MAX_PARALLEL_EPISODES workers; close() it."""
+        settings = settings or Settings()
+        return cls(settings, Database.from_settings(settings), progress)
+
+    @property
+    def transcriber(self) -> Transcriber:
+        return self._transcriber.get()
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder.get()
+
+    def warm_up(self) -> None:
+        """Build the providers and load the tokenizer now, while the first transcriptions are in flight,
+        instead of in the first episodes to come back, all at once on one GIL. What cannot be built
+        fails here silently: the stage that needs it raises the error, for its episode."""
+        from ..text.tokens import encoding
+
+        for load in (self._transcriber.get, self._embedder.get, encoding):
+            with contextlib.suppress(Exception):
+                load()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> RunContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,48 @@
+"""What `gdr ingest --dry-run` shows: each planned episode's audio minutes, tokens and cost, with no provider call.
+
+Audio length is probed from the file (PyAV), or taken from the feed's itunes:duration for an episode
+not downloaded yet. Embedding tokens are estimated from it: conversational English runs at about
+2.7 words per second (~160 words a minute), and OpenAI's tokenizer averages about 1.3 tokens per
+English word, so an audio minute is about 210 tokens. Costs use the configured list prices, and
+local providers cost nothing. Stage caches are not consulted, so for episodes that ran before
+(`--force`, a changed setting) the figure is an upper bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..providers.audio import audio_seconds
+from ..providers.pricing import estimate_cost
+from ..settings import Settings
+from ..storage import episodes
+from ..storage.database import Database
+from .plan import EpisodeJob, EpisodePlan
+
+WORDS_PER_SECOND = 2.7
+TOKENS_PER_WORD = 1.3
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeEstimate:
+    episode_id: str
+    title: str
+    audio_seconds: float | None  # None: not downloaded yet, and the feed gives no duration
+    tokens: int
+    cost_usd: float
+
+
+def estimate_plan(settings: Settings, db: Database, plan: EpisodePlan) -> list[EpisodeEstimate]:
+    """One estimate per job of the plan, in plan order."""
+    rows = {r.episode_id: r for r in episodes.list_episodes(db, [job.episode_id for job in plan.jobs])}
+    return [_estimate(settings, job, rows[job.episode_id].feed_duration_seconds if job.episode_id in rows else None)
+            for job in plan.jobs]
+
+
+def _estimate(settings: Settings, job: EpisodeJob, feed_seconds: float | None) -> EpisodeEstimate:
+    seconds = feed_seconds if job.needs_download else audio_seconds(job.audio_path)
+    tokens = round((seconds or 0.0) * WORDS_PER_SECOND * TOKENS_PER_WORD)
+    cost = estimate_cost(settings, settings.resolved_transcriber, seconds or 0.0, 0) + estimate_cost(
+        settings, settings.resolved_embedder, 0.0, tokens
+    )
+    return EpisodeEstimate(job.episode_id, job.title, seconds, tokens, cost)

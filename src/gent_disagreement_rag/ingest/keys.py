@@ -1,0 +1,50 @@
+"""Each stage's cache key: a hash of exactly what determines its output, so a rerun pays for nothing
+and any change (audio, provider, model, options, names, chunker, stage version) recomputes what it must."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..text.chunking import ChunkerConfig
+from ..text.exports import EXPORT_SUFFIXES
+from .context import RunContext
+from .plan import EpisodeJob
+
+TRANSCRIBE_VERSION = "1"
+FORMAT_VERSION = "2"  # the quality gate and how chunks are made from a transcript (the chunker's own version is in its key)
+EXPORT_VERSION = "2"
+EMBED_VERSION = "2"  # 2: batches carry the model that made them
+
+
+def stable_hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def chunker_config(ctx: RunContext) -> ChunkerConfig:
+    return ChunkerConfig(max_tokens=ctx.settings.chunk_max_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class StageKeys:
+    transcribe: str
+    format: str
+    export: str
+    embed: str
+
+
+def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
+    """The keys of an episode whose audio is known (after its download)."""
+    t = ctx.transcriber
+    transcribe = stable_hash("transcribe", TRANSCRIBE_VERSION, job.audio_sha256, t.provider, t.model, t.options())
+    fmt = stable_hash(
+        "format", FORMAT_VERSION, transcribe, job.speakers_map, chunker_config(ctx).cache_key(), "cl100k",
+        ctx.settings.skip_quality_gate,
+    )
+    folder = ctx.settings.transcripts_dir.resolve()
+    present = all((folder / f"{job.stem}{suffix}").exists() for suffix in EXPORT_SUFFIXES.values())
+    export = stable_hash("export", EXPORT_VERSION, fmt, str(folder), job.title, present)  # deleted files are written again
+    embed = stable_hash("embed", EMBED_VERSION, fmt, ctx.embedder.model_id)
+    return StageKeys(transcribe, fmt, export, embed)

@@ -1,0 +1,49 @@
+"""The one episode sequence: [download ->] transcribe -> format -> export -> embed -> store.
+
+Written once, here. `process_episode` calls each stage through `run_stage`: directly by default (a
+shell, the bench), or as a cached, retried Prefect task (the orchestration passes its own runner), so
+the flow is this sequence stage by stage and cannot drift from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import stages
+from .context import RunContext
+from .keys import stage_keys
+from .plan import EpisodeJob
+
+STAGE_NAMES = ("download", "transcribe", "format", "export", "embed", "store")
+
+
+class StageRunner(Protocol):
+    def __call__(self, name: str, func: Callable[..., Any], *args: Any, cache_key: str | None = None) -> Any:
+        """Run stage `name` (`func(*args)`); `cache_key` names its output when it may be reused."""
+        ...
+
+
+def call_stage(name: str, func: Callable[..., Any], *args: Any, cache_key: str | None = None) -> Any:
+    """The plain runner: call the stage, no cache, no retries."""
+    return func(*args)
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeOutcome:
+    segments: int
+    audio_seconds: float
+
+
+def process_episode(ctx: RunContext, job: EpisodeJob, run_id: str = "", run_stage: StageRunner = call_stage) -> EpisodeOutcome:
+    """Every stage of one episode, in order; raises the first stage's error that is not retried away."""
+    if job.needs_download:
+        job = run_stage("download", stages.download, ctx, job)
+    keys = stage_keys(ctx, job)
+    transcription = run_stage("transcribe", stages.transcribe, ctx, job, run_id, cache_key=keys.transcribe)
+    episode = run_stage("format", stages.format_episode, ctx, job, transcription.transcript, cache_key=keys.format)
+    run_stage("export", stages.export, ctx, job, transcription, episode, cache_key=keys.export)
+    batch = run_stage("embed", stages.embed, ctx, job, episode, run_id, cache_key=keys.embed)
+    segments = run_stage("store", stages.store, ctx, job, episode, batch)
+    return EpisodeOutcome(segments=segments, audio_seconds=transcription.transcript.duration)

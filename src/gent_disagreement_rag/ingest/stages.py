@@ -1,0 +1,139 @@
+"""One episode's stages as plain functions of a RunContext: no Prefect here.
+
+From a Python shell (or see `sequence.process_episode`, which runs them all in order):
+
+    >>> ctx = RunContext.open(); [job] = plan_episodes(ctx.settings, ctx.db, ["1"], force=True).jobs
+    >>> result = transcribe(ctx, job); episode = format_episode(ctx, job, result.transcript)
+    >>> export(ctx, job, result, episode); batch = embed(ctx, job, episode); store(ctx, job, episode, batch)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import ConfigError, QualityGateError
+from ..files import write_atomic
+from ..providers.embedders import EmbeddingBatch
+from ..providers.pricing import estimate_cost
+from ..sources.catalogue import catalogue_entries
+from ..sources.feeds import download_enclosure, parse_feed
+from ..storage import costs, episodes, segments
+from ..text.chunking import Chunk, chunk_transcript
+from ..text.exports import render_exports
+from ..text.quality import QualityReport, check_transcript
+from ..transcript import Transcript, TranscriptionResult
+from .context import RunContext
+from .keys import chunker_config
+from .plan import EpisodeJob
+from .retry import is_transient, with_db_retries
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FormattedEpisode:
+    chunks: list[Chunk]
+    quality: QualityReport
+
+
+def register_catalogue(ctx: RunContext) -> int:
+    """Record the catalogue's entries (new ones pending, metadata refreshed); a malformed catalogue raises
+    here, before any work. Returns the number of entries."""
+    return episodes.sync_catalogue(ctx.db, catalogue_entries(ctx.settings))
+
+
+def discover(ctx: RunContext) -> list[str]:
+    """Register every FEED_URL's episodes (new ones pending); returns the new ones' ids. Not cached: the
+    feed is read afresh on every run."""
+    known = {row.episode_id for row in episodes.list_episodes(ctx.db)}
+    items = [item for url in ctx.settings.feed_url for item in parse_feed(url)]
+    episodes.sync_feed(ctx.db, items, ctx.settings.default_speakers_map)
+    return [item.episode_id for item in items if item.episode_id not in known]
+
+
+def download(ctx: RunContext, job: EpisodeJob) -> EpisodeJob:
+    """Fetch a feed episode's enclosure into AUDIO_DIR, record its hash and size, and drop older enclosures' files."""
+    if job.audio_url is None:
+        raise ConfigError(f"episode {job.episode_id}: no audio file and no audio_url to download it from")
+    path, sha256, size = download_enclosure(
+        job.audio_url, job.audio_path, max_bytes=ctx.settings.max_audio_bytes, expected_size=job.audio_size
+    )
+    episodes.record_audio(ctx.db, job.episode_id, sha256, audio_size=size)
+    for stale in path.parent.glob(f"{job.episode_id}-*"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return replace(job, audio_sha256=sha256)
+
+
+def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> TranscriptionResult:
+    """Audio -> provider-neutral transcript plus the raw response (one provider request), recorded in the ledger."""
+    result = ctx.transcriber.transcribe(job.audio_path)
+    t = result.transcript
+    record_cost(ctx, run_id, job.episode_id, "transcribe", t.provider, t.model, int(t.provider != "local"), t.duration, 0)
+    return result
+
+
+def format_episode(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> FormattedEpisode:
+    """Quality gate, then speaker turns and retrieval chunks; a failing gate stops the episode."""
+    report = check_transcript(transcript, transcript.duration)
+    if not report.passed and not ctx.settings.skip_quality_gate:
+        raise QualityGateError(
+            f"episode {job.episode_id}: transcript failed the quality gate: {'; '.join(report.reasons)} "
+            "(set SKIP_QUALITY_GATE=true to embed it anyway)"
+        )
+    chunks = chunk_transcript(transcript, job.speakers_map, config=chunker_config(ctx))
+    return FormattedEpisode(chunks=chunks, quality=report)
+
+
+def export(ctx: RunContext, job: EpisodeJob, transcription: TranscriptionResult, episode: FormattedEpisode) -> dict[str, str]:
+    """The episode's five files under TRANSCRIPTS_DIR, each written atomically; returns their paths by kind."""
+    rendered = render_exports(job.stem, transcription.raw, transcription.transcript, episode.chunks, job.title,
+                              job.speakers_map)
+    return {kind: str(path) for kind, path in write_exports(ctx.settings.transcripts_dir, rendered).items()}
+
+
+def write_exports(folder: Path, rendered: dict[str, tuple[str, str]]) -> dict[str, Path]:
+    """`render_exports`' files written into `folder`, each atomically; returns their paths by kind."""
+    paths = {kind: folder / name for kind, (name, _) in rendered.items()}
+    for kind, (_, text) in rendered.items():
+        write_atomic(paths[kind], text)
+    return paths
+
+
+def embed(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, run_id: str = "") -> EmbeddingBatch:
+    """All of an episode's chunks in as few requests as the API limits allow, recorded in the ledger."""
+    batch = ctx.embedder.embed([c.text for c in episode.chunks])
+    record_cost(ctx, run_id, job.episode_id, "embed", batch.provider, batch.model, batch.requests, 0.0, batch.tokens)
+    return batch
+
+
+def store(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, batch: EmbeddingBatch) -> int:
+    """Replace the episode's rows atomically and mark it processed; returns the number of segments."""
+    segments.store_episode(
+        ctx.db, job.episode_id, episode.chunks, model_id=batch.model_id, provider=batch.provider, model=batch.model,
+        vectors=batch.vectors, audio_sha256=job.audio_sha256, duration_seconds=episode.quality.duration,
+    )
+    return len(episode.chunks)
+
+
+def record_cost(
+    ctx: RunContext, run_id: str, episode_id: str, stage: str, provider: str, model: str,
+    requests: int, audio_seconds: float, tokens: int,
+) -> None:
+    """Write a call that was paid for to the cost ledger. Database hiccups are retried, and in the end
+    only logged: failing the stage would make its retry pay for the same call again."""
+    cost = estimate_cost(ctx.settings, provider, audio_seconds, tokens)
+    try:
+        with_db_retries(
+            lambda: costs.record_call(
+                ctx.db, run_id=run_id or None, episode_id=episode_id, stage=stage, provider=provider, model=model,
+                requests=requests, audio_seconds=audio_seconds, tokens=tokens, cost_usd=cost,
+            )
+        )
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("cost ledger: the %s call of episode %s is not recorded: %s", stage, episode_id,
+                    ctx.settings.scrub(f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,149 @@
+"""`gdr server start|stop|status`: a local Prefect server on the project's Postgres, the `default`
+process work pool, the `ingest/default` deployment, and a worker — all on 127.0.0.1.
+
+Processes are started detached, with their pids and logs under GDR_HOME, so they outlive the
+command that started them and `gdr server stop` can end them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ..errors import GdrError
+from ..settings import Settings
+from .environment import prefect_environment
+
+WORK_POOL = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    api_url: str
+    ui_url: str
+    pids: dict[str, int]
+    logs: Path
+
+
+def _prefect() -> str:
+    return str(Path(sys.executable).with_name("prefect"))
+
+
+def _run_dir(settings: Settings) -> Path:
+    path = settings.home / "run"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _logs_dir(settings: Settings) -> Path:
+    path = settings.home / "logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def api_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/api"
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _read_pids(settings: Settings) -> dict[str, int]:
+    pids = {}
+    for file in _run_dir(settings).glob("*.pid"):
+        pid = int(file.read_text().strip() or 0)
+        if pid and _alive(pid):
+            pids[file.stem] = pid
+        else:
+            file.unlink(missing_ok=True)
+    return pids
+
+
+def _spawn(settings: Settings, name: str, args: list[str], env: dict[str, str], cwd: Path) -> int:
+    log = (_logs_dir(settings) / f"{name}.log").open("ab")
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    (_run_dir(settings) / f"{name}.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def _check(args: list[str], env: dict[str, str], cwd: Path, what: str) -> None:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise GdrError(f"{what} failed (exit {done.returncode}):\n{tail}")
+
+
+def start(settings: Settings, project_dir: Path, *, port: int = 4200, worker_poll_seconds: int = 5,
+          timeout: float = 90.0) -> ServerInfo:
+    """Start whatever is not already running; idempotent."""
+    project_dir = project_dir.resolve()
+    url = api_url(port)
+    env = {**os.environ, **prefect_environment(settings), "PWD": str(project_dir)}
+    env.pop("PREFECT_API_URL", None)
+    pids = _read_pids(settings)
+    if "server" not in pids and not _healthy(url):
+        pids["server"] = _spawn(settings, "server", [_prefect(), "server", "start", "--host", "127.0.0.1",
+                                                     "--port", str(port), "--analytics-off"], env, project_dir)
+    deadline = time.monotonic() + timeout
+    while not _healthy(url):
+        if "server" in pids and not _alive(pids["server"]):
+            raise GdrError(f"the Prefect server exited; see {_logs_dir(settings) / 'server.log'}")
+        if time.monotonic() > deadline:
+            raise GdrError(f"the Prefect server did not answer on {url} within {timeout:.0f} s; see {_logs_dir(settings) / 'server.log'}")
+        time.sleep(0.5)
+    client_env = {**env, "PREFECT_API_URL": url}
+    pools = subprocess.run([_prefect(), "work-pool", "inspect", WORK_POOL], env=client_env, cwd=project_dir,
+                           capture_output=True, text=True)
+    if pools.returncode != 0:
+        _check([_prefect(), "work-pool", "create", WORK_POOL, "--type", "process"], client_env, project_dir,
+               "creating the work pool")
+    _check([_prefect(), "--no-prompt", "deploy", "--all"], client_env, project_dir, "prefect deploy")
+    if "worker" not in pids:
+        worker_env = {**client_env, "PREFECT_WORKER_QUERY_SECONDS": str(worker_poll_seconds)}
+        pids["worker"] = _spawn(settings, "worker", [_prefect(), "worker", "start", "--pool", WORK_POOL],
+                                worker_env, project_dir)
+    return ServerInfo(api_url=url, ui_url=f"http://127.0.0.1:{port}", pids=pids, logs=_logs_dir(settings))
+
+
+def stop(settings: Settings, timeout: float = 20.0) -> list[str]:
+    """Stop the worker, then the server (their whole process groups); returns what was stopped."""
+    stopped = []
+    pids = _read_pids(settings)
+    for name in sorted(pids, key=lambda n: n != "worker"):
+        pid = pids[name]
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
+        stopped.append(name)
+    return stopped
+
+
+def status(settings: Settings) -> dict[str, int]:
+    return _read_pids(settings)

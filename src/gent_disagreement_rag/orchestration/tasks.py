@@ -1,0 +1,67 @@
+"""The episode sequence's stages as Prefect tasks: cached on the key the library computes, retried on
+transient errors only, never sooner than a provider's Retry-After."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import opaque
+
+from ..ingest.context import RunContext
+from ..ingest.retry import MAX_RETRY_AFTER, RETRIES, RETRY_DELAYS, RETRY_JITTER, is_transient
+from ..ingest.sequence import STAGE_NAMES
+
+CACHED_STAGES = frozenset({"transcribe", "format", "export", "embed"})  # store: the database is the record
+
+
+def retry_transient(task_: Task, task_run: Any, state: Any) -> bool:
+    """Retry 429/5xx/timeouts/database hiccups only; wait at least what the provider's Retry-After asks."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    if not is_transient(exc):
+        return False
+    if retry_after := getattr(exc, "retry_after", None):
+        shortest = RETRY_DELAYS[min(task_run.run_count - 1, len(RETRY_DELAYS) - 1)] * (1 - RETRY_JITTER)
+        time.sleep(min(max(0.0, retry_after - shortest), MAX_RETRY_AFTER))
+    return True
+
+
+def _run_stage(episode: str, func: Callable[..., Any], args: tuple[Any, ...], cache_key: str | None = None) -> Any:
+    return func(*args)
+
+
+def _precomputed_key(context: Any, parameters: dict[str, Any]) -> str:
+    return parameters["cache_key"]
+
+
+def _stage_task(name: str, storage: Path | str) -> Task:
+    options: dict[str, Any] = dict(
+        name=name, task_run_name=f"{name}-{{episode}}", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+        retry_jitter_factor=RETRY_JITTER, retry_condition_fn=retry_transient,
+    )
+    if name in CACHED_STAGES:
+        options |= dict(cache_key_fn=_precomputed_key, persist_result=True, cache_result_in_memory=False,
+                        result_storage=storage)
+    else:
+        options |= dict(cache_policy=NO_CACHE, persist_result=False)
+    return task(**options)(_run_stage)
+
+
+class PrefectStages:
+    """A `StageRunner` for `process_episode`: each stage a task, its results and cache records in
+    GDR_HOME/cache, CACHE_DIR or the RESULT_STORAGE_BLOCK."""
+
+    def __init__(self, ctx: RunContext, episode_id: str):
+        settings = ctx.settings
+        storage = settings.result_storage_block or settings.result_storage_path
+        self.episode_id = episode_id
+        self.tasks = {name: _stage_task(name, storage) for name in STAGE_NAMES}
+
+    def __call__(self, name: str, func: Callable[..., Any], *args: Any, cache_key: str | None = None) -> Any:
+        # Inputs go in `opaque`: Prefect otherwise walks every object inside them (a transcript's thousands
+        # of words, the chunks, the vectors) looking for futures, on every task call.
+        return self.tasks[name](self.episode_id, func, opaque(args), cache_key=cache_key)

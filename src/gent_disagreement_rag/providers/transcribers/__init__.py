@@ -1,0 +1,31 @@
+"""Transcribers: audio file in, provider-neutral transcript (plus the raw response) out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from ...settings import Settings
+from ...transcript import TranscriptionResult
+
+
+class Transcriber(Protocol):
+    provider: str
+    model: str
+
+    def options(self) -> dict[str, Any]:
+        """Everything besides the audio that determines the output (part of the cache key)."""
+        ...
+
+    def transcribe(self, audio_path: Path) -> TranscriptionResult: ...
+
+
+def make_transcriber(settings: Settings) -> Transcriber:
+    """The transcriber the settings choose (TRANSCRIBER=auto: Deepgram when its key is set)."""
+    if settings.resolved_transcriber == "deepgram":
+        from .deepgram import DeepgramTranscriber
+
+        return DeepgramTranscriber.from_settings(settings)
+    from .local_whisper import LocalWhisperTranscriber
+
+    return LocalWhisperTranscriber.from_settings(settings)

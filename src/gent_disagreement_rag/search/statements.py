@@ -1,0 +1,154 @@
+"""The search as one SQL statement: vector candidates (HNSW or exact), text candidates (GIN), fusion,
+the top hits and their neighbouring chunks."""
+
+from __future__ import annotations
+
+import functools
+
+import psycopg
+from psycopg import sql
+
+from .models import Filters, FilterShape, Mode, StoredModel
+
+RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
+CANDIDATES = 50  # rows each side of a hybrid search contributes to the fusion
+# Candidate list of the HNSW scan (pgvector's default is 40). Recall@10 at 100k chunks varies from one
+# index build to the next (bench/search_latency.py's data, 5 builds): 0.974-0.992 at 40, 0.976-0.994 at
+# 60, 0.988-0.997 at 100. 60 would save ~1.7 ms a search, but only 100 kept >= 0.98 in every build.
+HNSW_EF_SEARCH = 100
+# Iterative-scan budget under a filter (pgvector's default is 20,000). A filter so selective that
+# this many tuples yield fewer than k rows is served by an exact scan instead (see _run); scanning
+# 20,000 graph tuples costs far more than that.
+HNSW_MAX_SCAN_TUPLES = 5_000
+# A tuple visited by the filtered graph walk (graph step + the filter's lookup) against a row of the exact
+# scan (index fetch + distance), measured at 100k chunks: ~33 us against ~13 us.
+GRAPH_ROW_COST = 2.5
+MAX_FETCH = 200  # cap on hits fetched to fill k results after merging context windows
+# Extra transaction-local planner settings for the search statement. Empty in production; the
+# tests set {"enable_seqscan": "off", "enable_sort": "off"} to get the HNSW plan on a 2,000-row
+# table, where Postgres rightly prefers an exact sequential scan (it picks HNSW unprompted at 100k).
+PLANNER_SETTINGS: dict[str, str] = {}
+
+
+# The speaker rule of speaker_matches, as an = and a prefix LIKE: both can use segments_speaker_idx.
+SPEAKER_SQL = "(lower(s.speaker) = %(speaker)s OR lower(s.speaker) LIKE %(speaker_prefix)s)"
+
+
+def _vector_cte(model: StoredModel, filters: FilterShape, *, exact: bool) -> sql.Composable:
+    """Top candidates by cosine distance. The index form keeps `embedding::vector(D) <=> q` with the
+    model id inlined, exactly as the partial HNSW index is defined, and tests the filters per row as the
+    graph walk goes (the iterative scan going on until enough rows pass). The exact form (`+ 0` hides
+    the index) ranks every chunk passing the filters, fetched by their own indexes: chosen up front for
+    a selective speaker (see exact_is_cheaper), and the rerun when a graph walk came back short."""
+    dims = sql.Literal(model.dimensions)
+    distance = sql.SQL("e.embedding::vector({d}) <=> %(qv)s::vector({d})").format(d=dims)
+    # Inlined, not a parameter: the planner matches the partial index's predicate against constants
+    # only. (The statement is cached as text with %(name)s placeholders, hence the doubled %.)
+    model_literal = sql.Literal(model.model_id).as_string(None).replace("%", "%%")
+    where = [sql.SQL("e.model_id = " + model_literal), *_filter_conditions(filters, "e")]
+    joins: list[sql.Composable] = []
+    if filters.speaker:
+        joins.append(sql.SQL("JOIN segments s ON s.episode_id = e.episode_id AND s.position = e.position"))
+    order = sql.SQL("({}) + 0").format(distance) if exact else distance
+    return sql.SQL(
+        "vec AS MATERIALIZED (SELECT e.episode_id, e.position, {distance} AS distance FROM embeddings e {joins} "
+        "WHERE {where} ORDER BY {order} LIMIT %(cand)s),\n"
+        "vr AS (SELECT episode_id, position, 1 - distance AS vscore, "
+        "row_number() OVER (ORDER BY distance, episode_id, position) AS vrank FROM vec)"
+    ).format(distance=distance, joins=sql.SQL(" ").join(joins), where=sql.SQL(" AND ").join(where), order=order)
+
+
+def _filter_conditions(filters: FilterShape, table: str) -> list[sql.Composable]:
+    """The filters as SQL conditions: episode and date on `table`'s episode_id (`e` for the vector side,
+    `s` for the text side and the speaker estimate), the speaker on `segments s`."""
+    where = []
+    if filters.episode:
+        where.append(sql.SQL(table + ".episode_id = %(episode)s"))
+    if filters.since:
+        where.append(sql.SQL(
+            table + ".episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE x.published >= %(since)s))"
+        ))
+    if filters.speaker:
+        where.append(sql.SQL(SPEAKER_SQL))
+    return where
+
+
+def _text_cte(filters: FilterShape, *, websearch: bool) -> sql.Composable:
+    where = [sql.SQL("s.tsv @@ tq.q"), *_filter_conditions(filters, "s")]
+    tsq = "websearch_to_tsquery('english', %(q)s)" if websearch else "%(tsq)s::tsquery"
+    return sql.SQL(
+        "tq AS (SELECT " + tsq + " AS q),\n"
+        "txt AS MATERIALIZED (SELECT s.episode_id, s.position, ts_rank_cd(s.tsv, tq.q) AS tscore "
+        "FROM segments s CROSS JOIN tq WHERE {where} ORDER BY tscore DESC, s.episode_id, s.position LIMIT %(cand)s),\n"
+        "tr AS (SELECT episode_id, position, tscore, "
+        "row_number() OVER (ORDER BY tscore DESC, episode_id, position) AS trank FROM txt)"
+    ).format(where=sql.SQL(" AND ").join(where))
+
+
+@functools.lru_cache(maxsize=16)
+def estimate_sql(filters: FilterShape) -> str:
+    """The planner's estimate of the chunks passing the filters (EXPLAIN plans, reads no rows)."""
+    return sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM segments s WHERE {}").format(
+        sql.SQL(" AND ").join(_filter_conditions(filters, "s"))).as_string(None)
+
+
+CHUNKS_SQL = "SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = 'segments'::regclass"
+
+
+def exact_is_cheaper(rows: float, candidates: int, chunks: float) -> bool:
+    """Whether ranking all `rows` chunks that pass a filter beats walking the HNSW graph until
+    `candidates` of them turn up. The walk visits ~candidates * chunks / rows tuples and each costs
+    ~GRAPH_ROW_COST rows of the exact scan, so exact wins while rows² <= GRAPH_ROW_COST * candidates
+    * chunks: at 100k chunks up to ~1,600 rows for 10 candidates (vector mode), ~3,500 for 50 (hybrid)."""
+    return rows * rows <= GRAPH_ROW_COST * candidates * chunks
+
+
+def build_sql(mode: Mode, model: StoredModel | None, filters: Filters, *, websearch: bool = False,
+              exact: bool = False) -> str:
+    """The whole search as one statement: candidates, fusion, top %(fetch)s hits, their windows."""
+    return _build_sql(mode, model, filters.shape, websearch, exact)
+
+
+@functools.lru_cache(maxsize=256)
+def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, websearch: bool, exact: bool) -> str:
+    ctes: list[sql.Composable] = []
+    if mode in (Mode.vector, Mode.hybrid):
+        assert model is not None
+        ctes.append(_vector_cte(model, filters, exact=exact))
+    if mode in (Mode.text, Mode.hybrid):
+        ctes.append(_text_cte(filters, websearch=websearch))
+    if mode is Mode.vector:
+        fused = "SELECT episode_id, position, vscore AS score, vscore, vrank, NULL::real AS tscore, NULL::bigint AS trank FROM vr"
+    elif mode is Mode.text:
+        fused = "SELECT episode_id, position, tscore AS score, NULL::float8 AS vscore, NULL::bigint AS vrank, tscore, trank FROM tr"
+    else:
+        fused = (
+            "SELECT episode_id, position, "
+            "coalesce(1.0 / (%(rrf_k)s + vrank), 0) + coalesce(1.0 / (%(rrf_k)s + trank), 0) AS score, "
+            "vscore, vrank, tscore, trank FROM vr FULL JOIN tr USING (episode_id, position)"
+        )
+    ctes.append(sql.SQL(
+        "hits AS (" + fused + " ORDER BY score DESC, vscore DESC NULLS LAST, tscore DESC NULLS LAST, episode_id, position "
+        "LIMIT %(fetch)s)"
+    ))
+    vec_count = "(SELECT count(*) FROM vec)" if mode is not Mode.text else "NULL::bigint"
+    return sql.SQL(
+        "WITH {ctes}\n"
+        "SELECT h.episode_id, h.position, h.score::float8, h.vscore::float8, h.vrank::int, h.tscore::float8, h.trank::int, "
+        "ep.title, ep.published, ep.file_name, ep.audio_url, "
+        "s.position, s.speaker, s.start_seconds, s.end_seconds, s.text, " + vec_count + "\n"
+        "FROM hits h JOIN episodes ep ON ep.episode_id = h.episode_id "
+        "JOIN segments s ON s.episode_id = h.episode_id AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s\n"
+        "ORDER BY h.score DESC, h.vscore DESC NULLS LAST, h.tscore DESC NULLS LAST, h.episode_id, h.position, s.position"
+    ).format(ctes=sql.SQL(",\n").join(ctes)).as_string(None)
+
+
+def scan_settings(conn: psycopg.Connection) -> None:
+    """Transaction-local HNSW knobs and PLANNER_SETTINGS (call inside a transaction)."""
+    knobs = {"hnsw.ef_search": str(HNSW_EF_SEARCH), "hnsw.iterative_scan": "relaxed_order",
+             "hnsw.max_scan_tuples": str(HNSW_MAX_SCAN_TUPLES), **PLANNER_SETTINGS}
+    conn.execute(
+        sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+            sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value)) for name, value in knobs.items()
+        ))
+    )

@@ -1,0 +1,60 @@
+"""The text side's query: which of a question's words to search for, from the planner's statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+
+TEXT_ROW_BUDGET = 1_000  # estimated rows the text side may rank (see text_query)
+
+
+def uses_websearch_syntax(query: str) -> bool:
+    """Quotes, OR or -word: the user wrote a websearch query, which is then taken as is."""
+    words = query.lower().split()
+    return '"' in query or "or" in words or any(w.startswith("-") and len(w) > 1 for w in words)
+
+
+def _tsquery_literal(lexemes: Sequence[str], operator: str) -> str:
+    return f" {operator} ".join("'" + x.replace("\\", "\\\\").replace("'", "''") + "'" for x in lexemes)
+
+
+TEXT_STATS_SQL = """SELECT l.lexeme, st.freqs[array_position(st.elems, l.lexeme)], st.freqs[cardinality(st.elems) + 1],
+       (SELECT reltuples FROM pg_class WHERE oid = 'segments'::regclass)
+    FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS l(lexeme)
+    LEFT JOIN (SELECT most_common_elems::text::text[] AS elems, most_common_elem_freqs AS freqs FROM pg_stats
+               WHERE schemaname = current_schema() AND tablename = 'segments' AND attname = 'tsv') st ON true"""
+
+
+def text_query(conn: psycopg.Connection, query: str) -> str | None:
+    """The text side's tsquery (as tsquery text) for a plain-words query, or None for no lexemes.
+
+    websearch_to_tsquery alone ANDs every term, which almost no chunk matches for a natural
+    question, so the terms are ORed and ranked by ts_rank_cd instead. Ranking reads every matching
+    row, so common lexemes (by the planner's statistics of `segments.tsv`) are left out, most
+    common first, while the estimated matching rows exceed TEXT_ROW_BUDGET; if even the rarest
+    lexeme is over it, the terms are ANDed, less those found in more than half of the chunks (BM25
+    weighs such a term below zero: it narrows the match by little, drops the chunks that lack it, and
+    its posting list is the longest to read). Without statistics (a never-analysed table) all are kept.
+    """
+    return plan_text_query(conn.execute(TEXT_STATS_SQL, (query,)).fetchall())
+
+
+def plan_text_query(rows: list[tuple]) -> str | None:
+    """The tsquery for TEXT_STATS_SQL's rows (one per lexeme of the query), as `text_query` explains."""
+    if not rows:
+        return None
+    lexemes = [r[0] for r in rows]
+    reltuples = rows[0][3] or 0
+    if reltuples <= 0 or rows[0][2] is None:  # no statistics yet
+        return _tsquery_literal(lexemes, "|")
+    estimate = {lex: (freq if freq is not None else min_freq) * reltuples for lex, freq, min_freq, _ in rows}
+    kept, total = [], 0.0
+    for lex in sorted(lexemes, key=lambda x: estimate[x]):
+        if total + estimate[lex] > TEXT_ROW_BUDGET:
+            break
+        kept.append(lex)
+        total += estimate[lex]
+    if kept:
+        return _tsquery_literal(kept, "|")
+    return _tsquery_literal([lex for lex in lexemes if estimate[lex] <= reltuples / 2] or lexemes, "&")

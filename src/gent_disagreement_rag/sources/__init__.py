@@ -1,0 +1,1 @@
+"""Where episodes come from: the user's episodes.json catalogue and podcast RSS feeds."""

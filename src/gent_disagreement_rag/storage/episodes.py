@@ -1,0 +1,172 @@
+"""Episodes as the database knows them: registered from the catalogue and feeds, their status, and
+which run is processing one right now (a claim)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from .database import Database
+
+if TYPE_CHECKING:  # annotations only: a search would otherwise import the catalogue's models and the feed reader
+    from ..sources.catalogue import CatalogueEntry
+    from ..sources.feeds import FeedItem
+
+EPISODE_CLAIM_NAMESPACE = 7_413_004  # session locks: which run is processing an episode right now
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeRow:
+    episode_id: str
+    title: str | None
+    published: date | None
+    file_name: str | None
+    audio_url: str | None
+    speakers_map: dict[str, str]
+    status: str
+    last_error: str | None
+    audio_sha256: str | None
+    processed_sha256: str | None
+    duration_seconds: float | None
+    segments: int
+    updated_at: Any
+    source: str
+    enclosure_length: int | None
+    feed_duration_seconds: float | None
+    cost_usd: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "episode_id": self.episode_id,
+            "title": self.title,
+            "status": self.status,
+            "segments": self.segments,
+            "error": self.last_error,
+            "published": self.published.isoformat() if self.published else None,
+            "file_name": self.file_name,
+            "audio_url": self.audio_url,
+            "duration_seconds": self.duration_seconds,
+            "audio_sha256": self.audio_sha256,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "source": self.source,
+            "cost_usd": self.cost_usd,
+        }
+
+
+def new_entry_json(entry: CatalogueEntry) -> dict[str, Any]:
+    """`EpisodeRow.as_json` of a catalogue entry the database does not know yet: pending, nothing stored."""
+    return {
+        "episode_id": entry.episode_id, "title": entry.title, "status": "pending", "segments": 0, "error": None,
+        "published": entry.published.isoformat() if entry.published else None, "file_name": entry.file_name,
+        "audio_url": entry.audio_url, "duration_seconds": None, "audio_sha256": None, "updated_at": None,
+        "source": "catalogue", "cost_usd": 0.0,
+    }
+
+
+def sync_catalogue(db: Database, entries: Iterable[CatalogueEntry], source: str = "catalogue") -> int:
+    """Insert new catalogue episodes and refresh the metadata of known ones; status is never touched."""
+    rows = [
+        {"episode_id": e.episode_id, "title": e.title, "published": e.published, "file_name": e.file_name,
+         "audio_url": e.audio_url, "speakers_map": Jsonb(e.speakers_map), "source": source}
+        for e in entries
+    ]
+    _upsert_episodes(db, rows, key="episode_id")
+    return len(rows)
+
+
+def sync_feed(db: Database, items: Iterable[FeedItem], speakers_map: dict[str, str]) -> int:
+    """Register feed episodes by guid and refresh what the feed says of known ones; status is never touched."""
+    rows = [
+        {"episode_id": i.episode_id, "guid": i.guid, "title": i.title, "published": i.published,
+         "file_name": i.file_name, "audio_url": i.enclosure_url, "speakers_map": Jsonb(speakers_map),
+         "episode_number": i.episode_number, "enclosure_length": i.enclosure_length,
+         "feed_duration_seconds": i.duration_seconds, "source": "feed"}
+        for i in items
+    ]
+    _upsert_episodes(db, rows, key="guid")
+    return len(rows)
+
+
+def _upsert_episodes(db: Database, rows: list[dict[str, Any]], key: str) -> None:
+    """Insert episodes; for known ones (same `key`) update the other columns, only if any changed."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    updated = [c for c in columns if c not in (key, "episode_id", "source")]
+    statement = sql.SQL(
+        "INSERT INTO episodes ({columns}) VALUES ({values}) ON CONFLICT ({key}) DO UPDATE SET {sets}, updated_at = now() "
+        "WHERE ({old}) IS DISTINCT FROM ({new})"
+    ).format(
+        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        values=sql.SQL(", ").join(map(sql.Placeholder, columns)),
+        key=sql.Identifier(key),
+        sets=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updated),
+        old=sql.SQL(", ").join(sql.SQL("episodes.{}").format(sql.Identifier(c)) for c in updated),
+        new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in updated),
+    )
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.executemany(statement, rows)
+
+
+def mark_failed(db: Database, episode_id: str, error: str) -> None:
+    """Record a failure; the stored segments of an earlier success stay searchable."""
+    with db.connection() as conn:
+        conn.execute(
+            "UPDATE episodes SET status = 'failed', last_error = %s, updated_at = now() WHERE episode_id = %s",
+            (error[:4000], episode_id),
+        )
+
+
+def record_audio(
+    db: Database, episode_id: str, audio_sha256: str, duration_seconds: float | None = None, *, audio_size: int | None = None
+) -> None:
+    with db.connection() as conn:
+        conn.execute(
+            "UPDATE episodes SET audio_sha256 = %s, duration_seconds = coalesce(%s, duration_seconds), "
+            "audio_size = coalesce(%s, audio_size), updated_at = now() WHERE episode_id = %s",
+            (audio_sha256, duration_seconds, audio_size, episode_id),
+        )
+
+
+def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> list[EpisodeRow]:
+    with db.connection() as conn:
+        rows = conn.execute(
+            """SELECT e.episode_id, e.title, e.published, e.file_name, e.audio_url, e.speakers_map, e.status,
+                      e.last_error, e.audio_sha256, e.processed_sha256, e.duration_seconds,
+                      (SELECT count(*) FROM segments s WHERE s.episode_id = e.episode_id), e.updated_at,
+                      e.source, e.enclosure_length, e.feed_duration_seconds,
+                      (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id)
+               FROM episodes e
+               WHERE %(ids)s::text[] IS NULL OR e.episode_id = ANY(%(ids)s::text[])
+               ORDER BY e.published NULLS LAST, e.episode_id""",
+            {"ids": list(episode_ids) if episode_ids is not None else None},
+        ).fetchall()
+    return [EpisodeRow(*r) for r in rows]
+
+
+def table_counts(db: Database) -> dict[str, int]:
+    with db.connection() as conn:
+        return {
+            table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+            for table in ("episodes", "segments", "embeddings", "embedding_models", "provider_calls")
+        }
+
+
+def claim_episode(url: str, episode_id: str) -> psycopg.Connection | None:
+    """Claim an episode for this run, or None when another run (process, worker, machine) is processing it.
+
+    A session advisory lock on a connection of its own, outside the pool: it is held for as long as the
+    episode is processed, and Postgres releases it by itself if the process dies, so a crash never leaves
+    an episode claimed. Close the returned connection to release the claim.
+    """
+    conn = psycopg.connect(url, autocommit=True)
+    if conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (EPISODE_CLAIM_NAMESPACE, episode_id)).fetchone()[0]:
+        return conn
+    conn.close()
+    return None

@@ -1,0 +1,47 @@
+"""Versioned SQL migrations (migrations/NNNN_name.sql), applied in order under an advisory lock."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import psycopg
+
+MIGRATION_LOCK_KEY = 7_413_001  # pg_advisory_lock key serialising concurrent `db init`s
+
+
+def _migration_files() -> list[tuple[int, str, str]]:
+    folder = resources.files(__package__) / "migrations"
+    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [(int(f.name.split("_", 1)[0]), f.name, f.read_text()) for f in files]
+
+
+def migrate(url: str) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction; safe to run concurrently."""
+    applied = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, sql in _migration_files():
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+                applied.append(name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    return applied
+
+
+def latest_schema_version() -> int:
+    return max(version for version, _, _ in _migration_files())
+
+
+def schema_version(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0])

@@ -1,0 +1,143 @@
+"""An episode's segments and their embeddings.
+
+An episode's segments and vectors are replaced in one transaction, under a per-episode advisory
+lock, with binary COPY: a rerun never duplicates rows, two writers of one episode never interleave,
+and a failure halfway leaves the previous version intact. Embeddings of several models coexist;
+each model has its own partial HNSW index over a cast of the shared `vector` column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+from psycopg import sql
+
+from .database import Database
+
+EPISODE_LOCK_NAMESPACE = 7_413_002  # first key of pg_advisory_xact_lock(int, int) for episode writes
+MODEL_REGISTRATION_LOCK = 7_413_003
+
+
+class Segment(Protocol):
+    """What the store needs of a segment (the chunker's Chunk is one)."""
+
+    position: int
+    speaker: str
+    start: float
+    end: float
+    text: str
+    token_count: int
+
+
+def index_name(model_id: str) -> str:
+    return "embeddings_hnsw_" + hashlib.sha1(model_id.encode()).hexdigest()[:12]
+
+
+def segments_fingerprint(segments: Sequence[Segment]) -> str:
+    """Content hash of an episode's segments: unchanged segments keep other models' vectors."""
+    digest = hashlib.sha256()
+    for s in segments:
+        digest.update(json.dumps([s.position, s.speaker, round(s.start, 3), round(s.end, 3), s.text]).encode())
+    return digest.hexdigest()
+
+
+def ensure_model(db: Database, model_id: str, provider: str, model: str, dimensions: int) -> None:
+    """Register an embedding model and build its partial HNSW cosine index, once.
+
+    Runs in its own short transaction before any episode write: CREATE INDEX locks the table
+    against writers, so doing it inside concurrent episode transactions would deadlock them.
+    """
+    if model_id in db.registered_models:
+        return
+    name = index_name(model_id)
+    with db.connection() as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MODEL_REGISTRATION_LOCK,))
+        registered = conn.execute("SELECT dimensions FROM embedding_models WHERE model_id = %s", (model_id,)).fetchone()
+        if registered is None:
+            conn.execute(
+                "INSERT INTO embedding_models (model_id, provider, model, dimensions, index_name) VALUES (%s, %s, %s, %s, %s)",
+                (model_id, provider, model, dimensions, name),
+            )
+            conn.execute(
+                sql.SQL(
+                    "CREATE INDEX IF NOT EXISTS {name} ON embeddings "
+                    "USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE model_id = {model_id}"
+                ).format(name=sql.Identifier(name), dims=sql.Literal(dimensions), model_id=sql.Literal(model_id))
+            )
+        elif registered[0] != dimensions:
+            raise ValueError(f"embedding model {model_id} is registered with {registered[0]} dimensions, not {dimensions}")
+    db.registered_models.add(model_id)
+
+
+def store_episode(
+    db: Database,
+    episode_id: str,
+    segments: Sequence[Segment],
+    *,
+    model_id: str,
+    provider: str,
+    model: str,
+    vectors: np.ndarray,
+    audio_sha256: str | None = None,
+    duration_seconds: float | None = None,
+) -> None:
+    """Replace an episode's segments and this model's vectors, and mark it processed, atomically."""
+    if len(segments) != len(vectors):
+        raise ValueError(f"episode {episode_id}: {len(segments)} segments but {len(vectors)} vectors")
+    dimensions = int(vectors.shape[1]) if len(vectors) else 0
+    fingerprint = segments_fingerprint(segments)
+    if dimensions:
+        ensure_model(db, model_id, provider, model, dimensions)
+    with db.connection() as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (EPISODE_LOCK_NAMESPACE, episode_id))
+        row = conn.execute(
+            "SELECT segments_sha256 FROM episodes WHERE episode_id = %s FOR UPDATE", (episode_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"episode {episode_id} is not in the database (sync the catalogue first)")
+        with conn.cursor() as cur:
+            if row[0] != fingerprint:
+                cur.execute("DELETE FROM segments WHERE episode_id = %s", (episode_id,))
+                with cur.copy(
+                    "COPY segments (episode_id, position, speaker, start_seconds, end_seconds, text, token_count) "
+                    "FROM STDIN WITH (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(["text", "int4", "text", "float8", "float8", "text", "int4"])
+                    for s in segments:
+                        copy.write_row((episode_id, s.position, s.speaker, s.start, s.end, s.text, s.token_count))
+            else:
+                cur.execute("DELETE FROM embeddings WHERE episode_id = %s AND model_id = %s", (episode_id, model_id))
+            if dimensions:
+                with cur.copy(
+                    "COPY embeddings (model_id, episode_id, position, embedding) FROM STDIN WITH (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(["text", "text", "int4", "vector"])
+                    for s, vector in zip(segments, vectors, strict=True):
+                        copy.write_row((model_id, episode_id, s.position, vector))
+            cur.execute(
+                """UPDATE episodes SET status = 'processed', last_error = NULL, segments_sha256 = %s,
+                       processed_sha256 = coalesce(%s, audio_sha256), audio_sha256 = coalesce(%s, audio_sha256),
+                       duration_seconds = coalesce(%s, duration_seconds), processed_at = now(), updated_at = now()
+                   WHERE episode_id = %s""",
+                (fingerprint, audio_sha256, audio_sha256, duration_seconds, episode_id),
+            )
+
+
+def embedding_model_counts(db: Database) -> list[tuple[str, int, int]]:
+    """(model_id, dimensions, vectors) for every registered model."""
+    with db.connection() as conn:
+        return conn.execute(
+            """SELECT m.model_id, m.dimensions, count(e.model_id)
+               FROM embedding_models m LEFT JOIN embeddings e USING (model_id)
+               GROUP BY m.model_id, m.dimensions ORDER BY m.model_id"""
+        ).fetchall()
+
+
+def refresh_statistics(db: Database) -> None:
+    """ANALYZE after a run: search's full-text side sizes its query from these statistics."""
+    with db.connection() as conn:
+        conn.execute("ANALYZE segments")

@@ -1,0 +1,69 @@
+"""Test data shared by tests and benchmarks; importing it has no side effects (unlike conftest)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gent_disagreement_rag.text.chunking import Chunk
+
+if TYPE_CHECKING:
+    from gent_disagreement_rag.settings import Settings
+    from tests.support.fakeapi import FakeAPI
+
+DEEPGRAM_FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "deepgram"
+# Named, not globbed: a missing file fails collection loudly instead of leaving a parametrized test with no cases.
+DEEPGRAM_FIXTURE_NAMES = (
+    "nasa_eva_170s_3spk_nova2_utterances.json",
+    "phone_call_463s_2spk_nova3_utterances.json",
+    "zh_podcast_1418s_4spk_base_diarized.json",
+)
+
+
+def deepgram_fixture(name: str) -> Path:
+    """The path of a real captured Deepgram response in tests/fixtures/deepgram (see its SOURCES.md)."""
+    path = DEEPGRAM_FIXTURES_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"test fixture missing: {path} (tests/fixtures/deepgram/SOURCES.md lists them)")
+    return path
+
+
+DEEPGRAM_FIXTURE_FILES = [deepgram_fixture(name) for name in DEEPGRAM_FIXTURE_NAMES]
+
+
+def segment(position: int, speaker: str, start: float, end: float, text: str, token_count: int) -> Chunk:
+    """A chunk as the store writes it, for tests and benchmarks that store segments without a transcript."""
+    return Chunk(position, speaker, None, (speaker,), start, end, text, token_count, 0, 0)
+
+
+def make_audio(path: Path, seconds: float, frequency: int) -> Path:
+    """A small, distinct mp3 (a sine tone): the fake Deepgram answers with a transcript spanning it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency={frequency}:duration={seconds}",
+         "-ac", "1", "-ar", "16000", "-b:a", "32k", str(path)],
+        check=True,
+    )
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_environment(settings: Settings, fake_api: FakeAPI) -> dict[str, str]:
+    """The variables that point the application (in this process or a child) at a test's database, folders
+    and the fake providers."""
+    return {
+        "DATABASE_URL": settings.external_database_url(),
+        "GDR_HOME": str(settings.gdr_home),
+        "EPISODES_FILE": str(settings.episodes_file),
+        "AUDIO_DIR": str(settings.audio_dir),
+        "TRANSCRIPTS_DIR": str(settings.transcripts_dir),
+        **{k.upper(): v for k, v in fake_api.settings_fields().items()},
+    }
