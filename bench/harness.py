@@ -246,32 +246,12 @@ def prefect_server(pg: Postgres, kind: str = "ephemeral") -> Iterator[PrefectSer
 
 
 def _fake_api_main(conn: Any) -> None:
-    """Child process: a FakeAPI (tests/fakeapi.py) with prebuilt answers, driven over a Pipe."""
+    """Child process: a FakeAPI (tests/support/fakeapi.py) with prebuilt answers, driven over a Pipe."""
     import hashlib
 
     from tests.support.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_response, filler_turns
 
-    class PrebuiltFakeAPI(FakeAPI):
-        def __init__(self) -> None:
-            super().__init__()
-            self.prebuilt: dict[str, bytes] = {}
-
-        def prebuild(self, path: str, seconds: float) -> None:
-            sha = self.add_audio(Path(path), seconds=seconds)
-            body = deepgram_response(filler_turns(seconds, seed=sha), duration=seconds, sha256=sha)
-            self.prebuilt[sha] = json.dumps(body).encode()
-
-        def _answer(self, record):
-            if record.path == LISTEN:
-                sha = hashlib.sha256(record.body).hexdigest()
-                if sha in self.prebuilt and not self.responses.get(sha) and self.default_response is None:
-                    base, per_second = self.deepgram_latency
-                    latency = base + per_second * self.audio_seconds[sha]
-                    return 200, self.prebuilt[sha], max(0.0, latency - (time.monotonic() - record.started))
-            status, body, latency = super()._answer(record)
-            return status, body, max(0.0, latency - (time.monotonic() - record.started))
-
-    api = PrebuiltFakeAPI()
+    api = FakeAPI()
     conn.send(api.settings_fields())
     while True:
         command, args = conn.recv()
@@ -284,18 +264,17 @@ def _fake_api_main(conn: Any) -> None:
                 setattr(api, name, tuple(value) if isinstance(value, list) else value)
             conn.send(None)
         elif command == "audio":
-            for path, seconds in args:
-                api.prebuild(path, seconds)
+            for path, seconds in args:  # answers encoded now, so that encoding them is not measured
+                sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                body = deepgram_response(filler_turns(seconds, seed=sha), duration=seconds, sha256=sha)
+                api.add_audio(Path(path), seconds=seconds, response=json.dumps(body).encode())
             conn.send(None)
         elif command == "reset":
-            with api._lock:
-                api.requests.clear()
+            api.clear_requests()
             conn.send(None)
         elif command == "requests":
             rows = []
-            with api._lock:
-                records = list(api.requests)
-            for r in records:
+            for r in api.recorded():
                 row = {"path": r.path, "status": r.status, "started": r.started, "ended": r.ended, "bytes": len(r.body)}
                 if r.path == LISTEN:
                     row["sha256"] = hashlib.sha256(r.body).hexdigest()
@@ -307,7 +286,7 @@ def _fake_api_main(conn: Any) -> None:
 
 
 class RemoteFakeAPI:
-    """tests.fakeapi.FakeAPI in a child process: same settings fields, latencies and recorded requests."""
+    """tests.support.fakeapi.FakeAPI in a child process: same settings fields, latencies and recorded requests."""
 
     def __init__(self) -> None:
         ctx = mp.get_context("spawn")

@@ -350,9 +350,10 @@ class FakeAPI:
         }
 
     def add_audio(
-        self, audio: bytes | Path, *, response: dict[str, Any] | None = None, seconds: float | None = None
+        self, audio: bytes | Path, *, response: dict[str, Any] | bytes | None = None, seconds: float | None = None
     ) -> str:
-        """Program `/v1/listen` for this audio: the body to answer and/or its duration. Returns its sha256."""
+        """Program `/v1/listen` for this audio: the body to answer (JSON, or bytes sent as they are: the
+        benchmarks encode long bodies before they measure) and/or its duration. Returns its sha256."""
         sha = sha256_of(audio)
         with self._lock:
             if response is not None:
@@ -373,6 +374,15 @@ class FakeAPI:
     def requests_to(self, path: str) -> list[Recorded]:
         with self._lock:
             return [r for r in self.requests if r.path == path]
+
+    def recorded(self) -> list[Recorded]:
+        """Every request so far, in arrival order (a copy)."""
+        with self._lock:
+            return list(self.requests)
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self.requests.clear()
 
     def peak_concurrency(self, path: str) -> int:
         """The most requests to `path` in flight at once, from the recorded times."""
@@ -403,7 +413,8 @@ class FakeAPI:
             status, payload, latency = self._answer(record)
         else:
             status, payload, latency = reply.status, reply.body, 0.0
-        if self._stopping.wait(latency + reply.delay):
+        # Latencies count from the request's arrival: the time spent reading and answering it is part of them.
+        if self._stopping.wait(max(0.0, latency + reply.delay - (time.monotonic() - started))):
             return
         content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         record.ended, record.status = time.monotonic(), status

@@ -12,16 +12,15 @@ from .models import Filters, FilterShape, Mode, StoredModel
 
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 CANDIDATES = 50  # rows each side of a hybrid search contributes to the fusion
-# Candidate list of the HNSW scan (pgvector's default is 40). Recall@10 at 100k chunks varies from one
-# index build to the next (bench/search_latency.py's data, 5 builds): 0.974-0.992 at 40, 0.976-0.994 at
-# 60, 0.988-0.997 at 100. 60 would save ~1.7 ms a search, but only 100 kept >= 0.98 in every build.
+# Candidate list of the HNSW scan (pgvector's default is 40): the smallest that kept recall@10 >= 0.98 in
+# every index build measured (BENCHMARKS.md "Design figures").
 HNSW_EF_SEARCH = 100
 # Iterative-scan budget under a filter (pgvector's default is 20,000). A filter so selective that
 # this many tuples yield fewer than k rows is served by an exact scan instead (see _run); scanning
 # 20,000 graph tuples costs far more than that.
 HNSW_MAX_SCAN_TUPLES = 5_000
-# A tuple visited by the filtered graph walk (graph step + the filter's lookup) against a row of the exact
-# scan (index fetch + distance), measured at 100k chunks: ~33 us against ~13 us.
+# What a tuple visited by the filtered graph walk (graph step + the filter's lookup) costs against a row of
+# the exact scan (index fetch + distance), as measured (BENCHMARKS.md "Design figures").
 GRAPH_ROW_COST = 2.5
 MAX_FETCH = 200  # cap on hits fetched to fill k results after merging context windows
 # Extra transaction-local planner settings for the search statement. Empty in production; the
