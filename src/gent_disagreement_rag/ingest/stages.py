@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import ConfigError, QualityGateError
+from ..errors import ConfigError
 from ..files import write_atomic
 from ..providers.embedders import EmbeddingBatch
 from ..providers.pricing import estimate_cost
@@ -22,7 +22,7 @@ from ..sources.feeds import download_enclosure, parse_feed
 from ..storage import costs, episodes, segments
 from ..text.chunking import Chunk, chunk_transcript
 from ..text.exports import render_exports
-from ..text.quality import QualityReport, check_transcript
+from ..text.quality import QualityReport, check_transcript, enforce
 from ..transcript import Transcript, TranscriptionResult
 from .context import RunContext
 from .keys import chunker_config
@@ -78,11 +78,8 @@ def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> Transcript
 def format_episode(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> FormattedEpisode:
     """Quality gate, then speaker turns and retrieval chunks; a failing gate stops the episode."""
     report = check_transcript(transcript, transcript.duration)
-    if not report.passed and not ctx.settings.skip_quality_gate:
-        raise QualityGateError(
-            f"episode {job.episode_id}: transcript failed the quality gate: {'; '.join(report.reasons)} "
-            "(set SKIP_QUALITY_GATE=true to embed it anyway)"
-        )
+    if not ctx.settings.skip_quality_gate:
+        enforce(report, f"episode {job.episode_id}:")
     chunks = chunk_transcript(transcript, job.speakers_map, config=chunker_config(ctx))
     return FormattedEpisode(chunks=chunks, quality=report)
 

@@ -101,7 +101,11 @@ def _seconds(duration: float | None) -> str:
     return "an unknown length" if duration is None else f"{duration:.1f} s"
 
 
-def enforce(report: QualityReport) -> None:
-    """Raise QualityGateError with every failed rule (GDR_SKIP_QUALITY_GATE is the caller's call)."""
+def enforce(report: QualityReport, label: str = "the") -> None:
+    """Raise QualityGateError with every failed rule, for `label` (e.g. "episode 12"); whether to skip the
+    gate (SKIP_QUALITY_GATE) is the caller's call."""
     if not report.passed:
-        raise QualityGateError("transcript failed the quality gate: " + "; ".join(report.reasons))
+        raise QualityGateError(
+            f"{label} transcript failed the quality gate: {'; '.join(report.reasons)} "
+            "(set SKIP_QUALITY_GATE=true to embed it anyway)"
+        )
