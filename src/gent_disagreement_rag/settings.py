@@ -24,6 +24,7 @@ class Settings(BaseSettings):
 
     # Storage
     database_url: SecretStr | None = Field(None, description="Postgres URL; unset = embedded Postgres under GDR_HOME")
+    database_block: str | None = Field(None, description="Name of a prefect-sqlalchemy SqlAlchemyConnector block; preferred over DATABASE_URL/DB_* when set")
     db_host: str | None = Field(None, description="Legacy: host of an existing Postgres (used when DATABASE_URL is unset)")
     db_port: int = Field(5432, description="Legacy: port, with DB_HOST")
     db_user: str = Field("postgres", description="Legacy: user, with DB_HOST")
@@ -40,7 +41,9 @@ class Settings(BaseSettings):
 
     # Orchestration
     result_storage_block: str | None = Field(None, description="Prefect storage block slug for the stage cache (e.g. s3-bucket/gdr-cache); overrides CACHE_DIR")
-    max_parallel_episodes: int = Field(3, ge=1, le=64, description="Episodes processed at once")
+    max_parallel_episodes: int = Field(3, ge=1, le=64, description="Episodes processed at once (per run, and per worker with `gdr worker start`)")
+    fan_out: Literal["auto", "threads", "workers"] = Field("auto", description="How a run spreads its episodes: threads of its own process, or one `episode_pipeline/default` run per episode on the pool's workers; auto = workers for deployment runs when that deployment exists")
+    worker_name: str | None = Field(None, description="This worker's name in `processed_by` (set by `gdr worker start`)")
     skip_quality_gate: bool = Field(False, description="Embed transcripts even if they fail the coverage check")
 
     # Providers

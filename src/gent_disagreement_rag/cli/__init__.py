@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
@@ -32,6 +33,8 @@ db_app = typer.Typer(help="The database: create/migrate the schema, show where i
 app.add_typer(db_app, name="db")
 server_app = typer.Typer(help="A local Prefect server + worker with the ingest/default deployment.", no_args_is_help=True)
 app.add_typer(server_app, name="server")
+worker_app = typer.Typer(help="A worker of the `default` pool, on this machine, for a server elsewhere.", no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -273,6 +276,46 @@ def server_status() -> None:
 
     pids = server.status(Settings())
     console.print(", ".join(f"{name} (pid {pid})" for name, pid in pids.items()) or "not running")
+
+
+@server_app.command("publish")
+@friendly_errors
+def server_publish() -> None:
+    """Write this machine's configuration to the Prefect server at PREFECT_API_URL, for the fleet's workers
+    (`gdr server start` does it too): database and API-key blocks, the stage-cache block, the settings variable,
+    the Deepgram concurrency limit."""
+    from ..orchestration import server
+
+    for line in server.publish_fleet(Settings(), _api_url()):
+        console.print(line, highlight=False)
+
+
+@worker_app.command("start")
+@friendly_errors
+def worker_start() -> None:
+    """Start a worker that takes up to MAX_PARALLEL_EPISODES episode runs at once (needs only PREFECT_API_URL)."""
+    from ..orchestration import server
+
+    settings = Settings()
+    pid = server.start_worker(settings, Path.cwd(), _api_url())
+    console.print(f"worker running (pid {pid}); logs in {settings.home / 'logs' / 'worker.log'}")
+
+
+@worker_app.command("stop")
+@friendly_errors
+def worker_stop() -> None:
+    """Stop the worker started by `gdr worker start` (its episode runs end Crashed and are retried elsewhere)."""
+    from ..orchestration import server
+
+    stopped = server.stop(Settings())
+    console.print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+def _api_url() -> str:
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        raise GdrError("PREFECT_API_URL is not set (the server's API, e.g. http://server:4200/api)")
+    return url
 
 
 @app.command("search")

@@ -10,6 +10,7 @@ From a Python shell (or see `sequence.process_episode`, which runs them all in o
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -111,8 +112,14 @@ def store(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, batch: Em
     segments.store_episode(
         ctx.db, job.episode_id, episode.chunks, model_id=batch.model_id, provider=batch.provider, model=batch.model,
         vectors=batch.vectors, audio_sha256=job.audio_sha256, duration_seconds=episode.quality.duration,
+        processed_by=processed_by(ctx),
     )
     return len(episode.chunks)
+
+
+def processed_by(ctx: RunContext) -> str:
+    """`host/worker` for the episode rows this process writes (`local` when no worker is named)."""
+    return f"{socket.gethostname()}/{ctx.settings.worker_name or 'local'}"
 
 
 def record_cost(

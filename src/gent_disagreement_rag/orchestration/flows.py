@@ -2,12 +2,17 @@
 `max_parallel`; each mapped task runs the `episode_pipeline` subflow, which is the library's episode
 sequence (`ingest.sequence.process_episode`) with each stage a cached, retried task.
 
+Fan-out: in a run of its own (`gdr ingest`), the subflows run in the run's threads. A deployment run
+hands each episode to the pool instead, as a run of the `episode_pipeline/default` deployment, so every
+worker of the pool (any machine) takes some; the parent waits for them and writes the summary.
+
 A subflow called from a task is identified by its task run, not by call order, so a retried run
 re-attaches every episode to its own earlier work.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -16,9 +21,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.transactions import CommitMode, transaction
 from prefect.utilities.annotations import unmapped
 
 from ..errors import AuthenticationError, QuotaExhaustedError
@@ -29,7 +38,10 @@ from ..ingest.retry import RETRIES, RETRY_DELAYS, RETRY_JITTER, with_db_retries
 from ..ingest.sequence import process_episode
 from ..settings import Settings
 from ..storage import costs, episodes, segments
+from .fleet import fleet_settings
 from .tasks import PrefectStages, retry_transient
+
+EPISODE_DEPLOYMENT = "episode_pipeline/default"
 
 
 @dataclass(slots=True)
@@ -42,16 +54,18 @@ class EpisodeSummary:
     audio_minutes: float = 0.0
     tokens: int = 0
     cost_usd: float = 0.0
+    processed_by: str = ""
     error: str = ""
 
 
 class _RunState:
-    """What the episodes of one run share: the context, the run id, and why the run stopped early."""
+    """What the episodes of one run share: the context, the run id, whether episodes go to the pool's
+    workers, and why the run stopped early."""
 
-    __slots__ = ("ctx", "run_id", "_abort_lock", "abort_episode", "abort_reason")
+    __slots__ = ("ctx", "run_id", "on_workers", "_abort_lock", "abort_episode", "abort_reason")
 
-    def __init__(self, ctx: RunContext, run_id: str):
-        self.ctx, self.run_id = ctx, run_id
+    def __init__(self, ctx: RunContext, run_id: str, on_workers: bool):
+        self.ctx, self.run_id, self.on_workers = ctx, run_id, on_workers
         self._abort_lock = threading.Lock()
         self.abort_episode: str | None = None
         self.abort_reason = ""
@@ -80,13 +94,19 @@ def _given(ctx: Any) -> RunContext | None:
 def episode_pipeline(job: EpisodeJob, run_id: str = "", ctx: Any = None) -> dict[str, float]:
     """[download ->] transcribe -> format (quality gate + chunks) -> export -> embed -> store, for one episode.
 
-    `ctx` is the caller's RunContext; without one, a context is opened from this machine's settings.
+    `ctx` is the caller's RunContext. Without one (a run of the deployment, on any worker), a context is
+    opened from the fleet's settings, and Deepgram requests count against the fleet's global limit.
     """
-    ctx = _given(ctx)
-    if ctx is None:
-        with RunContext.open() as own:
-            return episode_pipeline.fn(job, run_id, own)
-    outcome = process_episode(ctx, job, run_id, PrefectStages(ctx, job.episode_id))
+    given = _given(ctx)
+    # Each stage's result and cache record are written when that stage ends (EAGER), not when the `episode`
+    # task around this subflow ends, as its transaction otherwise makes them: a crash mid-episode keeps the
+    # stages already paid for.
+    with transaction(commit_mode=CommitMode.EAGER):
+        if given is None:
+            with RunContext.open(fleet_settings()) as own:
+                outcome = process_episode(own, job, run_id, PrefectStages(own, job.episode_id, fleet_limits=True))
+        else:
+            outcome = process_episode(given, job, run_id, PrefectStages(given, job.episode_id))
     return {"segments": outcome.segments, "audio_seconds": outcome.audio_seconds}
 
 
@@ -112,16 +132,19 @@ def episode_task(job: EpisodeJob, run: _RunState) -> EpisodeSummary:
     run.report(summary)
     started = time.perf_counter()
     try:
-        state = episode_pipeline(job, run.run_id, ctx, return_state=True)
+        if run.on_workers:
+            state = _on_a_worker(job, run)
+        else:
+            state = episode_pipeline(job, run.run_id, ctx, return_state=True)
     finally:
         claim.close()
     summary.seconds = round(time.perf_counter() - started, 2)
     if state.is_completed():
-        result = state.result()
-        summary.status, summary.segments = "processed", int(result["segments"])
-        summary.audio_minutes = round(result["audio_seconds"] / 60, 2)
+        [row] = episodes.list_episodes(ctx.db, [job.episode_id])  # the database is the record, wherever it ran
+        summary.status, summary.segments, summary.processed_by = "processed", row.segments, row.processed_by or ""
+        summary.audio_minutes = round((row.duration_seconds or 0.0) / 60, 2)
     else:
-        exc = state.result(raise_on_failure=False)
+        exc = state.result(raise_on_failure=False) if not run.on_workers else f"{state.name}: {state.message}"
         summary.status, summary.error = "failed", describe(exc, ctx.settings)
         if isinstance(exc, AuthenticationError | QuotaExhaustedError):
             run.stop(job.episode_id, summary.error)
@@ -130,6 +153,27 @@ def episode_task(job: EpisodeJob, run: _RunState) -> EpisodeSummary:
     summary.tokens, summary.cost_usd = ledger.tokens, ledger.cost_usd
     run.report(summary)
     return summary
+
+
+def _on_a_worker(job: EpisodeJob, run: _RunState) -> State:
+    """The final state of the episode's own `episode_pipeline/default` run, taken by any worker of the pool."""
+    parameters = {"job": json.loads(json.dumps(asdict(job), default=str)), "run_id": run.run_id}
+    child = run_deployment(EPISODE_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=1,
+                           flow_run_name=f"episode-{job.episode_id}")
+    return child.state
+
+
+def _fan_out_to_workers(settings: Settings) -> bool:
+    if settings.fan_out != "auto":
+        return settings.fan_out == "workers"
+    if deployment.get_id() is None:
+        return False
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(EPISODE_DEPLOYMENT)
+        except ObjectNotFound:
+            return False
+    return True
 
 
 @task(name="discover", task_run_name="discover", cache_policy=NO_CACHE, retries=RETRIES,
@@ -157,7 +201,7 @@ def ingest(
     """
     ctx = _given(ctx)
     if ctx is None:
-        settings = Settings(max_parallel_episodes=max_parallel) if max_parallel else Settings()
+        settings = fleet_settings(**({"max_parallel_episodes": max_parallel} if max_parallel else {}))
         with RunContext.open(settings) as own:
             return ingest.fn(episode_ids, max_parallel, force, plan, own)
     settings, logger = ctx.settings, get_run_logger()
@@ -175,17 +219,19 @@ def ingest(
         episodes.mark_failed(ctx.db, episode_id, error)
     parallel = max_parallel or settings.max_parallel_episodes
     logger.info("%d episodes to process (%d up to date, %d invalid), %d at a time", len(jobs), up_to_date, len(invalid), parallel)
-    run = _RunState(ctx, str(flow_run.get_id() or ""))
+    run = _RunState(ctx, str(flow_run.get_id() or ""), _fan_out_to_workers(settings))
     for job in jobs:
         run.report(EpisodeSummary(job.episode_id, job.title, "queued"))
     summaries: list[EpisodeSummary] = []
     if jobs:
         warming = threading.Thread(target=ctx.warm_up, name="gdr-warm-up", daemon=True)
-        warming.start()
+        if not run.on_workers:
+            warming.start()
         with ThreadPoolTaskRunner(max_workers=parallel) as runner:
             futures = runner.map(episode_task, {"job": jobs, "run": unmapped(run)})
             summaries = [future.result() for future in futures]
-        warming.join()
+        if warming.is_alive():
+            warming.join()
     for episode_id, error in invalid.items():
         summaries.append(EpisodeSummary(episode_id, "", "failed", error=error))
         run.report(summaries[-1])

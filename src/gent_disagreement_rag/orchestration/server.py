@@ -1,14 +1,17 @@
 """`gdr server start|stop|status`: a local Prefect server on the project's Postgres, the `default`
-process work pool, the `ingest/default` deployment, and a worker — all on 127.0.0.1.
+process work pool, the `ingest/default` and `episode_pipeline/default` deployments, the fleet's shared
+configuration, and a worker — all on 127.0.0.1. `gdr worker start|stop` runs one more worker, on this
+machine or another that has only PREFECT_API_URL.
 
 Processes are started detached, with their pids and logs under GDR_HOME, so they outlive the
-command that started them and `gdr server stop` can end them.
+command that started them and `gdr server stop` / `gdr worker stop` can end them.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +25,10 @@ from ..settings import Settings
 from .environment import prefect_environment
 
 WORK_POOL = "default"
+# Flow runs send a heartbeat this often; the server's automation marks a run Crashed after two are missed
+# (a killed worker or machine), so the `ingest` run waiting for it ends instead of waiting forever.
+HEARTBEAT_SECONDS = 30
+ZOMBIE_AUTOMATION = "gdr: crash flow runs whose worker is gone"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +125,79 @@ def start(settings: Settings, project_dir: Path, *, port: int = 4200, worker_pol
         _check([_prefect(), "work-pool", "create", WORK_POOL, "--type", "process"], client_env, project_dir,
                "creating the work pool")
     _check([_prefect(), "--no-prompt", "deploy", "--all"], client_env, project_dir, "prefect deploy")
+    publish_fleet(settings, url)
     if "worker" not in pids:
-        worker_env = {**client_env, "PREFECT_WORKER_QUERY_SECONDS": str(worker_poll_seconds)}
-        pids["worker"] = _spawn(settings, "worker", [_prefect(), "worker", "start", "--pool", WORK_POOL],
-                                worker_env, project_dir)
+        # One slot more than MAX_PARALLEL_EPISODES: the `ingest` run itself, waiting for its episodes' runs.
+        pids["worker"] = _spawn_worker(settings, "worker", client_env, project_dir, worker_poll_seconds,
+                                       limit=settings.max_parallel_episodes + 1)
     return ServerInfo(api_url=url, ui_url=f"http://127.0.0.1:{port}", pids=pids, logs=_logs_dir(settings))
+
+
+def publish_fleet(settings: Settings, api_url: str) -> list[str]:
+    """The fleet's configuration (see fleet.py) and the automation that ends runs whose worker died, on
+    the server at `api_url`."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from .fleet import publish
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        written = publish(settings)
+        written.append(_ensure_zombie_automation())
+    return written
+
+
+def _ensure_zombie_automation() -> str:
+    """Prefect's documented pattern: a run that stops sending heartbeats without ending is marked Crashed."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        Automation.read(name=ZOMBIE_AUTOMATION)
+        return f"automation '{ZOMBIE_AUTOMATION}' (exists)"
+    except ValueError:
+        pass
+    Automation(
+        name=ZOMBIE_AUTOMATION,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=HEARTBEAT_SECONDS * 2),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message="no heartbeat: the worker running it is gone")],
+    ).create()
+    return f"automation '{ZOMBIE_AUTOMATION}'"
+
+
+def _spawn_worker(settings: Settings, name: str, env: dict[str, str], cwd: Path, poll_seconds: int, *,
+                  limit: int) -> int:
+    worker = settings.worker_name or f"{socket.gethostname()}-{name}"
+    worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds), "WORKER_NAME": worker,
+                  "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
+    return _spawn(settings, name, [_prefect(), "worker", "start", "--pool", WORK_POOL, "--name", worker,
+                                   "--limit", str(limit)], worker_env, cwd)
+
+
+def start_worker(settings: Settings, project_dir: Path, api_url: str, *, poll_seconds: int = 5) -> int:
+    """A worker of the `default` pool on this machine, taking up to MAX_PARALLEL_EPISODES episode runs at
+    once; idempotent. Everything else it needs (database, keys, settings) comes from the server."""
+    pids = _read_pids(settings)
+    if "worker" in pids:
+        return pids["worker"]
+    if not _healthy(api_url):
+        raise GdrError(f"no Prefect server answers at {api_url} (set PREFECT_API_URL)")
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    return _spawn_worker(settings, "worker", env, project_dir.resolve(), poll_seconds,
+                         limit=settings.max_parallel_episodes)
 
 
 def stop(settings: Settings, timeout: float = 20.0) -> list[str]:

@@ -10,11 +10,13 @@ from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.utilities.annotations import opaque
 
 from ..ingest.context import RunContext
 from ..ingest.retry import MAX_RETRY_AFTER, RETRIES, RETRY_DELAYS, RETRY_JITTER, is_transient
 from ..ingest.sequence import STAGE_NAMES
+from .fleet import DEEPGRAM_LIMIT
 
 CACHED_STAGES = frozenset({"transcribe", "format", "export", "embed"})  # store: the database is the record
 
@@ -51,17 +53,31 @@ def _stage_task(name: str, storage: Path | str) -> Task:
     return task(**options)(_run_stage)
 
 
+def _within_fleet_limit(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`func` holding a slot of the fleet's Deepgram limit (a global concurrency limit) while it runs."""
+
+    def limited(*args: Any) -> Any:
+        with concurrency(DEEPGRAM_LIMIT, occupy=1):
+            return func(*args)
+
+    return limited
+
+
 class PrefectStages:
     """A `StageRunner` for `process_episode`: each stage a task, its results and cache records in
-    GDR_HOME/cache, CACHE_DIR or the RESULT_STORAGE_BLOCK."""
+    GDR_HOME/cache, CACHE_DIR or the RESULT_STORAGE_BLOCK. On a fleet's worker (`fleet_limits`) Deepgram
+    requests also take a slot of the global concurrency limit every machine shares."""
 
-    def __init__(self, ctx: RunContext, episode_id: str):
+    def __init__(self, ctx: RunContext, episode_id: str, *, fleet_limits: bool = False):
         settings = ctx.settings
         storage = settings.result_storage_block or settings.result_storage_path
         self.episode_id = episode_id
         self.tasks = {name: _stage_task(name, storage) for name in STAGE_NAMES}
+        self.limit_transcription = fleet_limits and settings.resolved_transcriber == "deepgram"
 
     def __call__(self, name: str, func: Callable[..., Any], *args: Any, cache_key: str | None = None) -> Any:
+        if name == "transcribe" and self.limit_transcription:
+            func = _within_fleet_limit(func)
         # Inputs go in `opaque`: Prefect otherwise walks every object inside them (a transcript's thousands
         # of words, the chunks, the vectors) looking for futures, on every task call.
         return self.tasks[name](self.episode_id, func, opaque(args), cache_key=cache_key)

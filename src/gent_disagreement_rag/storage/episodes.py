@@ -40,6 +40,7 @@ class EpisodeRow:
     enclosure_length: int | None
     feed_duration_seconds: float | None
     cost_usd: float
+    processed_by: str | None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +57,7 @@ class EpisodeRow:
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
             "source": self.source,
             "cost_usd": self.cost_usd,
+            "processed_by": self.processed_by,
         }
 
 
@@ -65,7 +67,7 @@ def new_entry_json(entry: CatalogueEntry) -> dict[str, Any]:
         "episode_id": entry.episode_id, "title": entry.title, "status": "pending", "segments": 0, "error": None,
         "published": entry.published.isoformat() if entry.published else None, "file_name": entry.file_name,
         "audio_url": entry.audio_url, "duration_seconds": None, "audio_sha256": None, "updated_at": None,
-        "source": "catalogue", "cost_usd": 0.0,
+        "source": "catalogue", "cost_usd": 0.0, "processed_by": None,
     }
 
 
@@ -141,7 +143,8 @@ def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> lis
                       e.last_error, e.audio_sha256, e.processed_sha256, e.duration_seconds,
                       (SELECT count(*) FROM segments s WHERE s.episode_id = e.episode_id), e.updated_at,
                       e.source, e.enclosure_length, e.feed_duration_seconds,
-                      (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id)
+                      (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id),
+                      e.processed_by
                FROM episodes e
                WHERE %(ids)s::text[] IS NULL OR e.episode_id = ANY(%(ids)s::text[])
                ORDER BY e.published NULLS LAST, e.episode_id""",

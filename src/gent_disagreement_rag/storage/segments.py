@@ -84,6 +84,7 @@ def store_episode(
     vectors: np.ndarray,
     audio_sha256: str | None = None,
     duration_seconds: float | None = None,
+    processed_by: str | None = None,
 ) -> None:
     """Replace an episode's segments and this model's vectors, and mark it processed, atomically."""
     if len(segments) != len(vectors):
@@ -121,9 +122,10 @@ def store_episode(
             cur.execute(
                 """UPDATE episodes SET status = 'processed', last_error = NULL, segments_sha256 = %s,
                        processed_sha256 = coalesce(%s, audio_sha256), audio_sha256 = coalesce(%s, audio_sha256),
-                       duration_seconds = coalesce(%s, duration_seconds), processed_at = now(), updated_at = now()
+                       duration_seconds = coalesce(%s, duration_seconds), processed_by = %s, processed_at = now(),
+                       updated_at = now()
                    WHERE episode_id = %s""",
-                (fingerprint, audio_sha256, audio_sha256, duration_seconds, episode_id),
+                (fingerprint, audio_sha256, audio_sha256, duration_seconds, processed_by, episode_id),
             )
 
 
