@@ -55,6 +55,17 @@ def make_audio(path: Path, seconds: float, frequency: int) -> Path:
     return path
 
 
+def cl100k_count(text: str) -> int:
+    """Tokens as the embeddings API counts them, by tiktoken itself (not our count_tokens). The vocabulary is
+    put in tiktoken's cache by our `encoding()` first: tiktoken would download it, and tests have no network."""
+    import tiktoken
+
+    from gent_disagreement_rag.embedders.tokens import encoding
+
+    encoding()
+    return len(tiktoken.get_encoding("cl100k_base").encode(text, disallowed_special=()))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

@@ -20,9 +20,10 @@ from urllib.parse import quote
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .errors import DatabaseUnavailableError
+from .errors import ConfigError, DatabaseUnavailableError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,16 @@ def embedded_url(settings: Settings, database: str = APP_DATABASE) -> str:
 
 
 def database_url(settings: Settings) -> str:
-    """The application database URL: the user's server, or the embedded one."""
-    return settings.external_database_url() or embedded_url(settings)
+    """The application database URL: the user's server, or the embedded one. A URL libpq cannot parse is a
+    ConfigError (libpq's message quotes the URL, password included: the CLI scrubs it from ConfigErrors)."""
+    external = settings.external_database_url()
+    if external is None:
+        return embedded_url(settings)
+    try:
+        conninfo_to_dict(external)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"DATABASE_URL is not a Postgres connection string: {_first_line(exc)}") from None
+    return external
 
 
 def prefect_database_url(settings: Settings) -> str:
