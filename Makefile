@@ -4,7 +4,7 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench mutate clean
 
 $(UV):
 	python3 -m pip install --quiet --user "uv==$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
@@ -26,6 +26,12 @@ test: install
 
 bench: install
 	$(UV) run python -m bench.run_all
+
+# Mutation testing of the pure modules (pyproject [tool.mutmut]; scores in TESTING.md). Not part of `make test`.
+mutate: install
+	rm -rf mutants
+	$(UV) run mutmut run --max-children 2
+	$(UV) run mutmut results
 
 clean:
 	-$(UV) run gdr db stop

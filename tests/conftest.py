@@ -107,7 +107,18 @@ def prefect_api(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             results = tmp_path_factory.mktemp("prefect-results")  # flow-level results; stage caches live in GDR_HOME
             with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
                 yield server.api_url
+                drain_prefect_clients()
         finally:
             server.stop()
+
+
+def drain_prefect_clients() -> None:
+    """Send the run logs and events still queued while the server is up: stopped first, their workers
+    retried against the dead server at interpreter exit and the process hung for 63-75 s ("Error logging to API")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    EventsWorker.drain_all(timeout=30)
 
 

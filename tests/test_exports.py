@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
-import types
 from itertools import pairwise
 from pathlib import Path
 
@@ -219,23 +217,3 @@ def test_reformat_raw_writes_into_another_directory(tmp_path: Path) -> None:
     paths = reformat_raw(PHONE, None, tmp_path / "out")
     assert paths["raw"] == tmp_path / "out" / f"{PHONE.stem}.raw.json"
     assert json.loads(paths["chunks"].read_text(encoding="utf-8"))[0]["speaker"] == "Speaker 0"
-
-
-def test_reformat_raw_hands_local_responses_to_the_local_parser(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    transcript = load_fixture(PHONE)
-    seen = []
-
-    def parse_local_response(raw: dict) -> Transcript:
-        seen.append(raw)
-        return transcript
-
-    fake = types.ModuleType("gent_disagreement_rag.providers.transcribers.local_whisper")
-    fake.parse_local_response = parse_local_response  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, fake.__name__, fake)
-    raw_path = tmp_path / "local.raw.json"
-    raw_path.write_text(json.dumps({"provider": "local", "segments": []}), encoding="utf-8")
-    paths = reformat_raw(raw_path, SPEAKERS)
-    assert seen == [{"provider": "local", "segments": []}]
-    assert "Tom: Hi." in paths["srt"].read_text(encoding="utf-8")

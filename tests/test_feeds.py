@@ -31,9 +31,9 @@ from gent_disagreement_rag.sources.feeds import FeedItem, download_enclosure, pa
 from gent_disagreement_rag.storage import costs as cost_store
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
-from tests.support.builders import app_environment, make_audio
+from tests.support.builders import app_environment, make_audio, run_ingest
 from tests.support.fakeapi import LISTEN, FakeAPI
-from tests.test_flows import run_ingest, statuses
+from tests.test_flows import statuses
 
 SPEAKERS = {"0": "Ann", "1": "Bob"}
 

@@ -11,7 +11,7 @@ from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage import segments as segment_store
 from gent_disagreement_rag.storage.database import Database
-from tests.support.builders import app_environment, make_audio
+from tests.support.builders import app_environment, make_audio, run_ingest
 from tests.support.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_error, for_audio, sha256_of
 
 
@@ -28,11 +28,6 @@ def catalogue(settings: Settings, fake_api: FakeAPI, monkeypatch: pytest.MonkeyP
     return [e["episode_id"] for e in entries]
 
 
-def run_ingest(**parameters):
-    """The `ingest` flow as a deployment runs it: settings from the environment, its own context."""
-    from gent_disagreement_rag.orchestration.flows import ingest
-
-    return ingest(**parameters, return_state=True)
 
 
 def statuses(settings: Settings) -> dict[str, tuple[str, int, str | None]]:
@@ -85,13 +80,13 @@ def test_one_bad_episode_fails_alone_and_the_run_is_failed(settings, catalogue, 
 
 
 def test_transient_429_is_retried_and_succeeds(settings, catalogue, fake_api) -> None:
-    fake_api.enqueue(LISTEN, deepgram_error(429, "TOO_MANY_REQUESTS", retry_after=1))
+    fake_api.enqueue(LISTEN, deepgram_error(429, "TOO_MANY_REQUESTS", retry_after=3))
     fake_api.enqueue(LISTEN, deepgram_error(503, "SERVICE_UNAVAILABLE"))
     state = run_ingest(episode_ids=["EP-0"])
     assert state.is_completed(), state.message
     listen = fake_api.requests_to(LISTEN)
     assert [r.status for r in listen] == [429, 503, 200]
-    assert listen[1].started - listen[0].ended >= 1.0  # Retry-After honoured
+    assert listen[1].started - listen[0].ended >= 2.9  # Retry-After honoured (the first delay is <= 1.5 s)
 
 
 def test_changing_the_embedding_model_re_embeds_without_transcribing(settings, catalogue, fake_api, monkeypatch) -> None:

@@ -159,10 +159,8 @@ def test_deepgram_errors_map_to_classes_without_sdk_retries(
 def test_deepgram_slow_answer_times_out_as_transient(fake_api: FakeAPI, audio: Path) -> None:
     transcriber = DeepgramTranscriber(DEEPGRAM_KEY, base_url=fake_api.url, base_timeout=0.3)
     fake_api.enqueue(LISTEN, slow(3))
-    started = time.monotonic()
     with pytest.raises(TransientProviderError, match="did not answer"):
         transcriber.transcribe(audio)
-    assert time.monotonic() - started < 2
 
 
 def test_deepgram_concurrency_cap_is_shared(fake_api: FakeAPI, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import wave
 from pathlib import Path
@@ -286,3 +287,22 @@ def test_vectors_are_unit_384d_and_deterministic(embedder: LocalMiniLMEmbedder) 
 def test_unsupported_local_embedding_settings_are_config_errors(field: dict) -> None:
     with pytest.raises(ConfigError, match="EMBEDDER=local"):
         LocalMiniLMEmbedder.from_settings(Settings(_env_file=None, embedder="local", **field))
+
+
+def test_gdr_format_rebuilds_the_exports_from_a_local_raw_response(dialogue_result, tmp_path: Path) -> None:
+    """The `gdr format` command, in its own process, on what local Whisper really saved: every word comes back."""
+    raw_path = tmp_path / "dialogue.raw.json"
+    raw_path.write_text(json.dumps(dialogue_result.raw), encoding="utf-8")
+    gdr = Path(sys.executable).parent / "gdr"
+    result = subprocess.run([str(gdr), "format", str(raw_path), "--speakers-map", '{"0": "Tom", "1": "Ann"}',
+                             "--max-tokens", "40"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    chunks = json.loads((tmp_path / "dialogue.chunks.json").read_text(encoding="utf-8"))
+    assert " ".join(result.stdout.split()).startswith(f"{len(chunks)} chunks from {raw_path}")
+    spoken = [w for segment in dialogue_result.raw["segments"] for w in segment["words"]]
+    assert "".join("".join(c["text"].split()) for c in chunks) == "".join("".join(w["word"].split()) for w in spoken)
+    assert {c["speaker"] for c in chunks} == {"Tom", "Ann"}
+    assert max(c["token_count"] for c in chunks) <= 40
+    assert (chunks[0]["start"], chunks[-1]["end"]) == (spoken[0]["start"], spoken[-1]["end"])
+    srt = (tmp_path / "dialogue.srt").read_text(encoding="utf-8")
+    assert srt.startswith("1\n00:00:") and "Tom: " in srt and "Ann: " in srt

@@ -27,7 +27,6 @@ import psycopg
 import pytest
 
 from gent_disagreement_rag.ingest.context import RunContext
-from gent_disagreement_rag.ingest.retry import RETRIES
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage import segments as segment_store
@@ -618,8 +617,7 @@ def test_postgres_restarted_mid_run(world: World, own_postgres, monkeypatch) -> 
         wait_for(lambda: len(world.api.requests_to(LISTEN)) == 3, what="three transcriptions in flight")
         restart_postgres(pg, down_seconds=4)
 
-    chaos = threading.Thread(target=outage)
-    chaos.start()
+    chaos = Chaos(outage)
     state = run_flow(max_parallel=3)
     chaos.join()
     assert state.is_completed(), state.message
@@ -643,17 +641,37 @@ def test_postgres_restarted_mid_run(world: World, own_postgres, monkeypatch) -> 
             locker.close()  # (dead already after a restart; otherwise this unblocks the store)
 
     world.api.deepgram_latency = (0.0, 0.0)
-    chaos = threading.Thread(target=restart_while_storing)
-    chaos.start()
+    chaos = Chaos(restart_while_storing)
     state = run_flow()
     chaos.join()
     assert state.is_completed(), state.message
     assert world.statuses() == {e: "processed" for e in [*ids, "M-3"]}
     assert world.listen_counts()["M-3"] == 1 and len(world.api.requests_to(EMBEDDINGS)) == 4
-    # Retried and then Completed; how many attempts the restart takes depends on the machine's load.
+    # The attempt the restart killed, then one retry on the replaced connections (measured: 2 every time, at load 6).
     [(state_name, attempts)] = [(r.state_name, r.run_count) for r in task_runs("store-M-3")]
-    assert state_name == "Completed" and 2 <= attempts <= RETRIES + 1, (state_name, attempts)
+    assert (state_name, attempts) == ("Completed", 2)
     world.assert_consistent()
+
+
+class Chaos(threading.Thread):
+    """A fault injected from a thread; `join` re-raises what went wrong in it (a fault that never happened
+    would otherwise leave the test passing, having shown nothing)."""
+
+    def __init__(self, target: Callable[[], None]) -> None:
+        super().__init__(daemon=True)
+        self._fault, self._error = target, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._fault()
+        except BaseException as exc:
+            self._error = exc
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self._error is not None:
+            raise self._error
 
 
 def task_runs(name: str) -> list[Any]:
@@ -686,8 +704,7 @@ def test_sixteen_workers_on_a_pool_of_three_wait_for_connections(world: World, m
         finally:
             locker.rollback()
 
-    chaos = threading.Thread(target=release_when_exhausted)
-    chaos.start()
+    chaos = Chaos(release_when_exhausted)
     stats: dict[str, int] = {}
     state = run_flow(stats, ctx, max_parallel=16)
     chaos.join()

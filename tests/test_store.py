@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from gent_disagreement_rag.errors import CatalogueError, DatabaseUnavailableError
 from gent_disagreement_rag.sources.catalogue import CatalogueEntry, load_catalogue
 from gent_disagreement_rag.storage import episodes as episode_store

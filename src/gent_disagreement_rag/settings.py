@@ -91,8 +91,8 @@ class Settings(BaseSettings):
             return self.database_url.get_secret_value()
         if self.db_host is not None:
             password = self.db_password.get_secret_value() if self.db_password else ""
-            auth = quote(self.db_user) + (":" + quote(password) if password else "")
-            return f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name)}"
+            auth = quote(self.db_user, safe="") + (":" + quote(password, safe="") if password else "")  # a '/' too
+            return f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
         return None
 
     @property

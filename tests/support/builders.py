@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gent_disagreement_rag.text.chunking import Chunk
 
@@ -49,6 +49,17 @@ def make_audio(path: Path, seconds: float, frequency: int) -> Path:
     return path
 
 
+def cl100k_count(text: str) -> int:
+    """Tokens as the embeddings API counts them, by tiktoken itself (not our count_tokens). The vocabulary is
+    put in tiktoken's cache by our `encoding()` first: tiktoken would download it, and tests have no network."""
+    import tiktoken
+
+    from gent_disagreement_rag.text.tokens import encoding
+
+    encoding()
+    return len(tiktoken.get_encoding("cl100k_base").encode(text, disallowed_special=()))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -67,3 +78,11 @@ def app_environment(settings: Settings, fake_api: FakeAPI) -> dict[str, str]:
         "TRANSCRIPTS_DIR": str(settings.transcripts_dir),
         **{k.upper(): v for k, v in fake_api.settings_fields().items()},
     }
+
+
+def run_ingest(**parameters: Any):
+    """The `ingest` flow in this process as a deployment runs it: settings from the environment, its own
+    context (pool, providers), closed at the end. Returns its final state."""
+    from gent_disagreement_rag.orchestration.flows import ingest
+
+    return ingest(**parameters, return_state=True)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import socket
 import string
@@ -51,11 +52,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import av
 import numpy as np
 
-from gent_disagreement_rag.providers.audio import audio_seconds
-from gent_disagreement_rag.text.tokens import count_tokens
-from tests.support.builders import deepgram_fixture
+from tests.support.builders import cl100k_count, deepgram_fixture
 
 LISTEN = "/v1/listen"
 EMBEDDINGS = "/v1/embeddings"
@@ -244,6 +244,18 @@ def filler_turns(
     n = max(1, round(seconds * words_per_second))
     tokens = [_FILLER[(offset + i) % len(_FILLER)] for i in range(n)]
     return [(turn % 2, " ".join(tokens[i : i + turn_words]) + ".") for turn, i in enumerate(range(0, n, turn_words))]
+
+
+def probe_seconds(audio: bytes) -> float:
+    """The audio's duration as its container gives it (PyAV), else a 128 kbit/s estimate, as Deepgram would
+    measure it; probed here, not with the transcriber's own function, so the two can disagree."""
+    try:
+        with av.open(io.BytesIO(audio), mode="r") as container:
+            if container.duration:
+                return container.duration / av.time_base
+    except av.FFmpegError:
+        pass
+    return len(audio) / 16_000
 
 
 def _limit_problem(inputs: list[str], counts: list[int]) -> str | None:
@@ -443,7 +455,7 @@ class FakeAPI:
 
     def _seconds(self, sha: str, audio: bytes) -> float:
         if sha not in self.audio_seconds:
-            seconds = audio_seconds(audio)
+            seconds = probe_seconds(audio)
             with self._lock:
                 self.audio_seconds[sha] = seconds
         return self.audio_seconds[sha]
@@ -452,7 +464,7 @@ class FakeAPI:
         inputs = [request["input"]] if isinstance(request["input"], str) else list(request["input"])
         model = request["model"]
         dimensions = request.get("dimensions") or NATIVE_DIMENSIONS.get(model, 1536)
-        counts = [count_tokens(text) for text in inputs]
+        counts = [cl100k_count(text) for text in inputs]
         problem = _limit_problem(inputs, counts)
         if problem:
             return 400, {"error": {"message": problem, "type": "invalid_request_error", "param": "input", "code": None}}

@@ -14,8 +14,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-from ..errors import DatabaseUnavailableError
+from ..errors import ConfigError, DatabaseUnavailableError
 from ..settings import Settings
 
 APP_DATABASE = "gdr"
@@ -61,8 +62,16 @@ def embedded_url(settings: Settings, database: str = APP_DATABASE) -> str:
 
 
 def database_url(settings: Settings) -> str:
-    """The application database URL: the user's server, or the embedded one."""
-    return settings.external_database_url() or embedded_url(settings)
+    """The application database URL: the user's server, or the embedded one. A URL libpq cannot parse is a
+    ConfigError (libpq's message quotes the URL, password included: the CLI scrubs it from ConfigErrors)."""
+    external = settings.external_database_url()
+    if external is None:
+        return embedded_url(settings)
+    try:
+        conninfo_to_dict(external)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"DATABASE_URL is not a Postgres connection string: {first_line(exc)}") from None
+    return external
 
 
 def prefect_database_url(settings: Settings) -> str:
