@@ -15,8 +15,8 @@ import pytest
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage.database import Database
 from gent_disagreement_rag.storage.schema import migrate
-from tests.support.builders import free_port
 from tests.support.fakeapi import FakeAPI
+from tests.support.prefect_server import drain_prefect_clients, prefect_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,43 +82,11 @@ def fake_api() -> Iterator[FakeAPI]:
 
 @pytest.fixture(scope="session")
 def prefect_api(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Prefect API server for the test session, backed by the session's Postgres.
+    """The test session's Prefect API server (tests/support/prefect_server.py), the default for in-process runs."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
-    Like `prefect_test_harness`, but not on SQLite: a SQLite-backed server answers 503 "database is
-    locked" under concurrent subflows (measured), which serialises the very runs these tests check.
-    """
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL,
-        temporary_settings,
-    )
-
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute('CREATE DATABASE "prefect_test"')
-    socket_dir = pg_server.split("host=", 1)[1]
-    database = f"postgresql+asyncpg://postgres:@/prefect_test?host={socket_dir}"
-    with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: database, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        server = SubprocessASGIServer(port=free_port())
-        server.start(timeout=120)
-        try:
-            results = tmp_path_factory.mktemp("prefect-results")  # flow-level results; stage caches live in GDR_HOME
-            with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
-                yield server.api_url
-                drain_prefect_clients()
-        finally:
-            server.stop()
-
-
-def drain_prefect_clients() -> None:
-    """Send the run logs and events still queued while the server is up: stopped first, their workers
-    retried against the dead server at interpreter exit and the process hung for 63-75 s ("Error logging to API")."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=30)
-    EventsWorker.drain_all(timeout=30)
-
-
+    with prefect_server(pg_server, "prefect_test") as api_url:
+        results = tmp_path_factory.mktemp("prefect-results")  # flow-level results; stage caches live in GDR_HOME
+        with temporary_settings({PREFECT_API_URL: api_url, PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
+            yield api_url
+            drain_prefect_clients()

@@ -1,0 +1,185 @@
+"""One deployment run spread over two workers, as on two machines: each worker has its own GDR_HOME and
+only PREFECT_API_URL in its environment; the database, keys, settings and stage cache come from the server
+(`gdr server publish`). A real Prefect server on Postgres, real process workers, the fake providers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gent_disagreement_rag.settings import Settings
+from gent_disagreement_rag.storage import episodes as episode_store
+from gent_disagreement_rag.storage.database import Database
+from tests.conftest import REPO_ROOT
+from tests.support.builders import app_environment, make_audio
+from tests.support.fakeapi import LISTEN, FakeAPI, sha256_of
+from tests.support.prefect_server import prefect_server
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Fleet:
+    settings: Settings
+    api: FakeAPI
+    api_url: str
+    homes: dict[str, Path]  # worker name -> its GDR_HOME
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A machine that knows only where the Prefect server is."""
+        return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "PREFECT_API_URL": self.api_url,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(args, env=env or self.env(), cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def worker_env(self, name: str) -> dict[str, str]:
+        home = self.homes[name]
+        return self.env(GDR_HOME=str(home), PREFECT_HOME=str(home / "prefect"), WORKER_NAME=name,
+                        MAX_PARALLEL_EPISODES="2")
+
+    def worker_pid(self, name: str) -> int:
+        return int((self.homes[name] / "run" / "worker.pid").read_text())
+
+    def rows(self) -> dict[str, episode_store.EpisodeRow]:
+        with Database.from_settings(self.settings) as db:
+            return {r.episode_id: r for r in episode_store.list_episodes(db)}
+
+    def catalogue(self, ids: list[str], seconds: int = 12) -> None:
+        entries = []
+        for i, episode_id in enumerate(ids):
+            make_audio(self.settings.audio_dir / f"{episode_id}.mp3", seconds, 300 + 37 * (hash(episode_id) % 40) + i)
+            entries.append({"episode_id": episode_id, "file_name": f"{episode_id}.mp3", "speakers_map": {"0": "Ann"}})
+        self.settings.episodes_file.write_text(json.dumps(entries))
+
+    def listen_counts(self, ids: list[str]) -> dict[str, int]:
+        by_sha = Counter(sha256_of(r.body) for r in self.api.requests_to(LISTEN))
+        return {e: by_sha[sha256_of(self.settings.audio_dir / f"{e}.mp3")] for e in ids}
+
+
+@pytest.fixture(scope="module")
+def fleet(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """A Prefect server of its own (its blocks and variable must not reach other tests), the deployments,
+    the published configuration of a world with 8 episodes' audio, and two workers."""
+    import psycopg
+
+    from gent_disagreement_rag.storage.schema import migrate
+
+    tmp = tmp_path_factory.mktemp("fleet")
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute('CREATE DATABASE "fleet_app"')
+    url = pg_server.replace("/postgres?", "/fleet_app?")
+    migrate(url)
+    with FakeAPI() as api, prefect_server(pg_server, "prefect_fleet") as api_url:
+        settings = Settings(_env_file=None, database_url=url, gdr_home=tmp / "server-home", episodes_file=tmp / "episodes.json",
+                            audio_dir=tmp / "audio", transcripts_dir=tmp / "transcripts", max_parallel_episodes=4)
+        fleet = Fleet(settings, api, api_url, {name: tmp / name for name in ("w1", "w2")})
+        publisher = fleet.env(**app_environment(settings, api), MAX_PARALLEL_EPISODES="4",
+                              PREFECT_HOME=str(tmp / "server-home" / "prefect"))
+        pool = fleet.run(str(BIN / "prefect"), "work-pool", "create", "default", "--type", "process")
+        deploy = fleet.run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all",
+                           env={**fleet.env(PREFECT_HOME=str(tmp / "server-home" / "prefect")), "PWD": str(REPO_ROOT)})
+        publish = fleet.run(str(BIN / "gdr"), "server", "publish", env=publisher)
+        assert pool.returncode == 0 and deploy.returncode == 0, pool.stderr + deploy.stdout + deploy.stderr
+        assert publish.returncode == 0 and "secret/gdr-deepgram-api-key" in publish.stdout, publish.stdout + publish.stderr
+        for name in fleet.homes:
+            started = fleet.run(str(BIN / "gdr"), "worker", "start", env=fleet.worker_env(name))
+            assert started.returncode == 0, started.stdout + started.stderr
+        try:
+            yield fleet
+        finally:
+            for name in fleet.homes:
+                fleet.run(str(BIN / "gdr"), "worker", "stop", env=fleet.worker_env(name))
+
+
+def deployment_run(fleet: Fleet, *params: str) -> subprocess.CompletedProcess:
+    return fleet.run(str(BIN / "prefect"), "deployment", "run", "ingest/default", *params, "--watch",
+                     "--watch-timeout", "500")
+
+
+def test_one_run_is_shared_by_two_workers_and_a_rerun_reuses_their_caches(fleet: Fleet) -> None:
+    ids = [f"F-{i}" for i in range(8)]
+    fleet.catalogue(ids)
+    fleet.api.deepgram_latency = (3.0, 0.0)  # long enough for both workers to take episodes
+
+    run = deployment_run(fleet)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = fleet.rows()
+    assert all(rows[e].status == "processed" and rows[e].segments > 0 for e in ids), {e: rows[e].status for e in ids}
+    workers = {rows[e].processed_by.rsplit("/", 1)[1] for e in ids}
+    assert workers == {"w1", "w2"}, [rows[e].processed_by for e in ids]
+    assert fleet.listen_counts(ids) == {e: 1 for e in ids}  # none done twice
+
+    # Every episode again, wherever it lands: each stage from the shared cache, no provider request.
+    before = len(fleet.api.requests)
+    rerun = deployment_run(fleet, "--param", "force=true")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert len(fleet.api.requests) == before
+
+
+def _episode_processes(worker_pid: int) -> list[int]:
+    """The flow-run processes a process worker started (its children)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == worker_pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_a_killed_worker_leaves_its_episodes_crashed_and_a_retry_completes_them_on_the_other(fleet: Fleet) -> None:
+    ids = [f"K-{i}" for i in range(4)]
+    fleet.catalogue(ids)
+    fleet.api.deepgram_latency = (20.0, 0.0)
+    run = subprocess.Popen([BIN / "prefect", "deployment", "run", "ingest/default", "--watch", "--watch-timeout", "500"],
+                           env=fleet.env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = fleet.worker_pid("w2")
+    deadline = time.monotonic() + 180
+    while len(fleet.api.requests_to(LISTEN)) < 2 or not _episode_processes(victim):
+        assert time.monotonic() < deadline and run.poll() is None, "w2 never took an episode"
+        time.sleep(0.5)
+    # w2 is shut down mid-episode: its episode runs get SIGTERM (which a run reports as Crashed), then the
+    # worker is killed outright.
+    episode_runs = _episode_processes(victim)
+    for pid in episode_runs:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in episode_runs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(victim, signal.SIGKILL)
+    fleet.api.deepgram_latency = (0.5, 0.0)
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode != 0, output
+    rows = fleet.rows()
+    crashed = [e for e in ids if rows[e].status == "failed"]
+    assert crashed and all("Crashed" in (rows[e].last_error or "") for e in crashed), {e: rows[e].last_error for e in ids}
+
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    assert flow_run_id, output
+    retried = fleet.run(str(BIN / "prefect"), "flow-run", "retry", flow_run_id[1])
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    deadline = time.monotonic() + 300
+    while any(r.status != "processed" for r in (fleet.rows()[e] for e in ids)):
+        assert time.monotonic() < deadline, {e: fleet.rows()[e].status for e in ids}
+        time.sleep(1)
+    rows = fleet.rows()
+    assert {rows[e].processed_by.rsplit("/", 1)[1] for e in crashed} == {"w1"}
+    with Database.from_settings(fleet.settings) as db, db.connection() as conn:
+        duplicates = conn.execute("SELECT episode_id, position FROM segments GROUP BY 1, 2 HAVING count(*) > 1").fetchall()
+    assert duplicates == []
