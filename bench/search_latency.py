@@ -263,6 +263,8 @@ OPENAI_DIMENSIONS = 1536
 def build_chat(pg: Postgres, n: int, rng: np.random.Generator) -> dict[str, Any]:
     """n chunks with 1536-d text-embedding-3-small-shaped vectors (random topic centres + noise, normalised),
     stored and indexed as the store does it, and the reader role of `gdr db env`."""
+    from pgvector.psycopg import register_vector
+
     from gent_disagreement_rag import chat_access, store
     from gent_disagreement_rag.embedders import model_id
 
@@ -274,6 +276,7 @@ def build_chat(pg: Postgres, n: int, rng: np.random.Generator) -> dict[str, Any]
     url = pg.create_database(f"chat{n // 1000}k")
     n_episodes = n // EPISODE_CHUNKS
     with psycopg.connect(url) as conn:
+        register_vector(conn)
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO episodes (episode_id, title, published, status) VALUES (%s, %s, %s, 'processed')",
                             [(str(e + 1), f"Episode {e + 1}", f"2024-01-{1 + e % 28:02d}") for e in range(n_episodes)])
@@ -363,8 +366,8 @@ def chat_query(pg: Postgres, n: int, rounds: int = 3, per_round: int = 20) -> di
     for name, values in per_form.items():
         out["forms"][name] = {"p50_ms": round(float(np.median([v[0] for v in values])) * 1000, 1),
                               "p95_ms": round(float(np.median([v[1] for v in values])) * 1000, 1),
-                              "plan": [line for line in plans[name] if "Scan" in line or "Sort" in line or "Gather" in line
-                                       or "Limit" in line]}
+                              "plan": [line.strip().removeprefix("->  ") for line in plans[name]
+                                       if line.lstrip().startswith(("->", "Limit"))]}
     return out
 
 
