@@ -226,20 +226,20 @@ def test_a_rerun_keeps_speaker_ids_and_a_reader_never_sees_half_an_episode(chat:
     turns = script("1")["turns"]
     rerun = segments_of(turns[:-1] + [{**turns[-1], "speaker_name": "A New Guest"}])
     with Database.from_settings(chat.settings, migrate_schema=False) as db:
-        # Another transaction holds an uncommitted insert of the new name: the rerun stops right after copying
-        # its segments (the speaker trigger waits for that name), in the middle of its transaction.
+        # Holding the model's row stops the rerun at its embeddings COPY (the foreign key's check waits for it):
+        # the episode's old segments are deleted and the new ones copied, in its uncommitted transaction.
         with psycopg.connect(db.url) as blocker:
-            blocker.execute("INSERT INTO chat.speaker_ids (name) VALUES ('A New Guest')")
+            blocker.execute("SELECT 1 FROM embedding_models WHERE model_id = %s FOR UPDATE", (chat.embedder.model_id,))
             writer = threading.Thread(target=rerun_episode, args=(db, rerun))
             writer.start()
             with psycopg.connect(db.url, autocommit=True) as watcher:
                 for _ in range(600):
                     waiting = watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                              "AND query LIKE 'COPY segments%'").fetchone()[0]
+                                              "AND query LIKE 'COPY embeddings%'").fetchone()[0]
                     if waiting:
                         break
                     time.sleep(0.05)
-            assert waiting, "the rerun never reached the speaker trigger"
+            assert waiting, "the rerun never reached its embeddings COPY"
             with chat.connect() as conn:
                 mid = [r for r in chat.ask(conn, "anything", limit=1000) if r[2] == 1]
             blocker.rollback()

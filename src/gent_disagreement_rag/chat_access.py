@@ -54,6 +54,14 @@ class ReaderAccess:
                 f"DB_PASSWORD={self.password}", f"DB_NAME={self.database}"]
 
 
+def register_speakers(conn: psycopg.Connection, names: set[str]) -> None:
+    """Give new speaker names their chat id in a short transaction of their own, before an episode's store
+    transaction: the segments trigger then finds them committed and waits for no one (inserting them inside
+    the store would hold every new name, and so every concurrent episode naming it, until that store commits)."""
+    conn.execute("INSERT INTO chat.speaker_ids (name) SELECT unnest(%s::text[]) ORDER BY 1 ON CONFLICT (name) DO NOTHING",
+                 (sorted(names),))
+
+
 def reader_password(home: Path) -> str:
     """The reader's password, generated on first use into GDR_HOME/reader-password, readable by its owner only."""
     path = home / PASSWORD_FILE

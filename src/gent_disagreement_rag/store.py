@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from .chat_access import register_speakers
 from .database import Database
 
 if TYPE_CHECKING:  # annotations only: importing feeds (feedparser, httpx, the Deepgram SDK) cost every CLI command ~0.3 s
@@ -185,6 +186,8 @@ def store_episode(
     fingerprint = segments_fingerprint(segments)
     if dimensions:
         ensure_model(db, model_id, provider, model, dimensions)
+    with db.connection() as conn:
+        register_speakers(conn, {s.speaker for s in segments})
     with db.connection() as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (EPISODE_LOCK_NAMESPACE, episode_id))
         row = conn.execute(

@@ -8,7 +8,8 @@
 CREATE SCHEMA chat;
 
 -- Speaker ids: one per name, assigned the first time a segment names the speaker and never reused, so an
--- episode rerun (its segments deleted and copied again) keeps every speaker's id.
+-- episode rerun (its segments deleted and copied again) keeps every speaker's id. The store registers an
+-- episode's names just before its transaction (chat_access.register_speakers); the trigger covers any other writer.
 CREATE TABLE chat.speaker_ids (
     id    integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name  text NOT NULL UNIQUE
@@ -25,7 +26,7 @@ CREATE SEQUENCE chat.reserved_episode_number START 1000001 OWNED BY chat.episode
 
 CREATE FUNCTION chat.register_speakers() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    -- In name order: two episode writers adding the same new names wait for each other, never deadlock.
+    -- In name order: two writers adding the same new names wait for each other, never deadlock.
     INSERT INTO chat.speaker_ids (name)
     SELECT DISTINCT speaker FROM new_segments ORDER BY speaker
     ON CONFLICT (name) DO NOTHING;
