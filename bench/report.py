@@ -105,6 +105,11 @@ def _summary(results: dict[str, Any]) -> list[str]:
         lines.append(f"- **Search** at {n:,} chunks: library p95 {lib['vector']['p95_ms']} ms (vector) / {lib['hybrid']['p95_ms']} ms "
                      f"(hybrid, default), query embedding included, recall@10 {lib['vector']['recall_at_10']:.3f}; filtered searches "
                      f"return k results" + (f"; `gdr search` {gdr} s." if gdr else "."))
+        if chat := se.get("chat"):
+            forms = list(chat["forms"].values())
+            lines.append(f"- **The chat server's query** (verbatim, through the `chat` views) at {chat['chunks']:,} chunks: p95 "
+                         f"{forms[0]['p95_ms']:.0f} ms, an exact parallel scan (`ORDER BY similarity DESC` cannot use HNSW, "
+                         f"section 4); ordered by distance ascending it takes the HNSW index: p95 {forms[-1]['p95_ms']:.0f} ms.")
     if lo := s.get("local"):
         sp = lo["speech"]
         sixty = lo.get("sixty_minutes")
@@ -345,6 +350,27 @@ def _section_search(se: dict[str, Any]) -> list[str]:
     return out
 
 
+def _section_chat(chat: dict[str, Any] | None) -> list[str]:
+    """The user's chat server's query through the `chat` views (README: another application)."""
+    if not chat:
+        return []
+    rows = [[name, r["p50_ms"], r["p95_ms"], ("Gather Merge, " if any("Gather" in line for line in r["plan"]) else "")
+             + next((line.split(" (actual")[0] for line in r["plan"] if " on embeddings" in line), "")]
+            for name, r in chat["forms"].items()]
+    return [f"### The chat server's query at {chat['chunks']:,} chunks", "",
+            "Its statement verbatim, through the `chat` views, with psycopg2 as the `gdr db env` reader role, the question "
+            "vector sent as text for `%s::vector` (as the chat server does), k=10, over 1536-d text-embedding-3-small-shaped "
+            f"vectors (random topic centres + noise) indexed as the store indexes them (HNSW built in {chat['index_seconds']} "
+            f"s). {chat['rounds']} rounds of {chat['queries_per_round']} queries, the forms alternating within each round; "
+            f"the median over rounds of each form's p50 and p95 (load {chat['load']} at the end).", "",
+            _table(["form", "p50 ms", "p95 ms", "plan: the vectors' scan"], rows), "",
+            "`ORDER BY similarity DESC` cannot be served by the HNSW index (nor by any index): Postgres matches index "
+            "ordering operators only to ascending, NULLS LAST sort keys of the form `indexed expression <op> constant`, and "
+            "DESC (NULLS FIRST) is rejected first, so every query reads and compares every stored vector (a parallel "
+            "sequential scan and a top-N sort). Parallel workers halve it on 2 cores; the one-line change to "
+            "`ORDER BY ts.embedding <=> %s::vector` (same ranking) takes the HNSW path, as the last row shows.", ""]
+
+
 def _search_notes(se: dict[str, Any]) -> list[str]:
     n = max(se["scales"], key=int)
     lib = se["scales"][n]["library"]
@@ -447,7 +473,7 @@ def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
     if st := s.get("store"):
         out += _section_store(st)
     if se := s.get("search"):
-        out += _section_search(se) + _search_notes(se)
+        out += _section_search(se) + _search_notes(se) + _section_chat(se.get("chat"))
     if lo := s.get("local"):
         out += _section_local(lo)
     path.write_text("\n".join(out).rstrip() + "\n")

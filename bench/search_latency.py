@@ -16,7 +16,9 @@ Measured, per scale:
 - recall@10 of vector mode against exact search (numpy, over all stored vectors, same query vector);
 - a speaker filter (~1% of the chunks) and an episode filter (200 chunks): latency, and whether every
   query still gets k results (pgvector 0.8 iterative scan; exact fallback when it runs dry);
-- `gdr search "..." -k 10` as a user runs it: a new process each time (the venv's `gdr`, and `uv run gdr`).
+- `gdr search "..." -k 10` as a user runs it: a new process each time (the venv's `gdr`, and `uv run gdr`);
+- the chat server's query (README "Using the knowledge base from another application"), verbatim, through the
+  `chat` views, with psycopg2 as the `gdr db env` reader role, over 1536-d vectors (see chat_query).
 The HNSW settings are read from the index and the library's constants and reported.
 """
 
@@ -248,6 +250,131 @@ def cli(world: dict[str, Any], queries: list[str], runs: int) -> dict[str, Any]:
     return out
 
 
+CHAT_QUERY = """SELECT s.name, ts.text, e.episode_number, e.title, e.date_published,
+       1 - (ts.embedding <=> %s::vector) AS similarity
+FROM transcript_segments ts
+JOIN episodes e ON ts.episode_id = e.episode_number
+JOIN speakers s ON ts.speaker_id = s.id
+{where}ORDER BY similarity DESC
+LIMIT %s"""
+CHAT_THRESHOLD = "WHERE 1 - (ts.embedding <=> %s::vector) >= %s\n"
+# What the chat server's ORDER BY would be if it sorted by distance: the one form pgvector's HNSW index can serve.
+CHAT_QUERY_ASCENDING = CHAT_QUERY.replace("ORDER BY similarity DESC", "ORDER BY ts.embedding <=> %s::vector")
+OPENAI_DIMENSIONS = 1536
+
+
+def build_chat(pg: Postgres, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    """n chunks with 1536-d text-embedding-3-small-shaped vectors (random topic centres + noise, normalised),
+    stored and indexed as the store does it, and the reader role of `gdr db env`."""
+    from gent_disagreement_rag.embedders import model_id
+    from pgvector.psycopg import register_vector
+
+    from gent_disagreement_rag.storage import chat_access
+    from gent_disagreement_rag.storage import segments as segment_store
+
+    mid = model_id("openai", "text-embedding-3-small", OPENAI_DIMENSIONS)
+    n_topics = n // CHUNKS_PER_TOPIC
+    centres = rng.standard_normal((n_topics, OPENAI_DIMENSIONS)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    topic_of = rng.permutation(np.repeat(np.arange(n_topics), CHUNKS_PER_TOPIC))[:n]
+    url = pg.create_database(f"chat{n // 1000}k")
+    n_episodes = n // EPISODE_CHUNKS
+    with psycopg.connect(url) as conn:
+        register_vector(conn)
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO episodes (episode_id, title, published, status) VALUES (%s, %s, %s, 'processed')",
+                            [(str(e + 1), f"Episode {e + 1}", f"2024-01-{1 + e % 28:02d}") for e in range(n_episodes)])
+            cur.execute("INSERT INTO embedding_models (model_id, provider, model, dimensions, index_name) "
+                        "VALUES (%s, 'openai', 'text-embedding-3-small', %s, %s)", (mid, OPENAI_DIMENSIONS, segment_store.index_name(mid)))
+            with cur.copy("COPY segments (episode_id, position, speaker, start_seconds, end_seconds, text, token_count) "
+                          "FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "int4", "text", "float8", "float8", "text", "int4"])
+                for i in range(n):
+                    e, p = divmod(i, EPISODE_CHUNKS)
+                    speaker = HOST if p % 2 == 0 else GUESTS[(e + p // 2) % len(GUESTS)]
+                    copy.write_row((str(e + 1), p, speaker, p * 15.0, p * 15.0 + 14.0, " ".join(rng.choice(FILLER, 60)), 80))
+            with cur.copy("COPY embeddings (model_id, episode_id, position, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "text", "int4", "vector"])
+                for start in range(0, n, 10_000):  # 10k rows at a time: the whole array would be 600 MB
+                    block = centres[topic_of[start:start + 10_000]] + 0.9 / np.sqrt(OPENAI_DIMENSIONS) * rng.standard_normal(
+                        (min(10_000, n - start), OPENAI_DIMENSIONS), dtype=np.float32)
+                    block /= np.linalg.norm(block, axis=1, keepdims=True)
+                    for j, vector in enumerate(block):
+                        e, p = divmod(start + j, EPISODE_CHUNKS)
+                        copy.write_row((mid, str(e + 1), p, vector))
+        conn.commit()
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        started = time.perf_counter()
+        conn.execute(f"CREATE INDEX {segment_store.index_name(mid)} ON embeddings USING hnsw "
+                     f"((embedding::vector({OPENAI_DIMENSIONS})) vector_cosine_ops) WHERE model_id = '{mid}'")
+        conn.commit()
+        indexed = time.perf_counter() - started
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    reader = chat_access.ensure_reader(url, pg.home / "gdr")
+    return {"url": url, "reader": reader, "centres": centres, "index_seconds": round(indexed, 1)}
+
+
+def chat_query(pg: Postgres, n: int, rounds: int = 3, per_round: int = 20) -> dict[str, Any]:
+    """The chat server's query at n chunks, as its psycopg2 client sends it (the vector as text, for `%s::vector`).
+
+    Each round runs every form once per query, alternating, so load changes hit them alike; reported: the median
+    over rounds of each form's p50 and p95. Planner settings compared per session: the defaults (2 parallel
+    workers on this machine), no parallel workers.
+    """
+    import psycopg2
+
+    rng = np.random.default_rng(n + 17)
+    world = build_chat(pg, n, rng)
+    reader = world["reader"]
+    queries = []
+    for t in rng.integers(len(world["centres"]), size=per_round):
+        q = world["centres"][t] + 0.9 / np.sqrt(OPENAI_DIMENSIONS) * rng.standard_normal(OPENAI_DIMENSIONS, dtype=np.float32)
+        queries.append(str((q / np.linalg.norm(q)).tolist()))
+    forms = {
+        "chat query (verbatim, no threshold)": (CHAT_QUERY.format(where=""), lambda v: (v, K)),
+        "chat query (verbatim, threshold 0.5)": (CHAT_QUERY.format(where=CHAT_THRESHOLD), lambda v: (v, v, 0.5, K)),
+        "chat query, no parallel workers": (CHAT_QUERY.format(where=""), lambda v: (v, K)),
+        "same query ordered by distance ascending (HNSW)": (CHAT_QUERY_ASCENDING.format(where=""), lambda v: (v, v, K)),
+    }
+    conns = {}
+    for name in forms:
+        conn = psycopg2.connect(**reader.connect_kwargs())
+        conn.autocommit = True
+        if "no parallel" in name:
+            conn.cursor().execute("SET max_parallel_workers_per_gather = 0")
+        conns[name] = conn
+    plans = {}
+    for name, (statement, params) in forms.items():
+        with conns[name].cursor() as cur:
+            cur.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + statement, params(queries[0]))
+            plans[name] = [row[0] for row in cur.fetchall()]
+    per_form: dict[str, list[tuple[float, float]]] = {name: [] for name in forms}
+    for r in range(rounds):
+        times: dict[str, list[float]] = {name: [] for name in forms}
+        for v in queries:
+            for name, (statement, params) in forms.items():
+                with conns[name].cursor() as cur:
+                    t = time.perf_counter()
+                    cur.execute(statement, params(v))
+                    cur.fetchall()
+                    times[name].append(time.perf_counter() - t)
+        for name in forms:
+            per_form[name].append((percentile(times[name], 50), percentile(times[name], 95)))
+        log(f"    chat round {r + 1}: " + "; ".join(f"{name} p95 {per_form[name][-1][1] * 1000:.0f} ms" for name in forms))
+    for conn in conns.values():
+        conn.close()
+    pg.drop_database(world["url"])
+    out: dict[str, Any] = {"chunks": n, "rounds": rounds, "queries_per_round": per_round, "index_seconds": world["index_seconds"],
+                           "load": load(), "forms": {}}
+    for name, values in per_form.items():
+        out["forms"][name] = {"p50_ms": round(float(np.median([v[0] for v in values])) * 1000, 1),
+                              "p95_ms": round(float(np.median([v[1] for v in values])) * 1000, 1),
+                              "plan": [line.strip().removeprefix("->  ") for line in plans[name]
+                                       if line.lstrip().startswith(("->", "Limit"))]}
+    return out
+
+
 def hnsw_settings() -> dict[str, Any]:
     from gent_disagreement_rag.search import statements as S
 
@@ -271,4 +398,6 @@ def run(pg: Postgres, *, quick: bool = False) -> dict[str, Any]:
             entry["cli"] = cli(world, queries, 3 if quick else 7)
         results["scales"][n] = entry
         pg.drop_database(world["url"])
+    log(f"  search: the chat server's query at {scales[-1]:,} chunks")
+    results["chat"] = chat_query(pg, scales[-1])
     return results

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     db_user: str = Field("postgres", description="Legacy: user, with DB_HOST")
     db_password: SecretStr | None = Field(None, description="Legacy: password, with DB_HOST")
     db_name: str = Field("gent_disagreement", description="Legacy: database name, with DB_HOST")
+    embedded_tcp_port: int | None = Field(None, ge=1, le=65535, description="Opt-in: the embedded Postgres also listens on 127.0.0.1:PORT, for the read-only role of `gdr db env` only, with its password; unset = Unix socket only")
     db_pool_timeout: float = Field(30.0, description="Seconds a worker waits for a free pooled connection")
 
     # Files

