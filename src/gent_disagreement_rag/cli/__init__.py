@@ -234,7 +234,11 @@ def ingest_command(
         with progress:
             state = run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force, plan=plan)
     console.print(progress.summary_table())
-    console.print(state.message or state.name, markup=False, highlight=False, soft_wrap=True)  # one line, as is
+    for episode_id, reason in progress.failures():  # each in full, once; tracebacks are in the run's log only
+        console.print(f"{episode_id}: {settings.scrub(reason)}", markup=False, highlight=False, soft_wrap=True)
+    # The run's verdict, last: its first line (the state message goes on to list the failures just printed).
+    verdict = (state.message or state.name).splitlines()[0].removesuffix(":")
+    console.print(settings.scrub(verdict), markup=False, highlight=False, soft_wrap=True)
     if not state.is_completed():
         raise typer.Exit(1)
 

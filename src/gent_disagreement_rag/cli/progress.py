@@ -36,28 +36,50 @@ class IngestProgress:
         self._live.update(self._render())
 
     def _counts(self) -> str:
-        counts: dict[str, int] = {}
-        for info in self.episodes.values():
-            counts[info["status"]] = counts.get(info["status"], 0) + 1
-        return "  ".join(f"[{STATUS_STYLE[s]}]{s} {n}[/]" for s, n in sorted(counts.items()))
+        return "  ".join(f"[{STATUS_STYLE[s]}]{s} {n}[/]" for s, n in sorted(self._count_by_status().items()))
 
     def _render(self) -> Table:
-        table = Table("episode", "status", title=f"ingest  {self._counts()}", title_justify="left")
-        for episode_id, info in self.episodes.items():
+        table = Table("episode", "status", "stage", "", title=f"ingest  {self._counts()}", title_justify="left")
+        for episode_id, info in list(self.episodes.items()):
             if info["status"] in ("running", "failed"):
-                table.add_row(episode_id, f"[{STATUS_STYLE[info['status']]}]{info['status']}[/]")
+                table.add_row(episode_id, f"[{STATUS_STYLE[info['status']]}]{info['status']}[/]",
+                              info.get("stage", "") if info["status"] == "running" else "", _audio_bar(info))
         return table
 
     def summary_table(self) -> Table:
         table = Table(title=f"ingest summary  {self._counts()}", title_justify="left")
         for name, justify in (("episode", "left"), ("status", "left"), ("s", "right"), ("segments", "right"),
-                              ("audio min", "right"), ("tokens", "right"), ("cost $", "right"), ("error", "left")):
-            table.add_column(name, justify=justify, no_wrap=name != "error", overflow="ellipsis")
+                              ("audio min", "right"), ("tokens", "right"), ("cost $", "right")):
+            table.add_column(name, justify=justify, no_wrap=True)
         for episode_id, info in self.episodes.items():
             status = info["status"]
             table.add_row(
                 episode_id, f"[{STATUS_STYLE.get(status, '')}]{status}[/]", f"{info.get('seconds', 0):.1f}",
                 str(info.get("segments", 0)), f"{info.get('audio_minutes', 0):.2f}", str(info.get("tokens", 0)),
-                f"{info.get('cost_usd', 0):.4f}", str(info.get("error", "")),
+                f"{info.get('cost_usd', 0):.4f}",
             )
         return table
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(episode, reason) of every episode that did not end processed, each reason in full."""
+        return [(e, info.get("error", "")) for e, info in self.episodes.items()
+                if info["status"] in ("failed", "skipped", "busy") and info.get("error")]
+
+    def _count_by_status(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for info in self.episodes.values():
+            counts[info["status"]] = counts.get(info["status"], 0) + 1
+        return counts
+
+
+BAR_WIDTH = 20
+
+
+def _audio_bar(info: dict[str, Any]) -> str:
+    """Transcription's audio seconds done of the episode's total, as a bar."""
+    total = info.get("audio_total")
+    if info.get("stage") != "transcribe" or not total:
+        return ""
+    done = min(info.get("audio_done", 0.0), total)
+    filled = round(BAR_WIDTH * done / total)
+    return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {done:.0f}/{total:.0f} s"

@@ -42,6 +42,12 @@ class RunContext:
         settings = settings or Settings()
         return cls(settings, Database.from_settings(settings), progress)
 
+    def with_progress(self, progress: ProgressCallback) -> RunContext:
+        """The same run (settings, pool, providers) reporting to `progress` instead."""
+        other = RunContext(self.settings, self.db, progress)
+        other._transcriber, other._embedder = self._transcriber, self._embedder
+        return other
+
     @property
     def transcriber(self) -> Transcriber:
         return self._transcriber.get()

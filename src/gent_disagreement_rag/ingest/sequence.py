@@ -37,7 +37,17 @@ class EpisodeOutcome:
 
 
 def process_episode(ctx: RunContext, job: EpisodeJob, run_id: str = "", run_stage: StageRunner = call_stage) -> EpisodeOutcome:
-    """Every stage of one episode, in order; raises the first stage's error that is not retried away."""
+    """Every stage of one episode, in order; raises the first stage's error that is not retried away.
+    Each stage is reported to the run's progress callback as it starts."""
+
+    def run_reported(name: str, func: Callable[..., Any], *args: Any, cache_key: str | None = None) -> Any:
+        ctx.progress(job.episode_id, "running", {"stage": name})
+        return run_stage(name, func, *args, cache_key=cache_key)
+
+    return _sequence(ctx, job, run_id, run_reported)
+
+
+def _sequence(ctx: RunContext, job: EpisodeJob, run_id: str, run_stage: StageRunner) -> EpisodeOutcome:
     if job.needs_download:
         job = run_stage("download", stages.download, ctx, job)
     keys = stage_keys(ctx, job)

@@ -69,8 +69,14 @@ def download(ctx: RunContext, job: EpisodeJob) -> EpisodeJob:
 
 
 def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> TranscriptionResult:
-    """Audio -> provider-neutral transcript plus the raw response (one provider request), recorded in the ledger."""
-    result = ctx.transcriber.transcribe(job.audio_path)
+    """Audio -> provider-neutral transcript plus the raw response (one provider request), recorded in the ledger;
+    the audio seconds done go to the run's progress callback."""
+
+    def progress(done: float, total: float) -> None:
+        ctx.progress(job.episode_id, "running", {"stage": "transcribe", "audio_done": round(done, 1),
+                                                 "audio_total": round(total, 1)})
+
+    result = ctx.transcriber.transcribe(job.audio_path, progress)
     t = result.transcript
     record_cost(ctx, run_id, job.episode_id, "transcribe", t.provider, t.model, int(t.provider != "local"), t.duration, 0)
     return result

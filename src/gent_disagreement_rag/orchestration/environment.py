@@ -17,6 +17,7 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
     return {
         "PREFECT_API_DATABASE_CONNECTION_URL": prefect_database_url(settings),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",  # the client side too: no telemetry, and no first-run notice in the middle of a run
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(settings.result_storage_path),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "gent_disagreement_rag",  # the library's own log lines reach the run's logs

@@ -39,6 +39,7 @@ from ..ingest.sequence import process_episode
 from ..settings import Settings
 from ..storage import costs, episodes, segments
 from .fleet import fleet_settings
+from .progress import RunProgress
 from .tasks import PrefectStages, retry_transient
 
 EPISODE_DEPLOYMENT = "episode_pipeline/default"
@@ -219,6 +220,7 @@ def ingest(
         episodes.mark_failed(ctx.db, episode_id, error)
     parallel = max_parallel or settings.max_parallel_episodes
     logger.info("%d episodes to process (%d up to date, %d invalid), %d at a time", len(jobs), up_to_date, len(invalid), parallel)
+    ctx = ctx.with_progress(RunProgress([job.episode_id for job in jobs], ctx.progress))
     run = _RunState(ctx, str(flow_run.get_id() or ""), _fan_out_to_workers(settings))
     for job in jobs:
         run.report(EpisodeSummary(job.episode_id, job.title, "queued"))
@@ -254,7 +256,8 @@ def _final_state(summaries: list[EpisodeSummary], run: _RunState, feed_error: st
     if feed_error:
         message = f"feed discovery failed: {feed_error}; {message}"
     if failed:
-        message = f"{message}; {len(failed)} failed or skipped: " + ", ".join(s.episode for s in failed)
+        # Each reason in full, one line per episode: the message is what a notification of the run shows.
+        message = f"{message}; {len(failed)} failed or skipped:\n" + "\n".join(f"- {s.episode}: {s.error}" for s in failed)
     if failed or feed_error:
         return Failed(message=message)
     return Completed(message=message, data=[asdict(s) for s in summaries])

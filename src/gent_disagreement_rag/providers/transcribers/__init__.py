@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from ...settings import Settings
 from ...transcript import TranscriptionResult
+
+
+AudioProgress = Callable[[float, float], None]
 
 
 class Transcriber(Protocol):
@@ -17,7 +21,9 @@ class Transcriber(Protocol):
         """Everything besides the audio that determines the output (part of the cache key)."""
         ...
 
-    def transcribe(self, audio_path: Path) -> TranscriptionResult: ...
+    def transcribe(self, audio_path: Path, progress: AudioProgress | None = None) -> TranscriptionResult:
+        """`progress(seconds_done, seconds_total)` is called as the audio is worked through (at least at the end)."""
+        ...
 
 
 def make_transcriber(settings: Settings) -> Transcriber:

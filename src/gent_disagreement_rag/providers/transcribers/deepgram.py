@@ -23,6 +23,7 @@ from ...settings import Settings
 from ...transcript import Span, Transcript, TranscriptionResult, Word
 from ..audio import audio_seconds
 from ..http import status_error
+from . import AudioProgress
 
 BASE_TIMEOUT = 60.0  # seconds of request timeout before any audio
 TIMEOUT_PER_AUDIO_SECOND = 0.5  # long episodes take longer: the SDK's flat 60 s default times them out
@@ -166,12 +167,16 @@ class DeepgramTranscriber:
     def timeout_for(self, audio_path: Path) -> float:
         return self.base_timeout + TIMEOUT_PER_AUDIO_SECOND * audio_seconds(audio_path)
 
-    def transcribe(self, audio_path: Path) -> TranscriptionResult:
+    def transcribe(self, audio_path: Path, progress: AudioProgress | None = None) -> TranscriptionResult:
+        """One request: the progress is all or nothing."""
         audio = audio_path.read_bytes()  # bytes: a stream or file object breaks the SDK's request body
         timeout = self.timeout_for(audio_path)
         with self._request_slots:
             raw = self._request(audio, timeout)
-        return TranscriptionResult(transcript=parse_deepgram_response(raw, self.options()), raw=raw)
+        transcript = parse_deepgram_response(raw, self.options())
+        if progress is not None:
+            progress(transcript.duration, transcript.duration)
+        return TranscriptionResult(transcript=transcript, raw=raw)
 
     def _request(self, audio: bytes, timeout: float) -> dict[str, Any]:
         """The response body as JSON, or one of our ProviderErrors (raised `from None`: the SDK's

@@ -36,6 +36,7 @@ from ...errors import ConfigError, PermanentProviderError
 from ...settings import Settings
 from ...transcript import Span, Transcript, TranscriptionResult, Word
 from ..lazy import Lazy
+from . import AudioProgress
 from .diarize import assign_speakers
 
 SAMPLE_RATE = 16_000
@@ -178,9 +179,10 @@ class LocalWhisperTranscriber:
             "max_speakers": self.max_speakers,
         }
 
-    def transcribe(self, audio_path: Path) -> TranscriptionResult:
+    def transcribe(self, audio_path: Path, progress: AudioProgress | None = None) -> TranscriptionResult:
+        """`progress` follows whisper's segments as they are decoded (an hour of audio takes minutes)."""
         audio = decode(audio_path)
-        segments, info = self._whisper(audio)
+        segments, info = self._whisper(audio, progress)
         words = [w for segment in segments for w in segment["words"]]
         phrases = _phrases(words)
         spans = [(words[first]["start"], words[last]["end"]) for first, last in phrases]
@@ -197,7 +199,7 @@ class LocalWhisperTranscriber:
         }
         return TranscriptionResult(transcript=parse_local_response(raw), raw=raw)
 
-    def _whisper(self, audio: np.ndarray) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def _whisper(self, audio: np.ndarray, progress: AudioProgress | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Whisper's segments in file time, piece by piece, and the info of the whole file."""
         model = self._model.get()
         segments: list[dict[str, Any]] = []
@@ -211,9 +213,14 @@ class LocalWhisperTranscriber:
                     piece_segments, piece_info = batched.transcribe(piece, batch_size=self.batch_size, **kwargs)
                 else:
                     piece_segments, piece_info = model.transcribe(piece, **kwargs)
-                segments += [_shifted(segment, start / SAMPLE_RATE) for segment in piece_segments]
+                for segment in piece_segments:  # a generator: decoding happens as it is read
+                    segments.append(_shifted(segment, start / SAMPLE_RATE))
+                    if progress is not None:
+                        progress(segments[-1]["end"], info["duration"])
                 info["language"] = info["language"] or piece_info.language  # detected once, kept for later pieces
                 info["duration_after_vad"] += piece_info.duration_after_vad
+        if progress is not None:
+            progress(info["duration"], info["duration"])
         return segments, info
 
 
