@@ -63,5 +63,6 @@ class PrefectStages:
 
     def __call__(self, name: str, func: Callable[..., Any], *args: Any, cache_key: str | None = None) -> Any:
         # Inputs go in `opaque`: Prefect otherwise walks every object inside them (a transcript's thousands
-        # of words, the chunks, the vectors) looking for futures, on every task call.
+        # of words, the chunks, the vectors) looking for futures, on every task call (BENCHMARKS.md
+        # "Design figures").
         return self.tasks[name](self.episode_id, func, opaque(args), cache_key=cache_key)
