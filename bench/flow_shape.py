@@ -64,10 +64,10 @@ def where(code: Path | None, env: dict[str, str]) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"the dry import in {root} failed:\n{done.stderr[-3000:]}")
     found = json.loads(done.stdout.splitlines()[-1])
-    strays = [f for k, f in found.items() if isinstance(f, str) and not Path(f).resolve().is_relative_to(root)]
+    strays = [f for f in found.values() if isinstance(f, str) and not Path(f).resolve().is_relative_to(root)]
     if strays:
         raise RuntimeError(f"a child meant to run {root} imports {strays}")
-    return found
+    return {k: str(Path(f).resolve().relative_to(root)) if isinstance(f, str) else f for k, f in found.items()}
 
 
 def _median(rows: list[dict[str, Any]], field: str) -> float | None:

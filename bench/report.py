@@ -193,6 +193,8 @@ def _flow_shape(fs: dict[str, Any]) -> dict[str, Any]:
         "fs_delta_workers": d["workers"], "fs_delta": f"{d['new_minus_old']:+.3f}", "fs_margin": d["margin"],
         "fs_verdict": "within" if d["adopt_new"] else "**beyond**",
         "fs_decision": "the new shape stays" if d["adopt_new"] else "see the profile below",
+        **{f"fs_{side}_overhead_{kind}": f"{fs['median'][side]['overhead'][f'per_episode_overhead{suffix}']:.2f}"
+           for side in sides for kind, suffix in (("wall", ""), ("cpu", "_cpu"))},
     }
 
 
@@ -246,6 +248,21 @@ def _store(st: dict[str, Any]) -> dict[str, Any]:
     return {"store": True, "st_episodes": st["episodes"], "st_episode_rows": st["episode_rows"],
             "st_rounds": next(iter(st["rows"].values()))["store"].get("rounds", 1),
             "st_table": _table(["dims", "method", "chunks/s", "seconds", "load"], rows)}
+
+
+def _store_shape(ss: dict[str, Any]) -> dict[str, Any]:
+    labels = {"old": f"old `store.store_episode` ({ss['old_commit']})", "new": "new `storage.segments.store_episode`",
+              "raw COPY": "raw COPY (reference)"}
+    rows = []
+    for dims in ("384", "1536"):
+        for key, label in labels.items():
+            rounds = ss["per_round"][key][dims]
+            rows.append([dims, label, " / ".join(f"{r['rows_per_second']:,}" for r in rounds),
+                         f"**{ss['median'][key][dims]:,}**", " / ".join(str(r["load"]) for r in rounds)])
+        rows.append([dims, "new / old", "", f"{ss['new_vs_old'][dims]:.0%}", ""])
+    return {"store_shape": True, "ss_old_commit": ss["old_commit"], "ss_rounds": ss["rounds"], "ss_episodes": ss["episodes"],
+            "ss_when": ss["_meta"]["when"],
+            "ss_table": _table(["dims", "code", "chunks/s per round", "median", "load per round"], rows)}
 
 
 def _search(se: dict[str, Any]) -> dict[str, Any]:
@@ -322,7 +339,7 @@ def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
         values |= _parallel(par, results["machine"])
     if fs := s.get("flow_shape"):
         values |= _flow_shape(fs)
-    for name, figures in (("api", _api), ("store", _store), ("search", _search), ("local", _local)):
+    for name, figures in (("api", _api), ("store", _store), ("store_shape", _store_shape), ("search", _search), ("local", _local)):
         if name in s:
             values |= figures(s[name])
     path.write_text(fill(TEMPLATE.read_text(), values).rstrip() + "\n")
