@@ -188,11 +188,19 @@ def _trace_api_calls() -> None:
     httpx.AsyncClient.send, httpx.Client.send = send_async, send_sync
 
 
-def run_child(spec: dict[str, Any], env: dict[str, str], profile: Path | None = None) -> dict[str, Any]:
+def code_env(env: dict[str, str], code: Path | None) -> dict[str, str]:
+    """`env` for a child that runs the checkout `code` (its package, flows and bench) instead of this one."""
+    return env if code is None else {**env, "PYTHONPATH": f"{code / 'src'}{os.pathsep}{code}"}
+
+
+def run_child(spec: dict[str, Any], env: dict[str, str], profile: Path | None = None,
+              code: Path | None = None) -> dict[str, Any]:
+    """One run in a fresh process, of this checkout or (`code`) of another one's `bench.parallel` child."""
     args = [sys.executable, "-m", "bench.parallel", "--child", json.dumps(spec)]
     if profile is not None:
         args = ["py-spy", "record", "-o", str(profile), "-f", "speedscope", "-r", "50", "--subprocesses", "--", *args]
-    done = subprocess.run(args, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(args, env=code_env(env, code), capture_output=True, text=True,
+                          cwd=code or Path(__file__).resolve().parents[1])
     lines = [line for line in done.stdout.splitlines() if line.startswith("{\"wall\"")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"benchmark child failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -213,7 +221,7 @@ def episode_latencies(world: dict[str, Any], requests: list[dict[str, Any]], fak
 
 def one_run(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: PrefectServer, workers: int, folder: Path,
             *, mode: str = "flow", extra_env: dict[str, str] | None = None, keep: bool = False,
-            profile: Path | None = None, trace: bool = False) -> dict[str, Any]:
+            profile: Path | None = None, trace: bool = False, code: Path | None = None) -> dict[str, Any]:
     db_url = pg.create_database("par")
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{mode}-{workers}-", dir=folder))
     fake.reset()
@@ -221,7 +229,7 @@ def one_run(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: Pr
         env = child_env(world, fake.fields, server.api_url, db_url, run_dir,
                         {"DEEPGRAM_MAX_CONCURRENCY": str(max(workers, 10)), **(extra_env or {})})
         cpu = (server.cpu(), pg.cpu(), fake.cpu())
-        result = run_child({"mode": mode, "workers": workers, "trace": trace}, env, profile)
+        result = run_child({"mode": mode, "workers": workers, "trace": trace}, env, profile, code)
         result["cpu_server"], result["cpu_postgres"], result["cpu_fake"] = (
             round(after - before, 2) for after, before in zip((server.cpu(), pg.cpu(), fake.cpu()), cpu))
         result["requests"] = fake.requests()
@@ -234,11 +242,12 @@ def one_run(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: Pr
 
 
 def scaling(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: PrefectServer, folder: Path,
-            workers: list[int], *, mode: str = "flow", extra_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+            workers: list[int], *, mode: str = "flow", extra_env: dict[str, str] | None = None,
+            code: Path | None = None) -> list[dict[str, Any]]:
     fake.set(deepgram_latency=DEEPGRAM_LATENCY, openai_latency=OPENAI_LATENCY)
     rows = []
     for w in workers:
-        r = one_run(pg, fake, world, server, w, folder, mode=mode, extra_env=extra_env)
+        r = one_run(pg, fake, world, server, w, folder, mode=mode, extra_env=extra_env, code=code)
         lat = episode_latencies(world, r["requests"])
         total, longest = sum(lat.values()), max(lat.values())
         ideal = max(total / w, longest)
@@ -267,11 +276,11 @@ def with_speedup(rows: list[dict[str, Any]], base_wall: float | None) -> list[di
 
 
 def overhead(pg: Postgres, fake: RemoteFakeAPI, world: dict[str, Any], server: PrefectServer, folder: Path,
-             extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+             extra_env: dict[str, str] | None = None, code: Path | None = None) -> dict[str, Any]:
     """Zero-latency fakes, one episode at a time: flow vs the bare library calls."""
     fake.set()
-    flow = one_run(pg, fake, world, server, 1, folder, extra_env=extra_env)
-    bare = one_run(pg, fake, world, server, 1, folder, mode="bare", extra_env=extra_env)
+    flow = one_run(pg, fake, world, server, 1, folder, extra_env=extra_env, code=code)
+    bare = one_run(pg, fake, world, server, 1, folder, mode="bare", extra_env=extra_env, code=code)
     n = len(world["audio"])
     return {
         "flow_wall": round(flow["wall"], 2), "bare_wall": round(bare["wall"], 2),

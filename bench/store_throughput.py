@@ -132,7 +132,7 @@ def _method(pg: Postgres, method: str, dims: int, episodes: list[tuple[list[Chun
                 started = time.perf_counter()
                 for episode_id, (chunks, vectors) in zip(ids, episodes, strict=True):
                     segment_store.store_episode(db, episode_id, chunks, model_id=mid, provider=provider, model=model,
-                                        vectors=vectors)
+                                                vectors=vectors)
                 seconds = time.perf_counter() - started
         else:
             write = _executemany_rows if method == "executemany" else _copy_rows
@@ -142,9 +142,7 @@ def _method(pg: Postgres, method: str, dims: int, episodes: list[tuple[list[Chun
                 for episode_id, (chunks, vectors) in zip(ids, episodes, strict=True):
                     write(conn, mid, episode_id, chunks, vectors)
                 if method == "raw COPY, no HNSW, index built after":
-                    from gent_disagreement_rag import store as st
-
-                    conn.execute(f"CREATE INDEX {st.index_name(mid)} ON embeddings USING hnsw "
+                    conn.execute(f"CREATE INDEX {segment_store.index_name(mid)} ON embeddings USING hnsw "
                                  f"((embedding::vector({dims})) vector_cosine_ops) WHERE model_id = '{mid}'")
                     conn.commit()
                 seconds = time.perf_counter() - started

@@ -24,7 +24,7 @@ from ..storage.embedded import database_url, stop_embedded
 from ..storage.schema import migrate, schema_version
 
 # What only some commands need (the catalogue's pydantic models, the ingest layer, Prefect...) is imported
-# inside them, so that `gdr search` does not pay for it.
+# inside them, so that `gdr search` does not pay for it (BENCHMARKS.md "Design figures").
 if TYPE_CHECKING:
     from ..ingest.plan import EpisodePlan
 

@@ -58,8 +58,9 @@ class RunContext:
 
     def warm_up(self) -> None:
         """Build the providers and load the tokenizer now, while the first transcriptions are in flight,
-        instead of in the first episodes to come back, all at once on one GIL. What cannot be built
-        fails here silently: the stage that needs it raises the error, for its episode."""
+        instead of in the first episodes to come back, all at once on one GIL (BENCHMARKS.md "Design
+        figures"). What cannot be built fails here silently: the stage that needs it raises the error,
+        for its episode."""
         from ..text.tokens import encoding
 
         for load in (self._transcriber.get, self._embedder.get, encoding):

@@ -79,5 +79,6 @@ class PrefectStages:
         if name == "transcribe" and self.limit_transcription:
             func = _within_fleet_limit(func)
         # Inputs go in `opaque`: Prefect otherwise walks every object inside them (a transcript's thousands
-        # of words, the chunks, the vectors) looking for futures, on every task call.
+        # of words, the chunks, the vectors) looking for futures, on every task call (BENCHMARKS.md
+        # "Design figures").
         return self.tasks[name](self.episode_id, func, opaque(args), cache_key=cache_key)

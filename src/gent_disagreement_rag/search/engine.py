@@ -7,7 +7,7 @@ reciprocal rank fusion (score = sum of 1 / (60 + rank)) in SQL, and the same sta
 neighbouring chunks asked for with `context`. A search is three round trips on one pooled
 connection: the pool's connection check, the lookups (episode, stored models, lexeme statistics;
 pipelined), and the statement with its transaction-local HNSW settings (pipelined with the commit).
-BENCHMARKS.md section 4 has where the time goes at 100k chunks.
+BENCHMARKS.md section 4 and "Design figures" have where the time goes at 100k chunks.
 
 Filters are applied inside the HNSW scan, with pgvector 0.8's iterative scan
 (`hnsw.iterative_scan = relaxed_order`, up to `hnsw.max_scan_tuples`) so a selective filter keeps

@@ -150,7 +150,7 @@ def render_exports(
     cues = caption_cues(transcript, speakers_map)
     texts = {
         # Compact, as the provider sends it: json's C encoder does not indent, and an indented dump of an
-        # hour's response is ten times slower.
+        # hour's response is ten times slower (BENCHMARKS.md "Design figures").
         "raw": _dumps(raw, indent=None),
         "chunks": _dumps(chunks_json(chunks)),
         "markdown": to_markdown(transcript, title, speakers_map),

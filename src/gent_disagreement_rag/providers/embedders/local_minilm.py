@@ -7,7 +7,7 @@ mask, L2-normalise.
 
 Batches are small and run on single-threaded sessions, one batch per core at a time: on 2 cores
 onnxruntime's own intra-op threads cost more in synchronisation than they gain on matrices this small,
-and batches of 8 keep a 256-token chunk's attention matrices small (BENCHMARKS.md has the figures).
+and batches of 8 keep a 256-token chunk's attention matrices small (BENCHMARKS.md "Design figures").
 
 Search queries run on a second model (`LocalMiniLMQueryEmbedder`): the same int8 weights, with each
 `MatMul(x, Mul(Cast(w_int8), scale))` replaced by `DynamicQuantizeMatMul(x, w_int8, scale)`, so the

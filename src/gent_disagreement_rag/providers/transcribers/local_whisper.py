@@ -7,7 +7,7 @@ once (an hour of audio would take GBs), so long audio is transcribed in pieces o
 `piece_seconds`, cut at the quietest moment before each boundary, and times are shifted back.
 Within a piece, faster-whisper's batched pipeline decodes the VAD's speech chunks (<= 30 s) a few at a
 time: faster than sequential decoding and no worse on our samples; batches of 4 cost no more CPU than
-8 and less memory (BENCHMARKS.md).
+8 and less memory (BENCHMARKS.md "Design figures").
 
 `raw` keeps whisper's own output (segments with words, detected language, durations, options, plus
 the speaker given to each word) so `parse_local_response` can rebuild the Transcript offline.
@@ -151,7 +151,7 @@ class LocalWhisperTranscriber:
         self._model = Lazy(lambda: WhisperModel(str(model_folder), device="cpu", compute_type="int8",
                                                 cpu_threads=self.cpu_threads, local_files_only=True))
         # Whisper already uses every core: two transcriptions at once are slower in total than one after
-        # the other, and take twice the memory (BENCHMARKS.md). So one at a time per transcriber (per run).
+        # the other, and take twice the memory (BENCHMARKS.md "Design figures"). So one at a time per transcriber (per run).
         self._inference = threading.Lock()
 
     @classmethod
