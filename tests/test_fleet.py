@@ -90,7 +90,7 @@ def fleet(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                               PREFECT_HOME=str(tmp / "server-home" / "prefect"))
         pool = fleet.run(str(BIN / "prefect"), "work-pool", "create", "default", "--type", "process")
         deploy = fleet.run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all",
-                           env={**fleet.env(PREFECT_HOME=str(tmp / "server-home" / "prefect")), "PWD": str(REPO_ROOT)})
+                           env=fleet.env(PREFECT_HOME=str(tmp / "server-home" / "prefect"), GDR_VERSION="test"))
         publish = fleet.run(str(BIN / "gdr"), "server", "publish", env=publisher)
         assert pool.returncode == 0 and deploy.returncode == 0, pool.stderr + deploy.stdout + deploy.stderr
         assert publish.returncode == 0 and "secret/gdr-deepgram-api-key" in publish.stdout, publish.stdout + publish.stderr

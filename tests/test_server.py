@@ -1,12 +1,18 @@
-"""`gdr server start` brings up a real Prefect server + worker; the deployment runs through them."""
+"""`gdr server start` brings up a real Prefect server (all services on) + worker; the deployment runs through
+them, a failed or late run is sent to NOTIFY_URL, and a restart keeps what the user set in the UI."""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
+from typing import Any
 
 import pytest
 
@@ -14,36 +20,116 @@ from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
 from tests.conftest import REPO_ROOT
 from tests.support.builders import app_environment, free_port, make_audio
-from tests.support.fakeapi import LISTEN
+from tests.support.fakeapi import LISTEN, deepgram_error, for_audio
 
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.slow
-def test_deployment_runs_through_server_and_worker(settings, fake_api) -> None:
-    for i in range(2):
-        make_audio(settings.audio_dir / f"S-{i}.mp3", 15, 500 + 50 * i)
-    settings.episodes_file.write_text(json.dumps([{"episode_id": f"S-{i}", "file_name": f"S-{i}.mp3"} for i in range(2)]))
+class Receiver:
+    """A local HTTP endpoint standing in for Slack or any webhook: every JSON body POSTed to it, in order."""
+
+    def __init__(self) -> None:
+        self.bodies: queue.Queue[dict[str, Any]] = queue.Queue()
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def next(self, timeout: float = 120) -> dict[str, Any]:
+        return self.bodies.get(timeout=timeout)
+
+
+@pytest.fixture
+def server(settings, fake_api, tmp_path) -> Iterator[tuple[dict[str, str], str, Receiver]]:
+    receiver = Receiver()
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
         **app_environment(settings, fake_api),
         "PREFECT_HOME": str(settings.gdr_home / "prefect-home"),
+        "NOTIFY_URL": receiver.url,
+        "PREFECT_API_SERVICES_LATE_RUNS_AFTER_SECONDS": "5",  # Late sooner than the default 15 s, for the test
     }
     started = subprocess.run([BIN / "gdr", "server", "start", "--port", str(port)], env=env, cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=300)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"http://127.0.0.1:{port}" in started.stdout
-        run = subprocess.run(
-            [BIN / "prefect", "deployment", "run", "ingest/default", "--watch", "--watch-timeout", "300"],
-            env={**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, cwd=REPO_ROOT,
-            capture_output=True, text=True, timeout=400,
-        )
-        assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr
+        yield {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, str(port), receiver
     finally:
         stopped = subprocess.run([BIN / "gdr", "server", "stop"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
-    assert "server" in stopped.stdout and "worker" in stopped.stdout, stopped.stdout + stopped.stderr
+        assert "server" in stopped.stdout, stopped.stdout + stopped.stderr
+        receiver.server.shutdown()
+
+
+def prefect(env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([BIN / "prefect", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read_deployment(env: dict[str, str]) -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        return client.read_deployment_by_name("ingest/default")
+
+
+@pytest.mark.slow
+def test_deployment_runs_and_a_failed_or_late_night_is_sent_to_notify_url(settings, fake_api, server) -> None:
+    env, port, receiver = server
+    for i in range(2):
+        make_audio(settings.audio_dir / f"S-{i}.mp3", 15, 500 + 50 * i)
+    settings.episodes_file.write_text(json.dumps([{"episode_id": f"S-{i}", "file_name": f"S-{i}.mp3"} for i in range(2)]))
+    deployment = read_deployment(env)
+    assert deployment.parameters == {"max_parallel": None, "force": False}
+    assert deployment.version == subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT,
+                                                capture_output=True, text=True).stdout.strip()
+
+    run = prefect(env, "deployment", "run", "ingest/default", "--watch", "--watch-timeout", "300")
+    assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr
     assert len(fake_api.requests_to(LISTEN)) == 2
     with Database.from_settings(settings) as db:
         assert {e.episode_id: e.status for e in episode_store.list_episodes(db)} == {"S-0": "processed", "S-1": "processed"}
+
+    # A failed night: S-1's audio changed, and Deepgram rejects the new file.
+    make_audio(settings.audio_dir / "S-1.mp3", 16, 720)
+    fake_api.enqueue(LISTEN, deepgram_error(400, "Bad Request", "corrupt or unsupported data"),
+                     when=for_audio(settings.audio_dir / "S-1.mp3"))
+    failed = prefect(env, "deployment", "run", "ingest/default", "--watch", "--watch-timeout", "300")
+    assert failed.returncode != 0, failed.stdout
+    sent = receiver.next()
+    assert "Failed" in sent["subject"], sent
+    assert "S-1: PermanentProviderError: Deepgram answered HTTP 400 (Bad Request): corrupt or unsupported data" in sent["body"]
+    assert f"http://127.0.0.1:{port}/runs/flow-run/" in sent["body"], sent  # a link to the run in the UI
+
+    # A late night: no worker to take the run.
+    stopped = subprocess.run([BIN / "gdr", "worker", "stop"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert "worker" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert prefect(env, "deployment", "run", "ingest/default").returncode == 0
+    sent = receiver.next()
+    assert "Late" in sent["subject"], sent
+
+
+@pytest.mark.slow
+def test_a_paused_schedule_stays_paused_when_the_server_starts_again(settings, server) -> None:
+    env, port, _ = server
+    [schedule] = read_deployment(env).schedules
+    assert schedule.active
+    paused = prefect(env, "deployment", "schedule", "pause", "ingest/default", str(schedule.id))
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    assert [s.active for s in read_deployment(env).schedules] == [False]
+    again = subprocess.run([BIN / "gdr", "server", "start", "--port", port], env=env, cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [s.active for s in read_deployment(env).schedules] == [False]

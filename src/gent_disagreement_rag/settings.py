@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     fan_out: Literal["auto", "threads", "workers"] = Field("auto", description="How a run spreads its episodes: threads of its own process, or one `episode_pipeline/default` run per episode on the pool's workers; auto = workers for deployment runs when that deployment exists")
     worker_name: str | None = Field(None, description="This worker's name in `processed_by` (set by `gdr worker start`)")
     skip_quality_gate: bool = Field(False, description="Embed transcripts even if they fail the coverage check")
+    notify_url: SecretStr | None = Field(None, description="Where `gdr server start` sends failed, crashed and late ingest runs: a Slack incoming webhook, or any URL taking a JSON POST")
 
     # Providers
     transcriber: Literal["auto", "deepgram", "local"] = Field("auto", description="auto = deepgram when DEEPGRAM_API_KEY is set, else local")
@@ -143,7 +144,7 @@ class Settings(BaseSettings):
     @cached_property
     def secrets(self) -> list[str]:
         """Secret values, for scrubbing any text that might leave the process."""
-        values = [self.deepgram_api_key, self.openai_api_key, self.db_password, self.database_url]
+        values = [self.deepgram_api_key, self.openai_api_key, self.db_password, self.database_url, self.notify_url]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
 

@@ -324,7 +324,7 @@ def worker_stop() -> None:
     """Stop the worker started by `gdr worker start` (its episode runs end Crashed and are retried elsewhere)."""
     from ..orchestration import server
 
-    stopped = server.stop(Settings())
+    stopped = server.stop(Settings(), only="worker")
     console.print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
 
 

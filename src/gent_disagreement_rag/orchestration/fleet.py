@@ -24,7 +24,7 @@ SETTINGS_VARIABLE = "gdr_settings"
 DEEPGRAM_LIMIT = "gdr-deepgram-requests"
 # Settings that belong to one machine, or that are secrets (those travel as blocks), are not shared.
 LOCAL_ONLY = frozenset({"database_url", "db_host", "db_port", "db_user", "db_password", "db_name", "database_block",
-                        "gdr_home", "worker_name", "deepgram_api_key", "openai_api_key", "cache_dir"})
+                        "gdr_home", "worker_name", "deepgram_api_key", "openai_api_key", "cache_dir", "notify_url"})
 
 
 def _connection_components(url: str) -> Any:

@@ -43,6 +43,7 @@ from .progress import RunProgress
 from .tasks import PrefectStages, retry_transient
 
 EPISODE_DEPLOYMENT = "episode_pipeline/default"
+FAILED_PREFIX = "Flow run encountered an exception: "  # how Prefect words a flow run's failure
 
 
 @dataclass(slots=True)
@@ -145,7 +146,7 @@ def episode_task(job: EpisodeJob, run: _RunState) -> EpisodeSummary:
         summary.status, summary.segments, summary.processed_by = "processed", row.segments, row.processed_by or ""
         summary.audio_minutes = round((row.duration_seconds or 0.0) / 60, 2)
     else:
-        exc = state.result(raise_on_failure=False) if not run.on_workers else f"{state.name}: {state.message}"
+        exc = state.result(raise_on_failure=False) if not run.on_workers else _reason(state)
         summary.status, summary.error = "failed", describe(exc, ctx.settings)
         if isinstance(exc, AuthenticationError | QuotaExhaustedError):
             run.stop(job.episode_id, summary.error)
@@ -162,6 +163,14 @@ def _on_a_worker(job: EpisodeJob, run: _RunState) -> State:
     child = run_deployment(EPISODE_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=1,
                            flow_run_name=f"episode-{job.episode_id}")
     return child.state
+
+
+def _reason(state: State) -> str:
+    """Why an episode's own run did not complete: the error it raised, or how it ended (Crashed: ...)."""
+    message = state.message or ""
+    if state.is_failed() and message.startswith(FAILED_PREFIX):
+        return message.removeprefix(FAILED_PREFIX)
+    return f"{state.name}: {message}"
 
 
 def _fan_out_to_workers(settings: Settings) -> bool:
@@ -186,7 +195,11 @@ def discover_task(ctx: RunContext) -> list[str]:
     return new
 
 
-@flow(name="ingest", log_prints=True, persist_result=False)
+# A nightly run that is still going after this long is stopped (TimedOut) before the next night's starts.
+INGEST_TIMEOUT_SECONDS = 23 * 3600
+
+
+@flow(name="ingest", log_prints=True, persist_result=False, timeout_seconds=INGEST_TIMEOUT_SECONDS)
 def ingest(
     episode_ids: list[str] | None = None,
     max_parallel: int | None = None,

@@ -25,6 +25,7 @@ from ..settings import Settings
 from .environment import prefect_environment
 
 WORK_POOL = "default"
+INGEST_DEPLOYMENT = "ingest/default"
 # Flow runs send a heartbeat this often; the server's automation marks a run Crashed after two are missed
 # (a killed worker or machine), so the `ingest` run waiting for it ends instead of waiting forever.
 HEARTBEAT_SECONDS = 30
@@ -105,7 +106,7 @@ def start(settings: Settings, project_dir: Path, *, port: int = 4200, worker_pol
     """Start whatever is not already running; idempotent."""
     project_dir = project_dir.resolve()
     url = api_url(port)
-    env = {**os.environ, **prefect_environment(settings), "PWD": str(project_dir)}
+    env = {**os.environ, **prefect_environment(settings), "PREFECT_UI_URL": f"http://127.0.0.1:{port}"}
     env.pop("PREFECT_API_URL", None)
     pids = _read_pids(settings)
     if "server" not in pids and not _healthy(url):
@@ -124,13 +125,48 @@ def start(settings: Settings, project_dir: Path, *, port: int = 4200, worker_pol
     if pools.returncode != 0:
         _check([_prefect(), "work-pool", "create", WORK_POOL, "--type", "process"], client_env, project_dir,
                "creating the work pool")
-    _check([_prefect(), "--no-prompt", "deploy", "--all"], client_env, project_dir, "prefect deploy")
+    deploy(settings, client_env, project_dir)
     publish_fleet(settings, url)
     if "worker" not in pids:
         # One slot more than MAX_PARALLEL_EPISODES: the `ingest` run itself, waiting for its episodes' runs.
         pids["worker"] = _spawn_worker(settings, "worker", client_env, project_dir, worker_poll_seconds,
                                        limit=settings.max_parallel_episodes + 1)
     return ServerInfo(api_url=url, ui_url=f"http://127.0.0.1:{port}", pids=pids, logs=_logs_dir(settings))
+
+
+def deploy(settings: Settings, env: dict[str, str], project_dir: Path) -> None:
+    """`prefect deploy --all` with the checkout's git version, keeping a schedule the user paused paused
+    (deploying applies prefect.yaml's schedules as active), then the notifications' automations."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from . import notifications
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        try:
+            before = client.read_deployment_by_name(INGEST_DEPLOYMENT)
+            paused = before.paused
+            inactive = {s.schedule.cron for s in before.schedules if not s.active and hasattr(s.schedule, "cron")}
+        except ObjectNotFound:
+            paused, inactive = False, set()
+        _check([_prefect(), "--no-prompt", "deploy", "--all"], {**env, "GDR_VERSION": git_version(project_dir)},
+               project_dir, "prefect deploy")
+        after = client.read_deployment_by_name(INGEST_DEPLOYMENT)
+        if paused:
+            client.pause_deployment(after.id)
+        for schedule in after.schedules:
+            if getattr(schedule.schedule, "cron", None) in inactive:
+                client.update_deployment_schedule(after.id, schedule.id, active=False)
+        if settings.notify_url is not None:
+            notifications.save_notify_block(settings.notify_url)
+        notifications.ensure_automations(str(after.id))
+
+
+def git_version(project_dir: Path) -> str:
+    """The checkout's commit (`git describe --always --dirty`), or "unknown" outside a git checkout."""
+    done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=project_dir, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
 
 
 def publish_fleet(settings: Settings, api_url: str) -> list[str]:
@@ -200,11 +236,14 @@ def start_worker(settings: Settings, project_dir: Path, api_url: str, *, poll_se
                          limit=settings.max_parallel_episodes)
 
 
-def stop(settings: Settings, timeout: float = 20.0) -> list[str]:
-    """Stop the worker, then the server (their whole process groups); returns what was stopped."""
+def stop(settings: Settings, timeout: float = 20.0, *, only: str | None = None) -> list[str]:
+    """Stop the worker, then the server (their whole process groups), or `only` one of them; returns what
+    was stopped."""
     stopped = []
     pids = _read_pids(settings)
     for name in sorted(pids, key=lambda n: n != "worker"):
+        if only is not None and name != only:
+            continue
         pid = pids[name]
         try:
             os.killpg(pid, signal.SIGTERM)
