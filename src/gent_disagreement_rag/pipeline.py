@@ -245,12 +245,17 @@ def download(settings: Settings, db: Database, job: EpisodeJob) -> EpisodeJob:
 
 def transcribe_key(settings: Settings, job: EpisodeJob) -> str:
     t = transcriber_for(settings)
-    return stable_hash("transcribe", TRANSCRIBE_VERSION, job.audio_sha256, t.provider, t.model, t.options())
+    # The local diarizer looks for as many voices as the episode has names; Deepgram finds its own (its keys stay).
+    speakers = (len(job.speakers_map),) if t.provider == "local" else ()
+    return stable_hash("transcribe", TRANSCRIBE_VERSION, job.audio_sha256, t.provider, t.model, t.options(), *speakers)
 
 
 def transcribe(settings: Settings, job: EpisodeJob) -> TranscriptionResult:
     """Audio -> provider-neutral transcript plus the raw response (one provider request)."""
-    return transcriber_for(settings).transcribe(job.audio_path)
+    t = transcriber_for(settings)
+    if t.provider == "local":
+        return t.transcribe(job.audio_path, speakers=len(job.speakers_map) or None)
+    return t.transcribe(job.audio_path)
 
 
 # --- format -----------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from faster_whisper.transcribe import Segment
 from ..errors import ConfigError, PermanentProviderError
 from ..settings import Settings
 from ..transcript import Span, Transcript, TranscriptionResult, Word
-from .diarize import assign_speakers
+from .speaker_embeddings import MODEL_VERSION as SPEAKER_MODEL_VERSION
+from .speaker_embeddings import assign_speakers
 
 SAMPLE_RATE = 16_000
 WHISPER_BASE_BYTES = 145_217_532
@@ -153,6 +154,7 @@ class LocalWhisperTranscriber:
         diarize: bool = True,
         max_speakers: int = 4,
         cpu_threads: int | None = None,
+        home: Path = Path(".gdr"),
     ):
         self.model_folder = model_folder
         self.model = f"{model_folder.name}-int8"
@@ -163,17 +165,18 @@ class LocalWhisperTranscriber:
         self.diarize = diarize
         self.max_speakers = max_speakers
         self.cpu_threads = cpu_threads or os.cpu_count() or 1
+        self.home = home  # where the speaker-embedding model is built on first use
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalWhisperTranscriber:
         folder = settings.local_whisper_model
         if folder is None:
-            return cls(shipped_whisper_base(settings.home))
+            return cls(shipped_whisper_base(settings.home), home=settings.home)
         if not (folder / "model.bin").is_file():
             raise ConfigError(
                 f"LOCAL_WHISPER_MODEL={folder}: no model.bin there (expected the folder of a CTranslate2 Whisper model)"
             )
-        return cls(folder.resolve())
+        return cls(folder.resolve(), home=settings.home)
 
     def options(self) -> dict[str, Any]:
         """Everything besides the audio that shapes the output (not cpu_threads: it only changes the speed)."""
@@ -187,16 +190,19 @@ class LocalWhisperTranscriber:
             "piece_seconds": self.piece_seconds,
             "diarize": self.diarize,
             "max_speakers": self.max_speakers,
+            "speaker_model": f"ecapa-tdnn-v{SPEAKER_MODEL_VERSION}+pitch",
         }
 
-    def transcribe(self, audio_path: Path) -> TranscriptionResult:
+    def transcribe(self, audio_path: Path, speakers: int | None = None) -> TranscriptionResult:
+        """`speakers`: how many voices to look for (the episode's speakers_map names); else max_speakers."""
         audio = decode(audio_path)
         segments, info = self._whisper(audio)
         words = [w for segment in segments for w in segment["words"]]
         phrases = _phrases(words)
         spans = [(words[first]["start"], words[last]["end"]) for first, last in phrases]
-        speakers = assign_speakers(audio, SAMPLE_RATE, spans, self.max_speakers) if self.diarize else [0] * len(spans)
-        for (first, last), speaker in zip(phrases, speakers, strict=True):
+        labels = (assign_speakers(audio, SAMPLE_RATE, spans, speakers or self.max_speakers, self.home)
+                  if self.diarize else [0] * len(spans))
+        for (first, last), speaker in zip(phrases, labels, strict=True):
             for w in words[first : last + 1]:
                 w["speaker"] = speaker
         raw = {
