@@ -36,8 +36,7 @@ from faster_whisper.transcribe import Segment
 from ..errors import ConfigError, PermanentProviderError
 from ..settings import Settings
 from ..transcript import Span, Transcript, TranscriptionResult, Word
-from .speaker_embeddings import MODEL_VERSION as SPEAKER_MODEL_VERSION
-from .speaker_embeddings import assign_speakers
+from . import diarize, speaker_embeddings
 
 SAMPLE_RATE = 16_000
 WHISPER_BASE_BYTES = 145_217_532
@@ -190,18 +189,24 @@ class LocalWhisperTranscriber:
             "piece_seconds": self.piece_seconds,
             "diarize": self.diarize,
             "max_speakers": self.max_speakers,
-            "speaker_model": f"ecapa-tdnn-v{SPEAKER_MODEL_VERSION}+pitch",
+            "speaker_model": f"ecapa-tdnn-v{speaker_embeddings.MODEL_VERSION}+pitch",
         }
 
     def transcribe(self, audio_path: Path, speakers: int | None = None) -> TranscriptionResult:
-        """`speakers`: how many voices to look for (the episode's speakers_map names); else max_speakers."""
+        """`speakers`: how many voices to look for (the episode's speakers_map names). Without it only pitch
+        separates voices, up to max_speakers: with no count to aim at, the embeddings' clusters cannot be
+        trusted (a two-voice test dialogue came out as four speakers), and a wrong split is worse than none."""
         audio = decode(audio_path)
         segments, info = self._whisper(audio)
         words = [w for segment in segments for w in segment["words"]]
         phrases = _phrases(words)
         spans = [(words[first]["start"], words[last]["end"]) for first, last in phrases]
-        labels = (assign_speakers(audio, SAMPLE_RATE, spans, speakers or self.max_speakers, self.home)
-                  if self.diarize else [0] * len(spans))
+        if not self.diarize:
+            labels = [0] * len(spans)
+        elif speakers:
+            labels = speaker_embeddings.assign_speakers(audio, SAMPLE_RATE, spans, speakers, self.home)
+        else:
+            labels = diarize.assign_speakers(audio, SAMPLE_RATE, spans, self.max_speakers)
         for (first, last), speaker in zip(phrases, labels, strict=True):
             for w in words[first : last + 1]:
                 w["speaker"] = speaker
