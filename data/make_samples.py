@@ -10,8 +10,9 @@ Needs only python3 (stdlib) plus the `espeak-ng` and `ffmpeg` executables. It wr
     data/samples/GDR-00N.script.json  ground truth: every turn's speaker, text and start/end seconds
     tests/search_questions.json       search questions, each pointing at the turn that answers it
 
-Every episode is a dialogue between two or three speakers with clearly different espeak-ng voices
-(American male ~97 Hz, British female ~235 Hz, low British male ~77 Hz). Speaker "0" in each
+Episodes 1-4 are dialogues between two or three speakers with clearly different espeak-ng voices
+(American male ~97 Hz, British female ~235 Hz, low British male ~77 Hz); episode 5 (not in the catalogue)
+has five men of similar pitch, for the speaker-accuracy test. Speaker "0" in each
 speakers_map is whoever speaks first, "1" the second distinct voice, and so on, so a diarizer that
 numbers speakers by first appearance lines up with the map.
 
