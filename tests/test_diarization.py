@@ -1,8 +1,8 @@
 """Offline speaker accuracy on real synthesised audio with the real models (Whisper base, ECAPA-TDNN, pitch).
 
 GDR-005 has five men within ~3 semitones of each other: the pitch diarizer alone labels all of it as the
-host (22.9% of the speech time right). The floor of 90% is far above that and below the 99.6% measured: a
-minor voice holds 8-14% of the speech, so losing any one of them to another cluster fails the test.
+host (39.7% of the speech time right). The floor of 90% is far above that and below the 99.9% measured: a
+guest holds 13-18% of the speech, so losing any one of them to another cluster fails the test.
 The four samples (mixed voices) stay exact.
 """
 
