@@ -10,8 +10,9 @@ Needs only python3 (stdlib) plus the `espeak-ng` and `ffmpeg` executables. It wr
     data/samples/GDR-00N.script.json  ground truth: every turn's speaker, text and start/end seconds
     tests/search_questions.json       search questions, each pointing at the turn that answers it
 
-Every episode is a dialogue between two or three speakers with clearly different espeak-ng voices
-(American male ~97 Hz, British female ~235 Hz, low British male ~77 Hz). Speaker "0" in each
+Episodes 1-4 are dialogues between two or three speakers with clearly different espeak-ng voices
+(American male ~97 Hz, British female ~235 Hz, low British male ~77 Hz); episode 5 (not in the catalogue)
+has five men of similar pitch, for the speaker-accuracy test. Speaker "0" in each
 speakers_map is whoever speaks first, "1" the second distinct voice, and so on, so a diarizer that
 numbers speakers by first appearance lines up with the map.
 
@@ -61,9 +62,17 @@ SPEAKERS = {
     "Daniel Okafor": {"voice": "en-us", "pitch": 45, "speed": 165, "description": "American English, male, ~97 Hz"},
     "Priya Raman": {"voice": "en+f2", "pitch": 70, "speed": 160, "description": "British English, female (f2), ~235 Hz"},
     "Marcus Baird": {"voice": "en-gb-x-rp+m1", "pitch": 20, "speed": 150, "description": "British RP English, low male (m1), ~77 Hz"},
+    # GDR-005's five men: pitches within ~3 semitones of each other (86-100 Hz), so only timbre tells them apart.
+    # Picked among espeak-ng's male variants as the five least alike to a speaker-embedding model.
+    "Tomas Reed": {"voice": "en-us", "pitch": 40, "speed": 165, "description": "American English, male, ~93 Hz"},
+    "Owen Pike": {"voice": "en+Andy", "pitch": 40, "speed": 155, "description": "English, male (Andy), ~86 Hz"},
+    "Samir Haddad": {"voice": "en+Denis", "pitch": 40, "speed": 160, "description": "English, male (Denis), ~90 Hz"},
+    "Felix Marsh": {"voice": "en+klatt", "pitch": 40, "speed": 150, "description": "English, male (klatt), ~95 Hz"},
+    "Jonah Wells": {"voice": "en+m7", "pitch": 40, "speed": 160, "description": "English, male (m7), ~100 Hz"},
 }
 
 D, P, M = "Daniel Okafor", "Priya Raman", "Marcus Baird"
+T, O, S, F, J = "Tomas Reed", "Owen Pike", "Samir Haddad", "Felix Marsh", "Jonah Wells"
 
 EPISODES = [
     {
@@ -153,6 +162,44 @@ EPISODES = [
             (D, "So my dead end isn't economics, it's visibility."),
             (P, "And trade. Under Europe's carbon border adjustment mechanism, importers of steel, cement and aluminium have to report the carbon in their goods, and soon pay for it."),
             (D, "We'll disagree about that one next week."),
+        ],
+    },
+    {
+        # Not in the default catalogue (`make run` stays at four episodes): the speaker-accuracy test and the
+        # retrieval evaluation read it directly. Five men of similar pitch, the host speaking most.
+        "episode_id": 5,
+        "file_name": "GDR-005.mp3",
+        "title": "Finding Longitude: Harrison's Clocks and the Board of Longitude",
+        "published": "2025-02-12",
+        "catalogue": False,
+        "turns": [
+            (T, "Welcome to a crowded studio. I'm Tomas Reed. Before my guests join in, a little scene setting. In the early seventeen hundreds a ship out of sight of land knew its latitude well, but its east west position was a guess made by dead reckoning: speed, heading and hours sailed, chalked on a slate every watch and added up. Errors of a hundred miles were ordinary. Today four guests will help me with one of the great engineering problems of the eighteenth century: how a ship finds its longitude at sea."),
+            (O, "Thanks, Tomas. I'm Owen Pike, I repair old clocks in Bristol."),
+            (T, "Owen, why was longitude so hard when latitude was easy?"),
+            (O, "Latitude you can read from the sky, from the height of the sun at noon or of the pole star. Longitude is a matter of time. The earth turns fifteen degrees an hour, so if you know the time at home and the local time on deck, the difference gives your longitude. The trouble was keeping home time on a rolling ship."),
+            (T, "And people died of that trouble. Navigators who got it wrong ran aground, or sailed past the island where they meant to take on fresh water while scurvy spread through the crew."),
+            (S, "Very many. I'm Samir Haddad, a naval historian. In {1707|seventeen oh seven} a fleet under Admiral Cloudesley Shovell misjudged its position and ran onto the rocks of the Scilly Isles. Four ships were lost and about fifteen hundred sailors drowned in one night."),
+            (T, "So Parliament offered money. This is the part of the story I love, because it was one of the first public prizes for a technical problem, centuries before anyone had heard of an X Prize."),
+            (S, "The Longitude Act of {1714|seventeen fourteen} promised twenty thousand pounds for a method accurate to half a degree, judged by a trial voyage to the West Indies. A Board of Longitude was set up to decide who had won."),
+            (T, "Felix, you are our astronomer. What did the astronomers propose?"),
+            (F, "The lunar distance method. The moon moves against the stars about its own width every hour, so with tables of its position you can read the time at Greenwich from the sky itself. Nevil Maskelyne, who became Astronomer Royal, published those tables in the Nautical Almanac from {1767|seventeen sixty seven}."),
+            (T, "That is clever, but it needs a steady hand, clear skies and a great deal of arithmetic. And the clockmaker's answer?"),
+            (O, "John Harrison, a carpenter from Lincolnshire. He built wooden clocks that needed no oil, and then four marine timekeepers. The first three were big brass machines. The fourth, called H4, looks like a large pocket watch, about thirteen centimetres across."),
+            (T, "Did it work?"),
+            (O, "On the trial voyage to Jamaica in {1761|seventeen sixty one} it lost only about five seconds in eighty one days."),
+            (T, "Jonah, you've written about the prize itself. Why did Harrison struggle to get paid?"),
+            (J, "Because the Board kept moving the goalposts. They wanted the design disclosed, copies made, and more trials. Maskelyne sat on the Board and had his own method to promote. Harrison was finally paid most of the money in {1773|seventeen seventy three}, after King George the Third took his side and Parliament voted him a reward."),
+            (T, "So in the end the king settled it, which says something about how science was judged in those days: by committees, patrons and politics as much as by the results of a voyage."),
+            (J, "He tested a Harrison watch himself at his private observatory in Richmond, and declared he would see Harrison righted."),
+            (T, "Felix, were the astronomers simply wrong then?"),
+            (F, "Not at all. A good chronometer cost about a third of the price of the ship it sailed on, so for decades most navigators used lunar distances, which needed only a sextant, an almanac and an hour of arithmetic."),
+            (T, "It reminds me that a good technology can lose for a long time to a cheap one that is good enough. When did clocks win in the end?"),
+            (S, "In the nineteenth century. Larcum Kendall copied H4 for the navy, Captain Cook took that copy on his second voyage and called it his trusty friend, and by the {1850s|eighteen fifties} chronometers were cheap enough that every navy ship carried two or three."),
+            (T, "Felix, do navigators still learn the sky?"),
+            (F, "Some navies teach celestial navigation again, as a backup in case satellite signals are jammed or spoofed."),
+            (T, "Jonah, a last word on Greenwich?"),
+            (J, "In {1884|eighteen eighty four} the International Meridian Conference in Washington chose the line through Greenwich as zero degrees, largely because most of the world's sea charts already used it."),
+            (T, "Owen, Samir, Felix, Jonah, thank you all. And next time someone tells you that satellites made navigation easy, remember that it is still a clock problem: every navigation satellite carries atomic clocks, and your phone works out where it is from tiny differences in time."),
         ],
     },
 ]
@@ -297,10 +344,11 @@ def main() -> None:
             print(f"{ep['file_name']}: {script['duration']:.1f} s, {len(script['turns'])} turns, "
                   f"{len(script['speakers_map'])} speakers, {size / 1024:.0f} KiB")
 
+    catalogued = {ep["episode_id"] for ep in EPISODES if ep.get("catalogue", True)}
     write_json(EPISODES_FILE, [
         {"episode_id": s["episode_id"], "file_name": s["file_name"], "title": s["title"],
          "published": s["published"], "speakers_map": s["speakers_map"], "processed": False}
-        for s in scripts
+        for s in scripts if s["episode_id"] in catalogued
     ])
 
     by_id = {s["episode_id"]: s for s in scripts}

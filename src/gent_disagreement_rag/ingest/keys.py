@@ -38,7 +38,8 @@ class StageKeys:
 def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
     """The keys of an episode whose audio is known (after its download)."""
     t = ctx.transcriber
-    transcribe = stable_hash("transcribe", TRANSCRIBE_VERSION, job.audio_sha256, t.provider, t.model, t.options())
+    speakers = (len(job.speakers_map),) if t.uses_speaker_count else ()  # Deepgram's keys stay as they were
+    transcribe = stable_hash("transcribe", TRANSCRIBE_VERSION, job.audio_sha256, t.provider, t.model, t.options(), *speakers)
     fmt = stable_hash(
         "format", FORMAT_VERSION, transcribe, job.speakers_map, chunker_config(ctx).cache_key(), "cl100k",
         ctx.settings.skip_quality_gate,

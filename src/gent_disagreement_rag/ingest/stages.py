@@ -76,7 +76,7 @@ def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> Transcript
         ctx.progress(job.episode_id, "running", {"stage": "transcribe", "audio_done": round(done, 1),
                                                  "audio_total": round(total, 1)})
 
-    result = ctx.transcriber.transcribe(job.audio_path, progress)
+    result = ctx.transcriber.transcribe(job.audio_path, progress, speakers=len(job.speakers_map) or None)
     t = result.transcript
     record_cost(ctx, run_id, job.episode_id, "transcribe", t.provider, t.model, int(t.provider != "local"), t.duration, 0)
     return result

@@ -9,20 +9,22 @@ from typing import Any, Protocol
 from ...settings import Settings
 from ...transcript import TranscriptionResult
 
-
 AudioProgress = Callable[[float, float], None]
 
 
 class Transcriber(Protocol):
     provider: str
     model: str
+    uses_speaker_count: bool  # whether `speakers` changes the output (then it is part of the cache key)
 
     def options(self) -> dict[str, Any]:
         """Everything besides the audio that determines the output (part of the cache key)."""
         ...
 
-    def transcribe(self, audio_path: Path, progress: AudioProgress | None = None) -> TranscriptionResult:
-        """`progress(seconds_done, seconds_total)` is called as the audio is worked through (at least at the end)."""
+    def transcribe(self, audio_path: Path, progress: AudioProgress | None = None, speakers: int | None = None
+                   ) -> TranscriptionResult:
+        """`progress(seconds_done, seconds_total)` is called as the audio is worked through (at least at the end);
+        `speakers` is how many voices the episode has, when known (a hint: a provider may find its own)."""
         ...
 
 

@@ -115,6 +115,7 @@ class DeepgramTranscriber:
     """Deepgram `/v1/listen` with diarization, paragraphs and utterances; one request per file."""
 
     provider = "deepgram"
+    uses_speaker_count = False
 
     def __init__(
         self,
@@ -167,8 +168,10 @@ class DeepgramTranscriber:
     def timeout_for(self, audio_path: Path) -> float:
         return self.base_timeout + TIMEOUT_PER_AUDIO_SECOND * audio_seconds(audio_path)
 
-    def transcribe(self, audio_path: Path, progress: AudioProgress | None = None) -> TranscriptionResult:
-        """One request: the progress is all or nothing."""
+    def transcribe(self, audio_path: Path, progress: AudioProgress | None = None, speakers: int | None = None
+                   ) -> TranscriptionResult:
+        """One request: the progress is all or nothing. Deepgram's diarizer finds the voices itself (`speakers`
+        is not sent)."""
         audio = audio_path.read_bytes()  # bytes: a stream or file object breaks the SDK's request body
         timeout = self.timeout_for(audio_path)
         with self._request_slots:

@@ -36,8 +36,7 @@ from ...errors import ConfigError, PermanentProviderError
 from ...settings import Settings
 from ...transcript import Span, Transcript, TranscriptionResult, Word
 from ..lazy import Lazy
-from . import AudioProgress
-from .diarize import assign_speakers
+from . import AudioProgress, diarize, speaker_embeddings
 
 SAMPLE_RATE = 16_000
 WHISPER_BASE_BYTES = 145_217_532
@@ -126,6 +125,7 @@ class LocalWhisperTranscriber:
     """Whisper base on the CPU; every argument but `cpu_threads` changes the output, so all are in options()."""
 
     provider = "local"
+    uses_speaker_count = True  # the diarizer looks for as many voices as the episode has names
 
     def __init__(
         self,
@@ -138,6 +138,7 @@ class LocalWhisperTranscriber:
         diarize: bool = True,
         max_speakers: int = 4,
         cpu_threads: int | None = None,
+        home: Path = Path(".gdr"),
     ):
         self.model_folder = model_folder
         self.model = f"{model_folder.name}-int8"
@@ -153,17 +154,18 @@ class LocalWhisperTranscriber:
         # Whisper already uses every core: two transcriptions at once are slower in total than one after
         # the other, and take twice the memory (BENCHMARKS.md "Design figures"). So one at a time per transcriber (per run).
         self._inference = threading.Lock()
+        self._speaker_model = Lazy(lambda: speaker_embeddings.load_session(home))  # built under `home` on first use
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalWhisperTranscriber:
         folder = settings.local_whisper_model
         if folder is None:
-            return cls(shipped_whisper_base(settings.home))
+            return cls(shipped_whisper_base(settings.home), home=settings.home)
         if not (folder / "model.bin").is_file():
             raise ConfigError(
                 f"LOCAL_WHISPER_MODEL={folder}: no model.bin there (expected the folder of a CTranslate2 Whisper model)"
             )
-        return cls(folder.resolve())
+        return cls(folder.resolve(), home=settings.home)
 
     def options(self) -> dict[str, Any]:
         """Everything besides the audio that shapes the output (not cpu_threads: it only changes the speed)."""
@@ -177,17 +179,27 @@ class LocalWhisperTranscriber:
             "piece_seconds": self.piece_seconds,
             "diarize": self.diarize,
             "max_speakers": self.max_speakers,
+            "speaker_model": f"ecapa-tdnn-v{speaker_embeddings.MODEL_VERSION}+pitch",
         }
 
-    def transcribe(self, audio_path: Path, progress: AudioProgress | None = None) -> TranscriptionResult:
-        """`progress` follows whisper's segments as they are decoded (an hour of audio takes minutes)."""
+    def transcribe(self, audio_path: Path, progress: AudioProgress | None = None, speakers: int | None = None
+                   ) -> TranscriptionResult:
+        """`progress` follows whisper's segments as they are decoded (an hour of audio takes minutes).
+        `speakers`: how many voices to look for (the episode's speakers_map names). Without it only pitch
+        separates voices, up to max_speakers: with no count to aim at, the embeddings' clusters cannot be
+        trusted (a two-voice test dialogue came out as four speakers), and a wrong split is worse than none."""
         audio = decode(audio_path)
         segments, info = self._whisper(audio, progress)
         words = [w for segment in segments for w in segment["words"]]
         phrases = _phrases(words)
         spans = [(words[first]["start"], words[last]["end"]) for first, last in phrases]
-        speakers = assign_speakers(audio, SAMPLE_RATE, spans, self.max_speakers) if self.diarize else [0] * len(spans)
-        for (first, last), speaker in zip(phrases, speakers, strict=True):
+        if not self.diarize:
+            labels = [0] * len(spans)
+        elif speakers:
+            labels = speaker_embeddings.assign_speakers(audio, SAMPLE_RATE, spans, speakers, self._speaker_model.get())
+        else:
+            labels = diarize.assign_speakers(audio, SAMPLE_RATE, spans, self.max_speakers)
+        for (first, last), speaker in zip(phrases, labels, strict=True):
             for w in words[first : last + 1]:
                 w["speaker"] = speaker
         raw = {

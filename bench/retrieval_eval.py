@@ -1,0 +1,182 @@
+"""Retrieval evaluation: does the top of the ranking hold the moment that answers the question?
+
+    uv run python -m bench.retrieval_eval            # figures for BENCHMARKS.md
+    uv run python -m bench.retrieval_eval --spans    # rewrite the answer spans in tests/retrieval_eval.json
+
+The questions (tests/retrieval_eval.json) cover the four samples, the five-voice GDR-005 and the real Deepgram
+phone call; each names a phrase of the answer, and its span is the ground-truth turn (samples) or Deepgram
+utterance (phone call) holding that phrase. Transcripts are what users get: local Whisper base with the
+offline diarizer for the synthetic episodes (cached under .gdr/bench-transcripts), Deepgram's for the call.
+Rows: naive windows of 60, 120 and 250 words and today's chunks (chunking.py), each embedded with the offline
+MiniLM and ranked by in-memory cosine over the whole corpus (every episode at once); and today's search: the
+same chunks and vectors stored in an embedded Postgres + pgvector and queried through the library's
+`search()` (its default mode, hybrid RRF, with the MiniLM query model). A hit is a result of the question's
+episode whose time range overlaps the answer span.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
+from gent_disagreement_rag.providers.transcribers.deepgram import parse_deepgram_response
+from gent_disagreement_rag.text.chunking import chunk_transcript
+from gent_disagreement_rag.transcript import Transcript
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = ROOT / "tests" / "retrieval_eval.json"
+PHONE_CALL = ROOT / "tests" / "fixtures" / "deepgram" / "phone_call_463s_2spk_nova3_utterances.json"
+SYNTHETIC = ("GDR-001", "GDR-002", "GDR-003", "GDR-004", "GDR-005")
+WINDOWS = (60, 120, 250)
+K = 5
+
+
+@dataclass(frozen=True)
+class Unit:
+    episode: str
+    start: float
+    end: float
+    text: str
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"[^\w$]+", " ", text.lower()).strip()
+
+
+def ground_truth(episode: str) -> list[tuple[float, float, str]]:
+    """(start, end, text) of every turn (samples) or utterance (phone call)."""
+    if episode == "phone_call":
+        return [(u["start"], u["end"], u["transcript"]) for u in json.loads(PHONE_CALL.read_text())["results"]["utterances"]]
+    turns = json.loads((ROOT / "data" / "samples" / f"{episode}.script.json").read_text())["turns"]
+    return [(t["start"], t["end"], t["text"]) for t in turns]
+
+
+def answer_span(question: dict) -> tuple[float, float]:
+    """The span of the one turn or utterance containing the question's phrase (case and punctuation aside)."""
+    phrase = _plain(question["expect_text"])
+    spans = [(s, e) for s, e, text in ground_truth(question["episode"]) if phrase in _plain(text)]
+    if len(spans) != 1:
+        raise ValueError(f"question {question['id']}: {question['expect_text']!r} is in {len(spans)} turns, need 1")
+    return spans[0]
+
+
+def load_questions() -> list[dict]:
+    return json.loads(QUESTIONS.read_text())
+
+
+def transcripts(cache: Path) -> dict[str, tuple[Transcript, dict[str, str]]]:
+    """Each episode's transcript and speakers_map; the synthetic ones transcribed once and cached."""
+    from gent_disagreement_rag.providers.transcribers.local_whisper import LocalWhisperTranscriber, shipped_whisper_base
+
+    out = {"phone_call": (parse_deepgram_response(json.loads(PHONE_CALL.read_text())), {})}
+    cache.mkdir(parents=True, exist_ok=True)
+    for stem in SYNTHETIC:
+        speakers_map = json.loads((ROOT / "data" / "samples" / f"{stem}.script.json").read_text())["speakers_map"]
+        path = cache / f"{stem}.json"
+        if not path.exists():
+            whisper = LocalWhisperTranscriber(shipped_whisper_base(ROOT / ".gdr"), home=ROOT / ".gdr")
+            result = whisper.transcribe(ROOT / "data" / "audio" / f"{stem}.mp3", speakers=len(speakers_map))
+            path.write_text(json.dumps(result.transcript.to_dict()))
+        out[stem] = (Transcript.from_dict(json.loads(path.read_text())), speakers_map)
+    return out
+
+
+def windows(episode: str, transcript: Transcript, size: int) -> list[Unit]:
+    words = transcript.words
+    return [Unit(episode, words[i].start, words[min(i + size, len(words)) - 1].end,
+                 " ".join(w.display for w in words[i : i + size])) for i in range(0, len(words), size)]
+
+
+def chunks(episode: str, transcript: Transcript, speakers_map: dict[str, str]) -> list[Unit]:
+    return [Unit(episode, c.start, c.end, c.text) for c in chunk_transcript(transcript, speakers_map)]
+
+
+def first_hit(results: Sequence[Unit], question: dict) -> int | None:
+    """1-based rank of the first result overlapping the answer span in the question's episode."""
+    start, end = answer_span(question)
+    return next((r for r, u in enumerate(results, 1) if u.episode == question["episode"]
+                 and u.start < end and u.end > start), None)
+
+
+def cosine_ranks(units: Sequence[Unit], questions: Sequence[dict], embedder: LocalMiniLMEmbedder) -> list[int | None]:
+    vectors = embedder.embed([u.text for u in units]).vectors
+    queries = embedder.embed([q["question"] for q in questions]).vectors
+    return [first_hit([units[i] for i in np.argsort(-(vectors @ query))[:K]], q)
+            for q, query in zip(questions, queries, strict=True)]
+
+
+def search_ranks(corpus: dict[str, tuple[Transcript, dict[str, str]]], questions: Sequence[dict],
+                 embedder: LocalMiniLMEmbedder) -> tuple[list[int | None], list[Unit]]:
+    """Ranks from the library's search over today's chunks, stored as ingestion stores them."""
+    from bench.harness import embedded_postgres
+    from gent_disagreement_rag.search import search
+    from gent_disagreement_rag.settings import Settings
+    from gent_disagreement_rag.sources.catalogue import CatalogueEntry
+    from gent_disagreement_rag.storage import episodes as episode_store
+    from gent_disagreement_rag.storage import segments as segment_store
+    from gent_disagreement_rag.storage.database import Database
+
+    units: list[Unit] = []
+    with embedded_postgres() as pg:
+        url = pg.create_database("eval")
+        settings = Settings(_env_file=None, database_url=url, embedder="local", gdr_home=ROOT / ".gdr")
+        with Database(url, max_size=2) as db:
+            db.open()
+            episode_store.sync_catalogue(db, [CatalogueEntry(episode_id=ep, title=ep) for ep in corpus])
+            for ep, (transcript, speakers_map) in corpus.items():
+                episode_chunks = chunk_transcript(transcript, speakers_map)
+                units += [Unit(ep, c.start, c.end, c.text) for c in episode_chunks]
+                segment_store.store_episode(db, ep, episode_chunks, model_id=embedder.model_id, provider=embedder.provider,
+                                    model=embedder.model, vectors=embedder.embed([c.text for c in episode_chunks]).vectors)
+            ranks = []
+            for q in questions:
+                hits = search(q["question"], K, settings=settings, db=db)
+                ranks.append(first_hit([Unit(h.episode_id, h.start, h.end, h.text) for h in hits], q))
+        pg.drop_database(url)
+    return ranks, units
+
+
+def metrics(ranks: Sequence[int | None], units: Sequence[Unit]) -> dict[str, float]:
+    """hit@1, hit@3, MRR@5, and the units' mean length in seconds."""
+    return {
+        "hit@1": sum(r == 1 for r in ranks) / len(ranks),
+        "hit@3": sum(r is not None and r <= 3 for r in ranks) / len(ranks),
+        "mrr@5": sum(1 / r for r in ranks if r) / len(ranks),
+        "mean_seconds": float(np.mean([u.end - u.start for u in units])),
+        "units": len(units),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spans", action="store_true", help="rewrite the answer spans in the questions file")
+    args = parser.parse_args()
+    questions = load_questions()
+    if args.spans:
+        for q in questions:
+            q["start"], q["end"] = answer_span(q)
+        QUESTIONS.write_text(json.dumps(questions, indent=2) + "\n")
+        return
+    corpus = transcripts(ROOT / ".gdr" / "bench-transcripts")
+    embedder = LocalMiniLMEmbedder()
+    rows = {f"naive {n} words": [u for ep, (t, _) in corpus.items() for u in windows(ep, t, n)] for n in WINDOWS}
+    rows["today's chunks (chunking.py)"] = [u for ep, (t, m) in corpus.items() for u in chunks(ep, t, m)]
+    results = {name: metrics(cosine_ranks(units, questions, embedder), units) for name, units in rows.items()}
+    results["today's search (search.py over Postgres)"] = metrics(*search_ranks(corpus, questions, embedder))
+    episodes = sorted({q["episode"] for q in questions})
+    print(f"{len(questions)} questions over {len(episodes)} episodes ({', '.join(episodes)})")
+    print("| units | hit@1 | hit@3 | MRR@5 | mean unit (s) | units |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, m in results.items():
+        print(f"| {name} | {m['hit@1']:.3f} | {m['hit@3']:.3f} | {m['mrr@5']:.3f} | {m['mean_seconds']:.1f} | {m['units']} |")
+
+
+if __name__ == "__main__":
+    main()
