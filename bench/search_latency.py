@@ -37,6 +37,8 @@ import psycopg
 
 from bench.harness import REPO_ROOT, Postgres, load, log, percentile
 from gent_disagreement_rag.search.statements import HNSW_EF_SEARCH
+from tests.support.chat_server import QUERY as CHAT_QUERY
+from tests.support.chat_server import THRESHOLD as CHAT_THRESHOLD
 
 TOPIC_SUBJECTS = ("bees", "central banks", "transistors", "glaciers", "startups", "vaccines", "chess engines",
                   "coral reefs", "railways", "housing markets", "volcanoes", "language models", "marathon runners",
@@ -250,14 +252,6 @@ def cli(world: dict[str, Any], queries: list[str], runs: int) -> dict[str, Any]:
     return out
 
 
-CHAT_QUERY = """SELECT s.name, ts.text, e.episode_number, e.title, e.date_published,
-       1 - (ts.embedding <=> %s::vector) AS similarity
-FROM transcript_segments ts
-JOIN episodes e ON ts.episode_id = e.episode_number
-JOIN speakers s ON ts.speaker_id = s.id
-{where}ORDER BY similarity DESC
-LIMIT %s"""
-CHAT_THRESHOLD = "WHERE 1 - (ts.embedding <=> %s::vector) >= %s\n"
 # What the chat server's ORDER BY would be if it sorted by distance: the one form pgvector's HNSW index can serve.
 CHAT_QUERY_ASCENDING = CHAT_QUERY.replace("ORDER BY similarity DESC", "ORDER BY ts.embedding <=> %s::vector")
 OPENAI_DIMENSIONS = 1536

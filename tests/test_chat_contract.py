@@ -38,17 +38,9 @@ from gent_disagreement_rag.storage.embedded import stop_embedded
 from gent_disagreement_rag.text.chunking import Chunk
 from tests.conftest import REPO_ROOT
 from tests.support.builders import free_port, segment
+from tests.support.chat_server import QUERY, THRESHOLD
 from tests.support.fakeapi import FakeAPI
 
-# The chat server's statement, verbatim; the bracketed WHERE is its threshold form.
-QUERY = """SELECT s.name, ts.text, e.episode_number, e.title, e.date_published,
-       1 - (ts.embedding <=> %s::vector) AS similarity
-FROM transcript_segments ts
-JOIN episodes e ON ts.episode_id = e.episode_number
-JOIN speakers s ON ts.speaker_id = s.id
-{where}ORDER BY similarity DESC
-LIMIT %s"""
-THRESHOLD = "WHERE 1 - (ts.embedding <=> %s::vector) >= %s\n"
 LOCAL_ONLY_EPISODE = "4"  # stored with local vectors only: the chat views leave it out
 CATALOGUE = {str(e.episode_id): e for e in load_catalogue(REPO_ROOT / "data" / "episodes.json")}
 
