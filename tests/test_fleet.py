@@ -4,6 +4,7 @@ only PREFECT_API_URL in its environment; the database, keys, settings and stage 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from tests.support.fakeapi import (
 from tests.support.prefect_server import prefect_server
 
 BIN = Path(sys.executable).parent
+TONES = itertools.count(300, 11)  # Hz
 
 
 @dataclass
@@ -68,8 +70,8 @@ class Fleet:
 
     def catalogue(self, ids: list[str], seconds: int = 12) -> None:
         entries = []
-        for i, episode_id in enumerate(ids):
-            make_audio(self.settings.audio_dir / f"{episode_id}.mp3", seconds, 300 + 37 * (hash(episode_id) % 40) + i)
+        for episode_id in ids:  # a tone no other episode of the module has: no audio (or its cache) is shared
+            make_audio(self.settings.audio_dir / f"{episode_id}.mp3", seconds, next(TONES))
             entries.append({"episode_id": episode_id, "file_name": f"{episode_id}.mp3", "speakers_map": {"0": "Ann"}})
         self.settings.episodes_file.write_text(json.dumps(entries))
 
@@ -172,9 +174,9 @@ def test_a_killed_worker_leaves_its_episodes_crashed_and_a_retry_completes_them_
     fleet.api.deepgram_latency = (20.0, 0.0)
     run = subprocess.Popen([BIN / "prefect", "deployment", "run", "ingest/default", "--watch", "--watch-timeout", "500"],
                            env=fleet.env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    victim = fleet.worker_pid("w2")
+    victim, earlier = fleet.worker_pid("w2"), len(fleet.api.requests_to(LISTEN))
     deadline = time.monotonic() + 180
-    while len(fleet.api.requests_to(LISTEN)) < 2 or not _episode_processes(victim):
+    while len(fleet.api.requests_to(LISTEN)) < earlier + 2 or not _episode_processes(victim):
         assert time.monotonic() < deadline and run.poll() is None, "w2 never took an episode"
         time.sleep(0.5)
     # w2 is shut down mid-episode: its episode runs get SIGTERM (which a run reports as Crashed), then the
