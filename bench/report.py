@@ -476,4 +476,6 @@ def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
         out += _section_search(se) + _search_notes(se) + _section_chat(se.get("chat"))
     if lo := s.get("local"):
         out += _section_local(lo)
+    if s.get("fleet"):  # written apart, by bench/fleet.py
+        out += ["## 6. Several workers", "", "See [bench/fleet.md](bench/fleet.md) (bench/fleet.py).", ""]
     path.write_text("\n".join(out).rstrip() + "\n")
