@@ -267,7 +267,7 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
 
 MODES = {"threads": "threads (`gdr ingest`, a run of its own)",
          "deployments": "per-episode deployment runs (`run_deployment`, process worker)",
-         "task_workers": "Prefect task workers (`.delay()`, prototype in bench/fleet.py)"}
+         "task_workers": "Prefect task workers (`.delay()`; the prototype in bench/fleet.py, without claims or summary)"}
 
 
 def write_markdown(fleet: dict[str, Any], path: Path = FRAGMENT) -> None:
@@ -294,6 +294,22 @@ def write_markdown(fleet: dict[str, Any], path: Path = FRAGMENT) -> None:
         lines.append(f"| {label} | {o['wall']:.2f} | {o['cpu']:.2f} | {walls} |")
     bare = ", ".join(f"{r['wall']:.1f}" for r in fleet["overhead"] if r["mode"] == "bare")
     lines += [f"| (bare library calls, the baseline) | — | — | {bare} |", ""]
+    o = s["overhead"]
+    lines += [
+        "**Which fan-out, and why.** The figures favour task workers "
+        f"({o['task_workers']['wall']:.2f} s / {o['task_workers']['cpu']:.2f} s per episode) over per-episode deployment "
+        f"runs ({o['deployments']['wall']:.2f} s / {o['deployments']['cpu']:.2f} s): a deployment run waits for a worker's "
+        "poll (`gdr worker start` polls every 5 s) and starts a Python process that imports Prefect and the library "
+        "and opens its own database pool and providers; a task worker keeps one process and context for all its "
+        "episodes. We keep `run_deployment` all the same, for what the task workers would lose: each episode is a "
+        "flow run of its own on the pool, so its own Retry works and lands its work under it (tests/test_fleet.py); "
+        "a machine's share is its worker's `--limit` (MAX_PARALLEL_EPISODES); a dead worker's runs are marked Crashed "
+        "by the heartbeat automation (it watches flow runs only; nothing would end the task runs of a dead task "
+        "worker) and the parent's retry reruns them elsewhere; one process worker per machine serves both "
+        "deployments, where task workers need a `serve` process beside it. The price is paid once per episode: "
+        "on this world (5-14 s of provider time per episode) with both workers on the same 2 cores, the episode "
+        "processes' CPU (the workers' CPU column) is what keeps two workers below the 1.8x target; two machines "
+        "bring their own cores.", ""]
     path.write_text("\n".join(lines) + "\n")
 
 

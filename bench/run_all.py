@@ -1,11 +1,11 @@
 """Run the benchmarks and write BENCHMARKS.md (+ bench/speedup.png, bench/results.json).
 
-    uv run python -m bench.run_all                 # everything (`make bench`), ~20 min on 2 cores
+    uv run python -m bench.run_all                 # everything (`make bench`), ~40 min on 2 cores
     uv run python -m bench.run_all --quick         # every section, smaller, ~3-4 min
     uv run python -m bench.run_all --only search   # one section; the others keep their last results
 
-Sections: parallel, api, store, search, local. Not tests: nothing here asserts on time; targets are
-reported as met or missed. Every section notes the machine's load, which the figures depend on.
+Sections: parallel, api, store, search, local, fleet (written to bench/fleet.md). Not tests: nothing here
+asserts on time; targets are reported as met or missed. Every section notes the machine's load, which the figures depend on.
 """
 
 from __future__ import annotations
