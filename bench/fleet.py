@@ -294,6 +294,8 @@ def write_markdown(fleet: dict[str, Any], path: Path = FRAGMENT) -> None:
         lines.append(f"| {label} | {o['wall']:.2f} | {o['cpu']:.2f} | {walls} |")
     bare = ", ".join(f"{r['wall']:.1f}" for r in fleet["overhead"] if r["mode"] == "bare")
     lines += [f"| (bare library calls, the baseline) | — | — | {bare} |", ""]
+    lines += ["All three run against `prefect server start` (UI and all services, what a fleet has), not section 1's "
+              "ephemeral server, so the threads row is not the same measurement as the 0.28 s quoted there.", ""]
     o = s["overhead"]
     lines += [
         "**Which fan-out, and why.** The figures favour task workers "
