@@ -359,4 +359,5 @@ def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
     for name, figures in (("api", _api), ("store", _store), ("store_shape", _store_shape), ("search", _search), ("local", _local)):
         if name in s:
             values |= figures(s[name])
+    values["fleet"] = "fleet" in s  # written apart, by bench/fleet.py (bench/fleet.md)
     path.write_text(fill(TEMPLATE.read_text(), values).rstrip() + "\n")

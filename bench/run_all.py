@@ -1,12 +1,12 @@
 """Run the benchmarks and write BENCHMARKS.md (+ bench/speedup.png, bench/results.json).
 
-    uv run python -m bench.run_all                 # everything (`make bench`), ~20 min on 2 cores
+    uv run python -m bench.run_all                 # everything (`make bench`), ~40 min on 2 cores
     uv run python -m bench.run_all --quick         # every section, smaller, ~3-4 min
     uv run python -m bench.run_all --only search   # one section; the others keep their last results
     uv run python -m bench.flow_shape              # old vs new flow shape (section 1's subsection), ~15 min
 
-Sections: parallel, api, store, search, local. Not tests: nothing here asserts on time; targets are
-reported as met or missed. Every section notes the machine's load, which the figures depend on.
+Sections: parallel, api, store, search, local, fleet (written to bench/fleet.md). Not tests: nothing here
+asserts on time; targets are reported as met or missed. Every section notes the machine's load, which the figures depend on.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ["parallel", "api", "store", "search", "local"]
+SECTIONS = ["parallel", "api", "store", "search", "local", "fleet"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results.json"
 CHART = REPO_ROOT / "bench" / "speedup.png"
@@ -66,6 +66,7 @@ def main() -> None:
         results = json.loads(RESULTS.read_text())
         write_chart(results, CHART)
         write_report(results, REPORT, CHART)
+        write_fleet_fragment(results)
         return
     sections = args.only or SECTIONS
     started = time.perf_counter()
@@ -91,12 +92,21 @@ def main() -> None:
 
     write_chart(results, CHART)
     write_report(results, REPORT, CHART)
+    write_fleet_fragment(results)
     log(f"bench: done in {results['machine']['total_minutes']} min; wrote {REPORT.name}, {CHART.relative_to(REPO_ROOT)}, "
         f"{RESULTS.relative_to(REPO_ROOT)}")
 
 
+def write_fleet_fragment(results: dict[str, Any]) -> None:
+    """bench/fleet.md, kept apart from bench/report.py's BENCHMARKS.md, which links it."""
+    if fleet_results := results["sections"].get("fleet"):
+        from bench.fleet import write_markdown
+
+        write_markdown(fleet_results)
+
+
 def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, quick: bool) -> None:
-    from bench import api_efficiency, parallel, search_latency, store_throughput
+    from bench import api_efficiency, fleet, parallel, search_latency, store_throughput
     from bench.harness import RemoteFakeAPI, embedded_postgres, load, log, prefect_server
 
     def record(name: str, value: dict[str, Any], t0: float) -> None:
@@ -105,26 +115,31 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
         results["sections"][name] = value
         RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")  # partial results survive a crash
 
-    needs_db = any(s in sections for s in ("parallel", "api", "store", "search"))
+    needs_db = any(s in sections for s in ("parallel", "api", "store", "search", "fleet"))
     if needs_db:
         with embedded_postgres() as pg:
             results["machine"].update(pg.versions())
-            if "parallel" in sections or "api" in sections:
+            if any(s in sections for s in ("parallel", "api", "fleet")):
                 with RemoteFakeAPI() as fake:
                     seconds = parallel.durations(8, 1, 3) if quick else parallel.durations()
                     world = parallel.make_world(folder / "world", seconds)
                     fake.add_audio(world["audio"])
-                    log("bench: starting the Prefect API server (ephemeral mode, on the embedded Postgres)")
-                    with prefect_server(pg, "ephemeral") as server:
-                        log(f"bench: Prefect API ready in {server.startup_seconds} s")
-                        if "parallel" in sections:
-                            t0 = time.perf_counter()
-                            log("== 1. parallel scaling")
-                            record("parallel", parallel.run(pg, fake, world, server, folder, quick=quick), t0)
-                        if "api" in sections:
-                            t0 = time.perf_counter()
-                            log("== 2. API efficiency")
-                            record("api", api_efficiency.run(pg, fake, world, server, folder, quick=quick), t0)
+                    if "fleet" in sections:
+                        t0 = time.perf_counter()
+                        log("== 6. several workers, and the fan-outs' overhead")
+                        record("fleet", fleet.run(pg, fake, world, folder, quick=quick), t0)
+                    if "parallel" in sections or "api" in sections:
+                        log("bench: starting the Prefect API server (ephemeral mode, on the embedded Postgres)")
+                        with prefect_server(pg, "ephemeral") as server:
+                            log(f"bench: Prefect API ready in {server.startup_seconds} s")
+                            if "parallel" in sections:
+                                t0 = time.perf_counter()
+                                log("== 1. parallel scaling")
+                                record("parallel", parallel.run(pg, fake, world, server, folder, quick=quick), t0)
+                            if "api" in sections:
+                                t0 = time.perf_counter()
+                                log("== 2. API efficiency")
+                                record("api", api_efficiency.run(pg, fake, world, server, folder, quick=quick), t0)
             if "store" in sections:
                 t0 = time.perf_counter()
                 log("== 3. store throughput")

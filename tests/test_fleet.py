@@ -4,6 +4,7 @@ only PREFECT_API_URL in its environment; the database, keys, settings and stage 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -23,10 +24,20 @@ from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
 from tests.conftest import REPO_ROOT
 from tests.support.builders import app_environment, make_audio
-from tests.support.fakeapi import LISTEN, FakeAPI, sha256_of
+from tests.support.fakeapi import (
+    EMBEDDINGS,
+    LISTEN,
+    FakeAPI,
+    deepgram_error,
+    deepgram_response,
+    filler_turns,
+    for_audio,
+    sha256_of,
+)
 from tests.support.prefect_server import prefect_server
 
 BIN = Path(sys.executable).parent
+TONES = itertools.count(300, 11)  # Hz
 
 
 @dataclass
@@ -59,10 +70,24 @@ class Fleet:
 
     def catalogue(self, ids: list[str], seconds: int = 12) -> None:
         entries = []
-        for i, episode_id in enumerate(ids):
-            make_audio(self.settings.audio_dir / f"{episode_id}.mp3", seconds, 300 + 37 * (hash(episode_id) % 40) + i)
+        for episode_id in ids:  # a tone no other episode of the module has: no audio (or its cache) is shared
+            make_audio(self.settings.audio_dir / f"{episode_id}.mp3", seconds, next(TONES))
             entries.append({"episode_id": episode_id, "file_name": f"{episode_id}.mp3", "speakers_map": {"0": "Ann"}})
         self.settings.episodes_file.write_text(json.dumps(entries))
+
+    def mark_transcripts(self, ids: list[str], seconds: int = 12) -> None:
+        """Transcripts that open with a phrase naming their episode, so that its embeddings requests can be told
+        apart (`embedding_counts`)."""
+        for episode_id in ids:
+            turns = [(0, f"Episode {episode_id} opens here."), *filler_turns(seconds, seed=episode_id)]
+            self.api.add_audio(self.audio(episode_id), response=deepgram_response(turns, duration=seconds))
+
+    def audio(self, episode_id: str) -> Path:
+        return self.settings.audio_dir / f"{episode_id}.mp3"
+
+    def embedding_counts(self, ids: list[str]) -> dict[str, int]:
+        bodies = [r.body for r in self.api.requests_to(EMBEDDINGS)]
+        return {e: sum(f"Episode {e} opens here.".encode() in body for body in bodies) for e in ids}
 
     def listen_counts(self, ids: list[str]) -> dict[str, int]:
         by_sha = Counter(sha256_of(r.body) for r in self.api.requests_to(LISTEN))
@@ -149,9 +174,9 @@ def test_a_killed_worker_leaves_its_episodes_crashed_and_a_retry_completes_them_
     fleet.api.deepgram_latency = (20.0, 0.0)
     run = subprocess.Popen([BIN / "prefect", "deployment", "run", "ingest/default", "--watch", "--watch-timeout", "500"],
                            env=fleet.env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    victim = fleet.worker_pid("w2")
+    victim, earlier = fleet.worker_pid("w2"), len(fleet.api.requests_to(LISTEN))
     deadline = time.monotonic() + 180
-    while len(fleet.api.requests_to(LISTEN)) < 2 or not _episode_processes(victim):
+    while len(fleet.api.requests_to(LISTEN)) < earlier + 2 or not _episode_processes(victim):
         assert time.monotonic() < deadline and run.poll() is None, "w2 never took an episode"
         time.sleep(0.5)
     # w2 is shut down mid-episode: its episode runs get SIGTERM (which a run reports as Crashed), then the
@@ -183,3 +208,107 @@ def test_a_killed_worker_leaves_its_episodes_crashed_and_a_retry_completes_them_
     with Database.from_settings(fleet.settings) as db, db.connection() as conn:
         duplicates = conn.execute("SELECT episode_id, position FROM segments GROUP BY 1, 2 HAVING count(*) > 1").fetchall()
     assert duplicates == []
+
+
+def _flow_run_id(output: str) -> str:
+    found = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    assert found, output
+    return found[1]
+
+
+def _client(fleet: Fleet):
+    """A Prefect client of the fleet's server, in this process."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: fleet.api_url}):
+        return get_client(sync_client=True)
+
+
+def _episode_runs(fleet: Fleet, episode_id: str) -> list:
+    """The `episode_pipeline` flow runs of one episode, oldest first."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with _client(fleet) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["episode_pipeline"])),
+                                     sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+    return [r for r in runs if r.parameters["job"]["episode_id"] == episode_id]
+
+
+def _retry_and_wait(fleet: Fleet, flow_run_id: str):
+    """`prefect flow-run retry`, then the run's next final state."""
+    retried = fleet.run(str(BIN / "prefect"), "flow-run", "retry", flow_run_id)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    deadline = time.monotonic() + 300
+    with _client(fleet) as client:
+        while not (state := client.read_flow_run(flow_run_id).state).is_final():
+            assert time.monotonic() < deadline, state
+            time.sleep(1)
+    return state
+
+
+def _stage_runs(fleet: Fleet, flow_run_id: str) -> list[tuple[str, str]]:
+    """(name, state type) of a flow run's task runs."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with _client(fleet) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [(r.name, r.state_type.value) for r in runs]
+
+
+def _fail_one_transcription(fleet: Fleet, ids: list[str], failing: str) -> subprocess.CompletedProcess:
+    """A deployment run of `ids` in which Deepgram rejects `failing`'s audio once with a 400."""
+    fleet.catalogue(ids)
+    fleet.mark_transcripts(ids)
+    fleet.api.deepgram_latency = (0.5, 0.0)
+    fleet.api.enqueue(LISTEN, deepgram_error(400, "Bad Request", "corrupt or unsupported data"),
+                      when=for_audio(fleet.audio(failing)))
+    return deployment_run(fleet)
+
+
+def test_a_provider_failure_fails_only_its_episode_and_a_retry_of_the_run_reruns_only_it(fleet: Fleet) -> None:
+    ids = [f"P-{i}" for i in range(4)]
+
+    run = _fail_one_transcription(fleet, ids, "P-1")
+
+    assert run.returncode != 0, run.stdout
+    rows = fleet.rows()
+    assert {e: rows[e].status for e in ids} == {"P-0": "processed", "P-1": "failed", "P-2": "processed", "P-3": "processed"}
+    assert "corrupt or unsupported data" in rows["P-1"].last_error
+    assert fleet.listen_counts(ids) == {e: 1 for e in ids}
+    assert fleet.embedding_counts(ids) == {"P-0": 1, "P-1": 0, "P-2": 1, "P-3": 1}
+
+    state = _retry_and_wait(fleet, _flow_run_id(run.stdout))
+
+    assert state.is_completed(), state
+    assert {e: r.status for e, r in fleet.rows().items() if e in ids} == {e: "processed" for e in ids}
+    assert fleet.listen_counts(ids) == {"P-0": 1, "P-1": 2, "P-2": 1, "P-3": 1}
+    assert fleet.embedding_counts(ids) == {e: 1 for e in ids}
+    # The retry gave P-1 a run of its own, next to the failed one; the others kept their one run each.
+    assert [r.state_type.value for r in _episode_runs(fleet, "P-1")] == ["FAILED", "COMPLETED"]
+    assert all(len(_episode_runs(fleet, e)) == 1 for e in ids if e != "P-1")
+
+
+def test_the_failed_episode_run_retried_on_its_own_completes_it_under_that_run(fleet: Fleet) -> None:
+    ids = [f"Q-{i}" for i in range(3)]
+    run = _fail_one_transcription(fleet, ids, "Q-1")
+    assert run.returncode != 0, run.stdout
+    [failed] = _episode_runs(fleet, "Q-1")
+    assert failed.state_type.value == "FAILED"
+
+    state = _retry_and_wait(fleet, str(failed.id))
+
+    assert state.is_completed(), state
+    assert {e: r.status for e, r in fleet.rows().items() if e in ids} == {e: "processed" for e in ids}
+    assert fleet.listen_counts(ids) == {"Q-0": 1, "Q-1": 2, "Q-2": 1}
+    assert fleet.embedding_counts(ids) == {e: 1 for e in ids}
+    assert [r.id for r in _episode_runs(fleet, "Q-1")] == [failed.id]  # no new run: the same one finished it
+    stages = _stage_runs(fleet, str(failed.id))
+    assert sorted(name for name, state in stages if state == "COMPLETED") == [
+        "embed-Q-1", "export-Q-1", "format-Q-1", "store-Q-1", "transcribe-Q-1"]
+    assert sorted(name for name, state in stages if state != "COMPLETED") == ["transcribe-Q-1"]  # the 400
+    for episode_id in ids:  # every episode's stages are in its own run, none in another's
+        [own] = _episode_runs(fleet, episode_id)
+        names = [name for name, _ in _stage_runs(fleet, str(own.id))]
+        assert names and all(name.endswith(f"-{episode_id}") for name in names), names
