@@ -168,18 +168,51 @@ def _episode_processes(worker_pid: int) -> list[int]:
     return children
 
 
+def _running_ingest_run(fleet: Fleet) -> str | None:
+    """The id of the `ingest` flow run in progress, as the server knows it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: fleet.api_url}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["ingest"])),
+                                     flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Running"]))))
+    return str(runs[0].id) if runs else None
+
+
+def _runs_flow_run(pid: int, flow_run_id: str) -> bool:
+    try:
+        return f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
 def test_a_killed_worker_leaves_its_episodes_crashed_and_a_retry_completes_them_on_the_other(fleet: Fleet) -> None:
     ids = [f"K-{i}" for i in range(4)]
     fleet.catalogue(ids)
     fleet.api.deepgram_latency = (20.0, 0.0)
     run = subprocess.Popen([BIN / "prefect", "deployment", "run", "ingest/default", "--watch", "--watch-timeout", "500"],
                            env=fleet.env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    victim, earlier = fleet.worker_pid("w2"), len(fleet.api.requests_to(LISTEN))
+    earlier = len(fleet.api.requests_to(LISTEN))
     deadline = time.monotonic() + 180
-    while len(fleet.api.requests_to(LISTEN)) < earlier + 2 or not _episode_processes(victim):
-        assert time.monotonic() < deadline and run.poll() is None, "w2 never took an episode"
+    while True:  # the victim: a worker running an episode but not the `ingest` run itself (it waits for the others)
+        assert time.monotonic() < deadline and run.poll() is None, "no worker took an episode beside the ingest run"
+        parent = _running_ingest_run(fleet)
+        candidates = [name for name in fleet.homes if parent and _episode_processes(fleet.worker_pid(name))
+                      and not any(_runs_flow_run(pid, parent) for pid in _episode_processes(fleet.worker_pid(name)))]
+        if candidates and len(fleet.api.requests_to(LISTEN)) >= earlier + 2:
+            break
         time.sleep(0.5)
-    # w2 is shut down mid-episode: its episode runs get SIGTERM (which a run reports as Crashed), then the
+    [victim_name] = candidates[:1]
+    survivor = next(name for name in fleet.homes if name != victim_name)
+    victim = fleet.worker_pid(victim_name)
+    # The victim is shut down mid-episode: its episode runs get SIGTERM (which a run reports as Crashed), then the
     # worker is killed outright.
     episode_runs = _episode_processes(victim)
     for pid in episode_runs:
@@ -204,7 +237,7 @@ def test_a_killed_worker_leaves_its_episodes_crashed_and_a_retry_completes_them_
         assert time.monotonic() < deadline, {e: fleet.rows()[e].status for e in ids}
         time.sleep(1)
     rows = fleet.rows()
-    assert {rows[e].processed_by.rsplit("/", 1)[1] for e in crashed} == {"w1"}
+    assert {rows[e].processed_by.rsplit("/", 1)[1] for e in crashed} == {survivor}
     with Database.from_settings(fleet.settings) as db, db.connection() as conn:
         duplicates = conn.execute("SELECT episode_id, position FROM segments GROUP BY 1, 2 HAVING count(*) > 1").fetchall()
     assert duplicates == []
