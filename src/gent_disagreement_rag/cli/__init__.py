@@ -349,18 +349,22 @@ def search_command(
     mode: Annotated[Mode, typer.Option("--mode", "-m", case_sensitive=False, help="Ranking")] = DEFAULT_MODE,
     context: Annotated[int, typer.Option("--context", "-c", min=0, help="Chunks before/after each hit")] = 0,
     model: Annotated[str | None, typer.Option("--model", help="Embedding model id (default: the stored one)")] = None,
+    min_score: Annotated[
+        float, typer.Option("--min-score", min=0.0, max=1.0, help="Only hits with at least this relevance (0-1)")
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """Search the transcripts: meaning (vector), words (text) or both fused (hybrid)."""
     from ..search import search
 
     results = search(query, k, episode=episode, speaker=speaker, since=since, mode=mode, context=context,
-                     model_id=model, settings=Settings())
+                     model_id=model, min_score=min_score, settings=Settings())
     if results.notice:
         err_console.print(f"[yellow]{escape(results.notice)}[/]", highlight=False)
     if as_json:
         print(json.dumps({"query": query, "mode": results.mode.value, "model_id": results.model_id,
-                          "notice": results.notice, "results": [h.as_json() for h in results]},
+                          "relevance_basis": results.relevance_basis, "notice": results.notice,
+                          "results": [h.as_json() for h in results]},
                          indent=2, ensure_ascii=False))
         return
     if not results:
@@ -368,7 +372,7 @@ def search_command(
     title = f"{escape(query)}  [dim]({results.mode.value}{', ' + results.model_id if results.model_id else ''})[/]"
     table = Table(title=title, show_lines=True, expand=True)
     table.add_column("#", justify="right")
-    table.add_column("score")
+    table.add_column("relevance")
     table.add_column("episode · speaker · time · link", ratio=2, overflow="fold")
     table.add_column("text", ratio=3)
 
@@ -387,8 +391,10 @@ def search_command(
                 else f"[dim]{escape(s.speaker)}: {clip(s.text)}[/]"
                 for s in h.segments
             )
-        table.add_row(str(h.rank), f"{h.score:.4f}", where, text)
+        table.add_row(str(h.rank), f"{h.relevance:.2f}", where, text)
     console.print(table)
+    err_console.print(f"[dim]relevance: the estimated chance a hit answers the query ({escape(results.relevance_basis)})[/]",
+                      highlight=False)
 
 
 @app.command("format")
