@@ -147,7 +147,8 @@ def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> lis
                       e.source, e.enclosure_length, e.feed_duration_seconds,
                       (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id),
                       e.processed_by, e.segments_config,
-                      ARRAY(SELECT DISTINCT m.model_id FROM embeddings m WHERE m.episode_id = e.episode_id ORDER BY 1)
+                      ARRAY(SELECT m.model_id FROM embedding_models m WHERE EXISTS (SELECT 1 FROM embeddings x
+                            WHERE x.model_id = m.model_id AND x.episode_id = e.episode_id) ORDER BY 1)
                FROM episodes e
                WHERE %(ids)s::text[] IS NULL OR e.episode_id = ANY(%(ids)s::text[])
                ORDER BY e.published NULLS LAST, e.episode_id""",
