@@ -35,6 +35,7 @@ from gent_disagreement_rag.search import (
     format_time,
     search,
     statements,
+    relevance,
     text_query,
 )
 from gent_disagreement_rag.settings import Settings
@@ -125,6 +126,74 @@ def test_sample_questions_hit_at_3(samples, record_property) -> None:
     record_property("search_quality", report)
     # Every question, as search.py's measurement table documents (the brief's bar was 8 of 10).
     assert report[DEFAULT_MODE.value]["hit@3"] == len(questions), report
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Maximum-likelihood (intercept, slope) of P(y) = sigmoid(intercept + slope * x), by Newton's method."""
+    X = np.c_[np.ones_like(x), x]
+    w = np.zeros(2)
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-X @ w))
+        w -= np.linalg.solve(X.T @ (X * (p * (1 - p))[:, None]) + 1e-3 * np.eye(2), X.T @ (p - y) + 1e-3 * w)
+    return float(w[0]), float(w[1])
+
+
+def test_relevance_calibration_matches_the_sample_questions(samples) -> None:
+    """The curves in relevance.py are what a refit on the sample questions gives, and they are calibrated:
+    the mean relevance of the top 10 hits is the share of them that answer."""
+    settings, db = samples
+    questions = json.loads((REPO_ROOT / "tests" / "search_questions.json").read_text())
+    for mode, calibration, raw in [("vector", relevance.VECTOR_CALIBRATIONS[LOCAL_MODEL], "vector_score"),
+                                   ("text", relevance.TEXT_CALIBRATION, "text_score")]:
+        xs, ys = [], []
+        for q in questions:
+            for h in search(q["question"], 10, mode=mode, settings=settings, db=db):
+                xs.append(getattr(h, raw))
+                ys.append(float(first_right_rank([h], q) is not None))
+        x, y = np.array(xs), np.array(ys)
+        intercept, slope = fit_logistic(x, y)
+        grid = np.quantile(x, [0.5, 0.9, 0.99])
+        refit = 1 / (1 + np.exp(-(intercept + slope * grid)))
+        assert np.abs(refit - np.array([calibration(g) for g in grid])).max() < 0.05, (mode, intercept, slope)
+        assert abs(np.mean([calibration(v) for v in x]) - y.mean()) < 0.03, mode
+
+
+def test_relevance_is_in_0_1_and_never_rises_down_the_ranking(samples) -> None:
+    settings, db = samples
+    questions = json.loads((REPO_ROOT / "tests" / "search_questions.json").read_text())
+    for mode in Mode:
+        for q in questions:
+            hits = search(q["question"], 10, mode=mode, settings=settings, db=db)
+            values = [h.relevance for h in hits]
+            assert all(0 <= v <= 1 for v in values) and values == sorted(values, reverse=True), (mode, values)
+            if mode is Mode.hybrid:  # hits only the text side found still have their cosine similarity
+                assert all(h.vector_score is not None and h.rrf == h.score for h in hits)
+    [hit] = search("Who coined the word transistor and what is it short for?", 1, settings=settings, db=db)
+    [off_topic] = search("how does the offside rule work in football", 1, settings=settings, db=db)
+    assert hit.relevance > 0.25 and off_topic.relevance < 0.02, (hit, off_topic)  # the answer vs nothing relevant
+    assert search("Who coined the word transistor and what is it short for?", 1, mode="vector", settings=settings,
+                  db=db).relevance_basis == f"calibrated on the sample questions: cosine similarity, {LOCAL_MODEL}"
+
+
+def test_min_score_filters_and_an_unreachable_threshold_says_so(samples) -> None:
+    settings, db = samples
+    query = "Which parasite spreads deformed wing virus in honeybee hives?"
+    every = search(query, 10, settings=settings, db=db)
+    kept = search(query, 10, min_score=0.2, settings=settings, db=db)
+    assert 0 < len(kept) < len(every)
+    assert kept == [h for h in every if h.relevance >= 0.2] and kept == every[: len(kept)]
+    none = search(query, 10, min_score=1.0, settings=settings, db=db)
+    assert none == [] and none.notice.startswith("no results with relevance >= 1 (the best, ")
+    assert f"has {every[0].relevance:.2f})" in none.notice
+    with pytest.raises(SearchError, match="min_score is a relevance between 0 and 1"):
+        search(query, min_score=2, settings=settings, db=db)
+    result = run_cli(settings, query, "--min-score", "0.2", "--json")
+    data = json.loads(result.stdout)
+    assert [r["relevance"] for r in data["results"]] == [h.relevance for h in kept]
+    assert {"relevance", "score", "rrf", "vector_score", "vector_rank", "text_score", "text_rank"} <= data["results"][0].keys()
+    assert data["relevance_basis"].startswith("calibrated on the sample questions")
+    result = run_cli(settings, query, "--min-score", "1")
+    assert result.exit_code == 0 and "no results with relevance >= 1" in result.output
 
 
 def test_hit_fields_and_local_deep_link(samples) -> None:
@@ -390,7 +459,7 @@ def test_rrf_fusion_lifts_a_rare_term_only_text_search_finds(db: Database, setti
     assert rare in [h.position for h in hybrid]
     for h in search(query, 10, mode="hybrid", settings=settings, db=db):
         expected = sum(1 / (RRF_K + r) for r in (h.vector_rank, h.text_rank) if r is not None)
-        assert h.score == pytest.approx(expected)
+        assert h.score == pytest.approx(expected) and h.rrf == h.score
     # The websearch syntax is kept when used: a quoted phrase must match as a phrase.
     assert search('"parking permits"', 3, mode="text", settings=settings, db=db)[0].position == rare
     assert search('"permits parking"', 3, mode="text", settings=settings, db=db) == []

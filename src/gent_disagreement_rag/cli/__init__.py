@@ -145,25 +145,33 @@ def db_stop() -> None:
 @app.command("status")
 @friendly_errors
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
-    """Every episode (catalogue and feed) with its processing status and what its provider calls cost.
+    """Every episode (catalogue and feed) with its processing status, whether the current settings make
+    it stale (and why), and what its provider calls cost.
 
     Reads only: a catalogue entry the database does not know yet is listed as pending."""
+    from ..ingest.plan import stale_reason
     from ..sources.catalogue import catalogue_entries
 
     settings = Settings()
     entries = catalogue_entries(settings)
+    names = {e.episode_id: e.speakers_map for e in entries}
     with open_database(settings) as db:
-        rows = [r.as_json() for r in episodes.list_episodes(db)]
+        rows = [r.as_json() | {"stale": stale_reason(settings, r, names.get(r.episode_id, r.speakers_map))}
+                for r in episodes.list_episodes(db)]
     known = {r["episode_id"] for r in rows}
-    rows += [episodes.new_entry_json(e) for e in entries if e.episode_id not in known]
+    rows += [episodes.new_entry_json(e) | {"stale": None} for e in entries if e.episode_id not in known]
     if as_json:
         print(json.dumps({"episodes": rows}, indent=2, ensure_ascii=False))
         return
-    table = Table("episode", "title", "status", "segments", "cost $", "error", title=f"{len(rows)} episodes")
+    table = Table("episode", "title", "status", "segments", "cost $", "error / stale because",
+                  title=f"{len(rows)} episodes")
     colours = {"processed": "green", "failed": "red", "pending": "yellow"}
     for r in rows:
-        table.add_row(r["episode_id"], escape(r["title"] or r["file_name"] or ""), f"[{colours[r['status']]}]{r['status']}[/]",
-                      str(r["segments"]), f"{r['cost_usd']:.4f}", (r["error"] or "")[:80])
+        status = f"[{colours[r['status']]}]{r['status']}[/]" + (" [yellow](stale)[/]" if r["stale"] else "")
+        table.add_row(r["episode_id"], escape(r["title"] or r["file_name"] or ""), status,
+                      str(r["segments"]), f"{r['cost_usd']:.4f}", escape((r["error"] or r["stale"] or "")[:160]))
+    if any(r["stale"] for r in rows):
+        console.print("[yellow]stale episodes are re-chunked / re-embedded from cached transcripts by the next `gdr ingest`[/]")
     console.print(table)
 
 
@@ -229,6 +237,8 @@ def ingest_command(
         if plan is not None and not plan.jobs and not plan.invalid:
             console.print(f"nothing to do: {len(plan.up_to_date)} episodes up to date (--force runs them again from cache)")
             return
+        for episode_id, reason in (plan.stale if plan else {}).items():
+            console.print(f"{episode_id} is stale: {reason}", markup=False, highlight=False, soft_wrap=True)
         from ..orchestration.runner import run_ingest
 
         with progress:
@@ -349,18 +359,22 @@ def search_command(
     mode: Annotated[Mode, typer.Option("--mode", "-m", case_sensitive=False, help="Ranking")] = DEFAULT_MODE,
     context: Annotated[int, typer.Option("--context", "-c", min=0, help="Chunks before/after each hit")] = 0,
     model: Annotated[str | None, typer.Option("--model", help="Embedding model id (default: the stored one)")] = None,
+    min_score: Annotated[
+        float, typer.Option("--min-score", min=0.0, max=1.0, help="Only hits with at least this relevance (0-1)")
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """Search the transcripts: meaning (vector), words (text) or both fused (hybrid)."""
     from ..search import search
 
     results = search(query, k, episode=episode, speaker=speaker, since=since, mode=mode, context=context,
-                     model_id=model, settings=Settings())
+                     model_id=model, min_score=min_score, settings=Settings())
     if results.notice:
         err_console.print(f"[yellow]{escape(results.notice)}[/]", highlight=False)
     if as_json:
         print(json.dumps({"query": query, "mode": results.mode.value, "model_id": results.model_id,
-                          "notice": results.notice, "results": [h.as_json() for h in results]},
+                          "relevance_basis": results.relevance_basis, "notice": results.notice,
+                          "results": [h.as_json() for h in results]},
                          indent=2, ensure_ascii=False))
         return
     if not results:
@@ -368,7 +382,7 @@ def search_command(
     title = f"{escape(query)}  [dim]({results.mode.value}{', ' + results.model_id if results.model_id else ''})[/]"
     table = Table(title=title, show_lines=True, expand=True)
     table.add_column("#", justify="right")
-    table.add_column("score")
+    table.add_column("relevance")
     table.add_column("episode · speaker · time · link", ratio=2, overflow="fold")
     table.add_column("text", ratio=3)
 
@@ -387,8 +401,10 @@ def search_command(
                 else f"[dim]{escape(s.speaker)}: {clip(s.text)}[/]"
                 for s in h.segments
             )
-        table.add_row(str(h.rank), f"{h.score:.4f}", where, text)
+        table.add_row(str(h.rank), f"{h.relevance:.2f}", where, text)
     console.print(table)
+    err_console.print(f"[dim]relevance: the estimated chance a hit answers the query ({escape(results.relevance_basis)})[/]",
+                      highlight=False)
 
 
 @app.command("format")

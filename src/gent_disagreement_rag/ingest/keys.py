@@ -8,10 +8,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..text.chunking import ChunkerConfig
 from ..text.exports import EXPORT_SUFFIXES
 from .context import RunContext
-from .plan import EpisodeJob
+from .plan import TOKEN_COUNTER, EpisodeJob, chunker_config
 
 TRANSCRIBE_VERSION = "1"
 FORMAT_VERSION = "2"  # the quality gate and how chunks are made from a transcript (the chunker's own version is in its key)
@@ -21,10 +20,6 @@ EMBED_VERSION = "2"  # 2: batches carry the model that made them
 
 def stable_hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def chunker_config(ctx: RunContext) -> ChunkerConfig:
-    return ChunkerConfig(max_tokens=ctx.settings.chunk_max_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +36,7 @@ def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
     speakers = (len(job.speakers_map),) if t.uses_speaker_count else ()  # Deepgram's keys stay as they were
     transcribe = stable_hash("transcribe", TRANSCRIBE_VERSION, job.audio_sha256, t.provider, t.model, t.options(), *speakers)
     fmt = stable_hash(
-        "format", FORMAT_VERSION, transcribe, job.speakers_map, chunker_config(ctx).cache_key(), "cl100k",
+        "format", FORMAT_VERSION, transcribe, job.speakers_map, chunker_config(ctx.settings).cache_key(), TOKEN_COUNTER,
         ctx.settings.skip_quality_gate,
     )
     folder = ctx.settings.transcripts_dir.resolve()

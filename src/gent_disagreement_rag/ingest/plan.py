@@ -1,18 +1,26 @@
-"""Which episodes a run processes: new, failed, or whose audio changed (or the named ones; all with
-force), longest first. Planning only reads; registering the catalogue and the feeds is a stage of its own."""
+"""Which episodes a run processes: new, failed, whose audio changed, or stale (stored segments or vectors
+made with other settings than today's: chunker, speaker names, embedding model), or the named ones (all
+with force), longest first. Planning only reads; registering the catalogue and the feeds is a stage of
+its own."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from ..files import sha256_file
+from ..providers.embedders import settings_model_id
 from ..settings import Settings
 from ..sources.catalogue import CatalogueEntry, catalogue_entries
 from ..storage import episodes
 from ..storage.database import Database
+from ..text.chunking import ChunkerConfig
+
+TOKEN_COUNTER = "cl100k"  # the chunker's token counts (text/chunking.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +49,41 @@ class EpisodePlan:
     jobs: list[EpisodeJob] = field(default_factory=list)
     invalid: dict[str, str] = field(default_factory=dict)
     up_to_date: list[str] = field(default_factory=list)
+    stale: dict[str, str] = field(default_factory=dict)  # jobs that run because the settings changed, and why
+
+
+def chunker_config(settings: Settings) -> ChunkerConfig:
+    return ChunkerConfig(max_tokens=settings.chunk_max_tokens)
+
+
+def segments_config(settings: Settings, speakers_map: dict[str, str]) -> dict[str, Any]:
+    """What decides an episode's segments besides its transcript; stored with them (store stage)."""
+    return {"chunker": chunker_config(settings).cache_key(), "token_counter": TOKEN_COUNTER,
+            "speakers_map": speakers_map}
+
+
+def stale_reason(settings: Settings, row: episodes.EpisodeRow, speakers_map: dict[str, str]) -> str | None:
+    """Why a processed episode's stored segments or vectors are not what the settings would make now
+    (None: they are). An episode processed before segments_config was recorded is judged by its vectors
+    only: re-chunking it could cost a transcription if the stage cache is gone."""
+    if row.status != "processed":
+        return None
+    reasons = []
+    if row.segments_config is not None:
+        wanted = segments_config(settings, speakers_map)
+        stored_chunker, wanted_chunker = row.segments_config.get("chunker", {}), wanted["chunker"]
+        for name in sorted(stored_chunker.keys() | wanted_chunker.keys()):
+            if stored_chunker.get(name) != wanted_chunker.get(name):
+                reasons.append(f"chunked with {name} {stored_chunker.get(name)}, settings want {wanted_chunker.get(name)}")
+        if row.segments_config.get("token_counter") != wanted["token_counter"]:
+            reasons.append(f"tokens counted with {row.segments_config.get('token_counter')}, now {TOKEN_COUNTER}")
+        if row.segments_config.get("speakers_map") != speakers_map:
+            reasons.append(f"speakers named {json.dumps(row.segments_config.get('speakers_map'))}, "
+                           f"the catalogue now says {json.dumps(speakers_map)}")
+    model = settings_model_id(settings)
+    if row.segments and model not in row.model_ids:
+        reasons.append(f"embedded with {', '.join(row.model_ids) or 'no model'}, settings want {model}")
+    return "; ".join(reasons) or None
 
 
 def _job_for(settings: Settings, entry: CatalogueEntry) -> EpisodeJob:
@@ -83,7 +126,8 @@ def plan_episodes(
     """The plan for the catalogue's entries and the feed episodes registered by `discover`.
 
     Reads only. A malformed catalogue raises before any work; a missing audio file only affects its
-    episode. An entry the database does not know yet is new.
+    episode. An entry the database does not know yet is new. The embedding model wanted is the settings'
+    (settings_model_id), so planning builds no provider.
     """
     entries = catalogue_entries(settings)
     rows = episodes.list_episodes(db)
@@ -106,10 +150,13 @@ def plan_episodes(
             continue
         row = known.get(episode_id)
         current = row is not None and row.status == "processed" and row.processed_sha256 == job.audio_sha256
-        if current and not force and not episode_ids:
+        stale = stale_reason(settings, row, job.speakers_map) if current else None
+        if current and not stale and not force and not episode_ids:
             plan.up_to_date.append(job.episode_id)
         else:
             plan.jobs.append(job)
+            if stale:
+                plan.stale[episode_id] = stale
     plan.jobs.sort(key=_audio_bytes, reverse=True)
     return plan
 

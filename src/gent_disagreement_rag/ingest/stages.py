@@ -26,8 +26,7 @@ from ..text.exports import render_exports
 from ..text.quality import QualityReport, check_transcript, enforce
 from ..transcript import Transcript, TranscriptionResult
 from .context import RunContext
-from .keys import chunker_config
-from .plan import EpisodeJob
+from .plan import EpisodeJob, chunker_config, segments_config
 from .retry import is_transient, with_db_retries
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def format_episode(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> 
     report = check_transcript(transcript, transcript.duration)
     if not ctx.settings.skip_quality_gate:
         enforce(report, f"episode {job.episode_id}:")
-    chunks = chunk_transcript(transcript, job.speakers_map, config=chunker_config(ctx))
+    chunks = chunk_transcript(transcript, job.speakers_map, config=chunker_config(ctx.settings))
     return FormattedEpisode(chunks=chunks, quality=report)
 
 
@@ -118,7 +117,7 @@ def store(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, batch: Em
     segments.store_episode(
         ctx.db, job.episode_id, episode.chunks, model_id=batch.model_id, provider=batch.provider, model=batch.model,
         vectors=batch.vectors, audio_sha256=job.audio_sha256, duration_seconds=episode.quality.duration,
-        processed_by=processed_by(ctx),
+        processed_by=processed_by(ctx), segments_config=segments_config(ctx.settings, job.speakers_map),
     )
     return len(episode.chunks)
 

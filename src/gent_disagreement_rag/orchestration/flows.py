@@ -233,6 +233,8 @@ def ingest(
         episodes.mark_failed(ctx.db, episode_id, error)
     parallel = max_parallel or settings.max_parallel_episodes
     logger.info("%d episodes to process (%d up to date, %d invalid), %d at a time", len(jobs), up_to_date, len(invalid), parallel)
+    for episode_id, reason in plan.stale.items():
+        logger.info("episode %s is stale: %s", episode_id, reason)
     ctx = ctx.with_progress(RunProgress([job.episode_id for job in jobs], ctx.progress))
     run = _RunState(ctx, str(flow_run.get_id() or ""), _fan_out_to_workers(settings))
     for job in jobs:

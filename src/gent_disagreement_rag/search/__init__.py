@@ -3,11 +3,12 @@
 `Searcher(settings, db).search(...)` for repeated searches; `search(...)` opens the database for one.
 """
 
+from . import relevance
 from .engine import Searcher, choose_model, explain, opened_searcher, search
 from .models import DEFAULT_MODE, Hit, Mode, SearchError, SearchResults, Segment, deep_link, format_time
 from .statements import RRF_K
 
 __all__ = [
     "DEFAULT_MODE", "RRF_K", "Hit", "Mode", "SearchError", "SearchResults", "Searcher", "Segment", "choose_model", "deep_link",
-    "explain", "format_time", "opened_searcher", "search",
+    "explain", "format_time", "opened_searcher", "relevance", "search",
 ]

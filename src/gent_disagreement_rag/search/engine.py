@@ -22,7 +22,10 @@ Filters:
   name starts with it as whole words ("priya" matches "Priya Raman", "pri" does not);
 - `since`: the episode's `published` date is on or after it (episodes without a date are excluded).
 
-Scores: vector mode = cosine similarity of the best chunk; text mode = ts_rank_cd; hybrid = RRF.
+Scores: `Hit.score` is the mode's ranking value (vector = cosine similarity of the best chunk, text =
+ts_rank_cd, hybrid = RRF, also in `Hit.rrf`); `Hit.relevance` is what to read and threshold: in [0, 1],
+the estimated chance the hit answers the query, never increasing down the list (relevance.py).
+`min_score` keeps the hits whose relevance reaches it.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from ..providers.embedders import Embedder
-from ..settings import DEFAULT_LOCAL_MODEL, DEFAULT_OPENAI_MODEL, Settings
+from ..providers.embedders import Embedder, settings_model_id
+from ..settings import DEFAULT_LOCAL_MODEL, Settings
 from ..storage.database import Database
 from .assembly import assemble, empty_notice
 from .models import DEFAULT_MODE, Filters, Mode, SearchError, SearchResults, StoredModel, parse_mode, parse_since
+from .relevance import relevance_basis, with_relevance
 from .statements import (
     CANDIDATES,
     CHUNKS_SQL,
@@ -52,18 +56,6 @@ from .statements import (
     scan_settings,
 )
 from .text_query import TEXT_STATS_SQL, plan_text_query, uses_websearch_syntax
-
-
-def settings_model_id(settings: Settings) -> str:
-    """The model id the current settings' embedder produces (without building it)."""
-    from ..providers.embedders import model_id
-
-    if settings.resolved_embedder == "local":
-        return model_id("local", DEFAULT_LOCAL_MODEL, 384)
-    from ..providers.embedders.openai import NATIVE_DIMENSIONS
-
-    name = settings.embedding_model or DEFAULT_OPENAI_MODEL
-    return model_id("openai", name, settings.embedding_dimensions or NATIVE_DIMENSIONS.get(name, 0))
 
 
 STORED_MODELS_SQL = """SELECT m.model_id, m.provider, m.model, m.dimensions FROM embedding_models m
@@ -138,6 +130,7 @@ class _Request:
     filters: Filters
     context: int
     model_id: str | None
+    min_score: float = 0.0
 
     @property
     def fetch(self) -> int:
@@ -159,18 +152,20 @@ class _Prepared:
 
 
 def _validate(query: str, k: int, *, episode: str | None, speaker: str | None, since: date | datetime | str | None,
-              mode: Mode | str, context: int, model_id: str | None) -> _Request:
+              mode: Mode | str, context: int, model_id: str | None, min_score: float = 0.0) -> _Request:
     if not isinstance(query, str) or not query.strip():
         raise SearchError("the search query is empty")
     if k < 1:
         raise SearchError(f"k must be at least 1 (got {k})")
     if context < 0:
         raise SearchError(f"context must be 0 or more chunks (got {context})")
+    if not 0.0 <= min_score <= 1.0:
+        raise SearchError(f"min_score is a relevance between 0 and 1 (got {min_score})")
     if speaker is not None and not speaker.strip():
         raise SearchError("the speaker filter is empty")
     filters = Filters(episode=str(episode) if episode is not None else None,
                        speaker=speaker.strip() if speaker else None, since=parse_since(since))
-    return _Request(query.strip(), k, parse_mode(mode), filters, context, model_id)
+    return _Request(query.strip(), k, parse_mode(mode), filters, context, model_id, min_score)
 
 
 class Searcher:
@@ -198,22 +193,33 @@ class Searcher:
         mode: Mode | str = DEFAULT_MODE,
         context: int = 0,
         model_id: str | None = None,
+        min_score: float = 0.0,
     ) -> SearchResults:
         """The top k results for `query` (a list of Hit, best first; see the module docstring).
 
         `context` adds that many neighbouring chunks before and after each hit; hits whose windows
-        overlap (share a chunk) become one result spanning both, with the best score.
+        overlap (share a chunk) become one result spanning both, with the best score. `min_score` drops
+        the hits whose relevance is below it (fewer than k results, or none with a notice saying the best).
         Three round trips: the pool's connection check, the lookups, the search statement.
         """
         request = _validate(query, k, episode=episode, speaker=speaker, since=since, mode=mode, context=context,
-                            model_id=model_id)
+                            model_id=model_id, min_score=min_score)
         with self.db.connection() as conn:
             prepared = self._prepare(conn, request)
             rows, exact = _run(conn, prepared)
-            hits = assemble(rows, request.k, request.context, self.settings.audio_dir.resolve())
-            notice = None if hits else empty_notice(conn, request.filters)
-        return SearchResults(hits, mode=request.mode, model_id=prepared.model.model_id if prepared.model else None,
-                             notice=notice, exact_fallback=exact)
+            searched = prepared.model.model_id if prepared.model else None
+            found = with_relevance(assemble(rows, request.k, request.context, self.settings.audio_dir.resolve()),
+                                   request.mode, searched)
+            hits = [h for h in found if h.relevance >= request.min_score]
+            if hits:
+                notice = None
+            elif found:
+                notice = (f"no results with relevance >= {request.min_score:g} "
+                          f"(the best, {found[0].title!r} at {found[0].time_range}, has {found[0].relevance:.2f})")
+            else:
+                notice = empty_notice(conn, request.filters)
+        return SearchResults(hits, mode=request.mode, model_id=searched, notice=notice, exact_fallback=exact,
+                             relevance_basis=relevance_basis(request.mode, searched))
 
 
 

@@ -46,7 +46,7 @@ class Hit:
     """One result: a matching chunk, or a window of chunks around one or more matching chunks."""
 
     rank: int  # 1-based
-    score: float  # see the module docstring: cosine similarity, ts_rank_cd or RRF, by mode
+    score: float  # the ranking value of the mode: cosine similarity (vector), ts_rank_cd (text) or RRF (hybrid)
     episode_id: str
     title: str
     published: date | None
@@ -59,7 +59,9 @@ class Hit:
     positions: tuple[int, ...]  # every chunk in the result, in order
     matched_positions: tuple[int, ...]  # the matching chunks merged into this result, best first
     segments: tuple[Segment, ...]  # every chunk in the result, in order
-    vector_score: float | None = None  # cosine similarity of the best chunk (vector/hybrid)
+    relevance: float = 0.0  # in [0, 1]: the estimated chance it answers the query (see relevance.py)
+    rrf: float | None = None  # the reciprocal rank fusion value (hybrid; equals score there)
+    vector_score: float | None = None  # cosine similarity of the best chunk (vector/hybrid, text-only hits too)
     vector_rank: int | None = None  # its rank on the vector side (None: not among the candidates)
     text_score: float | None = None  # ts_rank_cd of the best chunk (text/hybrid)
     text_rank: int | None = None
@@ -75,6 +77,7 @@ class Hit:
     def as_json(self) -> dict[str, Any]:
         return {
             "rank": self.rank,
+            "relevance": self.relevance,
             "score": self.score,
             "episode_id": self.episode_id,
             "title": self.title,
@@ -88,6 +91,7 @@ class Hit:
             "position": self.position,
             "positions": list(self.positions),
             "matched_positions": list(self.matched_positions),
+            "rrf": self.rrf,
             "vector_score": self.vector_score,
             "vector_rank": self.vector_rank,
             "text_score": self.text_score,
@@ -100,12 +104,13 @@ class SearchResults(list[Hit]):
     """The hits, plus how they were found and, when empty, why (`notice`)."""
 
     def __init__(self, hits: Sequence[Hit] = (), *, mode: Mode = DEFAULT_MODE, model_id: str | None = None,
-                 notice: str | None = None, exact_fallback: bool = False):
+                 notice: str | None = None, exact_fallback: bool = False, relevance_basis: str = ""):
         super().__init__(hits)
         self.mode = mode
         self.model_id = model_id  # the embedding model searched (None in text mode)
         self.notice = notice  # why there are no results, when there are none
         self.exact_fallback = exact_fallback  # True when a filter starved the HNSW scan and an exact scan ran
+        self.relevance_basis = relevance_basis  # what Hit.relevance is computed from (relevance.py)
 
 
 @dataclass(frozen=True, slots=True)

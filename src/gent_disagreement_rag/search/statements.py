@@ -131,15 +131,24 @@ def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, webs
         "LIMIT %(fetch)s)"
     ))
     vec_count = "(SELECT count(*) FROM vec)" if mode is not Mode.text else "NULL::bigint"
+    vscore = "h.vscore"
+    if mode is Mode.hybrid:
+        # A hit only the text side found still gets its cosine similarity (one primary-key lookup), because
+        # relevance is read from it (see relevance.py).
+        assert model is not None
+        model_literal = sql.Literal(model.model_id).as_string(None).replace("%", "%%")
+        vscore = (f"coalesce(h.vscore, (SELECT 1 - (e.embedding::vector({model.dimensions}) <=> "
+                  f"%(qv)s::vector({model.dimensions})) FROM embeddings e WHERE e.model_id = {model_literal} "
+                  "AND e.episode_id = h.episode_id AND e.position = h.position))")
     return sql.SQL(
         "WITH {ctes}\n"
-        "SELECT h.episode_id, h.position, h.score::float8, h.vscore::float8, h.vrank::int, h.tscore::float8, h.trank::int, "
+        "SELECT h.episode_id, h.position, h.score::float8, {vscore}::float8, h.vrank::int, h.tscore::float8, h.trank::int, "
         "ep.title, ep.published, ep.file_name, ep.audio_url, "
         "s.position, s.speaker, s.start_seconds, s.end_seconds, s.text, " + vec_count + "\n"
         "FROM hits h JOIN episodes ep ON ep.episode_id = h.episode_id "
         "JOIN segments s ON s.episode_id = h.episode_id AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s\n"
         "ORDER BY h.score DESC, h.vscore DESC NULLS LAST, h.tscore DESC NULLS LAST, h.episode_id, h.position, s.position"
-    ).format(ctes=sql.SQL(",\n").join(ctes)).as_string(None)
+    ).format(ctes=sql.SQL(",\n").join(ctes), vscore=sql.SQL(vscore)).as_string(None)
 
 
 def scan_settings(conn: psycopg.Connection) -> None:

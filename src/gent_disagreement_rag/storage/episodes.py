@@ -41,6 +41,8 @@ class EpisodeRow:
     feed_duration_seconds: float | None
     cost_usd: float
     processed_by: str | None
+    segments_config: dict[str, Any] | None  # what made the stored segments (see ingest/plan.py segments_config)
+    model_ids: tuple[str, ...]  # the embedding models this episode has vectors of
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -144,13 +146,15 @@ def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> lis
                       (SELECT count(*) FROM segments s WHERE s.episode_id = e.episode_id), e.updated_at,
                       e.source, e.enclosure_length, e.feed_duration_seconds,
                       (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id),
-                      e.processed_by
+                      e.processed_by, e.segments_config,
+                      ARRAY(SELECT m.model_id FROM embedding_models m WHERE EXISTS (SELECT 1 FROM embeddings x
+                            WHERE x.model_id = m.model_id AND x.episode_id = e.episode_id) ORDER BY 1)
                FROM episodes e
                WHERE %(ids)s::text[] IS NULL OR e.episode_id = ANY(%(ids)s::text[])
                ORDER BY e.published NULLS LAST, e.episode_id""",
             {"ids": list(episode_ids) if episode_ids is not None else None},
         ).fetchall()
-    return [EpisodeRow(*r) for r in rows]
+    return [EpisodeRow(*r[:-1], tuple(r[-1])) for r in rows]
 
 
 def table_counts(db: Database) -> dict[str, int]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from .chat_access import register_speakers
 from .database import Database
@@ -86,8 +87,10 @@ def store_episode(
     audio_sha256: str | None = None,
     duration_seconds: float | None = None,
     processed_by: str | None = None,
+    segments_config: dict[str, Any] | None = None,
 ) -> None:
-    """Replace an episode's segments and this model's vectors, and mark it processed, atomically."""
+    """Replace an episode's segments and this model's vectors, and mark it processed, atomically.
+    `segments_config` records what made the segments, so that a later settings change shows them stale."""
     if len(segments) != len(vectors):
         raise ValueError(f"episode {episode_id}: {len(segments)} segments but {len(vectors)} vectors")
     dimensions = int(vectors.shape[1]) if len(vectors) else 0
@@ -126,9 +129,10 @@ def store_episode(
                 """UPDATE episodes SET status = 'processed', last_error = NULL, segments_sha256 = %s,
                        processed_sha256 = coalesce(%s, audio_sha256), audio_sha256 = coalesce(%s, audio_sha256),
                        duration_seconds = coalesce(%s, duration_seconds), processed_by = %s, processed_at = now(),
-                       updated_at = now()
+                       segments_config = %s, updated_at = now()
                    WHERE episode_id = %s""",
-                (fingerprint, audio_sha256, audio_sha256, duration_seconds, processed_by, episode_id),
+                (fingerprint, audio_sha256, audio_sha256, duration_seconds, processed_by,
+                 Jsonb(segments_config) if segments_config is not None else None, episode_id),
             )
 
 

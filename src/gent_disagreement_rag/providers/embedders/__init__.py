@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ...settings import Settings
+from ...settings import DEFAULT_LOCAL_MODEL, DEFAULT_OPENAI_MODEL, Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,17 @@ class Embedder(Protocol):
 
 def model_id(provider: str, model: str, dimensions: int) -> str:
     return f"{provider}/{model}@{dimensions}"
+
+
+def settings_model_id(settings: Settings) -> str:
+    """The model id the current settings' embedder produces, without building it (no model load, no key
+    check): what search prefers and what the ingest plan wants every episode to have vectors of."""
+    if settings.resolved_embedder == "local":
+        return model_id("local", DEFAULT_LOCAL_MODEL, 384)
+    from .openai import NATIVE_DIMENSIONS
+
+    name = settings.embedding_model or DEFAULT_OPENAI_MODEL
+    return model_id("openai", name, settings.embedding_dimensions or NATIVE_DIMENSIONS.get(name, 0))
 
 
 def make_embedder(settings: Settings) -> Embedder:

@@ -1,0 +1,71 @@
+"""Relevance: what a reader can interpret and threshold, next to each mode's raw ranking value.
+
+A hit's relevance is an estimate of the probability that it answers the question: a logistic curve of
+the cosine similarity between the query and the hit's chunk (vector and hybrid mode), or of its
+ts_rank_cd (text mode), fitted on the sample questions (tests/search_questions.json: 12 questions,
+their top 10 hits each, a hit "answers" when it overlaps the spoken answer; refitted and checked by
+tests/test_search.py). Measured with all-MiniLM-L6-v2: a cosine of 0.5 means ~0.11, 0.6 ~0.39,
+0.7 ~0.77. For a model without a measured curve the relevance is the cosine similarity itself, and
+`SearchResults.relevance_basis` says so.
+
+Down the returned list the relevance never increases: a hit is given at most the relevance of the
+hits ranked above it (hybrid ranks by RRF, which can put a lower cosine first). So the relevance
+is monotone with the ranking, does not depend on k, and `min_score` cuts the list, never reorders it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .models import Hit, Mode
+
+LOCAL_MINILM = "local/all-MiniLM-L6-v2@384"
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """P(answers) = 1 / (1 + exp(-(intercept + slope * x))), x the raw score it was fitted on."""
+
+    intercept: float
+    slope: float
+    measured_on: str
+
+    def __call__(self, x: float) -> float:
+        return 1.0 / (1.0 + math.exp(-(self.intercept + self.slope * x)))
+
+
+# Fitted by tests/test_search.py::test_relevance_calibration_matches_the_sample_questions (which fails
+# if a refit drifts from these).
+VECTOR_CALIBRATIONS = {LOCAL_MINILM: Calibration(-10.4, 16.6, f"cosine similarity, {LOCAL_MINILM}")}
+TEXT_CALIBRATION = Calibration(-6.0, 20.0, "ts_rank_cd")
+
+
+def relevance_basis(mode: Mode, model_id: str | None) -> str:
+    """What the relevance of a search in `mode` over `model_id`'s vectors is computed from."""
+    if mode is Mode.text:
+        return f"calibrated on the sample questions: {TEXT_CALIBRATION.measured_on}"
+    calibration = VECTOR_CALIBRATIONS.get(model_id or "")
+    if calibration is None:
+        return f"cosine similarity (no calibration measured for {model_id})"
+    return f"calibrated on the sample questions: {calibration.measured_on}"
+
+
+def with_relevance(hits: Sequence[Hit], mode: Mode, model_id: str | None) -> list[Hit]:
+    """The hits with their relevance set, non-increasing down the list (and, in hybrid, `rrf`)."""
+    out: list[Hit] = []
+    ceiling = 1.0
+    calibration = TEXT_CALIBRATION if mode is Mode.text else VECTOR_CALIBRATIONS.get(model_id or "")
+    for h in hits:
+        x = h.text_score if mode is Mode.text else h.vector_score
+        if x is None:
+            raw = 0.0
+        elif calibration is None:
+            raw = min(1.0, max(0.0, x))
+        else:
+            raw = calibration(x)
+        ceiling = min(ceiling, raw)
+        out.append(dataclasses.replace(h, relevance=round(ceiling, 4), rrf=h.score if mode is Mode.hybrid else None))
+    return out
