@@ -272,7 +272,7 @@ MODES = {"threads": "threads (`gdr ingest`, a run of its own)",
 
 def write_markdown(fleet: dict[str, Any], path: Path = FRAGMENT) -> None:
     s = fleet["summary"]
-    lines = ["## 6. Several workers: one deployment run, and the cost of each fan-out", "",
+    lines = ["## 7. Several workers: one deployment run, and the cost of each fan-out", "",
              "Written by `bench/fleet.py` (`uv run python -m bench.run_all --only fleet`); method in its docstring. "
              f"{fleet['episodes']} episodes; each worker `gdr worker start`, MAX_PARALLEL_EPISODES={fleet['per_worker']}, "
              "its own GDR_HOME, only PREFECT_API_URL; both on this machine's 2 cores.", "",
