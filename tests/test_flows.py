@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 
 import pytest
 
@@ -11,21 +10,15 @@ from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage import segments as segment_store
 from gent_disagreement_rag.storage.database import Database
-from tests.support.builders import app_environment, make_audio, run_ingest
+from tests.support.builders import run_ingest, tone_catalogue
 from tests.support.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_error, for_audio, sha256_of
 
 
 @pytest.fixture
 def catalogue(settings: Settings, fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch, prefect_api) -> list[str]:
     """Six episodes with distinct audio, and the environment pointing every setting at the test's world."""
-    entries = []
-    for i in range(6):
-        make_audio(settings.audio_dir / f"EP-{i}.mp3", 20 + i, 300 + 40 * i)
-        entries.append({"episode_id": f"EP-{i}", "file_name": f"EP-{i}.mp3", "speakers_map": {"0": "Ann", "1": "Bob"}})
-    settings.episodes_file.write_text(json.dumps(entries))
-    for name, value in app_environment(settings, fake_api).items():
-        monkeypatch.setenv(name, value)
-    return [e["episode_id"] for e in entries]
+    return tone_catalogue(settings, fake_api, monkeypatch, {f"EP-{i}": (20 + i, 300 + 40 * i) for i in range(6)},
+                          {"0": "Ann", "1": "Bob"})
 
 
 

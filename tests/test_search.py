@@ -33,9 +33,9 @@ from gent_disagreement_rag.search import (
     engine,
     explain,
     format_time,
+    relevance,
     search,
     statements,
-    relevance,
     text_query,
 )
 from gent_disagreement_rag.settings import Settings

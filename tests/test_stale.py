@@ -12,7 +12,7 @@ from gent_disagreement_rag.cli import app
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
-from tests.support.builders import app_environment, make_audio, run_ingest
+from tests.support.builders import run_ingest, tone_catalogue
 from tests.support.fakeapi import EMBEDDINGS, LISTEN, FakeAPI
 
 LOCAL = "local/all-MiniLM-L6-v2@384"
@@ -21,14 +21,8 @@ OPENAI = "openai/text-embedding-3-small@1536"
 
 @pytest.fixture
 def two_episodes(settings: Settings, fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch, prefect_api) -> list[str]:
-    entries = []
-    for i in range(2):
-        make_audio(settings.audio_dir / f"ST-{i}.mp3", 20 + i, 300 + 60 * i)
-        entries.append({"episode_id": f"ST-{i}", "file_name": f"ST-{i}.mp3", "speakers_map": {"0": "Ann", "1": "Bob"}})
-    settings.episodes_file.write_text(json.dumps(entries))
-    for name, value in app_environment(settings, fake_api).items():
-        monkeypatch.setenv(name, value)
-    return [e["episode_id"] for e in entries]
+    return tone_catalogue(settings, fake_api, monkeypatch, {f"ST-{i}": (20 + i, 300 + 60 * i) for i in range(2)},
+                          {"0": "Ann", "1": "Bob"})
 
 
 def stale(settings: Settings) -> dict[str, str | None]:

@@ -4,7 +4,6 @@ output (no telemetry notice, each failure's reason in full, once, no traceback).
 from __future__ import annotations
 
 import contextvars
-import json
 import os
 import pty
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gent_disagreement_rag.settings import Settings
-from tests.support.builders import app_environment, make_audio, run_ingest
+from tests.support.builders import run_ingest, tone_catalogue
 from tests.support.fakeapi import LISTEN, FakeAPI, deepgram_error, for_audio
 
 GDR = Path(sys.executable).parent / "gdr"
@@ -24,13 +23,7 @@ GDR = Path(sys.executable).parent / "gdr"
 
 @pytest.fixture
 def three_episodes(settings: Settings, fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch, prefect_api) -> list[str]:
-    ids = ["P-0", "P-1", "P-2"]
-    for i, episode_id in enumerate(ids):
-        make_audio(settings.audio_dir / f"{episode_id}.mp3", 10 + i, 350 + 70 * i)
-    settings.episodes_file.write_text(json.dumps([{"episode_id": e, "file_name": f"{e}.mp3"} for e in ids]))
-    for name, value in app_environment(settings, fake_api).items():
-        monkeypatch.setenv(name, value)
-    return ids
+    return tone_catalogue(settings, fake_api, monkeypatch, {f"P-{i}": (10 + i, 350 + 70 * i) for i in range(3)})
 
 
 def progress_values(flow_run_id: str | None = None) -> list[float]:

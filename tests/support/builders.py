@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -58,6 +59,21 @@ def cl100k_count(text: str) -> int:
 
     encoding()
     return len(tiktoken.get_encoding("cl100k_base").encode(text, disallowed_special=()))
+
+
+def tone_catalogue(settings: Settings, fake_api: FakeAPI, monkeypatch: Any, tones: dict[str, tuple[float, int]],
+                   speakers_map: dict[str, str] | None = None) -> list[str]:
+    """A catalogue of episodes whose audio is a tone each ({episode_id: (seconds, frequency)}), and the
+    environment (monkeypatch) pointing every setting at the test's world and the fake providers; returns the ids."""
+    entries = []
+    for episode_id, (seconds, frequency) in tones.items():
+        make_audio(settings.audio_dir / f"{episode_id}.mp3", seconds, frequency)
+        entries.append({"episode_id": episode_id, "file_name": f"{episode_id}.mp3",
+                        **({"speakers_map": speakers_map} if speakers_map else {})})
+    settings.episodes_file.write_text(json.dumps(entries))
+    for name, value in app_environment(settings, fake_api).items():
+        monkeypatch.setenv(name, value)
+    return list(tones)
 
 
 def free_port() -> int:
