@@ -57,7 +57,6 @@ from .statements import (
 )
 from .text_query import TEXT_STATS_SQL, plan_text_query, uses_websearch_syntax
 
-
 STORED_MODELS_SQL = """SELECT m.model_id, m.provider, m.model, m.dimensions FROM embedding_models m
     WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.model_id) ORDER BY m.model_id"""
 
