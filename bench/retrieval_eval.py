@@ -27,7 +27,9 @@ import numpy as np
 
 from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
 from gent_disagreement_rag.providers.transcribers.deepgram import parse_deepgram_response
-from gent_disagreement_rag.text.chunking import chunk_transcript
+from gent_disagreement_rag.search.models import Segment
+from gent_disagreement_rag.search.replies import replies_first
+from gent_disagreement_rag.text.chunking import Chunk, ChunkerConfig, chunk_transcript
 from gent_disagreement_rag.transcript import Transcript
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,8 +96,20 @@ def windows(episode: str, transcript: Transcript, size: int) -> list[Unit]:
                  " ".join(w.display for w in words[i : i + size])) for i in range(0, len(words), size)]
 
 
-def chunks(episode: str, transcript: Transcript, speakers_map: dict[str, str]) -> list[Unit]:
-    return [Unit(episode, c.start, c.end, c.text) for c in chunk_transcript(transcript, speakers_map)]
+def chunks(corpus: dict[str, tuple[Transcript, dict[str, str]]]) -> tuple[list[Unit], list[Chunk]]:
+    """Every episode's chunks (chunking.py, default settings) as units, and the chunks themselves."""
+    pairs = [(Unit(ep, c.start, c.end, c.text), c) for ep, (t, m) in corpus.items() for c in chunk_transcript(t, m)]
+    return [u for u, _ in pairs], [c for _, c in pairs]
+
+
+def monologue_seconds(max_seconds: float | None) -> float:
+    """Mean chunk length on monologue-heavy talk: the phone call's words as if one person said them all."""
+    from dataclasses import replace
+
+    call = parse_deepgram_response(json.loads(PHONE_CALL.read_text()))
+    one_voice = replace(call, words=[replace(w, speaker=0) for w in call.words])
+    config = ChunkerConfig() if max_seconds is not None else ChunkerConfig(max_seconds=float("inf"))
+    return float(np.mean([c.end - c.start for c in chunk_transcript(one_voice, config=config)]))
 
 
 def first_hit(results: Sequence[Unit], question: dict) -> int | None:
@@ -105,11 +119,23 @@ def first_hit(results: Sequence[Unit], question: dict) -> int | None:
                  and u.start < end and u.end > start), None)
 
 
-def cosine_ranks(units: Sequence[Unit], questions: Sequence[dict], embedder: LocalMiniLMEmbedder) -> list[int | None]:
+def cosine_ranks(units: Sequence[Unit], questions: Sequence[dict], embedder: LocalMiniLMEmbedder, *,
+                 replies: Sequence[Chunk] | None = None) -> list[int | None]:
+    """Ranks by in-memory cosine; with `replies` (the units' chunks), reordered by search's second stage."""
     vectors = embedder.embed([u.text for u in units]).vectors
     queries = embedder.embed([q["question"] for q in questions]).vectors
-    return [first_hit([units[i] for i in np.argsort(-(vectors @ query))[:K]], q)
-            for q, query in zip(questions, queries, strict=True)]
+    index = {(u.episode, c.position): i for i, (u, c) in enumerate(zip(units, replies or (), strict=False))}
+    ranks = []
+    for q, query in zip(questions, queries, strict=True):
+        order = [int(i) for i in np.argsort(-(vectors @ query))]
+        if replies is not None:
+            def chunk(episode: str, position: int) -> Segment | None:
+                i = index.get((episode, position))
+                return None if i is None else Segment(position, replies[i].speaker, 0.0, 0.0, replies[i].text)
+            ranked = replies_first([(units[i].episode, replies[i].position) for i in order], chunk)
+            order = [index[(r.episode_id, r.position)] for r in ranked]
+        ranks.append(first_hit([units[i] for i in order[:K]], q))
+    return ranks
 
 
 def search_ranks(corpus: dict[str, tuple[Transcript, dict[str, str]]], questions: Sequence[dict],
@@ -167,15 +193,21 @@ def main() -> None:
     corpus = transcripts(ROOT / ".gdr" / "bench-transcripts")
     embedder = LocalMiniLMEmbedder()
     rows = {f"naive {n} words": [u for ep, (t, _) in corpus.items() for u in windows(ep, t, n)] for n in WINDOWS}
-    rows["today's chunks (chunking.py)"] = [u for ep, (t, m) in corpus.items() for u in chunks(ep, t, m)]
     results = {name: metrics(cosine_ranks(units, questions, embedder), units) for name, units in rows.items()}
-    results["today's search (search.py over Postgres)"] = metrics(*search_ranks(corpus, questions, embedder))
+    units, chunk_list = chunks(corpus)
+    results["chunks, cosine"] = metrics(cosine_ranks(units, questions, embedder), units)
+    results["chunks, cosine, replies first"] = metrics(cosine_ranks(units, questions, embedder, replies=chunk_list), units)
+    results["search() over Postgres (hybrid, replies first)"] = metrics(*search_ranks(corpus, questions, embedder))
     episodes = sorted({q["episode"] for q in questions})
     print(f"{len(questions)} questions over {len(episodes)} episodes ({', '.join(episodes)})")
     print("| units | hit@1 | hit@3 | MRR@5 | mean unit (s) | units |")
     print("| --- | --- | --- | --- | --- | --- |")
+    n = len(questions)
     for name, m in results.items():
-        print(f"| {name} | {m['hit@1']:.3f} | {m['hit@3']:.3f} | {m['mrr@5']:.3f} | {m['mean_seconds']:.1f} | {m['units']} |")
+        print(f"| {name} | {m['hit@1']:.3f} ({round(m['hit@1'] * n)}) | {m['hit@3']:.3f} ({round(m['hit@3'] * n)}) "
+              f"| {m['mrr@5']:.3f} | {m['mean_seconds']:.1f} | {m['units']} |")
+    print(f"\nMonologue (the phone call's words as one speaker): mean chunk {monologue_seconds(None):.1f} s without "
+          f"the seconds cap, {monologue_seconds(30):.1f} s with CHUNK_MAX_SECONDS={ChunkerConfig().max_seconds:g}")
 
 
 if __name__ == "__main__":

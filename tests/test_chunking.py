@@ -85,7 +85,8 @@ def load_fixture(path: Path) -> Transcript:
 
 
 def assert_invariants(
-    transcript: Transcript, chunks: list[Chunk], max_tokens: int, speakers_map: dict[str, str]
+    transcript: Transcript, chunks: list[Chunk], max_tokens: int, speakers_map: dict[str, str],
+    max_seconds: float = ChunkerConfig().max_seconds,
 ) -> None:
     words = transcript.words
     assert [c.position for c in chunks] == list(range(len(chunks)))
@@ -98,6 +99,8 @@ def assert_invariants(
             assert c.text == expected_text(span, words)
         assert c.token_count == cl100k_count(c.text) <= max_tokens
         assert c.start == span[0].start <= c.end
+        assert c.end == max(w.end for w in span) or c.end == c.start  # (a word may end before it starts)
+        assert len(span) == 1 or c.end - c.start <= max_seconds
         assert not SPACE_NEXT_TO_CJK.search(c.text)
         names = [speaker_name(w.speaker, speakers_map) for w in span]
         assert set(names) <= set(c.speakers)
@@ -116,6 +119,14 @@ def test_random_transcripts_keep_the_invariants(transcript: Transcript, max_toke
     assert chunk_transcript(transcript, speakers_map, max_tokens=max_tokens) == chunks
 
 
+@settings(max_examples=60, deadline=None)
+@given(transcripts(), st.integers(10, 60), st.sampled_from([3.0, 8.0, 20.0]))
+def test_a_seconds_budget_bounds_every_chunk(transcript: Transcript, max_tokens: int, max_seconds: float) -> None:
+    speakers_map = {"0": "Ricky", "2": "Brendan"}
+    chunks = chunk_transcript(transcript, speakers_map, config=ChunkerConfig(max_tokens=max_tokens, max_seconds=max_seconds))
+    assert_invariants(transcript, chunks, max_tokens, speakers_map, max_seconds)
+
+
 @settings(max_examples=40, deadline=None)
 @given(transcripts())
 def test_adjacent_chunks_of_one_speaker_would_not_fit_together(transcript: Transcript) -> None:
@@ -123,7 +134,8 @@ def test_adjacent_chunks_of_one_speaker_would_not_fit_together(transcript: Trans
     for a, b in pairwise(chunks):
         if a.speaker == b.speaker:
             merged = transcript.words[a.first_word : b.last_word + 1]
-            assert cl100k_count(expected_text(merged, transcript.words)) > 30
+            seconds = max(w.end for w in merged) - merged[0].start
+            assert cl100k_count(expected_text(merged, transcript.words)) > 30 or seconds > ChunkerConfig().max_seconds
 
 
 @settings(max_examples=80, deadline=None)
@@ -315,9 +327,23 @@ def test_config_is_a_cache_key() -> None:
     assert set(key) == {
         "chunker_version",
         "max_tokens",
+        "max_seconds",
         "pause_seconds",
         "backchannel_max_words",
         "backchannel_max_seconds",
     }
     assert ChunkerConfig(max_tokens=100).cache_key() != key
     json.dumps(key)
+
+
+def test_a_monologue_is_cut_into_citable_chunks_of_at_most_30_seconds() -> None:
+    """The phone call's words as if one person said them all: the token budget alone gives minute-long chunks."""
+    call = load_fixture(FIXTURES / "phone_call_463s_2spk_nova3_utterances.json")
+    monologue = Transcript(call.provider, call.model, call.duration,
+                           [Word(w.text, w.start, w.end, 0, w.punctuated, w.confidence) for w in call.words])
+    chunks = chunk_transcript(monologue)
+    assert_invariants(monologue, chunks, DEFAULT_MAX_TOKENS, {})
+    lengths = [c.end - c.start for c in chunks]
+    assert max(lengths) <= 30 and sum(lengths) / len(lengths) > 20  # cut by time, not into slivers
+    by_tokens = chunk_transcript(monologue, config=ChunkerConfig(max_seconds=3600))
+    assert max(c.end - c.start for c in by_tokens) > 60

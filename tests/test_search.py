@@ -38,6 +38,8 @@ from gent_disagreement_rag.search import (
     statements,
     text_query,
 )
+from gent_disagreement_rag.search.models import Segment
+from gent_disagreement_rag.search.replies import replies_first
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.sources.catalogue import CatalogueEntry, load_catalogue
 from gent_disagreement_rag.storage import episodes as episode_store
@@ -146,12 +148,12 @@ def test_relevance_calibration_matches_the_sample_questions(samples) -> None:
     the mean relevance of the top 10 hits is the share of them that answer."""
     settings, db = samples
     questions = json.loads((REPO_ROOT / "tests" / "search_questions.json").read_text())
-    for mode, calibration, raw in [("vector", relevance.VECTOR_CALIBRATIONS[LOCAL_MODEL], "vector_score"),
-                                   ("text", relevance.TEXT_CALIBRATION, "text_score")]:
+    for mode, calibration in [(Mode.vector, relevance.VECTOR_CALIBRATIONS[LOCAL_MODEL]),
+                              (Mode.text, relevance.TEXT_CALIBRATION)]:
         xs, ys = [], []
         for q in questions:
             for h in search(q["question"], 10, mode=mode, settings=settings, db=db):
-                xs.append(getattr(h, raw))
+                xs.append(relevance.evidence(h, mode))
                 ys.append(float(first_right_rank([h], q) is not None))
         x, y = np.array(xs), np.array(ys)
         intercept, slope = fit_logistic(x, y)
@@ -170,7 +172,9 @@ def test_relevance_is_in_0_1_and_never_rises_down_the_ranking(samples) -> None:
             values = [h.relevance for h in hits]
             assert all(0 <= v <= 1 for v in values) and values == sorted(values, reverse=True), (mode, values)
             if mode is Mode.hybrid:  # hits only the text side found still have their cosine similarity
-                assert all(h.vector_score is not None and h.rrf == h.score for h in hits)
+                assert all(h.rrf == h.score for h in hits)
+                assert all(h.vector_score is not None for h in hits if h.reply_to is None)
+                assert all(h.reply_to.vector_score is not None for h in hits if h.reply_to is not None)
     [hit] = search("Who coined the word transistor and what is it short for?", 1, settings=settings, db=db)
     [off_topic] = search("how does the offside rule work in football", 1, settings=settings, db=db)
     assert hit.relevance > 0.25 and off_topic.relevance < 0.02, (hit, off_topic)  # the answer vs nothing relevant
@@ -227,7 +231,8 @@ def test_context_includes_neighbours(samples) -> None:
     assert wide.score == plain.score
     assert wide.start < plain.start and wide.end > plain.end
     assert plain.text in wide.text and len(wide.segments) == 5
-    assert wide.link.endswith(f"#t={math.floor(wide.start)}")
+    assert wide.link == plain.link  # the cited moment, not the start of its context
+    assert wide.cited == plain.cited and wide.cited_range == plain.time_range
 
 
 def test_filters_on_sample_episodes(samples) -> None:
@@ -269,7 +274,7 @@ def test_bad_requests_are_clear_errors(samples, kwargs, message) -> None:
 
 def run_cli(settings: Settings, *args: str):
     env = {"DATABASE_URL": settings.external_database_url(), "GDR_HOME": str(settings.gdr_home),
-           "AUDIO_DIR": str(settings.audio_dir), "EMBEDDER": "local"}
+           "AUDIO_DIR": str(settings.audio_dir), "EMBEDDER": "local", "COLUMNS": "400"}  # (table rows unwrapped)
     return CliRunner().invoke(app, ["search", *args], env=env)
 
 
@@ -283,7 +288,7 @@ def test_cli_json_equals_the_python_api(samples) -> None:
     assert data["mode"] == DEFAULT_MODE.value and data["model_id"] == LOCAL_MODEL and len(data["results"]) == 4
     for mode in ("vector", "text"):
         result = run_cli(settings, "sourdough starter yeast", "--mode", mode, "--json")
-        api = search("sourdough starter yeast", mode=mode, settings=settings, db=db)
+        api = search("sourdough starter yeast", mode=mode, context=1, settings=settings, db=db)  # the CLI default
         assert json.loads(result.stdout)["results"] == json.loads(json.dumps([h.as_json() for h in api]))
 
 
@@ -551,3 +556,54 @@ def test_deep_link_forms() -> None:
     assert deep_link("https://x.org/e.mp3#old", "e.mp3", Path("/a"), 70.9) == "https://x.org/e.mp3#t=70"
     assert deep_link(None, "e.mp3", Path("/a"), 5.2) == "/a/e.mp3#t=5"
     assert deep_link(None, None, Path("/a"), 5.2) is None
+
+
+# --- the second stage: replies first -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_the_reply_to_a_matching_question_ranks_above_it(samples, mode) -> None:
+    settings, db = samples
+    asked, _ = script_turn(1, "Are the bees actually in trouble?")
+    _, answer = script_turn(1, "Honeybees as a species are fine")
+    first, second, *_ = search("Are the bees actually in trouble?", 3, mode=mode, settings=settings, db=db)
+    assert (first.episode_id, first.position, first.reply_to.position) == ("1", asked + 1, asked), mode
+    assert (first.start, first.end, first.speaker) == (answer["start"], answer["end"], answer["speaker_name"])
+    assert (second.position, second.reply_to) == (asked, None)
+    own_rank = (lambda h: h.text_rank) if mode is Mode.text else (lambda h: h.vector_rank)
+    assert own_rank(second) == 1 and own_rank(first) != 1  # by their own scores the question came first
+    assert first.relevance == second.relevance >= 0.5  # the reply is as relevant as the question that matched
+    assert first.as_json()["reply_to"]["position"] == asked
+
+
+def test_gdr_search_shows_the_cited_reply_with_its_question_around_it(samples) -> None:
+    settings, _ = samples
+    _, question = script_turn(1, "Are the bees actually in trouble?")
+    _, answer = script_turn(1, "Honeybees as a species are fine")
+    result = run_cli(settings, "Are the bees actually in trouble?", "-k", "1")
+    assert result.exit_code == 0, result.output
+    cells = re.sub(r"[\s│]+", "", result.stdout)
+    assert f"{format_time(answer['start'])}–{format_time(answer['end'])}" in cells  # the answer is what is cited
+    assert f"GDR-001.mp3#t={math.floor(answer['start'])}" in cells
+    assert re.sub(r"\s+", "", question["text"]) in cells  # and the question is shown as its context
+
+
+def reply_order(ranked: list[tuple[str, int]], turns: dict[tuple[str, int], tuple[str, str]]) -> list[tuple]:
+    def chunk(episode_id: str, position: int) -> Segment | None:
+        turn = turns.get((episode_id, position))
+        return None if turn is None else Segment(position, turn[0], 0.0, 1.0, turn[1])
+
+    return [tuple(r) for r in replies_first(ranked, chunk)]
+
+
+def test_only_another_speakers_statement_after_a_question_is_credited() -> None:
+    turns = {("a", 0): ("Host", "Who led the group?"), ("a", 1): ("Guest", "Shockley did."),
+             ("a", 2): ("Host", "Was he hard to work for?"), ("a", 3): ("Host", "I've read he was."),
+             ("a", 4): ("Guest", "Why do you ask?"), ("a", 5): ("Host", "Because of the Nobel? “Really?”"),
+             ("a", 6): ("Guest", "Yes."), ("a", 7): ("Host", "Last question?")}
+    assert reply_order([("a", 0)], turns) == [("a", 1, 0), ("a", 0, None)]
+    assert reply_order([("a", 2)], turns) == [("a", 2, None)]  # the same speaker goes on: no reply
+    assert reply_order([("a", 4)], turns) == [("a", 4, None)]  # answered by a question (closing quote too)
+    assert reply_order([("a", 7)], turns) == [("a", 7, None)]  # nothing after the last chunk
+    assert reply_order([("a", 1), ("a", 0)], turns) == [("a", 1, None), ("a", 0, None)]  # already above it
+    assert reply_order([("a", 0), ("b", 1), ("a", 1)], turns) == [("a", 1, 0), ("a", 0, None), ("b", 1, None)]

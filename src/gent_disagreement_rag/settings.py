@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     embedding_dimensions: int | None = Field(None, ge=1, description="Vector size (text-embedding-3-* only); default the model's own")
     local_whisper_model: Path | None = Field(None, description="Folder of a CTranslate2 Whisper model; default: the base model shipped in pip packages")
     chunk_max_tokens: int = Field(250, ge=20, le=8000, description="Token budget of one retrieval chunk")
+    chunk_max_seconds: float = Field(30.0, ge=5, le=3600, description="Longest stretch of audio one retrieval chunk spans (a citation's precision)")
 
     # Prices for the cost estimates (USD)
     deepgram_price_per_minute: float = Field(0.0043, description="Deepgram nova-3 pre-recorded, USD per audio minute")

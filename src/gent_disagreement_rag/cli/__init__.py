@@ -357,7 +357,7 @@ def search_command(
     ] = None,
     since: Annotated[str | None, typer.Option("--since", help="Only episodes published on/after YYYY-MM-DD")] = None,
     mode: Annotated[Mode, typer.Option("--mode", "-m", case_sensitive=False, help="Ranking")] = DEFAULT_MODE,
-    context: Annotated[int, typer.Option("--context", "-c", min=0, help="Chunks before/after each hit")] = 0,
+    context: Annotated[int, typer.Option("--context", "-c", min=0, help="Chunks shown before/after each hit")] = 1,
     model: Annotated[str | None, typer.Option("--model", help="Embedding model id (default: the stored one)")] = None,
     min_score: Annotated[
         float, typer.Option("--min-score", min=0.0, max=1.0, help="Only hits with at least this relevance (0-1)")
@@ -390,7 +390,7 @@ def search_command(
         return escape(text if len(text) <= limit else text[: limit - 1].rstrip() + "…")
 
     for h in results:
-        where = f"[bold]{escape(h.title)}[/]\n{escape(', '.join(h.speakers))}\n{h.time_range}"
+        where = f"[bold]{escape(h.title)}[/]\n{escape(h.cited.speaker)}\n{h.cited_range}"
         if h.link:
             where += f"\n[dim][link={escape(h.link)}]{escape(h.link)}[/link][/]"
         if len(h.segments) == 1:

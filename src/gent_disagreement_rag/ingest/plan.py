@@ -53,7 +53,7 @@ class EpisodePlan:
 
 
 def chunker_config(settings: Settings) -> ChunkerConfig:
-    return ChunkerConfig(max_tokens=settings.chunk_max_tokens)
+    return ChunkerConfig(max_tokens=settings.chunk_max_tokens, max_seconds=settings.chunk_max_seconds)
 
 
 def segments_config(settings: Settings, speakers_map: dict[str, str]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Rows of the search statement -> hits: grouped by matching chunk, overlapping context windows merged."""
+"""Rows of the search statement -> hits: grouped by matching chunk, replies credited, overlapping context windows
+merged."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import psycopg
 
-from .models import Filters, Hit, Segment, deep_link
+from .models import Credit, Filters, Hit, Segment, deep_link
+from .replies import replies_first
 
 
 @dataclass(slots=True)
@@ -16,29 +18,37 @@ class _Window:
     lo: int
     hi: int
     best: tuple  # the best hit's row
+    credit: Credit | None  # the best hit's, when it is a credited reply
     matched: list[int]
     segments: dict[int, Segment] = field(default_factory=dict)
 
 
 def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path) -> list[Hit]:
-    """Group the rows into hits (score order), merge overlapping windows, keep the first k."""
-    windows: list[_Window] = []
-    current: tuple[str, int] | None = None
-    hit_rows: list[tuple[tuple, dict[int, Segment]]] = []
+    """Group the rows into candidates (score order), credit replies (replies.py), merge overlapping windows,
+    keep the first k. Each candidate's rows hold its window and the chunk after it."""
+    candidates: dict[tuple[str, int], tuple] = {}
+    chunks: dict[tuple[str, int], Segment] = {}
     for row in rows:
-        key = (row[0], row[1])
-        if key != current:
-            hit_rows.append((row, {}))
-            current = key
-        hit_rows[-1][1][row[11]] = Segment(row[11], row[12], float(row[13]), float(row[14]), row[15])
-    for row, segs in hit_rows:
+        candidates.setdefault((row[0], row[1]), row)
+        chunks[(row[0], row[11])] = Segment(row[11], row[12], float(row[13]), float(row[14]), row[15])
+    windows: list[_Window] = []
+    for place in replies_first(list(candidates), lambda episode_id, position: chunks.get((episode_id, position))):
         if len(windows) == k:  # hits below the top k do not stretch the windows above them
             break
-        episode_id, position = row[0], row[1]
+        episode_id, position = place.episode_id, place.position
+        row, credit = candidates.get((episode_id, position)), None
+        if place.reply_to is not None:
+            asked = candidates[(episode_id, place.reply_to)]
+            credit = Credit(place.reply_to, asked[3], asked[5])
+            # Not a candidate itself: it ranks by the question's score; its own are unknown.
+            own = row or (episode_id, position, asked[2], None, None, None, None, *asked[7:11])
+            row = (*own[:2], max(own[2], asked[2]), *own[3:])
+        assert row is not None
         lo, hi = position - context, position + context
+        segs = {p: chunks[(episode_id, p)] for p in range(lo, hi + 1) if (episode_id, p) in chunks}
         overlapping = [w for w in windows if w.episode_id == episode_id and w.lo <= hi and lo <= w.hi]
         if not overlapping:
-            windows.append(_Window(episode_id, lo, hi, row, [position], dict(segs)))
+            windows.append(_Window(episode_id, lo, hi, row, credit, [position], segs))
             continue
         target, *others = overlapping  # windows are in score order: the first holds the best hit
         for w in others:
@@ -53,7 +63,7 @@ def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path) -> list[H
     for rank, w in enumerate(windows, 1):
         best = w.best
         segments = tuple(w.segments[p] for p in sorted(w.segments))
-        main = w.segments.get(best[1]) or segments[0]
+        main = w.segments[best[1]]
         if len(segments) == 1:
             text = segments[0].text
         else:
@@ -63,9 +73,10 @@ def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path) -> list[H
         hits.append(Hit(
             rank=rank, score=float(best[2]), episode_id=best[0], title=title, published=best[8],
             speaker=main.speaker, start=start, end=end, text=text,
-            link=deep_link(best[10], best[9], audio_dir, start),
+            link=deep_link(best[10], best[9], audio_dir, main.start),
             position=best[1], positions=tuple(s.position for s in segments), matched_positions=tuple(w.matched),
             segments=segments, vector_score=best[3], vector_rank=best[4], text_score=best[5], text_rank=best[6],
+            reply_to=w.credit,
         ))
     return hits
 

@@ -4,7 +4,8 @@ One SQL statement does the search: the vector side is an HNSW scan of the model'
 the text side a GIN search of `segments.tsv` ranked by ts_rank_cd, each taking its top
 `CANDIDATES` with the filters applied inside the query; hybrid mode fuses the two rankings with
 reciprocal rank fusion (score = sum of 1 / (60 + rank)) in SQL, and the same statement fetches the
-neighbouring chunks asked for with `context`. A search is three round trips on one pooled
+neighbouring chunks asked for with `context`, plus the chunk after each hit. The second stage
+(replies.py) then moves the reply to a matching question just above it. A search is three round trips on one pooled
 connection: the pool's connection check, the lookups (episode, stored models, lexeme statistics;
 pipelined), and the statement with its transaction-local HNSW settings (pipelined with the commit).
 BENCHMARKS.md section 4 and "Design figures" have where the time goes at 100k chunks.
@@ -23,7 +24,8 @@ Filters:
 - `since`: the episode's `published` date is on or after it (episodes without a date are excluded).
 
 Scores: `Hit.score` is the mode's ranking value (vector = cosine similarity of the best chunk, text =
-ts_rank_cd, hybrid = RRF, also in `Hit.rrf`); `Hit.relevance` is what to read and threshold: in [0, 1],
+ts_rank_cd, hybrid = RRF, also in `Hit.rrf`; a credited reply's is its question's when higher, and
+`Hit.reply_to` holds the question's raw scores); `Hit.relevance` is what to read and threshold: in [0, 1],
 the estimated chance the hit answers the query, never increasing down the list (relevance.py).
 `min_score` keeps the hits whose relevance reaches it.
 """

@@ -42,6 +42,18 @@ class Segment:
 
 
 @dataclass(frozen=True, slots=True)
+class Credit:
+    """The question a reply answers, whose match ranked the reply (replies.py), with its raw scores."""
+
+    position: int
+    vector_score: float | None
+    text_score: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"position": self.position, "vector_score": self.vector_score, "text_score": self.text_score}
+
+
+@dataclass(frozen=True, slots=True)
 class Hit:
     """One result: a matching chunk, or a window of chunks around one or more matching chunks."""
 
@@ -54,7 +66,7 @@ class Hit:
     start: float  # seconds, start of the result (the window's first chunk)
     end: float  # seconds, end of the result
     text: str  # the chunk's text; for a window, one "Speaker: text" line per chunk
-    link: str | None  # audio_url#t=SECONDS, else AUDIO_DIR/file_name#t=SECONDS, at `start`
+    link: str | None  # audio_url#t=SECONDS, else AUDIO_DIR/file_name#t=SECONDS, at the cited chunk's start
     position: int  # position of the best matching chunk
     positions: tuple[int, ...]  # every chunk in the result, in order
     matched_positions: tuple[int, ...]  # the matching chunks merged into this result, best first
@@ -65,6 +77,7 @@ class Hit:
     vector_rank: int | None = None  # its rank on the vector side (None: not among the candidates)
     text_score: float | None = None  # ts_rank_cd of the best chunk (text/hybrid)
     text_rank: int | None = None
+    reply_to: Credit | None = None  # set when the hit ranks as the reply to a matching question
 
     @property
     def speakers(self) -> tuple[str, ...]:
@@ -73,6 +86,15 @@ class Hit:
     @property
     def time_range(self) -> str:
         return f"{format_time(self.start)}–{format_time(self.end)}"
+
+    @property
+    def cited(self) -> Segment:
+        """The best matching chunk: the moment to cite (the rest of `segments` is its context)."""
+        return next(s for s in self.segments if s.position == self.position)
+
+    @property
+    def cited_range(self) -> str:
+        return f"{format_time(self.cited.start)}–{format_time(self.cited.end)}"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +118,7 @@ class Hit:
             "vector_rank": self.vector_rank,
             "text_score": self.text_score,
             "text_rank": self.text_rank,
+            "reply_to": self.reply_to.as_json() if self.reply_to else None,
             "segments": [s.as_json() for s in self.segments],
         }
 

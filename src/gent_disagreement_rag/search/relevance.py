@@ -2,7 +2,7 @@
 
 A hit's relevance is an estimate of the probability that it answers the question: a logistic curve of
 the cosine similarity between the query and the hit's chunk (vector and hybrid mode), or of its
-ts_rank_cd (text mode), fitted on the sample questions (tests/search_questions.json: 12 questions,
+ts_rank_cd (text mode), or of the question's it answers when it is a credited reply and that is higher, fitted on the sample questions (tests/search_questions.json: 12 questions,
 their top 10 hits each, a hit "answers" when it overlaps the spoken answer; refitted and checked by
 tests/test_search.py). Measured with all-MiniLM-L6-v2: a cosine of 0.5 means ~0.11, 0.6 ~0.39,
 0.7 ~0.77. For a model without a measured curve the relevance is the cosine similarity itself, and
@@ -53,13 +53,23 @@ def relevance_basis(mode: Mode, model_id: str | None) -> str:
     return f"calibrated on the sample questions: {calibration.measured_on}"
 
 
+def evidence(hit: Hit, mode: Mode) -> float | None:
+    """The raw score a hit's relevance is read from: its own, or the question's it answers when higher
+    (a credited reply, see replies.py)."""
+    own = hit.text_score if mode is Mode.text else hit.vector_score
+    if hit.reply_to is None:
+        return own
+    asked = hit.reply_to.text_score if mode is Mode.text else hit.reply_to.vector_score
+    return max((x for x in (own, asked) if x is not None), default=None)
+
+
 def with_relevance(hits: Sequence[Hit], mode: Mode, model_id: str | None) -> list[Hit]:
     """The hits with their relevance set, non-increasing down the list (and, in hybrid, `rrf`)."""
     out: list[Hit] = []
     ceiling = 1.0
     calibration = TEXT_CALIBRATION if mode is Mode.text else VECTOR_CALIBRATIONS.get(model_id or "")
     for h in hits:
-        x = h.text_score if mode is Mode.text else h.vector_score
+        x = evidence(h, mode)
         if x is None:
             raw = 0.0
         elif calibration is None:

@@ -1,5 +1,5 @@
 """The search as one SQL statement: vector candidates (HNSW or exact), text candidates (GIN), fusion,
-the top hits and their neighbouring chunks."""
+the top hits, their neighbouring chunks and the chunk after each."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ def exact_is_cheaper(rows: float, candidates: int, chunks: float) -> bool:
 
 def build_sql(mode: Mode, model: StoredModel | None, filters: Filters, *, websearch: bool = False,
               exact: bool = False) -> str:
-    """The whole search as one statement: candidates, fusion, top %(fetch)s hits, their windows."""
+    """The whole search as one statement: candidates, fusion, top %(fetch)s hits, their windows and the chunk after
+    each window (a question's reply, see replies.py)."""
     return _build_sql(mode, model, filters.shape, websearch, exact)
 
 
@@ -146,7 +147,7 @@ def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, webs
         "ep.title, ep.published, ep.file_name, ep.audio_url, "
         "s.position, s.speaker, s.start_seconds, s.end_seconds, s.text, " + vec_count + "\n"
         "FROM hits h JOIN episodes ep ON ep.episode_id = h.episode_id "
-        "JOIN segments s ON s.episode_id = h.episode_id AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s\n"
+        "JOIN segments s ON s.episode_id = h.episode_id AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s + 1\n"
         "ORDER BY h.score DESC, h.vscore DESC NULLS LAST, h.tscore DESC NULLS LAST, h.episode_id, h.position, s.position"
     ).format(ctes=sql.SQL(",\n").join(ctes), vscore=sql.SQL(vscore)).as_string(None)
 

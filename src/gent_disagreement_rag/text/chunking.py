@@ -15,11 +15,13 @@ Rules (all parameters live in `ChunkerConfig`, which with CHUNKER_VERSION forms 
   same speaker are one turn;
 - a chunk's speaker is the speaker of most of its words (ties go to the turn's owner); `speakers`
   lists everyone heard in it, so back-channel speakers are kept;
+- the budget is `max_tokens` tokens and `max_seconds` of audio (first word's start to last word's end),
+  so a citation points at a moment, not at minutes of a monologue;
 - a turn that fits the budget is one chunk. Otherwise, within the longest run of words that fits,
   the cut goes after the last sentence end, else after the last pause >= `pause_seconds`, else at
   the largest gap in the second half of the run (the latest, when gaps tie: a plain split between
   words). Cuts before a glued back-channel are avoided unless there is no other place to cut;
-- adjacent chunks of the same speaker are merged when the merged text still fits the budget;
+- adjacent chunks of the same speaker are merged when the merged chunk still fits the budget;
 - a single word longer than the whole budget is a chunk on its own (the only way over budget).
 """
 
@@ -37,6 +39,7 @@ from ..transcript import Transcript, Word
 
 CHUNKER_VERSION = "1"
 DEFAULT_MAX_TOKENS: int = Settings.model_fields["chunk_max_tokens"].default
+DEFAULT_MAX_SECONDS: float = Settings.model_fields["chunk_max_seconds"].default
 
 TokenCounter = Callable[[str], int]
 
@@ -52,6 +55,7 @@ class ChunkerConfig:
     """Everything besides the transcript that decides the chunks."""
 
     max_tokens: int = DEFAULT_MAX_TOKENS
+    max_seconds: float = DEFAULT_MAX_SECONDS
     pause_seconds: float = 0.6
     backchannel_max_words: int = 3
     backchannel_max_seconds: float = 2.0
@@ -213,6 +217,11 @@ class _Chunker:
     def tokens(self, first: int, last: int) -> int:
         return self.count(self.text(first, last))
 
+    def fits(self, first: int, last: int) -> bool:
+        """Words first..last are within the budget (seconds checked first: no text to count)."""
+        span = max(w.end for w in self.words[first : last + 1]) - self.words[first].start  # as Chunk.end - start
+        return span <= self.config.max_seconds and self.tokens(first, last) <= self.config.max_tokens
+
     def gap(self, b: int) -> float:
         return self.words[b + 1].start - self.words[b].end
 
@@ -249,7 +258,7 @@ class _Chunker:
         """
 
         def fits(end: int) -> bool:
-            return self.tokens(first, end) <= self.config.max_tokens
+            return self.fits(first, end)
 
         lo, step = first, 1
         while lo < last and fits(probe := min(lo + step, last)):
@@ -291,7 +300,7 @@ class _Chunker:
             for first, last in self.pack(group):
                 speaker = self.dominant(first, last, group.owner)
                 # Both halves are mostly `speaker`, so the merged chunk is too.
-                if merged and merged[-1][2] == speaker and self.tokens(merged[-1][0], last) <= self.config.max_tokens:
+                if merged and merged[-1][2] == speaker and self.fits(merged[-1][0], last):
                     merged[-1] = (merged[-1][0], last, speaker)
                     continue
                 merged.append((first, last, speaker))
