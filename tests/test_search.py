@@ -574,6 +574,9 @@ def test_the_reply_to_a_matching_question_ranks_above_it(samples, mode) -> None:
     assert own_rank(second) == 1 and own_rank(first) != 1  # by their own scores the question came first
     assert first.relevance == second.relevance >= 0.5  # the reply is as relevant as the question that matched
     assert first.as_json()["reply_to"]["position"] == asked
+    # Under a speaker filter the reply must be that speaker's: the host's question is not credited to the guest.
+    host_only = search("Are the bees actually in trouble?", 3, mode=mode, speaker="Daniel", settings=settings, db=db)
+    assert host_only[0].position == asked and {h.speaker for h in host_only} == {"Daniel Okafor"}
 
 
 def test_gdr_search_shows_the_cited_reply_with_its_question_around_it(samples) -> None:

@@ -23,16 +23,21 @@ class _Window:
     segments: dict[int, Segment] = field(default_factory=dict)
 
 
-def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path) -> list[Hit]:
+def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path, speaker: str | None = None) -> list[Hit]:
     """Group the rows into candidates (score order), credit replies (replies.py), merge overlapping windows,
-    keep the first k. Each candidate's rows hold its window and the chunk after it."""
+    keep the first k. Each candidate's rows hold its window and the chunk after it; `speaker` is the search's
+    speaker filter, which a credited reply must pass too."""
     candidates: dict[tuple[str, int], tuple] = {}
     chunks: dict[tuple[str, int], Segment] = {}
     for row in rows:
         candidates.setdefault((row[0], row[1]), row)
         chunks[(row[0], row[11])] = Segment(row[11], row[12], float(row[13]), float(row[14]), row[15])
     windows: list[_Window] = []
-    for place in replies_first(list(candidates), lambda episode_id, position: chunks.get((episode_id, position))):
+    def allowed(reply: Segment) -> bool:
+        return speaker is None or speaker_matches(speaker, reply.speaker)
+
+    for place in replies_first(list(candidates), lambda episode_id, position: chunks.get((episode_id, position)),
+                               allowed):
         if len(windows) == k:  # hits below the top k do not stretch the windows above them
             break
         episode_id, position = place.episode_id, place.position

@@ -209,8 +209,8 @@ class Searcher:
             prepared = self._prepare(conn, request)
             rows, exact = _run(conn, prepared)
             searched = prepared.model.model_id if prepared.model else None
-            found = with_relevance(assemble(rows, request.k, request.context, self.settings.audio_dir.resolve()),
-                                   request.mode, searched)
+            found = with_relevance(assemble(rows, request.k, request.context, self.settings.audio_dir.resolve(),
+                                            request.filters.speaker), request.mode, searched)
             hits = [h for h in found if h.relevance >= request.min_score]
             if hits:
                 notice = None

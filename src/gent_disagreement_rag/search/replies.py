@@ -33,16 +33,18 @@ def is_question(text: str) -> bool:
     return text.rstrip().rstrip(_CLOSING).endswith(("?", "？"))
 
 
-def replies_first(ranked: Sequence[tuple[str, int]], chunk: Callable[[str, int], Segment | None]) -> list[Ranked]:
+def replies_first(ranked: Sequence[tuple[str, int]], chunk: Callable[[str, int], Segment | None],
+                  allowed: Callable[[Segment], bool] = lambda segment: True) -> list[Ranked]:
     """`ranked` (episode, position) best first, with each question's reply moved just above it.
 
-    `chunk` gives a stored chunk (None past the episode's end)."""
+    `chunk` gives a stored chunk (None past the episode's end); a reply is credited only when `allowed`
+    (the search's speaker filter: a reply by someone else is not a result of that search)."""
     out: list[Ranked] = []
     placed: set[tuple[str, int]] = set()
     for episode_id, position in ranked:
         asked, reply = chunk(episode_id, position), chunk(episode_id, position + 1)
         if (asked is not None and reply is not None and is_question(asked.text) and not is_question(reply.text)
-                and reply.speaker != asked.speaker and (episode_id, position + 1) not in placed):
+                and reply.speaker != asked.speaker and allowed(reply) and (episode_id, position + 1) not in placed):
             out.append(Ranked(episode_id, position + 1, position))
             placed.add((episode_id, position + 1))
         if (episode_id, position) not in placed:
