@@ -610,3 +610,55 @@ def test_only_another_speakers_statement_after_a_question_is_credited() -> None:
     assert reply_order([("a", 7)], turns) == [("a", 7, None)]  # nothing after the last chunk
     assert reply_order([("a", 1), ("a", 0)], turns) == [("a", 1, None), ("a", 0, None)]  # already above it
     assert reply_order([("a", 0), ("b", 1), ("a", 1)], turns) == [("a", 1, 0), ("a", 0, None), ("b", 1, None)]
+
+
+# --- the exact scan, against a brute-force cosine ranking -------------------------------------------------
+
+
+def brute_force(db: Database, settings: Settings, query: str, where: str, params: tuple) -> list[tuple[str, int, float]]:
+    """(episode, position, cosine similarity) of every chunk passing `where`, best first, computed here with numpy
+    over the stored vectors and the query embedding search uses."""
+    with db.connection() as conn:
+        rows = conn.execute("SELECT e.episode_id, e.position, e.embedding FROM embeddings e JOIN segments s "
+                            f"USING (episode_id, position) WHERE e.model_id = %s AND {where}", (LOCAL_MODEL, *params)).fetchall()
+        [model] = [m for m in engine.stored_models(conn) if m.model_id == LOCAL_MODEL]
+    q = engine.query_embedder(model, settings).embed([query]).vectors[0].astype(np.float64)
+    matrix = np.array([r[2].to_numpy() for r in rows], dtype=np.float64)
+    cosine = matrix @ q / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(q))
+    order = np.argsort(-cosine, kind="stable")
+    return [(rows[i][0], rows[i][1], float(cosine[i])) for i in order]
+
+
+def assert_ranked_as(hits, oracle: list[tuple[str, int, float]], k: int) -> None:
+    gaps = [a[2] - b[2] for a, b in zip(oracle[:k], oracle[1 : k + 1])]
+    assert min(gaps) > 1e-6, gaps  # the oracle's order is not a float32 tie
+    assert [(h.episode_id, h.position) for h in hits] == [(e, p) for e, p, _ in oracle[:k]]
+    assert [h.score for h in hits] == pytest.approx([c for *_, c in oracle[:k]], abs=1e-5)
+
+
+def test_a_selective_speaker_is_ranked_exactly_as_a_brute_force_cosine_ranks_it(synthetic) -> None:
+    """At 2,000 chunks RARE's 40 are ranked by the exact scan from the start (no index in the plan)."""
+    settings, db = synthetic
+    query = "bees wintering in the hive"
+    assert segment_store.index_name(LOCAL_MODEL) not in explain(query, 8, speaker=RARE, mode="vector", settings=settings,
+                                                                db=db)
+    hits = search(query, 8, speaker="rare voice", mode="vector", settings=settings, db=db)
+    assert_ranked_as(hits, brute_force(db, settings, query, "s.speaker = %s", (RARE,)), 8)
+    assert not hits.exact_fallback
+
+
+def test_a_filter_that_starves_the_graph_walk_is_rerun_exactly_as_a_brute_force_cosine_ranks_it(
+        synthetic, index_plans, monkeypatch) -> None:
+    """The HNSW scan under an episode filter is given too small a tuple budget to find k of the episode's 100
+    chunks among 2,000 (at 100k chunks the production budget runs out the same way); the exact rerun ranks them."""
+    settings, db = synthetic
+    monkeypatch.setattr(statements, "HNSW_MAX_SCAN_TUPLES", 1)
+    monkeypatch.setattr(statements, "HNSW_EF_SEARCH", 10)
+    query = "the price of carbon emissions"
+    hits = search(query, 10, episode="S03", mode="vector", settings=settings, db=db)
+    assert hits.exact_fallback
+    assert_ranked_as(hits, brute_force(db, settings, query, "e.episode_id = %s", ("S03",)), 10)
+    since = search(query, 10, since="2024-05-01", speaker="alice", mode="vector", settings=settings, db=db)
+    assert since.exact_fallback
+    assert_ranked_as(since, brute_force(db, settings, query, "lower(s.speaker) LIKE 'alice %%' AND e.episode_id IN "
+                                        "(SELECT episode_id FROM episodes WHERE published >= %s)", (date(2024, 5, 1),)), 10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import time
@@ -78,11 +79,28 @@ def server(settings, fake_api, tmp_path) -> Iterator[tuple[dict[str, str], str, 
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"http://127.0.0.1:{port}" in started.stdout
+        assert server_status(env) == {"server": ["server", "start"], "worker": ["worker", "start"]}
         yield {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, str(port), receiver
     finally:
         stopped = subprocess.run([BIN / "gdr", "server", "stop"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
         assert "server" in stopped.stdout, stopped.stdout + stopped.stderr
         receiver.server.shutdown()
+    assert server_status(env) == {}
+
+
+def server_status(env: dict[str, str]) -> dict[str, list[str]]:
+    """What `gdr server status` says runs: for each name, the `prefect` subcommand its pid really runs ({} when it
+    says "not running")."""
+    shown = subprocess.run([BIN / "gdr", "server", "status"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    if shown.stdout.strip() == "not running":
+        return {}
+    running = {}
+    for name, pid in re.findall(r"(\w+) \(pid (\d+)\)", shown.stdout):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        prefect_at = next(i for i, arg in enumerate(argv) if arg.endswith("prefect"))
+        running[name] = argv[prefect_at + 1 : prefect_at + 3]
+    return running
 
 
 def prefect(env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
@@ -136,8 +154,13 @@ def test_deployment_runs_and_a_failed_or_late_night_is_sent_to_notify_url(settin
 @pytest.mark.slow
 def test_a_paused_schedule_stays_paused_when_the_server_starts_again(settings, server) -> None:
     env, port, _ = server
-    [schedule] = read_deployment(env).schedules
+    deployed = read_deployment(env)
+    [schedule] = deployed.schedules
     assert schedule.active
+    # prefect.yaml's nightly schedule and one run at a time, as the server holds them (README: "runs nightly at
+    # 02:00 America/New_York ... with `concurrency_limit: 1`").
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "America/New_York")
+    assert deployed.global_concurrency_limit.limit == 1 and deployed.work_pool_name == "default"
     paused = prefect(env, "deployment", "schedule", "pause", "ingest/default", str(schedule.id))
     assert paused.returncode == 0, paused.stdout + paused.stderr
     assert [s.active for s in read_deployment(env).schedules] == [False]

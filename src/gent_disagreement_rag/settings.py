@@ -95,7 +95,10 @@ class Settings(BaseSettings):
         if self.db_host is not None:
             password = self.db_password.get_secret_value() if self.db_password else ""
             auth = quote(self.db_user, safe="") + (":" + quote(password, safe="") if password else "")  # a '/' too
-            return f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
+            # The host percent-encoded too: a socket directory (/var/run/postgresql, as psycopg2's host= took it)
+            # or an IPv6 address would otherwise be read as the path or the port.
+            host = quote(self.db_host, safe="")
+            return f"postgresql://{auth}@{host}:{self.db_port}/{quote(self.db_name, safe='')}"
         return None
 
     @property

@@ -71,10 +71,17 @@ def open_database(settings: Settings) -> Database:
 @friendly_errors
 def db_init() -> None:
     """Create or migrate the schema (idempotent) and load the episode catalogue."""
+    import psycopg
+
+    from ..errors import DatabaseUnavailableError
     from ..sources.catalogue import load_catalogue
+    from ..storage.embedded import first_line
 
     settings = Settings()
-    applied = migrate(database_url(settings))
+    try:
+        applied = migrate(database_url(settings))
+    except psycopg.OperationalError as exc:  # one line, as every other command says it (Database.from_settings)
+        raise DatabaseUnavailableError(f"cannot connect to Postgres: {first_line(exc)}") from None
     with Database.from_settings(settings, migrate_schema=False) as db:
         count = episodes.sync_catalogue(db, load_catalogue(settings.episodes_file)) if settings.episodes_file.exists() else 0
         with db.connection() as conn:
