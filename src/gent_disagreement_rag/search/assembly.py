@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 import psycopg
@@ -23,14 +24,11 @@ class _Window:
 def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path) -> list[Hit]:
     """Group the rows into hits (score order), merge overlapping windows, keep the first k."""
     windows: list[_Window] = []
-    current: tuple[str, int] | None = None
     hit_rows: list[tuple[tuple, dict[int, Segment]]] = []
-    for row in rows:
-        key = (row[0], row[1])
-        if key != current:
-            hit_rows.append((row, {}))
-            current = key
-        hit_rows[-1][1][row[11]] = Segment(row[11], row[12], float(row[13]), float(row[14]), row[15])
+    for _, group in groupby(rows, key=lambda row: (row[0], row[1])):  # a hit's rows come one after another
+        chunk_rows = list(group)
+        hit_rows.append((chunk_rows[0], {r[11]: Segment(r[11], r[12], float(r[13]), float(r[14]), r[15])
+                                         for r in chunk_rows}))
     for row, segs in hit_rows:
         if len(windows) == k:  # hits below the top k do not stretch the windows above them
             break
@@ -53,7 +51,7 @@ def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path) -> list[H
     for rank, w in enumerate(windows, 1):
         best = w.best
         segments = tuple(w.segments[p] for p in sorted(w.segments))
-        main = w.segments.get(best[1]) or segments[0]
+        main = w.segments[best[1]]  # a hit's window always holds its own chunk (embeddings reference segments)
         if len(segments) == 1:
             text = segments[0].text
         else:
