@@ -28,9 +28,11 @@ bench: install
 	$(UV) run python -m bench.run_all
 
 # Mutation testing of the pure modules (pyproject [tool.mutmut]; scores in TESTING.md). Not part of `make test`.
+# One child by default: the machine's cores are shared (MUTATE_CHILDREN=2 on a quiet one).
+MUTATE_CHILDREN ?= 1
 mutate: install
 	rm -rf mutants
-	$(UV) run mutmut run --max-children 2
+	$(UV) run mutmut run --max-children $(MUTATE_CHILDREN)
 	$(UV) run mutmut results
 
 clean:

@@ -33,6 +33,7 @@ def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path, speaker: 
         candidates.setdefault((row[0], row[1]), row)
         chunks[(row[0], row[11])] = Segment(row[11], row[12], float(row[13]), float(row[14]), row[15])
     windows: list[_Window] = []
+
     def allowed(reply: Segment) -> bool:
         return speaker is None or speaker_matches(speaker, reply.speaker)
 
@@ -68,7 +69,7 @@ def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path, speaker: 
     for rank, w in enumerate(windows, 1):
         best = w.best
         segments = tuple(w.segments[p] for p in sorted(w.segments))
-        main = w.segments[best[1]]
+        main = w.segments[best[1]]  # a hit's window always holds its own chunk (embeddings reference segments)
         if len(segments) == 1:
             text = segments[0].text
         else:
@@ -92,6 +93,8 @@ def speaker_matches(name: str, speaker: str) -> bool:
     return speaker == name or speaker.startswith(name + " ")
 
 
+# SQL, tested against Postgres (not in `make mutate`'s fast tests):
+# pragma: no mutate block
 def empty_notice(conn: psycopg.Connection, filters: Filters) -> str:
     if filters.speaker:
         speakers = [r[0] for r in conn.execute(

@@ -43,11 +43,14 @@ VECTOR_CALIBRATIONS = {LOCAL_MINILM: Calibration(-10.4, 16.6, f"cosine similarit
 TEXT_CALIBRATION = Calibration(-6.0, 20.0, "ts_rank_cd")
 
 
+def _calibration(mode: Mode, model_id: str | None) -> Calibration | None:
+    """The curve the relevance is read from; None: the cosine similarity itself."""
+    return TEXT_CALIBRATION if mode is Mode.text else VECTOR_CALIBRATIONS.get(model_id or "")
+
+
 def relevance_basis(mode: Mode, model_id: str | None) -> str:
     """What the relevance of a search in `mode` over `model_id`'s vectors is computed from."""
-    if mode is Mode.text:
-        return f"calibrated on the sample questions: {TEXT_CALIBRATION.measured_on}"
-    calibration = VECTOR_CALIBRATIONS.get(model_id or "")
+    calibration = _calibration(mode, model_id)
     if calibration is None:
         return f"cosine similarity (no calibration measured for {model_id})"
     return f"calibrated on the sample questions: {calibration.measured_on}"
@@ -66,14 +69,14 @@ def evidence(hit: Hit, mode: Mode) -> float | None:
 def with_relevance(hits: Sequence[Hit], mode: Mode, model_id: str | None) -> list[Hit]:
     """The hits with their relevance set, non-increasing down the list (and, in hybrid, `rrf`)."""
     out: list[Hit] = []
-    ceiling = 1.0
-    calibration = TEXT_CALIBRATION if mode is Mode.text else VECTOR_CALIBRATIONS.get(model_id or "")
+    ceiling = 1.0  # also the cap of an uncalibrated cosine, which float rounding can put above 1
+    calibration = _calibration(mode, model_id)
     for h in hits:
         x = evidence(h, mode)
         if x is None:
             raw = 0.0
         elif calibration is None:
-            raw = min(1.0, max(0.0, x))
+            raw = max(0.0, x)
         else:
             raw = calibration(x)
         ceiling = min(ceiling, raw)

@@ -21,6 +21,8 @@ class CostTotals:
                 "cost_usd": round(self.cost_usd, 6)}
 
 
+# The rest is SQL, tested against Postgres (not in `make mutate`'s fast tests):
+# pragma: no mutate block
 def record_call(
     db: Database, *, run_id: str | None, episode_id: str | None, stage: str, provider: str, model: str,
     requests: int, audio_seconds: float, tokens: int, cost_usd: float,

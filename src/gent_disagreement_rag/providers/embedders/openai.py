@@ -38,6 +38,8 @@ def pack(token_counts: Sequence[int]) -> list[range]:
     return batches
 
 
+# The rest talks HTTP, tested against the fake API (not in `make mutate`'s fast tests):
+# pragma: no mutate block
 def _provider_error(exc: openai.APIStatusError) -> ProviderError:
     """Our error class for an OpenAI HTTP error, from its status and error code (never the message:
     OpenAI's 401 message quotes part of the key)."""
