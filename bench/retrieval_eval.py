@@ -7,11 +7,12 @@ The questions (tests/retrieval_eval.json) cover the four samples, the five-voice
 phone call; each names a phrase of the answer, and its span is the ground-truth turn (samples) or Deepgram
 utterance (phone call) holding that phrase. Transcripts are what users get: local Whisper base with the
 offline diarizer for the synthetic episodes (cached under .gdr/bench-transcripts), Deepgram's for the call.
-Rows: naive windows of 60, 120 and 250 words and today's chunks (chunking.py), each embedded with the offline
-MiniLM and ranked by in-memory cosine over the whole corpus (every episode at once); and today's search: the
-same chunks and vectors stored in an embedded Postgres + pgvector and queried through the library's
-`search()` (its default mode, hybrid RRF, with the MiniLM query model). A hit is a result of the question's
-episode whose time range overlaps the answer span.
+Rows: naive windows of 60, 120 and 250 words and the chunks (chunking.py, default settings), each embedded with
+the offline MiniLM and ranked by in-memory cosine over the whole corpus (every episode at once); the chunks again
+with search's second stage (search/replies.py) applied to that ranking; and the search itself: the same chunks
+and vectors stored in an embedded Postgres + pgvector and queried through the library's `search()` (its default
+mode, hybrid RRF then replies first, with the MiniLM query model). A hit is a result of the question's episode
+whose time range overlaps the answer span. It also prints the mean chunk length on monologue-heavy talk.
 """
 
 from __future__ import annotations
