@@ -7,6 +7,7 @@ tests/fakeapi.py, which injects the faults. Nothing of ours is mocked.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,10 +25,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 
 from gent_disagreement_rag.ingest.context import RunContext
+from gent_disagreement_rag.ingest.keys import stage_keys
+from gent_disagreement_rag.ingest.plan import plan_episodes
+from gent_disagreement_rag.ingest.stages import register_catalogue
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage import segments as segment_store
@@ -43,6 +48,7 @@ from tests.support.fakeapi import (
     deepgram_error,
     deepgram_response,
     dropped,
+    fake_embedding,
     for_audio,
     openai_error,
     sha256_of,
@@ -538,6 +544,170 @@ def test_sigkill_while_transcribing_then_resume(world: World) -> None:
     assert world.listen_counts() == {**{e: 1 for e in ids[:3]}, **{e: 2 for e in slow_ids}}
     assert len(world.api.requests_to(EMBEDDINGS)) == 6
     assert world.ledger("transcribe") == world.ledger("embed") == {e: 1 for e in ids}
+
+
+def stage_records(world: World, markers: dict[str, str]) -> dict[tuple[str, str], Path]:
+    """The latest Prefect result record in the world's stage cache for each (stage, episode): each record
+    read with Prefect's own deserializer and told apart by what it holds (the episode's marker, its export
+    paths, or the fake's vector for its chunk)."""
+    from prefect.results import ResultRecord
+
+    kinds = {"TranscriptionResult": "transcribe", "FormattedEpisode": "format", "dict": "export", "EmbeddingBatch": "embed"}
+    found: dict[tuple[str, str], Path] = {}
+    paths = sorted((world.settings.home / "cache").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    records = {p: ResultRecord.deserialize(p.read_bytes()).result for p in paths}
+    chunk_texts = {e: [c.text for c in r.chunks] for r in records.values() if type(r).__name__ == "FormattedEpisode"
+                   for e, m in markers.items() if m in repr(r)}
+    for path, result in records.items():
+        stage = kinds[type(result).__name__]
+        for e, marker in markers.items():
+            if stage == "embed":
+                mine = np.allclose(result.vectors[0], fake_embedding(chunk_texts[e][0], result.vectors.shape[1]), atol=1e-6)
+            else:
+                mine = (f"/{e}." if stage == "export" else marker) in repr(result)
+            if mine:
+                found[stage, e] = path
+    return found
+
+
+def last_task_state(name: str) -> str:
+    return max(task_runs(name), key=lambda run: run.expected_start_time).state_name
+
+
+def test_a_torn_stage_cache_record_is_a_miss_and_only_that_stage_runs_again(world: World) -> None:
+    # Prefect writes a result record with a plain open("wb") + write: a kill in between leaves a prefix of it.
+    torn = {"K-T": "transcribe", "K-F": "format", "K-X": "export", "K-E": "embed"}
+    markers = {e: f"marker{i}x" for i, e in enumerate(world.catalogue(list(torn)))}
+    for e, marker in markers.items():
+        script_transcript(world, e, marker)
+    for args in (["ingest"], ["ingest", "--force"]):  # the export's key counts its files: a rerun sets it for good
+        done = world.gdr(*args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    texts = {e: world.sql("SELECT text FROM segments WHERE episode_id = %s ORDER BY position", e) for e in torn}
+    records = stage_records(world, markers)
+    assert len(records) == 16
+    world.api.clear_requests()
+    for e, stage in torn.items():
+        whole = records[stage, e].read_bytes()
+        records[stage, e].write_bytes(whole[: len(whole) // 2])
+
+    rerun = world.gdr("ingest", "--force")
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert set(world.statuses().values()) == {"processed"}
+    world.assert_consistent()
+    log = (world.settings.home / "logs" / "ingest.log").read_text()
+    for e, stage in torn.items():  # each torn record named in a warning
+        assert f"stage cache record {records[stage, e]} is unreadable" in log, (e, stage)
+    # Only the torn stage ran again; the paid ones asked their provider once more, nothing else did.
+    assert world.listen_counts() == {"K-T": 1}
+    embedded = Counter(e for r in world.api.requests_to(EMBEDDINGS) for e, m in markers.items() if containing(m)(r))
+    assert embedded == {"K-E": 1}
+    for e, torn_stage in torn.items():
+        states = {stage: last_task_state(f"{stage}-{e}") for stage in ("transcribe", "format", "export", "embed")}
+        assert states == {s: "Completed" if s == torn_stage else "Cached" for s in states}, (e, states)
+    assert stage_records(world, markers) == records  # each torn record written again, whole, in its place
+    assert {e: world.sql("SELECT text FROM segments WHERE episode_id = %s ORDER BY position", e) for e in torn} == texts
+
+
+@pytest.mark.slow
+def test_sigkill_while_a_stage_cache_record_is_written_then_resume(world: World) -> None:
+    [e] = world.catalogue(["K-0"])
+    settings = world.settings
+    with RunContext.open(settings) as ctx:
+        register_catalogue(ctx)
+        [job] = plan_episodes(settings, ctx.db, episode_ids=[e]).jobs
+        record = settings.result_storage_path / stage_keys(ctx, job).transcribe
+    # strace kills `gdr ingest` (SIGKILL) as it enters the first write(2) to the transcription's record: the
+    # file is created and empty, as a kill between Prefect's open and write leaves it. (With --seccomp-bpf,
+    # strace missed that write.)
+    killed = subprocess.run(["strace", "-f", "-o", "/dev/null", "-P", str(record), "-e", "trace=write",
+                             "-e", "inject=write:signal=KILL", str(GDR), "ingest"],
+                            env=world.env(), cwd=world.tmp, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL or killed.returncode == 128 + signal.SIGKILL, killed
+    wait_for(lambda: backends(world) == 0, what="the killed process's sessions to end")
+    assert record.stat().st_size == 0
+    assert world.statuses() == {e: "pending"} and world.listen_counts() == {e: 1}
+    world.assert_consistent()
+
+    rerun = world.gdr("ingest")
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"stage cache record {record} is unreadable" in (settings.home / "logs" / "ingest.log").read_text()
+    assert world.statuses() == {e: "processed"}
+    world.assert_consistent()
+    assert world.listen_counts() == {e: 2} and len(world.api.requests_to(EMBEDDINGS)) == 1
+    assert world.ledger("transcribe") == {e: 2} and world.ledger("embed") == {e: 1}  # both requests were paid
+    from prefect.results import ResultRecord
+
+    assert type(ResultRecord.deserialize(record.read_bytes()).result).__name__ == "TranscriptionResult"
+
+
+@pytest.fixture
+def full_disk(world: World) -> Iterator[Callable[[bool], None]]:
+    """TRANSCRIPTS_DIR on a tmpfs of its own (1 MiB); `full(True)` fills it to the last byte with a filler
+    file, so the kernel answers the next write with ENOSPC, `full(False)` deletes the filler."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (.ci/run runs as root)")
+    folder = world.transcripts_dir
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], check=True)
+
+    def full(on: bool) -> None:
+        if not on:
+            (folder / "filler").unlink()
+            return
+        with open(folder / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+        assert shutil.disk_usage(folder).free == 0
+
+    try:
+        yield full
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def test_a_full_disk_while_exporting_fails_the_episode_and_keeps_the_old_version(world: World, full_disk) -> None:
+    world.catalogue(["F-0", "F-1"])
+    world.write_catalogue([{"episode_id": "F-0", "file_name": "F-0.mp3", "speakers_map": {"0": "Oldname"}}])
+    first = world.gdr("ingest")
+    assert first.returncode == 0, first.stdout + first.stderr
+    old_files = {p.name: p.read_bytes() for p in world.transcripts_dir.iterdir()}
+    old_segments = world.sql("SELECT position, speaker, text FROM segments ORDER BY position")
+    assert len(old_files) == 5 and "Oldname" in {speaker for _, speaker, _ in old_segments}
+
+    # New speaker names make F-0 stale (re-chunked, exported, embedded, stored again); F-1 is new.
+    world.write_catalogue([{"episode_id": e, "file_name": f"{e}.mp3", "speakers_map": {"0": "Newname"}}
+                           for e in ("F-0", "F-1")])
+    full_disk(True)
+    failed = world.gdr("ingest")
+
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    rows = world.rows()
+    for e in ("F-0", "F-1"):
+        assert rows[e].status == "failed"
+        assert rows[e].last_error == (f"OSError: [Errno 28] No space left on device: "
+                                      f"'{world.transcripts_dir.resolve() / f'{e}.raw.json'}'"), rows[e].last_error
+    files = {p.name: p.read_bytes() for p in world.transcripts_dir.iterdir() if p.name != "filler"}
+    assert files == old_files  # the old version whole, nothing of the new, no temporary file left
+    assert world.sql("SELECT position, speaker, text FROM segments ORDER BY position") == old_segments
+    assert world.sql("SELECT DISTINCT episode_id FROM segments") == [("F-0",)]
+
+    full_disk(False)
+    rerun = world.gdr("ingest")
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert world.statuses() == {"F-0": "processed", "F-1": "processed"}
+    world.assert_consistent()
+    speakers = {speaker for (speaker,) in world.sql("SELECT DISTINCT speaker FROM segments")}
+    assert "Newname" in speakers and "Oldname" not in speakers
+    assert "Newname" in (world.transcripts_dir / "F-0.md").read_text()
+    assert world.listen_counts() == {"F-0": 1, "F-1": 1}  # the transcriptions came from the stage cache
+    assert world.ledger("transcribe") == {"F-0": 1, "F-1": 1}
 
 
 # --- concurrent runs ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Search against a real Postgres + pgvector with the real local embedder (all-MiniLM-L6-v2).
 
-Two read-only databases are built once per module: the four sample episodes stored from their
-ground-truth scripts (one chunk per turn), and 2,000 synthetic chunks where one speaker owns 2%.
+Three read-only databases are built once per module: the four sample episodes stored from their
+ground-truth scripts (one chunk per turn), and 2,000 and 50,000 synthetic chunks where one speaker owns 2%
+(the planner's own choices differ between the two: exact scans at 2,000, the HNSW index at 50,000).
 """
 
 from __future__ import annotations
@@ -307,7 +308,7 @@ def test_cli_table_and_exit_codes(samples) -> None:
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
 
 
-# --- 2,000 synthetic chunks: filters, iterative scans, the index -----------------------------------
+# --- 2,000 and 50,000 synthetic chunks: filters, iterative scans, the index --------------------------
 
 TOPICS = [
     "Honeybees keep their hives warm through the winter by clustering and shivering their flight muscles.",
@@ -333,6 +334,9 @@ TOPICS = [
 ]
 SYNTH_EPISODES = 20
 SYNTH_CHUNKS = 100  # per episode: 2,000 chunks in all
+# 50,000 chunks: from ~10,000 the planner takes the HNSW index for an unfiltered search; a 2% speaker needs
+# more than 31,250 in vector mode before walking the graph beats ranking its chunks (exact_is_cheaper).
+LARGE_EPISODES = 500
 RARE = "Rare Voice"  # owns 2 chunks per episode: 2% of the chunks
 
 
@@ -342,86 +346,108 @@ def synth_speaker(episode: int, position: int) -> str:
     return "Alice Host" if position % 2 else "Bob Guest"
 
 
+def load_synthetic(db: Database, topic_vectors: np.ndarray, episodes: int) -> None:
+    """`episodes` synthetic episodes of SYNTH_CHUNKS chunks each, stored by the store. The HNSW index is
+    dropped after the first episode and rebuilt from its own definition after the last: the store's
+    row-by-row index upkeep would take minutes for a large corpus (BENCHMARKS.md, store throughput)."""
+    rng = np.random.default_rng(7)
+    start = date(2024, 1, 1)
+    episode_store.sync_catalogue(db, [
+        CatalogueEntry(episode_id=f"S{e:02d}", title=f"Synthetic {e}", file_name=f"S{e:02d}.mp3",
+                       published=start + timedelta(weeks=e), audio_url=f"https://example.org/S{e:02d}.mp3")
+        for e in range(episodes)
+    ])
+    index = segment_store.index_name(LOCAL_MODEL)
+    for e in range(episodes):
+        topics = [(e * 7 + p * 3) % len(TOPICS) for p in range(SYNTH_CHUNKS)]
+        segs = [segment(p, synth_speaker(e, p), p * 20.0, p * 20.0 + 19.0, f"{TOPICS[t]} Part {e}.{p}.", 20)
+                for p, t in enumerate(topics)]
+        put(db, f"S{e:02d}", segs, unit(topic_vectors[topics] + rng.normal(scale=0.015, size=(SYNTH_CHUNKS, 384))))
+        if e == 0:
+            with db.connection() as conn:
+                [(definition,)] = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (index,))
+                conn.execute(f"DROP INDEX {index}")
+    with db.connection() as conn:
+        conn.execute("SET maintenance_work_mem = '256MB'")  # the graph built in memory, not on disk
+        conn.execute(definition)
+        conn.execute("ANALYZE")
+
+
 @pytest.fixture(scope="module")
 def synthetic(pg_server: str, tmp_path_factory: pytest.TempPathFactory, embedder) -> Iterator[tuple[Settings, Database]]:
-    rng = np.random.default_rng(7)
-    topic_vectors = embedder.embed(TOPICS).vectors
     with module_database(pg_server, tmp_path_factory.mktemp("synthetic")) as (settings, db):
-        start = date(2024, 1, 1)
-        episode_store.sync_catalogue(db, [
-            CatalogueEntry(episode_id=f"S{e:02d}", title=f"Synthetic {e}", file_name=f"S{e:02d}.mp3",
-                           published=start + timedelta(weeks=e), audio_url=f"https://example.org/S{e:02d}.mp3")
-            for e in range(SYNTH_EPISODES)
-        ])
-        for e in range(SYNTH_EPISODES):
-            topics = [(e * 7 + p * 3) % len(TOPICS) for p in range(SYNTH_CHUNKS)]
-            segs = [segment(p, synth_speaker(e, p), p * 20.0, p * 20.0 + 19.0, f"{TOPICS[t]} Part {e}.{p}.", 20)
-                    for p, t in enumerate(topics)]
-            vectors = unit(topic_vectors[topics] + rng.normal(scale=0.015, size=(SYNTH_CHUNKS, 384)))
-            put(db, f"S{e:02d}", segs, vectors)
-        with db.connection() as conn:
-            conn.execute("ANALYZE")
+        load_synthetic(db, embedder.embed(TOPICS).vectors, SYNTH_EPISODES)
         yield settings, db
 
 
-@pytest.fixture
-def index_plans(monkeypatch: pytest.MonkeyPatch) -> None:
-    """At 2,000 rows an exact scan rightly beats the HNSW index (Postgres prefers a sequential scan; the
-    search ranks a selective speaker's chunks exactly); discourage both so these tests exercise the
-    index path (at 100k chunks the planner picks it by itself)."""
-    monkeypatch.setattr(statements, "PLANNER_SETTINGS", {"enable_seqscan": "off", "enable_sort": "off"})
-    monkeypatch.setattr(statements, "GRAPH_ROW_COST", 0)
+@pytest.fixture(scope="module")
+def large_synthetic(pg_server: str, tmp_path_factory: pytest.TempPathFactory, embedder) -> Iterator[tuple[Settings, Database]]:
+    """The same pattern over LARGE_EPISODES episodes: big enough for the planner to take the HNSW index by
+    itself, and for the speaker filter's estimate to choose the graph walk in vector mode."""
+    with module_database(pg_server, tmp_path_factory.mktemp("large")) as (settings, db):
+        load_synthetic(db, embedder.embed(TOPICS).vectors, LARGE_EPISODES)
+        yield settings, db
 
 
-def test_vector_search_uses_the_models_hnsw_index(synthetic, index_plans) -> None:
-    settings, db = synthetic
+def test_small_corpora_are_ranked_exactly_large_ones_through_the_hnsw_index(synthetic, large_synthetic) -> None:
     index = segment_store.index_name(LOCAL_MODEL)
-    for options in ({"mode": "vector"}, {"mode": "hybrid"}, {"mode": "vector", "speaker": RARE},
-                    {"mode": "hybrid", "since": "2024-03-01", "context": 1}):
-        plan = explain("bees wintering in the hive", 5, settings=settings, db=db, **options)
+    for options in ({"mode": "vector"}, {"mode": "hybrid"}, {"mode": "vector", "speaker": RARE}):
+        small = explain("bees wintering in the hive", 5, settings=synthetic[0], db=synthetic[1], **options)
+        assert index not in small, small  # 2,000 rows: a sequential scan and a sort beat the graph
+        plan = explain("bees wintering in the hive", 5, settings=large_synthetic[0], db=large_synthetic[1], **options)
         assert f"Index Scan using {index} on embeddings" in plan, plan
 
 
-def test_selective_speaker_filter_still_returns_k(synthetic, index_plans) -> None:
-    settings, db = synthetic
+def test_selective_speaker_filter_still_returns_k(large_synthetic) -> None:
+    settings, db = large_synthetic
     query = "bees wintering in the hive"
-    for mode in ("vector", "hybrid"):
+    for mode in ("vector", "hybrid"):  # the graph walk in vector mode; hybrid's 50 candidates are ranked exactly
         hits = search(query, 5, speaker="rare voice", mode=mode, settings=settings, db=db)
         assert len(hits) == 5 and {h.speaker for h in hits} == {RARE}, (mode, hits)
-        assert not hits.exact_fallback  # the iterative HNSW scan found them, not the exact rerun
+        assert not hits.exact_fallback  # no rerun: the iterative HNSW scan found them (vector mode)
     plan = explain(query, 5, analyze=True, speaker=RARE, mode="vector", settings=settings, db=db)
     assert f"Index Scan using {segment_store.index_name(LOCAL_MODEL)}" in plan and "Rows Removed by Filter" in plan, plan
-    # The top vector hits are on topic (the rare speaker has two honeybee chunks).
-    hits = search(query, 3, speaker=RARE, mode="vector", settings=settings, db=db)
-    assert ["Honeybees" in h.text for h in hits] == [True, True, False]
     # Without iterative scans the same statement starves: the filter is selective enough to matter.
     request = engine._validate(query, 5, episode=None, speaker=RARE, since=None, mode="vector", context=0,
                                       model_id=None)
     with db.connection() as conn:
         prepared = engine.Searcher(settings, db)._prepare(conn, request)
+        assert not prepared.exact
         statements.scan_settings(conn)
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'off', true)")  # ef_search stays as set
         rows = conn.execute(prepared.statement, prepared.params).fetchall()
     assert len(rows) < 5
 
 
-def test_selective_speaker_is_ranked_exactly_with_the_graph_walks_results(synthetic, monkeypatch) -> None:
-    settings, db = synthetic
+def test_selective_speaker_is_ranked_exactly_with_the_graph_walks_results(synthetic, large_synthetic) -> None:
     query = "bees wintering in the hive"
     # RARE owns 40 of 2,000 chunks: ranking them all is cheaper than walking the graph for 5 of them.
     assert statements.exact_is_cheaper(40, 5, 2_000)
     assert statements.exact_is_cheaper(1_000, 10, 100_000) and not statements.exact_is_cheaper(50_000, 10, 100_000)
+    settings, db = synthetic
     for mode in ("vector", "hybrid"):
         plan = explain(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
         assert segment_store.index_name(LOCAL_MODEL) not in plan, plan
         exact = search(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
-        with monkeypatch.context() as m:  # the same search through the graph
-            m.setattr(statements, "PLANNER_SETTINGS", {"enable_seqscan": "off", "enable_sort": "off"})
-            m.setattr(statements, "GRAPH_ROW_COST", 0)
-            assert segment_store.index_name(LOCAL_MODEL) in explain(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
-            graph = search(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
-        assert [(h.episode_id, h.position) for h in exact] == [(h.episode_id, h.position) for h in graph], mode
         assert not exact.exact_fallback and {h.speaker for h in exact} == {RARE}
+    # The top vector hits are on topic (the rare speaker has two honeybee chunks in 20 episodes).
+    hits = search(query, 3, speaker=RARE, mode="vector", settings=settings, db=db)
+    assert ["Honeybees" in h.text for h in hits] == [True, True, False]
+    # Where the search walks the graph (vector mode, 50,000 chunks) or ranks exactly (hybrid), the statement
+    # of the other kind, run on the same request, gives the same hits.
+    settings, db = large_synthetic
+    for mode, walks in (("vector", True), ("hybrid", False)):
+        found = search(query, 5, speaker=RARE, mode=mode, settings=settings, db=db)
+        request = engine._validate(query, 5, episode=None, speaker=RARE, since=None, mode=mode, context=0,
+                                   model_id=None)
+        with db.connection() as conn:
+            prepared = engine.Searcher(settings, db)._prepare(conn, request)
+            assert prepared.exact is not walks, mode
+            other = statements.build_sql(request.mode, prepared.model, request.filters, exact=walks)
+            statements.scan_settings(conn)
+            rows = conn.execute(other, prepared.params, prepare=False).fetchall()
+        assert [(h.episode_id, h.position) for h in found] == [(r[0], r[1]) for r in rows], mode
+        assert not found.exact_fallback and {h.speaker for h in found} == {RARE}
 
 
 def test_episode_and_date_filters_return_only_matching_rows(synthetic) -> None:

@@ -23,8 +23,11 @@ def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o644) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(staging, path)
-    except BaseException:
+    except BaseException as exc:
         Path(staging).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            # a failed write or fsync (a full disk) names no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
+from prefect.results import ResultRecord
 from prefect.utilities.annotations import opaque
 
 from ..ingest.context import RunContext
@@ -32,8 +33,30 @@ def retry_transient(task_: Task, task_run: Any, state: Any) -> bool:
     return True
 
 
-def _run_stage(episode: str, func: Callable[..., Any], args: tuple[Any, ...], cache_key: str | None = None) -> Any:
-    return func(*args)
+def _stage_body(records: Path | None) -> Callable[..., Any]:
+    """The task's function: the stage, run when Prefect found no usable record under its key (in `records`,
+    when the cache is a local folder)."""
+
+    def run_stage(episode: str, func: Callable[..., Any], args: tuple[Any, ...], cache_key: str | None = None) -> Any:
+        if records is not None and cache_key is not None:
+            _warn_if_unreadable(records / cache_key)
+        return func(*args)
+
+    return run_stage
+
+
+def _warn_if_unreadable(record: Path) -> None:
+    """Prefect takes a record it cannot read for a miss and says nothing; a kill while it wrote one (its
+    local writes are not atomic) leaves such a torn file, which is overwritten when the stage succeeds."""
+    try:
+        data = record.read_bytes()
+    except FileNotFoundError:
+        return
+    try:
+        ResultRecord.deserialize(data)
+    except Exception as exc:
+        get_run_logger().warning("stage cache record %s is unreadable (%s, %d bytes): running the stage again",
+                                 record, type(exc).__name__, len(data))
 
 
 def _precomputed_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -50,7 +73,8 @@ def _stage_task(name: str, storage: Path | str) -> Task:
                         result_storage=storage)
     else:
         options |= dict(cache_policy=NO_CACHE, persist_result=False)
-    return task(**options)(_run_stage)
+    records = Path(storage) if name in CACHED_STAGES and isinstance(storage, Path) else None
+    return task(**options)(_stage_body(records))
 
 
 def _within_fleet_limit(func: Callable[..., Any]) -> Callable[..., Any]:

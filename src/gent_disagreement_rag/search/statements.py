@@ -23,10 +23,6 @@ HNSW_MAX_SCAN_TUPLES = 5_000
 # the exact scan (index fetch + distance), as measured (BENCHMARKS.md "Design figures").
 GRAPH_ROW_COST = 2.5
 MAX_FETCH = 200  # cap on hits fetched to fill k results after merging context windows
-# Extra transaction-local planner settings for the search statement. Empty in production; the
-# tests set {"enable_seqscan": "off", "enable_sort": "off"} to get the HNSW plan on a 2,000-row
-# table, where Postgres rightly prefers an exact sequential scan (it picks HNSW unprompted at 100k).
-PLANNER_SETTINGS: dict[str, str] = {}
 
 
 # The speaker rule of speaker_matches, as an = and a prefix LIKE: both can use segments_speaker_idx.
@@ -153,9 +149,9 @@ def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, webs
 
 
 def scan_settings(conn: psycopg.Connection) -> None:
-    """Transaction-local HNSW knobs and PLANNER_SETTINGS (call inside a transaction)."""
+    """Transaction-local HNSW knobs (call inside a transaction)."""
     knobs = {"hnsw.ef_search": str(HNSW_EF_SEARCH), "hnsw.iterative_scan": "relaxed_order",
-             "hnsw.max_scan_tuples": str(HNSW_MAX_SCAN_TUPLES), **PLANNER_SETTINGS}
+             "hnsw.max_scan_tuples": str(HNSW_MAX_SCAN_TUPLES)}
     conn.execute(
         sql.SQL("SELECT {}").format(sql.SQL(", ").join(
             sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value)) for name, value in knobs.items()
