@@ -260,9 +260,9 @@ OPENAI_DIMENSIONS = 1536
 def build_chat(pg: Postgres, n: int, rng: np.random.Generator) -> dict[str, Any]:
     """n chunks with 1536-d text-embedding-3-small-shaped vectors (random topic centres + noise, normalised),
     stored and indexed as the store does it, and the reader role of `gdr db env`."""
-    from gent_disagreement_rag.embedders import model_id
     from pgvector.psycopg import register_vector
 
+    from gent_disagreement_rag.providers.embedders import model_id
     from gent_disagreement_rag.storage import chat_access
     from gent_disagreement_rag.storage import segments as segment_store
 
