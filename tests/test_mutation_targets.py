@@ -718,3 +718,13 @@ def test_without_a_sentence_end_or_pause_a_chunk_ends_at_the_largest_gap_in_its_
     ann = " ".join(f"w{i}" for i in range(8)).split()
     assert _texts(_chunked(words, max_tokens=6)) == [
         ("Bo", "x y z w"), ("Ann", " ".join(ann[:cut_after + 1])), ("Ann", " ".join(ann[cut_after + 1:]))]
+
+
+def test_a_run_of_back_channels_is_cut_inside_when_there_is_no_other_place() -> None:
+    """Bo's and Ann's one-word back-channels glue every place to cut after "and": the cut goes there anyway,
+    never back before the chunk's start (after "see.")."""
+    backchannels = [Word(text, 4.0 + i / 2, 4.5 + i / 2, speaker=(i + 1) % 2) for i, text in
+                    enumerate(["yes", "ok", "sure", "right"])]  # Bo, Ann, Bo, Ann
+    words = _turn(0, "Well I see. and", 0.0) + backchannels
+    assert [(c.speaker, c.speakers, c.text) for c in _chunked(words, max_tokens=4)] == [
+        ("Ann", ("Ann",), "Well I see."), ("Ann", ("Ann", "Bo"), "and yes ok sure"), ("Ann", ("Ann",), "right")]
