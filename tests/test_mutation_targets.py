@@ -24,10 +24,19 @@ from gent_disagreement_rag.ingest.retry import is_transient, with_db_retries
 from gent_disagreement_rag.providers.embedders.openai import pack
 from gent_disagreement_rag.providers.pricing import estimate_cost
 from gent_disagreement_rag.search.assembly import assemble, speaker_matches
-from gent_disagreement_rag.search.models import Hit, Mode
+from gent_disagreement_rag.search.models import Credit, Hit, Mode
 from gent_disagreement_rag.search.relevance import LOCAL_MINILM, Calibration, relevance_basis, with_relevance
+from gent_disagreement_rag.search.replies import is_question
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage.costs import CostTotals
+from gent_disagreement_rag.text.chunking import (
+    Chunk,
+    ChunkerConfig,
+    WordJoiner,
+    chunk_transcript,
+    join_words,
+    speaker_turns,
+)
 from gent_disagreement_rag.text.exports import Cue, caption_cues, render_exports, to_srt, to_vtt
 from gent_disagreement_rag.text.quality import check_transcript, enforce
 from gent_disagreement_rag.transcript import Transcript, Word
@@ -193,10 +202,11 @@ def test_cost_totals_json_shows_minutes_and_rounded_dollars() -> None:
 # --- search: relevance (search/relevance.py) and hits from the fused rows (search/assembly.py) ---
 
 
-def _hit(rank: int, score: float, *, vector: float | None = None, text: float | None = None) -> Hit:
+def _hit(rank: int, score: float, *, vector: float | None = None, text: float | None = None,
+         reply_to: Credit | None = None) -> Hit:
     return Hit(rank=rank, score=score, episode_id="E1", title="t", published=None, speaker="A", start=0.0, end=1.0,
                text="x", link=None, position=rank, positions=(rank,), matched_positions=(rank,), segments=(),
-               vector_score=vector, text_score=text)
+               vector_score=vector, text_score=text, reply_to=reply_to)
 
 
 def test_calibration_is_the_logistic_curve_of_its_score() -> None:
@@ -259,15 +269,18 @@ def _chunk(position: int) -> tuple:
     return position, "Ann" if position % 2 == 0 else "Bo", 10.0 * position, 10.0 * position + 9.5
 
 
-def _fused_rows(hits: list[tuple[str, int, float]], context: int) -> list[tuple]:
-    """The statement's rows for `hits` (episode, position, score; best first): one per chunk of each hit's window."""
+def _fused_rows(hits: list[tuple[str, int, float]], context: int,
+                questions: frozenset[tuple[str, int]] = frozenset()) -> list[tuple]:
+    """The statement's rows for `hits` (episode, position, score; best first): one per chunk of each hit's window
+    and the chunk after it (a question's reply, replies.py). The chunks at `questions` end with "?"."""
     rows = []
     for n, (episode, position, score) in enumerate(hits, 1):
         title, published, file_name, audio_url = _EPISODES[episode]
-        for p in range(max(0, position - context), min(9, position + context) + 1):
+        for p in range(max(0, position - context), min(9, position + context + 1) + 1):
             _, speaker, start, end = _chunk(p)
+            text = f"{episode.lower()}-{p}" + ("?" if (episode, p) in questions else "")
             rows.append((episode, position, score, score - 0.5, n, score / 10, n + 1, title, published, file_name,
-                         audio_url, p, speaker, start, end, f"{episode.lower()}-{p}", 50))
+                         audio_url, p, speaker, start, end, text, 50))
     return rows
 
 
@@ -334,6 +347,77 @@ def test_hits_tied_on_score_stay_separate_results(tmp_path) -> None:
     assert [(h.rank, h.position, h.text) for h in hits] == [(1, 2, "e1-2"), (2, 7, "e1-7")]
 
 
+# --- a question's match credited to its reply (search/replies.py, assembly.py, relevance.py) ---
+
+
+def _ranked(hits: list[Hit]) -> list[tuple]:
+    return [(h.rank, h.episode_id, h.position, h.score, h.speaker, h.text, h.reply_to) for h in hits]
+
+
+def test_a_questions_reply_ranks_just_above_it_with_the_questions_score_and_credit(tmp_path) -> None:
+    hits = assemble(_fused_rows([("E1", 4, 0.9), ("E2", 1, 0.8)], 0, frozenset({("E1", 4)})), 5, 0, tmp_path)
+    asked = Credit(4, pytest.approx(0.4), pytest.approx(0.09))  # the question's cosine and ts_rank_cd
+    assert _ranked(hits) == [(1, "E1", 5, 0.9, "Bo", "e1-5", asked), (2, "E1", 4, 0.9, "Ann", "e1-4?", None),
+                             (3, "E2", 1, 0.8, "Bo", "e2-1", None)]
+    reply = hits[0]
+    # Not a candidate itself: no scores of its own; the episode's title and link, at the reply's own time.
+    assert (reply.vector_score, reply.vector_rank, reply.text_score, reply.text_rank) == (None, None, None, None)
+    assert (reply.title, reply.published, reply.link, reply.start, reply.end, reply.positions) == (
+        "First", date(2024, 5, 1), "https://x/e1.mp3#t=50", 50.0, 59.5, (5,))
+    assert [h.position for h in assemble(_fused_rows([("E1", 4, 0.9)], 0, frozenset({("E1", 4)})), 1, 0,
+                                         tmp_path)] == [5]  # the reply takes the only place
+
+
+def test_a_reply_ranked_below_its_question_moves_above_it_and_keeps_its_own_scores(tmp_path) -> None:
+    hits = assemble(_fused_rows([("E1", 4, 0.9), ("E1", 5, 0.6)], 0, frozenset({("E1", 4)})), 5, 0, tmp_path)
+    assert _ranked(hits) == [(1, "E1", 5, 0.9, "Bo", "e1-5", Credit(4, pytest.approx(0.4), pytest.approx(0.09))),
+                             (2, "E1", 4, 0.9, "Ann", "e1-4?", None)]
+    reply = hits[0]
+    assert (reply.vector_score, reply.vector_rank, reply.text_score, reply.text_rank) == (
+        pytest.approx(0.1), 2, pytest.approx(0.06), 3)
+    # A reply already ranked above its question keeps its place and score, uncredited.
+    above = assemble(_fused_rows([("E1", 5, 0.95), ("E1", 4, 0.9)], 0, frozenset({("E1", 4)})), 5, 0, tmp_path)
+    assert _ranked(above) == [(1, "E1", 5, 0.95, "Bo", "e1-5", None), (2, "E1", 4, 0.9, "Ann", "e1-4?", None)]
+
+
+def test_a_credited_reply_and_its_question_merge_into_one_result_citing_the_reply(tmp_path) -> None:
+    rows = _fused_rows([("E1", 4, 0.9), ("E2", 1, 0.8)], 1, frozenset({("E1", 4)}))
+    merged, other = assemble(rows, 2, 1, tmp_path)
+    assert (merged.rank, merged.position, merged.score, merged.speaker, merged.reply_to) == (
+        1, 5, 0.9, "Bo", Credit(4, pytest.approx(0.4), pytest.approx(0.09)))
+    # The reply's window runs to the chunk after the question's window: the statement fetched it.
+    assert (merged.positions, merged.matched_positions, merged.link, merged.end) == (
+        (3, 4, 5, 6), (5, 4), "https://x/e1.mp3#t=50", 69.5)
+    assert merged.text == "Bo: e1-3\nAnn: e1-4?\nBo: e1-5\nAnn: e1-6"
+    assert (other.rank, other.episode_id, other.positions, other.reply_to) == (2, "E2", (0, 1, 2), None)
+
+
+def test_a_reply_by_a_speaker_the_search_filters_out_is_not_credited(tmp_path) -> None:
+    rows = _fused_rows([("E1", 4, 0.9)], 0, frozenset({("E1", 4)}))
+    assert _ranked(assemble(rows, 5, 0, tmp_path, speaker="ann")) == [(1, "E1", 4, 0.9, "Ann", "e1-4?", None)]
+
+
+@pytest.mark.parametrize(
+    ("text", "question"),
+    [("Who led the group at Bell Labs?  ", True), ("他是谁？", True), ("Because of the Nobel? “Really?”", True),
+     ("Shockley did.", False), ("Why? Because.", False)],
+)
+def test_a_question_ends_with_a_question_mark_before_closing_quotes_and_spaces(text, question) -> None:
+    assert is_question(text) is question
+
+
+def test_a_credited_replys_relevance_is_read_from_the_better_of_its_and_the_questions_score() -> None:
+    hits = [_hit(1, 0.7, reply_to=Credit(4, 0.7, 0.35)),  # no scores of its own: the question's
+            _hit(2, 0.6, vector=0.6, text=0.4, reply_to=Credit(6, 0.5, 0.3)),  # its own are higher
+            _hit(3, 0.5, reply_to=Credit(8, None, None))]  # nothing to read: relevance 0
+    # MiniLM curve: cosine 0.7 ~ 0.772, 0.6 ~ 0.392 (the measured points above).
+    assert [h.relevance for h in with_relevance(hits, Mode.vector, LOCAL_MINILM)] == [
+        pytest.approx(0.772, abs=0.001), pytest.approx(0.392, abs=0.001), 0.0]
+    # ts_rank_cd curve -6 + 20x: 0.35 gives 1 / (1 + e^-1), 0.4 gives 1 / (1 + e^-2), capped by the hit above.
+    assert [h.relevance for h in with_relevance(hits, Mode.text, None)] == [round(1 / (1 + math.exp(-1)), 4)] * 2 + [
+        0.0]
+
+
 def test_db_retries_of_a_callable_without_a_name_log_what_it_is(sleeps, caplog) -> None:
     flaky = _Flaky(psycopg.OperationalError("dropped"))
     call = functools.partial(flaky, 4)
@@ -351,6 +435,9 @@ def test_scrub_replaces_every_secret_by_three_stars() -> None:
 def test_legacy_db_url_quotes_a_slash_in_the_user_and_the_database_name() -> None:
     s = Settings(_env_file=None, db_host="h", db_user="team/ann", db_password="pw", db_name="gent/prod")
     assert s.external_database_url() == "postgresql://team%2Fann:pw@h:5432/gent%2Fprod"
+    # A socket directory as the host (as psycopg2's host= took it) is percent-encoded, not read as the path.
+    socket = Settings(_env_file=None, db_host="/var/run/postgresql").external_database_url()
+    assert socket == "postgresql://postgres@%2Fvar%2Frun%2Fpostgresql:5432/gent_disagreement"
 
 
 @pytest.mark.parametrize(
@@ -513,3 +600,131 @@ def test_raw_export_is_the_providers_json_compact_and_chunks_are_indented(tmp_pa
     assert files["raw"] == ("ep.raw.json", '{"text": "café", "n": [1, 2]}\n')
     assert files["chunks"] == ("ep.chunks.json", '[\n  {\n    "speaker": "Ann",\n    "text": "café",\n    "start": 0.0,\n'
                                '    "end": 1.0,\n    "position": 0,\n    "token_count": 2\n  }\n]\n')
+
+
+# --- speaker turns and retrieval chunks (text/chunking.py) ---
+
+_NAMES = {"0": "Ann", "1": "Bo"}
+
+
+def _turn(speaker: int | None, texts: str, start: float, gaps: dict[int, float] | None = None,
+          seconds: float = 1.0) -> list[Word]:
+    """One speaker's words (`texts` split on spaces), each `seconds` long from `start`, with gaps[i] s of silence
+    after word i."""
+    words, clock = [], start
+    for i, text in enumerate(texts.split()):
+        words.append(Word(text, clock, clock + seconds, speaker=speaker))
+        clock += seconds + (gaps or {}).get(i, 0.0)
+    return words
+
+
+def _chunked(words: list[Word], max_tokens: int = 100, max_seconds: float = 1000.0) -> list[Chunk]:
+    """Chunks under a budget of `max_tokens` words (a token is a word here) and `max_seconds`."""
+    return chunk_transcript(Transcript("deepgram", "nova-3", 60.0, words), _NAMES,
+                            config=ChunkerConfig(max_tokens=max_tokens, max_seconds=max_seconds),
+                            count_tokens=lambda text: len(text.split()))
+
+
+def _texts(chunks: list[Chunk]) -> list[tuple[str, str]]:
+    return [(c.speaker, c.text) for c in chunks]
+
+
+def _turns(words: list[Word]) -> list[tuple[str, str]]:
+    return [(t.speaker, t.text) for t in speaker_turns(Transcript("deepgram", "nova-3", 60.0, words), _NAMES)]
+
+
+def test_an_unlabelled_word_belongs_to_the_speaker_before_it() -> None:
+    words = _turn(0, "Hello", 0.0) + _turn(1, "there", 1.0) + _turn(None, "friend", 2.0)
+    assert _turns(words) == [("Ann", "Hello"), ("Bo", "there friend")]
+
+
+def test_spelled_out_digits_join_only_in_a_transcript_of_mostly_single_cjk_characters() -> None:
+    assert _turns(_turn(0, "一 共 2 0 个", 0.0) + _turn(1, "对", 5.0)) == [("Ann", "一共20个"), ("Bo", "对")]
+    assert _turns(_turn(0, "我 是 A B", 0.0)) == [("Ann", "我是A B")]  # half the words: not most
+    assert _turns(_turn(0, "안녕하세요 여러분", 0.0)) == [("Ann", "안녕하세요 여러분")]  # Hangul is spaced
+    assert join_words(["A", "B"]) == "A B" and join_words(["a", "\u2e80"]) == "a\u2e80"  # the first CJK radical
+    joiner = WordJoiner()
+    assert joiner.text == ""
+    joiner.add("A")
+    joiner.add("B")
+    assert joiner.text == "A B"
+
+
+def test_a_chunk_ends_at_a_sentence_end_inside_closing_quotes() -> None:
+    assert _texts(_chunked(_turn(0, "He said “no.” and left", 0.0), max_tokens=4)) == [
+        ("Ann", "He said “no.”"), ("Ann", "and left")]
+
+
+def test_a_chunk_spans_at_most_max_seconds_of_audio() -> None:
+    chunks = _chunked(_turn(0, " ".join(f"w{i}" for i in range(11)), 0.0), max_seconds=10.0)
+    assert [(c.start, c.end, c.first_word, c.last_word) for c in chunks] == [(0.0, 10.0, 0, 9), (10.0, 11.0, 10, 10)]
+
+
+def test_a_back_channel_is_at_most_3_words_lasting_at_most_2_s_and_chunks_list_who_is_heard() -> None:
+    backchannel = _turn(1, "yeah yeah", 4.0, seconds=0.5) + [Word("right", 5.0, 6.0, speaker=1)]  # 4.0 to 6.0 s
+    words = _turn(0, "so we tried it", 0.0) + backchannel + _turn(0, "and it worked", 6.0)
+    assert [(c.speaker, c.speakers, c.text) for c in _chunked(words)] == [
+        ("Ann", ("Ann", "Bo"), "so we tried it yeah yeah right and it worked")]
+    two = _chunked(_turn(0, "so we tried it", 0.0) + _turn(1, "well it did not work", 4.0))
+    assert [(c.speaker, c.speakers, c.start, c.end) for c in two] == [("Ann", ("Ann",), 0.0, 4.0),
+                                                                      ("Bo", ("Bo",), 4.0, 9.0)]
+
+
+def test_a_back_channel_at_the_start_joins_the_next_turn_whose_speaker_wins_a_tie() -> None:
+    words = (_turn(1, "Yeah, yeah.", 0.0, seconds=0.5) + _turn(0, "I agree", 1.0, seconds=1.25)
+             + _turn(1, "well I disagree with that", 3.5))
+    assert [(c.speaker, c.speakers, c.text) for c in _chunked(words)] == [
+        ("Ann", ("Bo", "Ann"), "Yeah, yeah. I agree"), ("Bo", ("Bo",), "well I disagree with that")]
+
+
+def test_no_chunk_ends_between_a_back_channel_and_the_turn_it_starts() -> None:
+    words = _turn(1, "Yeah.", 0.0, seconds=0.5) + _turn(0, "I think that is right", 0.5)
+    assert _texts(_chunked(words, max_tokens=4)) == [("Ann", "Yeah. I think that"), ("Ann", "is right")]
+
+
+@pytest.mark.parametrize(
+    ("before", "first_turn", "chunks"),
+    [
+        ([], "a b c.", [("Ann", "a b c. yeah d"), ("Ann", "e f g")]),
+        (_turn(1, "so what happened", 0.0), "a b c.",
+         [("Bo", "so what happened"), ("Ann", "a b c. yeah d"), ("Ann", "e f g")]),
+        ([], "a b. c", [("Ann", "a b."), ("Ann", "c yeah d e f"), ("Ann", "g")]),  # "b." is no glued word
+    ],
+    ids=["first-turn", "later-turn", "sentence-end-before"],
+)
+def test_a_turn_interrupted_by_a_back_channel_goes_on_and_keeps_the_back_channel_after_its_sentence(
+        before, first_turn, chunks) -> None:
+    """Ann's turn, Bo's "yeah", Ann again: one turn of Ann's, cut within 5 words, never right before "yeah"."""
+    t = len(before)  # seconds: 1 a word
+    words = before + _turn(0, first_turn, t) + _turn(1, "yeah", t + 3.0, seconds=0.5) + _turn(0, "d e f g", t + 3.5)
+    assert _texts(_chunked(words, max_tokens=5)) == chunks
+
+
+def test_without_a_sentence_end_a_chunk_ends_at_its_last_pause_of_0_6_s() -> None:
+    words = _turn(0, "w0", 0.0, seconds=0.4) + _turn(0, "w1 w2 w3 w4 w5", 1.0, gaps={2: 0.5})  # 1.0 - 0.4 = 0.6 s
+    assert _texts(_chunked(words, max_tokens=5)) == [("Ann", "w0"), ("Ann", "w1 w2 w3 w4 w5")]
+
+
+@pytest.mark.parametrize(
+    ("gaps", "cut_after"),
+    [
+        ({1: 0.4, 2: 0.2, 3: 0.1}, 2),  # the larger gap after w1 is in the first half of the 6 words that fit
+        ({2: 0.104, 4: 0.101}, 4),  # gaps within 10 ms tie: the later one
+    ],
+    ids=["largest-in-second-half", "ties-within-10-ms"],
+)
+def test_without_a_sentence_end_or_pause_a_chunk_ends_at_the_largest_gap_in_its_second_half(gaps, cut_after) -> None:
+    words = _turn(1, "x y z w", 0.0) + _turn(0, "w0 w1 w2 w3 w4 w5 w6 w7", 4.0, gaps=gaps)
+    ann = " ".join(f"w{i}" for i in range(8)).split()
+    assert _texts(_chunked(words, max_tokens=6)) == [
+        ("Bo", "x y z w"), ("Ann", " ".join(ann[:cut_after + 1])), ("Ann", " ".join(ann[cut_after + 1:]))]
+
+
+def test_a_run_of_back_channels_is_cut_inside_when_there_is_no_other_place() -> None:
+    """Bo's and Ann's one-word back-channels glue every place to cut after "and": the cut goes there anyway,
+    never back before the chunk's start (after "see.")."""
+    backchannels = [Word(text, 4.0 + i / 2, 4.5 + i / 2, speaker=(i + 1) % 2) for i, text in
+                    enumerate(["yes", "ok", "sure", "right"])]  # Bo, Ann, Bo, Ann
+    words = _turn(0, "Well I see. and", 0.0) + backchannels
+    assert [(c.speaker, c.speakers, c.text) for c in _chunked(words, max_tokens=4)] == [
+        ("Ann", ("Ann",), "Well I see."), ("Ann", ("Ann", "Bo"), "and yes ok sure"), ("Ann", ("Ann",), "right")]

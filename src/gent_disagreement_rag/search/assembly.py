@@ -46,9 +46,11 @@ def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path, speaker: 
         if place.reply_to is not None:
             asked = candidates[(episode_id, place.reply_to)]
             credit = Credit(place.reply_to, asked[3], asked[5])
-            # Not a candidate itself: it ranks by the question's score; its own are unknown.
-            own = row or (episode_id, position, asked[2], None, None, None, None, *asked[7:11])
-            row = (*own[:2], max(own[2], asked[2]), *own[3:])
+            # It ranks by the question's score (candidates come best first: never below its own score).
+            if row is None:  # not a candidate itself: its own scores are unknown
+                row = (episode_id, position, asked[2], None, None, None, None, *asked[7:11])
+            else:
+                row = (*row[:2], asked[2], *row[3:])
         assert row is not None
         lo, hi = position - context, position + context
         segs = {p: chunks[(episode_id, p)] for p in range(lo, hi + 1) if (episode_id, p) in chunks}
