@@ -2,10 +2,12 @@
 
 Prints one JSON object:
 - "transcription": per episode length, audio seconds per wall second and per CPU second, peak RSS,
-  WER and the share of words given the right speaker. The episode is the two-voice espeak-ng dialogue
+  WER and the share of words given the right speaker (two names, as the pipeline passes them). The episode is the two-voice espeak-ng dialogue
   of tests/test_providers_local.py, looped to about --minutes; each length runs in a process of its
   own so the peak RSS is that file's alone.
 - "embeddings": short sentences and ~250-token chunks (the pipeline's chunk budget) per second.
+- "five_voices" (run()): GDR-005 end to end (transcribe with its five names, chunk, MiniLM), with WER, speaker
+  accuracy and each stage timed again on its own: where the time goes when the ECAPA embeddings must run.
 - "load_average": the machine's, before and after; wall-clock figures on a shared machine depend on it,
   the per-CPU-second ones much less.
 
@@ -26,11 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.speaker_accuracy import speaker_accuracy
 from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
-from gent_disagreement_rag.providers.transcribers.local_whisper import LocalWhisperTranscriber
+from gent_disagreement_rag.providers.transcribers import diarize, speaker_embeddings
+from gent_disagreement_rag.providers.transcribers.local_whisper import (
+    SAMPLE_RATE,
+    LocalWhisperTranscriber,
+    _phrases,
+    decode,
+)
 from gent_disagreement_rag.settings import Settings
+from gent_disagreement_rag.text.chunking import chunk_transcript
 from tests.test_providers_local import DIALOGUE, speaker_at, synthesize_dialogue, word_error_rate
 
+ROOT = Path(__file__).resolve().parents[1]
+FIVE_VOICES = "GDR-005"  # five men within ~3 semitones: the one sample where pitch cannot do and ECAPA must run
 PAUSE_SECONDS = 0.6
 SENTENCES = 1000
 CHUNKS = 100
@@ -75,7 +87,7 @@ def make_episode(
 def transcription_figures(episode: Path, loops: int, turns: list[tuple[float, float, int]], period: float) -> dict:
     """Runs in a child process: transcribe once, measure, score."""
     transcriber, setup_seconds, _ = _timed(lambda: LocalWhisperTranscriber.from_settings(Settings()))
-    result, wall, cpu = _timed(lambda: transcriber.transcribe(episode))
+    result, wall, cpu = _timed(lambda: transcriber.transcribe(episode, speakers=2))  # two names, as in the pipeline
     transcript = result.transcript
     reference = " ".join(text for _, text in DIALOGUE * loops)
     hypothesis = " ".join(w.display for w in transcript.words)
@@ -92,6 +104,62 @@ def transcription_figures(episode: Path, loops: int, turns: list[tuple[float, fl
         "speakers": len({w.speaker for w in transcript.words}),
         "speaker_accuracy": round(float(np.mean(right)), 4) if right else None,
         "options": transcriber.options(),
+    }
+
+
+def stage_figures(stem: str = FIVE_VOICES) -> dict:
+    """Runs in a child process: one sample end to end (transcribe with its number of names, chunk, embed the
+    chunks with MiniLM), then each stage again on its own to show where the time goes. Wall and CPU seconds."""
+    meta = json.loads((ROOT / "data" / "samples" / f"{stem}.script.json").read_text())
+    names = len(meta["speakers_map"])
+    path = ROOT / "data" / "audio" / f"{stem}.mp3"
+    transcriber = LocalWhisperTranscriber.from_settings(Settings())
+    embedder = LocalMiniLMEmbedder()
+    _timed(lambda: (transcriber._model.get(), transcriber._speaker_model.get(), embedder.embed(["warm up"])))
+
+    def end_to_end():
+        transcript = transcriber.transcribe(path, speakers=names).transcript
+        embedder.embed([c.text for c in chunk_transcript(transcript, meta["speakers_map"])])
+        return transcript
+
+    transcript, wall, cpu = _timed(end_to_end)
+    stages: dict[str, tuple[float, float]] = {}
+
+    def stage(name: str, work):
+        result, w, c = _timed(work)
+        stages[name] = (round(w, 2), round(c, 2))
+        return result
+
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    audio = stage("audio decode + resampling", lambda: decode(path))
+    stage("VAD (Silero; inside Whisper's time)", lambda: get_speech_timestamps(audio, VadOptions()))
+    segments = stage("Whisper (VAD, decode, word times)", lambda: transcriber._whisper(audio, None)[0])
+    words = [w for s in segments for w in s["words"]]
+    spans = [(words[a]["start"], words[b]["end"]) for a, b in _phrases(words)]
+    stage("pitch (YIN + 1-D k-means)", lambda: diarize.assign_speakers(audio, SAMPLE_RATE, spans, names))
+    session = transcriber._speaker_model.get()
+    stage("ECAPA + pitch (embeddings, clustering)",
+          lambda: speaker_embeddings.assign_speakers(audio, SAMPLE_RATE, spans, names, lambda: session))
+    chunks = stage("chunking", lambda: chunk_transcript(transcript, meta["speakers_map"]))
+    stage("MiniLM (the chunks)", lambda: embedder.embed([c.text for c in chunks]))
+    reference = " ".join(t["text"] for t in meta["turns"])
+    return {
+        "episode": stem,
+        "names": names,
+        "audio_seconds": round(transcript.duration, 1),
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
+        "audio_seconds_per_wall_second": round(transcript.duration / wall, 1),
+        "audio_seconds_per_cpu_second": round(transcript.duration / cpu, 1),
+        "wer": round(word_error_rate(reference, " ".join(w.display for w in transcript.words)), 4),
+        "speaker_accuracy": round(speaker_accuracy([(w.start, w.end) for w in transcript.words],
+                                                   [w.speaker for w in transcript.words], meta["turns"]), 4),
+        "speakers": len({w.speaker for w in transcript.words}),
+        "phrases": len(spans),
+        "chunks": len(chunks),
+        "stages": stages,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -115,9 +183,11 @@ def embedding_figures() -> dict:
 
 
 def _transcribe_in_child(episode: Path, loops: int, turns: list, period: float) -> dict:
-    job = json.dumps([str(episode), loops, turns, period])
-    child = subprocess.run([sys.executable, "-m", "bench.local_pipeline", "--child", job], check=True,
-                           capture_output=True, text=True)
+    return _child("--child", json.dumps([str(episode), loops, turns, period]))
+
+
+def _child(*args: str) -> dict:
+    child = subprocess.run([sys.executable, "-m", "bench.local_pipeline", *args], check=True, capture_output=True, text=True)
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
@@ -138,6 +208,11 @@ def run(*, quick: bool = False) -> dict:
         report["speech"] = figures
         print(f"  local: Whisper, {minutes:g} min of speech: {figures['audio_seconds_per_wall_second']} audio s per wall s, "
               f"peak RSS {figures['peak_rss_mb']} MB (load {load()})", flush=True)
+        figures = _child("--stages")
+        figures["load"] = load()
+        report["five_voices"] = figures
+        print(f"  local: {figures['episode']} end to end: {figures['audio_seconds_per_wall_second']} audio s per wall s, "
+              f"speakers {figures['speaker_accuracy']:.1%} (load {load()})", flush=True)
         if not quick:
             share = 0.25
             figures = _transcribe_in_child(*make_episode(Path(folder), 60.0, share))
@@ -153,7 +228,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="+", default=[15.0], help="episode lengths to transcribe")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON [episode, loops, turns, period]: one transcription
+    parser.add_argument("--stages", action="store_true", help=argparse.SUPPRESS)  # stage_figures() in this process
     args = parser.parse_args()
+    if args.stages:
+        print(json.dumps(stage_figures()))
+        return
     if args.child:
         episode, loops, turns, period = json.loads(args.child)
         print(json.dumps(transcription_figures(Path(episode), loops, turns, period)))

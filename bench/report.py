@@ -345,8 +345,20 @@ def _local(lo: dict[str, Any]) -> dict[str, Any]:
                  f"{e['chunks']['per_cpu_second']}/CPU s", "", "", e["load"]])
     rows.append(["MiniLM int8, short sentences", f"{e['sentences']['count']} sentences", f"{e['sentences']['per_wall_second']}/s",
                  f"{e['sentences']['per_cpu_second']}/CPU s", "", "", e["load"]])
-    return {"local": True, "lo_options": sp["options"],
-            "lo_table": _table(["what", "input", "speed", "per CPU", "peak RSS", "quality", "load"], rows)}
+    values = {"local": True, "lo_options": sp["options"],
+              "lo_table": _table(["what", "input", "speed", "per CPU", "peak RSS", "quality", "load"], rows), "lo_five": False}
+    if five := lo.get("five_voices"):
+        stage_rows = [[name, f"{wall:g} s", f"{cpu:g} s", f"{five['audio_seconds'] / wall:.0f}x"]
+                      for name, (wall, cpu) in five["stages"].items()]
+        values |= {"lo_five": True, "lo_five_episode": five["episode"], "lo_five_names": five["names"],
+                   "lo_five_audio": f"{five['audio_seconds']:g}", "lo_five_speed": f"{five['audio_seconds_per_wall_second']}",
+                   "lo_five_per_cpu": f"{five['audio_seconds_per_cpu_second']}", "lo_five_wall": f"{five['wall_seconds']:g}",
+                   "lo_five_cpu": f"{five['cpu_seconds']:g}", "lo_five_wer": f"{five['wer']:.3f}",
+                   "lo_five_speakers": f"{five['speaker_accuracy']:.1%}", "lo_five_found": five["speakers"],
+                   "lo_five_phrases": five["phrases"], "lo_five_chunks": five["chunks"], "lo_five_rss": f"{five['peak_rss_mb']:,}",
+                   "lo_five_load": five["load"],
+                   "lo_five_table": _table(["stage (run alone)", "wall", "CPU", "x real time"], stage_rows)}
+    return values
 
 
 def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:

@@ -58,7 +58,7 @@ def main() -> None:
     rows = []
     for stem in EPISODES:
         audio = decode(ROOT / "data" / "audio" / f"{stem}.mp3")
-        words = [w for s in whisper._whisper(audio)[0] for w in s["words"]]
+        words = [w for s in whisper._whisper(audio, None)[0] for w in s["words"]]
         spans = [(words[a]["start"], words[b]["end"]) for a, b in _phrases(words)]
         meta = script(stem)
         names = len(meta["speakers_map"])
@@ -70,7 +70,7 @@ def main() -> None:
                     labels = diarize.assign_speakers(audio, SAMPLE_RATE, spans, names)
                     pitch = labels
                 else:
-                    labels = speaker_embeddings.assign_speakers(audio, SAMPLE_RATE, spans, names, session)
+                    labels = speaker_embeddings.assign_speakers(audio, SAMPLE_RATE, spans, names, lambda: session)
                     ecapa = labels
                 timings[name].append(time.perf_counter() - started)
         seconds = len(audio) / SAMPLE_RATE

