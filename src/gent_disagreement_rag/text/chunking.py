@@ -217,9 +217,13 @@ class _Chunker:
     def tokens(self, first: int, last: int) -> int:
         return self.count(self.text(first, last))
 
+    def end(self, first: int, last: int) -> float:
+        """When words first..last end: the latest end, never before the first word's start."""
+        return max(max(w.end for w in self.words[first : last + 1]), self.words[first].start)
+
     def fits(self, first: int, last: int) -> bool:
         """Words first..last are within the budget (seconds checked first: no text to count)."""
-        span = max(w.end for w in self.words[first : last + 1]) - self.words[first].start  # as Chunk.end - start
+        span = self.end(first, last) - self.words[first].start
         return span <= self.config.max_seconds and self.tokens(first, last) <= self.config.max_tokens
 
     def gap(self, b: int) -> float:
@@ -316,7 +320,7 @@ class _Chunker:
             speaker_id=speaker,
             speakers=tuple(heard),
             start=words[0].start,
-            end=max(max(w.end for w in words), words[0].start),
+            end=self.end(first, last),
             text=text,
             token_count=self.count(text),
             first_word=first,
