@@ -5,9 +5,10 @@ the text side a GIN search of `segments.tsv` ranked by ts_rank_cd, each taking i
 `CANDIDATES` with the filters applied inside the query; hybrid mode fuses the two rankings with
 reciprocal rank fusion (score = sum of 1 / (60 + rank)) in SQL, and the same statement fetches the
 neighbouring chunks asked for with `context`, plus the chunk after each hit. The second stage
-(replies.py) then moves the reply to a matching question just above it. A search is three round trips on one pooled
-connection: the pool's connection check, the lookups (episode, stored models, lexeme statistics;
-pipelined), and the statement with its transaction-local HNSW settings (pipelined with the commit).
+(replies.py) then moves the reply to a matching question just above it. A search is three round trips
+on one pooled connection: the pool's connection check, the lookups (episode, stored models, lexeme
+statistics; pipelined), and the statement with its transaction-local HNSW settings (pipelined with the
+commit).
 BENCHMARKS.md section 4 and "Design figures" have where the time goes at 100k chunks.
 
 Filters are applied inside the HNSW scan, with pgvector 0.8's iterative scan

@@ -12,13 +12,12 @@ output, there is no torch here; on the samples one voice's turns are ~0.85 alike
 
 When pitch alone finds as many voices as there are names (a man and a woman, say), that is the answer and the
 model is neither loaded nor run. Otherwise every stretch of speech (whisper phrase) long enough to identify a
-voice gets an embedding; they are
-clustered by average-linkage agglomeration on cosine similarity down to `speakers` clusters (the number of
-names in the episode's speakers_map), and further while two clusters are more alike than MERGE_SIMILARITY
-(more names than voices). The pitch diarizer is kept where it is better: two stretches it puts in different
-pitch groups are never merged. It only splits voices whose pitch differs clearly, and espeak-ng's voices all
-look alike to ECAPA (cosine 0.4-0.8 across speakers), so this is what keeps the
-mixed-gender samples at 100%. Shorter stretches ("Right.") take the most similar cluster of their pitch
+voice gets an embedding; they are clustered by average-linkage agglomeration on cosine similarity down to
+`speakers` clusters (the number of names in the episode's speakers_map), and further while two clusters are
+more alike than MERGE_SIMILARITY (more names than voices). The pitch diarizer is kept where it is better: two
+stretches it puts in different pitch groups are never merged. It only splits voices whose pitch differs
+clearly, and espeak-ng's voices all look alike to ECAPA (cosine 0.4-0.8 across speakers), so this is what
+keeps the mixed-gender samples at 100%. Shorter stretches ("Right.") take the most similar cluster of their pitch
 group, not their neighbour's: a back-channel is usually the other person. Speakers are numbered by first
 appearance, like speakers_map. More voices than names: the most alike voices share a name; more names than
 voices: clusters of one voice stay apart unless more alike than MERGE_SIMILARITY (see BENCHMARKS.md).
@@ -55,7 +54,6 @@ N_FFT, HOP, N_MELS, TOP_DB = 400, 160, 80, 80.0
 MIN_EMBED_SECONDS = 1.0  # shorter stretches are too little voice to embed reliably; they join a cluster
 MAX_EMBED_SECONDS = 8.0  # longer ones are embedded from their middle 8 s: the same voice, less compute
 MERGE_SIMILARITY = 0.7  # average cosine above which two clusters are one voice even with names to spare
-
 
 
 class _TensorUnpickler(pickle.Unpickler):
@@ -280,8 +278,8 @@ def assign_speakers(
     long_enough = [i for i, (s, e) in enumerate(spans) if e - s >= MIN_EMBED_SECONDS]
     if not long_enough or len(set(pitch)) >= speakers:
         return pitch
-    session = session()
-    vectors = np.stack([embed(_middle(audio, *spans[i]), session) for i in long_enough])
+    model = session()
+    vectors = np.stack([embed(_middle(audio, *spans[i]), model) for i in long_enough])
     labels = cluster(vectors, groups[long_enough], speakers)
     ids = np.unique(labels)
     centroids = np.stack([vectors[labels == c].mean(axis=0) for c in ids])
@@ -291,7 +289,7 @@ def assign_speakers(
     for i, (start, end) in enumerate(spans):
         if end - start < MIN_EMBED_SECONDS:
             piece = audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
-            scores = centroids @ embed(piece, session) if len(piece) >= N_FFT else np.zeros(len(ids))
+            scores = centroids @ embed(piece, model) if len(piece) >= N_FFT else np.zeros(len(ids))
             result[i] = int(np.argmax(np.where(centroid_groups == groups[i], scores, -np.inf)))
     _, first_seen = np.unique(result, return_index=True)
     return np.argsort(np.argsort(first_seen))[result].tolist()
