@@ -40,7 +40,7 @@ def test_query_vectors_are_close_to_the_stored_models_and_batch_independent(home
     assert query.model_id == "local/all-MiniLM-L6-v2@384"
 
 
-def test_query_model_is_built_once_with_int8_matmuls(home: Path) -> None:
+def test_query_model_is_built_once_with_int8_matmuls_and_saved_optimized(home: Path) -> None:
     LocalMiniLMQueryEmbedder(home).embed(["a first query builds the model"])
     path = query_model_path(home)
     assert path.parent == home / "models" and path.exists()
@@ -50,4 +50,5 @@ def test_query_model_is_built_once_with_int8_matmuls(home: Path) -> None:
     ops = [node.op_type for node in onnx.load(str(path)).graph.node]
     assert ops.count("DynamicQuantizeMatMul") == 36  # 6 layers: Q, K, V, output, two feed-forward
     assert "MatMul" in ops  # the attention products (activations on both sides) stay fp32
+    assert ops.count("SkipLayerNormalization") == 12  # saved with onnxruntime's fusions: loads without optimizing
     assert not list(home.glob("models/.*.tmp"))  # no staging file left behind

