@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     db_password: SecretStr | None = Field(None, description="Legacy: password, with DB_HOST")
     db_name: str = Field("gent_disagreement", description="Legacy: database name, with DB_HOST")
     embedded_tcp_port: int | None = Field(None, ge=1, le=65535, description="Opt-in: the embedded Postgres also listens on 127.0.0.1:PORT, for the read-only role of `gdr db env` only, with its password; unset = Unix socket only")
+    embedded_shared_buffers_mb: int | None = Field(None, ge=16, description="The embedded Postgres's buffer cache in MB (a running server is restarted to apply a change); unset = a quarter of the RAM, at most 1024")
     db_pool_timeout: float = Field(30.0, description="Seconds a worker waits for a free pooled connection")
 
     # Files
@@ -150,6 +151,13 @@ class Settings(BaseSettings):
         """Secret values, for scrubbing any text that might leave the process."""
         values = [self.deepgram_api_key, self.openai_api_key, self.db_password, self.database_url, self.notify_url]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+
+def invalid_settings(exc: ValidationError) -> str:
+    """One line naming each bad variable and what is wrong with it, never its value (it may be a secret)."""
+    problems = [f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+                for error in exc.errors(include_url=False, include_input=False)]
+    return f"invalid settings (from the environment or {Settings.model_config['env_file']}): " + "; ".join(problems)
 
 
 def settings_table() -> str:

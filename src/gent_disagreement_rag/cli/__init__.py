@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..errors import GdrError
 from ..search.models import DEFAULT_MODE, Mode
-from ..settings import Settings
+from ..settings import Settings, invalid_settings
 from ..storage import costs, episodes, segments
 from ..storage.database import Database
 from ..storage.embedded import database_url, stop_embedded
@@ -51,6 +52,11 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             settings = _safe_settings()
             message = escape(settings.scrub(str(exc)) if settings else str(exc))
             err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except ValidationError as exc:
+            if exc.title != Settings.__name__:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(invalid_settings(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
