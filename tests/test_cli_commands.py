@@ -22,7 +22,7 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from gent_disagreement_rag.settings import Settings
-from gent_disagreement_rag.storage.embedded import stop_embedded
+from gent_disagreement_rag.storage.embedded import shared_buffers_mb, stop_embedded
 from gent_disagreement_rag.storage.schema import _migration_files
 from tests.conftest import REPO_ROOT
 from tests.support.builders import deepgram_fixture
@@ -98,6 +98,39 @@ def test_db_commands_on_the_embedded_postgres(tmp_path: Path, embedded_home: Pat
     external = run(["gdr", "db", "stop"], tmp_path, **env, DATABASE_URL=url)
     assert (external.returncode, external.stdout) == (1, "")
     assert external.stderr == "error: DATABASE_URL/DB_HOST is set: the external server is not ours to stop\n"
+
+
+def buffer_cache_mb(url: str) -> int:
+    with psycopg.connect(url) as conn:  # shared_buffers is counted in 8 kB blocks
+        return conn.execute("SELECT setting::int * 8 / 1024 FROM pg_settings WHERE name = 'shared_buffers'").fetchone()[0]
+
+
+def test_the_embedded_servers_buffer_cache_follows_the_setting_and_a_change_keeps_the_data(
+        tmp_path: Path, embedded_home: Path) -> None:
+    episodes = tmp_path / "episodes.json"
+    episodes.write_text(json.dumps(CATALOGUE))
+    env = {"GDR_HOME": str(embedded_home), "EPISODES_FILE": str(episodes)}
+    # The library starts a new server with Postgres's default (128 MB); the first use restarts it as asked.
+    assert run(["gdr", "db", "init"], tmp_path, **env, EMBEDDED_SHARED_BUFFERS_MB="64").returncode == 0
+    url = run(["gdr", "db", "url"], tmp_path, **env, EMBEDDED_SHARED_BUFFERS_MB="64").stdout
+    assert buffer_cache_mb(url) == 64
+    pid = (embedded_home / "pgdata" / "postmaster.pid").read_text().split()[0]
+    assert run(["gdr", "db", "url"], tmp_path, **env, EMBEDDED_SHARED_BUFFERS_MB="64").stdout == url
+    assert (embedded_home / "pgdata" / "postmaster.pid").read_text().split()[0] == pid  # as asked: not restarted
+
+    status = run(["gdr", "db", "status"], tmp_path, **env, EMBEDDED_SHARED_BUFFERS_MB="96")
+    assert status.returncode == 0, status.stderr
+    assert table_rows(status.stdout)["episodes"] == 2  # restarted with the new size, nothing lost
+    assert buffer_cache_mb(url) == 96
+    assert run(["gdr", "db", "url"], tmp_path, **env).returncode == 0
+    assert buffer_cache_mb(url) == shared_buffers_mb(None)  # unset: a quarter of the RAM, from 128 MB up to 1 GB
+    assert 128 <= shared_buffers_mb(None) <= 1024 and shared_buffers_mb(300) == 300
+
+    bad = run(["gdr", "db", "status"], tmp_path, **env, EMBEDDED_SHARED_BUFFERS_MB="8", EMBEDDED_TCP_PORT="x")
+    assert (bad.returncode, bad.stderr) == (1, "error: invalid settings (from the environment or .env): EMBEDDED_TCP_PORT: "
+                                               "Input should be a valid integer, unable to parse string as an integer; "
+                                               "EMBEDDED_SHARED_BUFFERS_MB: Input should be greater than or equal to 16\n")
+    assert buffer_cache_mb(url) == shared_buffers_mb(None)  # a bad value leaves the server as it was
 
 
 # --- the legacy DB_* variables, from a .env ------------------------------------------------------------------

