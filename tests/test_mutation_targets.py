@@ -400,6 +400,7 @@ def test_a_reply_by_a_speaker_the_search_filters_out_is_not_credited(tmp_path) -
 @pytest.mark.parametrize(
     ("text", "question"),
     [("Who led the group at Bell Labs?  ", True), ("他是谁？", True), ("Because of the Nobel? “Really?”", True),
+     ("「本当ですか？」", True), ("(really?) ", True),
      ("Shockley did.", False), ("Why? Because.", False)],
 )
 def test_a_question_ends_with_a_question_mark_before_closing_quotes_and_spaces(text, question) -> None:

@@ -9,6 +9,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+SENTENCE_ENDS = (".", "?", "!", "…", "。", "？", "！")
+QUESTION_ENDS = ("?", "？")
+CLOSING_PUNCTUATION = "\"'”’)]}»」』）"  # may follow a sentence's end: …?” or 「…？」
+
+
+def ends_with(text: str, ends: tuple[str, ...] = SENTENCE_ENDS) -> bool:
+    """Whether `text` ends with one of `ends`, closing quotes and brackets aside (a sentence's end by default)."""
+    return text.rstrip().rstrip(CLOSING_PUNCTUATION).endswith(ends)
+
 
 @dataclass(frozen=True, slots=True)
 class Word:

@@ -16,9 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from ..transcript import QUESTION_ENDS, ends_with
 from .models import Segment
-
-_CLOSING = "\"'”’)]}»"
 
 
 class Ranked(NamedTuple):
@@ -30,7 +29,7 @@ class Ranked(NamedTuple):
 
 
 def is_question(text: str) -> bool:
-    return text.rstrip().rstrip(_CLOSING).endswith(("?", "？"))
+    return ends_with(text, QUESTION_ENDS)
 
 
 def replies_first(ranked: Sequence[tuple[str, int]], chunk: Callable[[str, int], Segment | None],

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..settings import Settings
-from ..transcript import Transcript, Word
+from ..transcript import Transcript, Word, ends_with
 
 CHUNKER_VERSION = "1"
 DEFAULT_MAX_TOKENS: int = Settings.model_fields["chunk_max_tokens"].default
@@ -46,8 +46,6 @@ TokenCounter = Callable[[str], int]
 _CJK = re.compile(
     "[\u2e80-\u2fdf\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003134f]"
 )
-_SENTENCE_END = frozenset(".?!…。？！")
-_CLOSING = "\"'”’)]}»」』）"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +150,6 @@ class WordJoiner:
 
 def _displays(words: Sequence[Word], first: int, last: int) -> Iterable[str]:
     return (w.display for w in words[first : last + 1])
-
-
-def _ends_sentence(word: Word) -> bool:
-    text = word.display.strip().rstrip(_CLOSING)
-    return bool(text) and text[-1] in _SENTENCE_END
 
 
 def _effective_speakers(words: Sequence[Word]) -> list[int | None]:
@@ -275,7 +268,7 @@ class _Chunker:
     def cut(self, first: int, fit: int) -> int:
         """Where to end a chunk that starts at `first` and may run to `fit` (see module rules)."""
         bounds = [b for b in range(first, fit + 1) if b not in self.glued] or list(range(first, fit + 1))
-        sentence = [b for b in bounds if _ends_sentence(self.words[b])]
+        sentence = [b for b in bounds if ends_with(self.words[b].display)]
         if sentence:
             return sentence[-1]
         pauses = [b for b in bounds if self.gap(b) >= self.config.pause_seconds]

@@ -34,7 +34,7 @@ from faster_whisper.transcribe import Segment
 
 from ...errors import ConfigError, PermanentProviderError
 from ...settings import Settings
-from ...transcript import Span, Transcript, TranscriptionResult, Word
+from ...transcript import SENTENCE_ENDS, Span, Transcript, TranscriptionResult, Word
 from ..lazy import Lazy
 from . import AudioProgress, diarize, speaker_embeddings
 
@@ -45,7 +45,6 @@ WHISPER_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 CUT_SEARCH_SECONDS = 30.0  # a piece ends at the quietest moment of its last 30 s
 QUIET_WINDOW_SECONDS = 0.5
 PHRASE_PAUSE_SECONDS = 0.3  # speakers are assigned per phrase: words up to a sentence end or such a pause
-SENTENCE_ENDS = (".", "?", "!", "…", "。", "？", "！")
 
 
 def shipped_whisper_base(home: Path) -> Path:
