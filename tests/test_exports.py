@@ -201,6 +201,16 @@ def test_interrupted_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytes
     assert [p.name for p in tmp_path.iterdir()] == ["a.srt"]
 
 
+def test_a_set_whose_last_file_cannot_be_written_replaces_none_of_them(tmp_path: Path) -> None:
+    first, last = tmp_path / "e.raw.json", tmp_path / "blocked" / "e.vtt"
+    write_atomic(first, "old")
+    (tmp_path / "blocked").write_text("a file where the last one's folder should be")
+    with pytest.raises(OSError):
+        files.write_all_atomic({first: "new", last: "new"})
+    assert first.read_text() == "old"  # written whole under a temporary name, never renamed into place, removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "e.raw.json"]
+
+
 def test_reformat_raw_rebuilds_every_file_offline(tmp_path: Path) -> None:
     raw_path = tmp_path / "ep42.raw.json"
     shutil.copyfile(PHONE, raw_path)

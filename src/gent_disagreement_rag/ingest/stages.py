@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..files import write_atomic
+from ..files import write_all_atomic
 from ..providers.embedders import EmbeddingBatch
 from ..providers.pricing import estimate_cost
 from ..sources.catalogue import catalogue_entries
@@ -91,17 +91,16 @@ def format_episode(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> 
 
 
 def export(ctx: RunContext, job: EpisodeJob, transcription: TranscriptionResult, episode: FormattedEpisode) -> dict[str, str]:
-    """The episode's five files under TRANSCRIPTS_DIR, each written atomically; returns their paths by kind."""
+    """The episode's five files under TRANSCRIPTS_DIR, replaced as one set; returns their paths by kind."""
     rendered = render_exports(job.stem, transcription.raw, transcription.transcript, episode.chunks, job.title,
                               job.speakers_map)
     return {kind: str(path) for kind, path in write_exports(ctx.settings.transcripts_dir, rendered).items()}
 
 
 def write_exports(folder: Path, rendered: dict[str, tuple[str, str]]) -> dict[str, Path]:
-    """`render_exports`' files written into `folder`, each atomically; returns their paths by kind."""
+    """`render_exports`' files written into `folder` as one set (files.write_all_atomic); their paths by kind."""
     paths = {kind: folder / name for kind, (name, _) in rendered.items()}
-    for kind, (_, text) in rendered.items():
-        write_atomic(paths[kind], text)
+    write_all_atomic({paths[kind]: text for kind, (_, text) in rendered.items()})
     return paths
 
 

@@ -1,6 +1,6 @@
 """The per-episode export formats: raw response, chunks JSON, Markdown, SRT and WebVTT, rendered as text.
 
-Rendering is pure; the ingest stage writes the files (atomically, see `files.write_atomic`). The raw
+Rendering is pure; the ingest stage writes the files (as one set, see `files.write_all_atomic`). The raw
 provider response is kept verbatim so everything else can be rebuilt offline (`gdr format`).
 
 Captions are built from words, not chunks, so cues stay short: a new cue starts on a change of
