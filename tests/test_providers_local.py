@@ -192,6 +192,20 @@ def test_pieces_are_shifted_back_to_file_time(transcriber: LocalWhisperTranscrib
     assert pieced[-1].end > truth[-1][1] - 2.0  # the last piece is in file time, not piece time
 
 
+def test_two_transcriptions_at_once_give_the_words_of_one_alone(transcriber: LocalWhisperTranscriber, dialogue,
+                                                                 dialogue_result) -> None:
+    """at_once=2 (one thread each, one shared model) only changes the speed: same transcript, bit for bit."""
+    shared = LocalWhisperTranscriber(transcriber.model_folder, cpu_threads=2, at_once=2)
+    assert (shared.at_once, shared.cpu_threads, shared.options()) == (2, 1, transcriber.options())
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(shared.transcribe(dialogue[0]))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.transcript for r in results] == [dialogue_result.transcript] * 2
+
+
 def test_piece_cuts_fall_in_silences() -> None:
     rng = np.random.default_rng(0)
     audio = rng.normal(0, 0.1, 100 * SAMPLE_RATE).astype(np.float32)

@@ -27,13 +27,15 @@ class RunContext:
     is shown as `<RunContext>` instead of having its settings and pool walked into the API.
     """
 
-    __slots__ = ("settings", "db", "progress", "_transcriber", "_embedder")
+    __slots__ = ("settings", "db", "progress", "transcriptions_at_once", "_transcriber", "_embedder")
 
-    def __init__(self, settings: Settings, db: Database, progress: ProgressCallback | None = None):
+    def __init__(self, settings: Settings, db: Database, progress: ProgressCallback | None = None,
+                 transcriptions_at_once: int = 1):
         self.settings = settings
         self.db = db
         self.progress = progress or _ignore_progress
-        self._transcriber: Lazy[Transcriber] = Lazy(lambda: make_transcriber(settings))
+        self.transcriptions_at_once = transcriptions_at_once
+        self._transcriber: Lazy[Transcriber] = Lazy(lambda: make_transcriber(settings, transcriptions_at_once))
         self._embedder: Lazy[Embedder] = Lazy(lambda: make_embedder(settings))
 
     @classmethod
@@ -44,8 +46,18 @@ class RunContext:
 
     def with_progress(self, progress: ProgressCallback) -> RunContext:
         """The same run (settings, pool, providers) reporting to `progress` instead."""
-        other = RunContext(self.settings, self.db, progress)
+        other = RunContext(self.settings, self.db, progress, self.transcriptions_at_once)
         other._transcriber, other._embedder = self._transcriber, self._embedder
+        return other
+
+    def transcribing_at_once(self, count: int) -> RunContext:
+        """The same run with a transcriber for `count` episodes transcribed at the same time (the local one
+        gives each a share of the cores: faster in total than one after the other on all of them). Itself
+        when that is already its count; the embedder is shared either way."""
+        if count == self.transcriptions_at_once:
+            return self
+        other = RunContext(self.settings, self.db, self.progress, count)
+        other._embedder = self._embedder
         return other
 
     @property

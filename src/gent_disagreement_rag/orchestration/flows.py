@@ -235,6 +235,8 @@ def ingest(
     logger.info("%d episodes to process (%d up to date, %d invalid), %d at a time", len(jobs), up_to_date, len(invalid), parallel)
     for episode_id, reason in plan.stale.items():
         logger.info("episode %s is stale: %s", episode_id, reason)
+    # As many transcriptions at once as episodes run at once, so that a run of one episode keeps every core for it.
+    ctx = ctx.transcribing_at_once(max(1, min(parallel, len(jobs))))
     ctx = ctx.with_progress(RunProgress([job.episode_id for job in jobs], ctx.progress))
     run = _RunState(ctx, str(flow_run.get_id() or ""), _fan_out_to_workers(settings))
     for job in jobs:

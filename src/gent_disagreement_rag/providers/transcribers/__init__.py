@@ -28,12 +28,13 @@ class Transcriber(Protocol):
         ...
 
 
-def make_transcriber(settings: Settings) -> Transcriber:
-    """The transcriber the settings choose (TRANSCRIBER=auto: Deepgram when its key is set)."""
+def make_transcriber(settings: Settings, at_once: int = 1) -> Transcriber:
+    """The transcriber the settings choose (TRANSCRIBER=auto: Deepgram when its key is set), for a run that
+    transcribes `at_once` episodes at the same time (the local one shares the cores out between them)."""
     if settings.resolved_transcriber == "deepgram":
         from .deepgram import DeepgramTranscriber
 
         return DeepgramTranscriber.from_settings(settings)
     from .local_whisper import LocalWhisperTranscriber
 
-    return LocalWhisperTranscriber.from_settings(settings)
+    return LocalWhisperTranscriber.from_settings(settings, at_once)

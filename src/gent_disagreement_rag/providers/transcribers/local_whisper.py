@@ -7,7 +7,10 @@ once (an hour of audio would take GBs), so long audio is transcribed in pieces o
 `piece_seconds`, cut at the quietest moment before each boundary, and times are shifted back.
 Within a piece, faster-whisper's batched pipeline decodes the VAD's speech chunks (<= 30 s) a few at a
 time: faster than sequential decoding and no worse on our samples; batches of 4 cost no more CPU than
-8 and less memory (BENCHMARKS.md "Design figures").
+8 and less memory (BENCHMARKS.md "Design figures"). A run that transcribes several episodes at the
+same time gives each its own core (`at_once`): one transcription on every core keeps them only ~80% busy
+(parts of its work run on one thread), two on one thread each keep them nearly full, with the same words
+and times (BENCHMARKS.md section 5, "Offline speed").
 
 `raw` keeps whisper's own output (segments with words, detected language, durations, options, plus
 the speaker given to each word) so `parse_local_response` can rebuild the Transcript offline.
@@ -121,7 +124,9 @@ def _bare(word: str) -> str:
 
 
 class LocalWhisperTranscriber:
-    """Whisper base on the CPU; every argument but `cpu_threads` changes the output, so all are in options()."""
+    """Whisper base on the CPU; every argument but `cpu_threads` and `at_once` changes the output, so all are in
+    options(). `cpu_threads` (default: every core) are shared out between `at_once` transcriptions, which may run at
+    the same time (at most one per core); more wait. Neither changes the words, only the speed."""
 
     provider = "local"
     uses_speaker_count = True  # the diarizer looks for as many voices as the episode has names
@@ -137,6 +142,7 @@ class LocalWhisperTranscriber:
         diarize: bool = True,
         max_speakers: int = 4,
         cpu_threads: int | None = None,
+        at_once: int = 1,
         home: Path = Path(".gdr"),
     ):
         self.model_folder = model_folder
@@ -147,27 +153,31 @@ class LocalWhisperTranscriber:
         self.piece_seconds = piece_seconds
         self.diarize = diarize
         self.max_speakers = max_speakers
-        self.cpu_threads = cpu_threads or os.cpu_count() or 1
+        cores = cpu_threads or os.cpu_count() or 1
+        self.at_once = max(1, min(at_once, cores))
+        self.cpu_threads = cores // self.at_once  # per transcription: more threads than cores only contend
+        # One model, `at_once` CTranslate2 workers sharing its weights: a second transcription costs its
+        # activations, not another copy of the model.
         self._model = Lazy(lambda: WhisperModel(str(model_folder), device="cpu", compute_type="int8",
-                                                cpu_threads=self.cpu_threads, local_files_only=True))
-        # Whisper already uses every core: two transcriptions at once are slower in total than one after
-        # the other, and take twice the memory (BENCHMARKS.md "Design figures"). So one at a time per transcriber (per run).
-        self._inference = threading.Lock()
+                                                cpu_threads=self.cpu_threads, num_workers=self.at_once,
+                                                local_files_only=True))
+        self._inference = threading.Semaphore(self.at_once)
         self._speaker_model = Lazy(lambda: speaker_embeddings.load_session(home))  # built under `home` on first use
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalWhisperTranscriber:
+    def from_settings(cls, settings: Settings, at_once: int = 1) -> LocalWhisperTranscriber:
+        """`at_once`: how many episodes the run transcribes at the same time."""
         folder = settings.local_whisper_model
         if folder is None:
-            return cls(shipped_whisper_base(settings.home), home=settings.home)
+            return cls(shipped_whisper_base(settings.home), at_once=at_once, home=settings.home)
         if not (folder / "model.bin").is_file():
             raise ConfigError(
                 f"LOCAL_WHISPER_MODEL={folder}: no model.bin there (expected the folder of a CTranslate2 Whisper model)"
             )
-        return cls(folder.resolve(), home=settings.home)
+        return cls(folder.resolve(), at_once=at_once, home=settings.home)
 
     def options(self) -> dict[str, Any]:
-        """Everything besides the audio that shapes the output (not cpu_threads: it only changes the speed)."""
+        """Everything besides the audio that shapes the output (not cpu_threads or at_once: they only change the speed)."""
         return {
             "compute_type": "int8",
             "beam_size": self.beam_size,
