@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     db_password: SecretStr | None = Field(None, description="Legacy: password, with DB_HOST")
     db_name: str = Field("gent_disagreement", description="Legacy: database name, with DB_HOST")
     embedded_tcp_port: int | None = Field(None, ge=1, le=65535, description="Opt-in: the embedded Postgres also listens on 127.0.0.1:PORT, for the read-only role of `gdr db env` only, with its password; unset = Unix socket only")
-    embedded_shared_buffers_mb: int | None = Field(None, ge=16, description="The embedded Postgres's buffer cache in MB (a running server is restarted to apply a change); unset = a quarter of the RAM, at most 1024")
+    embedded_shared_buffers_mb: int | None = Field(None, ge=16, description="The embedded Postgres's buffer cache in MB (a running server is restarted to apply a change); unset = a quarter of the RAM, from 128 up to 1024")
     db_pool_timeout: float = Field(30.0, description="Seconds a worker waits for a free pooled connection")
 
     # Files
