@@ -1,0 +1,188 @@
+"""`gdr ingest`, `gdr status`, `gdr costs` and `gdr format`: running episodes and what they left."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import GdrError
+from ..settings import Settings
+from ..storage import costs, episodes
+from ..storage.database import Database
+
+if TYPE_CHECKING:
+    from ..ingest.plan import EpisodePlan
+
+from .common import app, console, err_console, friendly_errors, open_database
+
+
+@app.command("status")
+@friendly_errors
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
+    """Every episode (catalogue and feed) with its processing status, whether the current settings make
+    it stale (and why), and what its provider calls cost.
+
+    Reads only: a catalogue entry the database does not know yet is listed as pending."""
+    from ..ingest.plan import stale_reason
+    from ..sources.catalogue import catalogue_entries
+
+    settings = Settings()
+    entries = catalogue_entries(settings)
+    names = {e.episode_id: e.speakers_map for e in entries}
+    with open_database(settings) as db:
+        rows = [r.as_json() | {"stale": stale_reason(settings, r, names.get(r.episode_id, r.speakers_map))}
+                for r in episodes.list_episodes(db)]
+    known = {r["episode_id"] for r in rows}
+    rows += [episodes.new_entry_json(e) | {"stale": None} for e in entries if e.episode_id not in known]
+    if as_json:
+        print(json.dumps({"episodes": rows}, indent=2, ensure_ascii=False))
+        return
+    table = Table("episode", "title", "status", "segments", "cost $", "error / stale because",
+                  title=f"{len(rows)} episodes")
+    colours = {"processed": "green", "failed": "red", "pending": "yellow"}
+    for r in rows:
+        status = f"[{colours[r['status']]}]{r['status']}[/]" + (" [yellow](stale)[/]" if r["stale"] else "")
+        table.add_row(r["episode_id"], escape(r["title"] or r["file_name"] or ""), status,
+                      str(r["segments"]), f"{r['cost_usd']:.4f}", escape((r["error"] or r["stale"] or "")[:160]))
+    if any(r["stale"] for r in rows):
+        console.print("[yellow]stale episodes are re-chunked / re-embedded from cached transcripts by the next `gdr ingest`[/]")
+    console.print(table)
+
+
+@app.command("costs")
+@friendly_errors
+def costs_command(
+    since: Annotated[
+        datetime | None, typer.Option("--since", formats=["%Y-%m-%d"], help="Only provider calls on/after YYYY-MM-DD")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """What the provider calls cost (estimated at the configured prices), per episode and in total."""
+    day = since.date() if since else None
+    with open_database(Settings()) as db:
+        by_episode = costs.cost_by_episode(db, since=day)
+        total = costs.cost_totals(db, since=day)
+    if as_json:
+        rows = [{"episode_id": episode_id, "title": title, **cost.as_json()} for episode_id, title, cost in by_episode]
+        print(json.dumps({"since": day.isoformat() if day else None, "episodes": rows, "total": total.as_json()},
+                         indent=2, ensure_ascii=False))
+        return
+    table = Table("episode", "title", "requests", "audio min", "tokens", "cost $",
+                  title="provider costs" + (f" since {day}" if day else ""))
+
+    def add(label: str, title: str | None, cost: costs.CostTotals) -> None:
+        table.add_row(label, escape(title or ""), str(cost.requests), f"{cost.audio_seconds / 60:.2f}", str(cost.tokens),
+                      f"{cost.cost_usd:.4f}")
+
+    for episode_id, title, cost in by_episode:
+        add(episode_id or "(deleted episode)", title, cost)
+    table.add_section()
+    add("total", None, total)
+    console.print(table)
+
+
+@app.command("ingest")
+@friendly_errors
+def ingest_command(
+    episode_ids: Annotated[list[str] | None, typer.Option("--episodes", "-e", help="Episode ids to (re)process")] = None,
+    max_parallel: Annotated[int | None, typer.Option("--max-parallel", "-j", min=1, help="Episodes at once")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Process every catalogue episode (cached stages are reused)")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be processed, with estimated minutes, tokens and cost")
+    ] = False,
+) -> None:
+    """Run the `ingest` flow in this process: discover feed episodes; download, transcribe, format, export, embed, store."""
+    from ..ingest.context import RunContext
+    from ..ingest.plan import plan_episodes
+    from ..ingest.stages import discover
+    from .progress import IngestProgress
+
+    settings = Settings(max_parallel_episodes=max_parallel) if max_parallel else Settings()
+    progress = IngestProgress(console)
+    with RunContext.open(settings, progress.on_progress) as ctx:
+        if dry_run:
+            if settings.feed_url:
+                discover(ctx)  # registers new feed episodes as pending; downloads nothing
+            _print_estimates(settings, ctx.db, plan_episodes(settings, ctx.db, episode_ids or None, force))
+            return
+        # Planned once, here: with nothing to do, Prefect is not even started. With feeds, only the flow's
+        # discover can tell what is new, so the flow plans.
+        plan = None if settings.feed_url else plan_episodes(settings, ctx.db, episode_ids or None, force)
+        if plan is not None and not plan.jobs and not plan.invalid:
+            console.print(f"nothing to do: {len(plan.up_to_date)} episodes up to date (--force runs them again from cache)")
+            return
+        for episode_id, reason in (plan.stale if plan else {}).items():
+            console.print(f"{episode_id} is stale: {reason}", markup=False, highlight=False, soft_wrap=True)
+        from ..orchestration.runner import run_ingest
+
+        with progress:
+            state = run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force, plan=plan)
+    console.print(progress.summary_table())
+    for episode_id, reason in progress.failures():  # each in full, once; tracebacks are in the run's log only
+        console.print(f"{episode_id}: {settings.scrub(reason)}", markup=False, highlight=False, soft_wrap=True)
+    # The run's verdict, last: its first line (the state message goes on to list the failures just printed).
+    verdict = (state.message or state.name).splitlines()[0].removesuffix(":")
+    console.print(settings.scrub(verdict), markup=False, highlight=False, soft_wrap=True)
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
+def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> None:
+    """The dry run's table: no provider is called, nothing is downloaded."""
+    from ..ingest.estimates import estimate_plan
+
+    estimates = estimate_plan(settings, db, plan)
+    table = Table("episode", "title", "audio min", "est. tokens", "est. cost $",
+                  title=f"would process {len(estimates)} episodes ({settings.resolved_transcriber} transcription, "
+                        f"{settings.resolved_embedder} embeddings); {len(plan.up_to_date)} up to date")
+    for e in estimates:
+        minutes = f"{e.audio_seconds / 60:.2f}" if e.audio_seconds is not None else "?"
+        table.add_row(e.episode_id, escape(e.title), minutes, str(e.tokens), f"{e.cost_usd:.4f}")
+    table.add_section()
+    table.add_row("total", "", f"{sum(e.audio_seconds or 0 for e in estimates) / 60:.2f}",
+                  str(sum(e.tokens for e in estimates)), f"{sum(e.cost_usd for e in estimates):.4f}")
+    console.print(table)
+    for episode_id, error in plan.invalid.items():
+        err_console.print(f"[red]{episode_id}: cannot start:[/] {settings.scrub(error)}", highlight=False)
+
+
+@app.command("format")
+@friendly_errors
+def format_command(
+    raw_path: Annotated[Path, typer.Argument(help="A saved raw Deepgram (or local Whisper) response, e.g. X.raw.json")],
+    speakers_map: Annotated[str | None, typer.Option("--speakers-map", help='JSON like {"0": "Ann", "1": "Bob"}')] = None,
+    out_dir: Annotated[Path | None, typer.Option("-o", "--out-dir", help="Folder for the exports (default: beside RAW)")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Token budget of a chunk (default CHUNK_MAX_TOKENS)")] = None,
+) -> None:
+    """Re-format a saved raw response into chunks and exports, with no network: tune chunking for free."""
+    from ..ingest.reformat import reformat_raw
+
+    names = _parse_speakers_map(speakers_map)
+    if not raw_path.is_file():
+        raise GdrError(f"{raw_path}: no such file")
+    try:
+        paths = reformat_raw(raw_path, names, out_dir, max_tokens or Settings().chunk_max_tokens)
+    except json.JSONDecodeError as exc:
+        raise GdrError(f"{raw_path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    chunks = json.loads(paths["chunks"].read_text(encoding="utf-8"))
+    console.print(f"{len(chunks)} chunks from {raw_path}")
+    for kind, path in paths.items():
+        console.print(f"  {kind:8} {path}")
+
+
+def _parse_speakers_map(text: str | None) -> dict[str, str]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GdrError(f"--speakers-map: not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise GdrError('--speakers-map: expected an object of names, like {"0": "Ann", "1": "Bob"}')
+    return {str(k): v for k, v in value.items()}
