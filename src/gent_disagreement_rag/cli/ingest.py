@@ -122,7 +122,7 @@ def ingest_command(
         from ..orchestration.runner import run_ingest
 
         with progress:
-            state = run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force, plan=plan)
+            state = run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force)
     console.print(progress.summary_table())
     for episode_id, reason in progress.failures():  # each in full, once; tracebacks are in the run's log only
         console.print(f"{episode_id}: {settings.scrub(reason)}", markup=False, highlight=False, soft_wrap=True)
