@@ -117,7 +117,8 @@ def start(settings: Settings, project_dir: Path, *, port: int = 4200, worker_pol
     project_dir = project_dir.resolve()
     url = api_url(port)
     # The UI asks /ui-settings where its API is: without PREFECT_UI_API_URL it answers port 4200 whatever `--port` is.
-    env = {**os.environ, **prefect_environment(settings), "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
+    # The user's own PREFECT_* variables win over the derived ones (as for in-process runs).
+    env = {**prefect_environment(settings), **os.environ, "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
            "PREFECT_UI_API_URL": url, "PREFECT_SERVER_API_PORT": str(port)}
     env.pop("PREFECT_API_URL", None)
     pids = _read_pids(settings)
