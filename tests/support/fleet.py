@@ -75,22 +75,27 @@ class Fleet:
         assert started.returncode == 0, started.stdout + started.stderr
 
     def kill_machine(self, name: str) -> list[int]:
-        """SIGKILL every process of the machine (its workers and whatever they run), at once."""
+        """SIGKILL every process of the machine's workers and whatever they run, at once. On the server
+        machine the Prefect server and the Dask scheduler are spared: they are the fleet's, not a worker's."""
         marker = f"GDR_HOME={self.homes[name]}".encode()
+        run = self.homes[name] / "run"
+        spared = {int((run / f"{part}.pid").read_text()) for part in ("server", "scheduler") if (run / f"{part}.pid").exists()}
         victims = []
-        for environ in Path("/proc").glob("[0-9]*/environ"):
+        for proc in Path("/proc").glob("[0-9]*"):
             try:
-                if marker + b"\0" in environ.read_bytes() + b"\0" and int(environ.parent.name) != os.getpid():
-                    victims.append(int(environ.parent.name))
-            except OSError:
+                group = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+                if marker + b"\0" in (proc / "environ").read_bytes() + b"\0" and group not in spared:
+                    victims.append(int(proc.name))
+            except (OSError, IndexError, ValueError):
                 continue
+        victims = [pid for pid in victims if pid != os.getpid()]
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for pid_file in (self.homes[name] / "run").glob("*.pid"):
-            pid_file.unlink()
+        for part in ("worker", "episodes"):
+            (run / f"{part}.pid").unlink(missing_ok=True)
         return victims
 
     def dask_workers(self) -> set[str]:

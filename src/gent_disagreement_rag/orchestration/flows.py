@@ -29,7 +29,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterStateType
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+)
 from prefect.client.schemas.objects import StateType
 from prefect.futures import PrefectFuture
 from prefect.runtime import deployment, flow_run
@@ -314,7 +320,8 @@ def _crash_abandoned_task_runs(run_id: str) -> None:
     with get_client(sync_client=True) as client:
         left = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),  # type: ignore[list-item]
-            task_run_filter=TaskRunFilter(state=TaskRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])),
+            task_run_filter=TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING,
+                                                                                     StateType.PENDING]))),
         )
         for run in left:
             client.set_task_run_state(run.id, Crashed(message=f"the run's process on {socket.gethostname()} or another "

@@ -25,17 +25,11 @@ from ..errors import GdrError
 from ..settings import Settings
 from . import cluster
 from .environment import prefect_environment
+from .recovery import HEARTBEAT_SECONDS, ensure_recovery_automations
 
 WORK_POOL = "default"
 INGEST_DEPLOYMENT = "ingest/default"
-# Flow runs send a heartbeat this often; the server's automation marks a run Crashed after two are missed
-# (a killed worker or machine), and a crashed `ingest` run is resumed by another automation.
-HEARTBEAT_SECONDS = 30
-ZOMBIE_AUTOMATION = "gdr: crash flow runs whose worker is gone"
-RESUME_AUTOMATION = "gdr: resume a crashed ingest run"
-STUCK_AUTOMATION = "gdr: reschedule an ingest run its worker never started"
-# A run Pending at a worker this long (the worker took it and died before starting it) goes back to Scheduled.
-PENDING_SECONDS = 180
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +170,7 @@ def deploy(settings: Settings, env: dict[str, str], project_dir: Path) -> None:
         if settings.notify_url is not None:
             notifications.save_notify_block(settings.notify_url)
         notifications.ensure_automations(str(after.id))
+        ensure_recovery_automations(str(after.id))
 
 
 def git_version(project_dir: Path) -> str:
@@ -185,48 +180,13 @@ def git_version(project_dir: Path) -> str:
 
 
 def publish_fleet(settings: Settings, api_url: str) -> list[str]:
-    """The fleet's configuration (see fleet.py) and the automation that ends runs whose worker died, on
-    the server at `api_url`."""
+    """The fleet's configuration (see fleet.py), on the server at `api_url`."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from .fleet import publish
 
     with temporary_settings({PREFECT_API_URL: api_url}):
-        written = publish(settings)
-        written.append(_ensure_zombie_automation())
-    return written
-
-
-def _ensure_zombie_automation() -> str:
-    """Prefect's documented pattern: a run that stops sending heartbeats without ending is marked Crashed."""
-    from datetime import timedelta
-
-    from prefect.automations import Automation
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
-
-    try:
-        Automation.read(name=ZOMBIE_AUTOMATION)
-        return f"automation '{ZOMBIE_AUTOMATION}' (exists)"
-    except ValueError:
-        pass
-    Automation(
-        name=ZOMBIE_AUTOMATION,
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=HEARTBEAT_SECONDS * 2),
-        ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, message="no heartbeat: the worker running it is gone")],
-    ).create()
-    return f"automation '{ZOMBIE_AUTOMATION}'"
+        return publish(settings)
 
 
 def _spawn_workers(settings: Settings, pids: dict[str, int], env: dict[str, str], cwd: Path,
