@@ -28,6 +28,7 @@ from gent_disagreement_rag.cli import app
 from gent_disagreement_rag.errors import PermanentProviderError, TransientProviderError
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.sources.feeds import FeedItem, download_enclosure, parse_feed
+from gent_disagreement_rag.sources.publisher import TranscriptLink
 from gent_disagreement_rag.storage import costs as cost_store
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
@@ -186,12 +187,14 @@ def test_parse_feed_reads_itunes_and_podcast_tags(host: FeedServer) -> None:
     assert first == FeedItem(
         guid="guid-1", title="Rates & Risk", published=date(2024, 3, 5), enclosure_url=host.url + "/audio/ep1.mp3",
         enclosure_length=5000, enclosure_type="audio/mpeg", duration_seconds=3723.0, episode_number=1,
+        transcripts=(TranscriptLink(host.url + "/t/guid-1.vtt", "text/vtt"),),
     )
     assert (trailer.duration_seconds, trailer.episode_number) == (95.0, None)
-    assert first.episode_id == "feed-" + hashlib.sha1(b"guid-1").hexdigest()[:12]
-    assert first.file_name.startswith(first.episode_id + "-") and first.file_name.endswith(".mp3")
+    assert first.hashed_id == "feed-" + hashlib.sha1(b"guid-1").hexdigest()[:12]
+    assert (first.readable_id, trailer.readable_id) == ("feed-1", "feed-2024-03-01-trailer")
+    assert first.file_name("feed-1").startswith("feed-1-") and first.file_name("feed-1").endswith(".mp3")
     changed = parse_feed(host.rss().encode().replace(b'length="5000"', b'length="5001"'))[0]
-    assert changed.episode_id == first.episode_id and changed.file_name != first.file_name
+    assert changed.readable_id == first.readable_id and changed.file_name("x") != first.file_name("x")
 
 
 def test_a_broken_feed_is_a_clear_permanent_error(host: FeedServer) -> None:
@@ -286,7 +289,8 @@ def show(settings: Settings, fake_api: FakeAPI, host: FeedServer, monkeypatch: p
 
 
 def feed_id(guid: str) -> str:
-    return "feed-" + hashlib.sha1(guid.encode()).hexdigest()[:12]
+    """The show's items are numbered (itunes:episode) as their guid ends: `tag:show,2024:2` is `feed-2`."""
+    return "feed-" + guid.rsplit(":", 1)[1]
 
 
 def audio_gets(host: FeedServer) -> list[str]:
@@ -353,12 +357,12 @@ def test_a_changed_enclosure_is_downloaded_and_processed_again(
     show.items = show.items[:1]
     assert run_ingest().is_completed()
     episode = feed_id("tag:show,2024:1")
-    first = {p.name for p in settings.audio_dir.iterdir()}
+    first = {p.name for p in settings.feed_audio_path.iterdir()}
     show.files["/audio/ep1.mp3"] = new = mp3(tmp_path, "ep1-v2.mp3", 21, 660)  # same URL, new audio and length
     assert run_ingest().is_completed()
     assert audio_gets(show) == ["/audio/ep1.mp3", "/audio/ep1.mp3"]
     assert len(fake_api.requests_to(LISTEN)) == 2
-    [current] = settings.audio_dir.iterdir()  # the old enclosure's file is gone
+    [current] = settings.feed_audio_path.iterdir()  # the old enclosure's file is gone
     assert current.name not in first and current.read_bytes() == new
     with Database.from_settings(settings) as db:
         [row] = episode_store.list_episodes(db, [episode])
@@ -387,9 +391,10 @@ def test_gdr_costs_per_episode_and_total(db: Database, show: FeedServer) -> None
         conn.execute("UPDATE provider_calls SET created_at = '2024-01-01' WHERE episode_id = %s", (two,))
 
     report = json.loads(gdr("costs", "--json"))
-    assert report["total"] == {"requests": 3, "audio_minutes": 12.0, "tokens": 2000, "cost_usd": 0.05164}
+    assert report["total"] == {"requests": 3, "audio_minutes": 12.0, "tokens": 2000, "cost_usd": 0.05164,
+                               "saved_usd": 0.0, "publisher_transcripts": 0}
     assert report["episodes"][0] == {"episode_id": one, "title": "Episode one", "requests": 2, "audio_minutes": 10.0,
-                                     "tokens": 2000, "cost_usd": 0.04304}
+                                     "tokens": 2000, "cost_usd": 0.04304, "saved_usd": 0.0, "publisher_transcripts": 0}
     recent = json.loads(gdr("costs", "--since", "2024-06-01", "--json"))
     assert [e["episode_id"] for e in recent["episodes"]] == [one] and recent["total"]["cost_usd"] == 0.04304
     table = gdr("costs")
@@ -408,7 +413,10 @@ def test_dry_run_estimates_without_calling_any_provider(settings: Settings, show
     lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in output.splitlines()
              if line.count("│") >= 6}
     # 30 s of local audio (probed) and 18 s / 19 s from the feed's itunes:duration; 2.7 words/s * 1.3 tokens/word.
-    assert lines["L1"] == ["Local one", "0.50", "105", f"{0.5 * 0.0043 + 105 / 1e6 * 0.02:.4f}"]
-    assert lines[feed_id("tag:show,2024:1")] == ["Episode one", "0.30", "63", f"{0.3 * 0.0043 + 63 / 1e6 * 0.02:.4f}"]
+    # The feed's items link a VTT transcript (FEED_TRANSCRIPTS=prefer): no transcription, its price saved.
+    assert lines["L1"] == ["Local one", "0.50", "105", f"{0.5 * 0.0043 + 105 / 1e6 * 0.02:.4f}", "deepgram", "0.0000"]
+    assert lines[feed_id("tag:show,2024:1")] == ["Episode one", "0.30", "63", f"{63 / 1e6 * 0.02:.4f}",
+                                                 "publisher (text/vtt)", f"{0.3 * 0.0043:.4f}"]
     assert lines["total"][1:3] == [f"{67 / 60:.2f}", str(105 + 63 + 67)]
+    assert lines["total"][4:] == ["2 from the publisher", f"{(18 + 19) / 60 * 0.0043:.4f}"]
     assert "would process 3 episodes" in output

@@ -59,6 +59,13 @@ class Transcript:
     language: str | None = None
     utterances: list[Span] | None = None
     paragraphs: list[Span] | None = None
+    # The transcript's own names for its speaker ids ("0": "Ann"), when it has them (a publisher's transcript):
+    # they win over a speakers_map, which names a diarizer's anonymous ids.
+    speaker_names: dict[str, str] | None = None
+
+    def names(self, speakers_map: dict[str, str] | None) -> dict[str, str]:
+        """Display names by speaker id: the speakers_map, overridden by the transcript's own names."""
+        return {**(speakers_map or {}), **(self.speaker_names or {})}
 
     @property
     def speech_seconds(self) -> float:
@@ -85,6 +92,7 @@ class Transcript:
             language=data.get("language"),
             utterances=spans(data.get("utterances")),
             paragraphs=spans(data.get("paragraphs")),
+            speaker_names=data.get("speaker_names"),
         )
 
 
