@@ -8,18 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import threading
-from collections import defaultdict, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
-from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import date
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
-from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 from typer.testing import CliRunner
@@ -33,138 +24,17 @@ from gent_disagreement_rag.storage import costs as cost_store
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
 from tests.support.builders import app_environment, make_audio, run_ingest
+from tests.support.feed_server import FeedServer, Item, feed_server
 from tests.support.fakeapi import LISTEN, FakeAPI
 from tests.test_flows import statuses
 
 SPEAKERS = {"0": "Ann", "1": "Bob"}
 
 
-@dataclass
-class Item:
-    guid: str
-    title: str
-    audio: str  # path on the server, e.g. /audio/ep1.mp3
-    number: int | None = None
-    duration: str | None = None  # itunes:duration as written in the feed
-    published: date = date(2024, 3, 1)
-
-
-@dataclass
-class FeedServer:
-    """A podcast host on 127.0.0.1: `/feed.xml` lists `items`; `/audio/...` serves `files` with Range and If-Range.
-
-    `faults[path]` is a queue; each entry answers one request: an HTTP status, ("cut", n) to close the
-    connection after n bytes of the body, or "no-length" to send the body without a Content-Length.
-    """
-
-    items: list[Item] = field(default_factory=list)
-    files: dict[str, bytes] = field(default_factory=dict)
-    faults: dict[str, deque[Any]] = field(default_factory=lambda: defaultdict(deque))
-    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-    ignore_range: bool = False
-    url: str = ""
-
-    def gets(self, path: str) -> list[dict[str, str]]:
-        return [headers for p, headers in self.requests if p == path]
-
-    def rss(self) -> str:
-        entries = "".join(self._item(i) for i in self.items)
-        return f"""<?xml version="1.0" encoding="UTF-8"?>
-<rss version="2.0" xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd"
-     xmlns:podcast="https://podcastindex.org/namespace/1.0" xmlns:content="http://purl.org/rss/1.0/modules/content/"
-     xmlns:atom="http://www.w3.org/2005/Atom">
-  <channel>
-    <title>A Gent&apos;s Disagreement</title>
-    <link>https://example.com/show</link>
-    <atom:link href="{self.url}/feed.xml" rel="self" type="application/rss+xml"/>
-    <language>en-us</language>
-    <description>Two hosts disagree about economics.</description>
-    <itunes:author>Ann and Bob</itunes:author>
-    <itunes:image href="https://example.com/cover.jpg"/>
-    <itunes:category text="Business"><itunes:category text="Investing"/></itunes:category>
-    <itunes:explicit>false</itunes:explicit>
-    <itunes:type>episodic</itunes:type>
-    <podcast:locked>no</podcast:locked>
-    <podcast:guid>5f2e3b5a-1c1d-5c5e-9b1a-0d3e5f7a9b2c</podcast:guid>
-    <item>
-      <title>A blog post, not an episode</title>
-      <guid isPermaLink="false">post-1</guid>
-      <description>No enclosure: skipped.</description>
-    </item>
-{entries}  </channel>
-</rss>
-"""
-
-    def _item(self, i: Item) -> str:
-        length = len(self.files.get(i.audio, b"")) or 123456
-        published = format_datetime(datetime(i.published.year, i.published.month, i.published.day, 9, tzinfo=timezone.utc))
-        tags = [
-            f"<title>{escape(i.title)}</title>",
-            f'<guid isPermaLink="false">{escape(i.guid)}</guid>',
-            f"<pubDate>{published}</pubDate>",
-            f"<description><![CDATA[<p>Show notes for {escape(i.title)}.</p>]]></description>",
-            f'<enclosure url={quoteattr(self.url + i.audio)} length="{length}" type="audio/mpeg"/>',
-            "<itunes:episodeType>full</itunes:episodeType>",
-            "<itunes:explicit>false</itunes:explicit>",
-            f'<podcast:transcript url="{self.url}/t/{i.guid}.vtt" type="text/vtt"/>',
-        ]
-        if i.duration:
-            tags.append(f"<itunes:duration>{i.duration}</itunes:duration>")
-        if i.number:
-            tags += [f"<itunes:episode>{i.number}</itunes:episode>", f"<podcast:episode>{i.number}</podcast:episode>"]
-        return "    <item>\n" + "".join(f"      {t}\n" for t in tags) + "    </item>\n"
-
-    def answer(self, handler: BaseHTTPRequestHandler) -> None:
-        path = urlsplit(handler.path).path
-        self.requests.append((path, {k.lower(): v for k, v in handler.headers.items()}))
-        if path == "/feed.xml":
-            return self._send(handler, 200, self.rss().encode(), {"Content-Type": "application/rss+xml"})
-        fault = self.faults[path].popleft() if self.faults[path] else None
-        if isinstance(fault, int):
-            return self._send(handler, fault, b"oops", {"Retry-After": "7"})
-        data = self.files.get(path)
-        if data is None:
-            return self._send(handler, 404, b"not found", {})
-        etag = '"' + hashlib.sha1(data).hexdigest()[:16] + '"'
-        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Type": "audio/mpeg"}
-        match = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range", ""))
-        if match and not self.ignore_range and handler.headers.get("If-Range", etag) == etag:
-            start = int(match[1])
-            if start >= len(data):
-                return self._send(handler, 416, b"", {"Content-Range": f"bytes */{len(data)}"})
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-            return self._send(handler, 206, data[start:], headers, fault)
-        return self._send(handler, 200, data, headers, fault)
-
-    @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str], fault: Any = None) -> None:
-        handler.send_response(status)
-        if fault != "no-length":
-            handler.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(body[: fault[1]] if isinstance(fault, tuple) else body)
-
-
 @pytest.fixture
 def host() -> Iterator[FeedServer]:
-    feed = FeedServer()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            feed.answer(self)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    feed.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield feed
-    server.shutdown()
-    server.server_close()
+    with feed_server() as feed:
+        yield feed
 
 
 def mp3(tmp_path: Path, name: str, seconds: float, frequency: int) -> bytes:
@@ -177,7 +47,8 @@ def mp3(tmp_path: Path, name: str, seconds: float, frequency: int) -> bytes:
 def test_parse_feed_reads_itunes_and_podcast_tags(host: FeedServer) -> None:
     host.files["/audio/ep1.mp3"] = b"x" * 5000
     host.items = [
-        Item("guid-1", "Rates & Risk", "/audio/ep1.mp3", number=1, duration="1:02:03", published=date(2024, 3, 5)),
+        Item("guid-1", "Rates & Risk", "/audio/ep1.mp3", number=1, duration="1:02:03", published=date(2024, 3, 5),
+             transcripts=(("/t/1.srt", "application/x-subrip"), ("/t/1.vtt", "text/vtt")), chapters="/c/1.json"),
         Item("guid-2", "Trailer", "/audio/trailer.mp3", duration="95"),
         Item("guid-1", "A duplicate guid", "/audio/dup.mp3"),
     ]
@@ -187,7 +58,9 @@ def test_parse_feed_reads_itunes_and_podcast_tags(host: FeedServer) -> None:
     assert first == FeedItem(
         guid="guid-1", title="Rates & Risk", published=date(2024, 3, 5), enclosure_url=host.url + "/audio/ep1.mp3",
         enclosure_length=5000, enclosure_type="audio/mpeg", duration_seconds=3723.0, episode_number=1,
-        transcripts=(TranscriptLink(host.url + "/t/guid-1.vtt", "text/vtt"),),
+        transcripts=(TranscriptLink(host.url + "/t/1.srt", "application/x-subrip"),
+                     TranscriptLink(host.url + "/t/1.vtt", "text/vtt")),  # both: feedparser alone keeps the last
+        chapters_url=host.url + "/c/1.json",
     )
     assert (trailer.duration_seconds, trailer.episode_number) == (95.0, None)
     assert first.hashed_id == "feed-" + hashlib.sha1(b"guid-1").hexdigest()[:12]
@@ -275,8 +148,10 @@ def show(settings: Settings, fake_api: FakeAPI, host: FeedServer, monkeypatch: p
     host.files["/audio/ep1.mp3"] = mp3(tmp_path, "ep1.mp3", 18, 330)
     host.files["/audio/ep2.mp3"] = mp3(tmp_path, "ep2.mp3", 19, 440)
     host.items = [
-        Item("tag:show,2024:1", "Episode one", "/audio/ep1.mp3", number=1, duration="0:18", published=date(2024, 3, 1)),
-        Item("tag:show,2024:2", "Episode two", "/audio/ep2.mp3", number=2, duration="19", published=date(2024, 3, 8)),
+        Item("tag:show,2024:1", "Episode one", "/audio/ep1.mp3", number=1, duration="0:18", published=date(2024, 3, 1),
+             transcripts=(("/t/1.vtt", "text/vtt"),)),  # not on the server: a 404, so the episodes are transcribed
+        Item("tag:show,2024:2", "Episode two", "/audio/ep2.mp3", number=2, duration="19", published=date(2024, 3, 8),
+             transcripts=(("/t/2.vtt", "text/vtt"),)),
     ]
     env = {
         **app_environment(settings, fake_api),
