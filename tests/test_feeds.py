@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from gent_disagreement_rag.cli import app
 from gent_disagreement_rag.errors import PermanentProviderError, TransientProviderError
+from gent_disagreement_rag.ingest.plan import plan_episodes
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.sources.feeds import FeedItem, download_enclosure, parse_feed
 from gent_disagreement_rag.sources.publisher import TranscriptLink
@@ -295,3 +296,29 @@ def test_dry_run_estimates_without_calling_any_provider(settings: Settings, show
     assert lines["total"][1:3] == [f"{67 / 60:.2f}", str(105 + 63 + 67)]
     assert lines["total"][4:] == ["2 from the publisher", f"{(18 + 19) / 60 * 0.0043:.4f}"]
     assert "would process 3 episodes" in output
+
+
+def test_an_upgrade_keeps_hashed_ids_and_downloaded_audio_and_new_items_get_readable_unique_ids(
+    settings: Settings, show: FeedServer, db: Database
+) -> None:
+    """An episode registered before readable ids (`feed-<hash>`, audio downloaded into AUDIO_DIR) keeps both;
+    new items are named by their itunes:episode, and a number another episode has gets its guid's hash."""
+    [old_item, _] = parse_feed(show.rss().encode())
+    old_id = old_item.hashed_id
+    settings.audio_dir.mkdir(parents=True)
+    legacy_audio = settings.audio_dir / old_item.file_name(old_id)
+    legacy_audio.write_bytes(show.files["/audio/ep1.mp3"])
+    with db.connection() as conn:  # the row as the previous version registered it
+        conn.execute("INSERT INTO episodes (episode_id, guid, source, file_name, audio_url, title) "
+                     "VALUES (%s, %s, 'feed', %s, %s, 'Episode one')",
+                     (old_id, old_item.guid, old_item.file_name(old_id), old_item.enclosure_url))
+    show.items.append(Item("tag:other-show:2", "Another two", "/audio/ep2.mp3", number=2))
+
+    gdr("ingest", "--dry-run")  # registers the feed's items; downloads nothing
+    clash = "feed-2-" + hashlib.sha1(b"tag:other-show:2").hexdigest()[:6]
+    assert {r.episode_id for r in episode_store.list_episodes(db)} == {old_id, "feed-2", clash}
+    jobs = {job.episode_id: job for job in plan_episodes(Settings(), db).jobs}  # the environment names the feed
+    assert jobs[old_id].audio_path == legacy_audio.resolve() and not jobs[old_id].needs_download
+    assert jobs["feed-2"].audio_path.parent == settings.home / "audio" and jobs["feed-2"].needs_download
+    assert audio_gets(show) == []
+    assert episode_store.sync_feed(db, parse_feed(show.rss().encode()), {})[old_item.guid] == old_id  # and stays
