@@ -133,9 +133,9 @@ def read_publisher_transcript(job: EpisodeJob) -> TranscriptionResult:
     data = job.transcript_file.read_bytes()
     transcript = parse_transcript(data, link.format, f"transcript {job.transcript_file}", audio.audio_seconds(job.audio_path))
     transcript.options = {"url": safe_url(link.url)}
-    raw = {"publisher_transcript": {"url": safe_url(link.url), "type": link.type,
+    raw = {"publisher_transcript": {"url": safe_url(link.url), "type": link.type, "duration": transcript.duration,
                                     "sha256": job.transcript_file.name.split(".", 1)[0],
-                                    "text": data.decode("utf-8-sig")}}
+                                    "text": data.decode("utf-8-sig")}}  # what `gdr format` rebuilds it from
     return TranscriptionResult(transcript, raw)
 
 

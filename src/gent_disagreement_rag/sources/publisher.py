@@ -15,12 +15,10 @@ to transcribe the episode, never a failure of it.
 from __future__ import annotations
 
 import io
-import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import webvtt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -47,6 +45,9 @@ TYPE_ALIASES = {"application/srt": TranscriptFormat.SRT, "text/srt": TranscriptF
 CHAPTERS_TYPE = "application/json+chapters"
 MAX_PUBLISHER_BYTES = 20 << 20  # a 3-hour episode's VTT is ~300 kB: anything near this is not a transcript
 PUBLISHER = "publisher"  # the Transcript's provider, and the cost ledger's
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class PublisherFileError(Exception):
@@ -147,13 +148,18 @@ def parse_transcript(data: bytes, fmt: TranscriptFormat, label: str, duration: f
 
 
 def _json_cues(text: str, label: str) -> list[_Cue]:
+    parsed = _validated(_JsonTranscript, text, label)
+    return [_Cue(s.start, max(s.start, s.end), s.speaker.strip() if s.speaker else None, s.body) for s in parsed.segments]
+
+
+def _validated(model: type[_Model], data: str | bytes, label: str) -> _Model:
+    """The JSON file as `model`, or a PublisherFileError naming its first bad field (`segments.3.startTime`)."""
     try:
-        parsed = _JsonTranscript.model_validate_json(text)
+        return model.model_validate_json(data)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in error["loc"]) or "(top level)"
         raise PublisherFileError(f"{label}: field {where}: {error['msg']}") from None
-    return [_Cue(s.start, max(s.start, s.end), s.speaker.strip() if s.speaker else None, s.body) for s in parsed.segments]
 
 
 def _caption_cues(text: str, fmt: TranscriptFormat, label: str) -> list[_Cue]:
@@ -224,12 +230,7 @@ class _JsonChapters(BaseModel):
 
 def parse_chapters(data: bytes, label: str) -> list[Chapter]:
     """Podcasting 2.0 JSON chapters (titled, in the table of contents), in time order; raises PublisherFileError."""
-    try:
-        parsed = _JsonChapters.model_validate_json(data)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        raise PublisherFileError(f"{label}: field {where}: {error['msg']}") from None
+    parsed = _validated(_JsonChapters, data, label)
     shown = sorted((c for c in parsed.chapters if c.toc and c.title.strip()), key=lambda c: c.startTime)
     return [Chapter(i, c.startTime, c.endTime, c.title.strip(), c.url) for i, c in enumerate(shown)]
 
@@ -244,12 +245,3 @@ def chapter_at(chapters: list[Chapter], seconds: float) -> Chapter | None:
     if current is not None and current.end is not None and seconds >= current.end:
         return None
     return current
-
-
-def chapters_json(chapters: list[Chapter]) -> str:
-    return json.dumps([{"position": c.position, "start": c.start, "end": c.end, "title": c.title, "url": c.url}
-                       for c in chapters])
-
-
-def suffix_for(path_or_type: Path | TranscriptFormat) -> str:
-    return SUFFIXES[path_or_type] if isinstance(path_or_type, TranscriptFormat) else path_or_type.suffix
