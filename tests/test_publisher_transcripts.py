@@ -15,9 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from gent_disagreement_rag.cli import app
+from gent_disagreement_rag.cli.progress import IngestProgress
+from gent_disagreement_rag.ingest.context import RunContext
 from gent_disagreement_rag.providers.audio import audio_seconds
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage.database import Database
@@ -102,7 +105,9 @@ def segments(settings: Settings, episode_id: str) -> list[tuple[str, float, floa
 def test_publisher_transcripts_replace_transcription_and_broken_ones_fall_back_with_the_reason(
     settings: Settings, show: FeedServer, fake_api: FakeAPI, prefect_api: str
 ) -> None:
-    state = run_ingest()
+    progress = IngestProgress(Console(width=200))  # what `gdr ingest` shows, fed by the run as it goes
+    with RunContext.open(Settings(), progress.on_progress) as ctx:
+        state = run_ingest(ctx=ctx)
     assert state.is_completed(), state.message
 
     # Only the four without a usable transcript went to Deepgram (the audio each request carried, by hash).
@@ -122,6 +127,13 @@ def test_publisher_transcripts_replace_transcription_and_broken_ones_fall_back_w
     assert "fails the coverage check: transcript ends at 12.0 s of 70.0 s (coverage 17% < 80%)" in notes["feed-7"]
     assert all(notes[f"feed-{n}"].endswith("transcribed instead") for n in (4, 5, 6, 7))
     assert "/t/6.html" not in publisher_gets(show)  # not even fetched
+    assert dict(progress.transcript_notes()) == {e: notes[e] for e in ("feed-4", "feed-5", "feed-6", "feed-7")}
+    shown = Console(record=True, width=200)
+    shown.print(progress.summary_table())
+    summary = {line.split("│")[1].strip(): line for line in shown.export_text().splitlines() if "│ feed-" in line}
+    assert all("publisher (" in summary[f"feed-{n}"] for n in (1, 2, 3))
+    assert "publisher (application/x-subrip)" in summary["feed-2"]
+    assert all("deepgram" in summary[f"feed-{n}"] for n in (4, 5, 6, 7))
 
     # The publisher's speakers (over DEFAULT_SPEAKERS_MAP's Ann and Bob) and times.
     vtt = segments(settings, "feed-1")
