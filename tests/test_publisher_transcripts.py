@@ -59,6 +59,8 @@ CHAPTERS = {"version": "1.2.0", "chapters": [
     {"startTime": 8.5, "title": "Quasicrystal tariffs"},
     {"startTime": 16, "title": "Sponsor", "toc": False},
 ]}
+HTML = ("<html><head><title>Episode 6</title><style>p {}</style></head><body><h1>Transcript</h1><p>Carla Diaz: Tariffs on steel are back.</p>"
+        "<p>Dev Patel: And so are the lobbyists, Carla.</p></body></html>")
 MALFORMED_VTT = "00:00:01.000 --> 00:00:04.000\n<v Carla Diaz>No WEBVTT header above me.\n"
 PRICE = 0.0043  # DEEPGRAM_PRICE_PER_MINUTE's default
 
@@ -66,13 +68,13 @@ PRICE = 0.0043  # DEEPGRAM_PRICE_PER_MINUTE's default
 @pytest.fixture
 def show(settings: Settings, fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FeedServer]:
     """Seven episodes: a VTT with voice tags (and chapters), an SRT, a JSON transcript, a 404 link, a malformed
-    VTT, an HTML-only link, and a JSON transcript covering 12 s of 70 s of audio."""
+    VTT, an HTML-only link (times estimated), and a JSON transcript covering 12 s of 70 s of audio."""
     with feed_server() as host:
         seconds = {1: 18, 2: 19, 3: 18, 4: 17, 5: 16, 6: 15, 7: 70}
         for n, length in seconds.items():
             host.files[f"/audio/{n}.mp3"] = make_audio(tmp_path / "made" / f"{n}.mp3", length, 300 + 40 * n).read_bytes()
         host.files |= {"/t/1.vtt": VTT.encode(), "/t/2.srt": SRT.encode(), "/t/3.json": json.dumps(JSON_TRANSCRIPT).encode(),
-                       "/t/5.vtt": MALFORMED_VTT.encode(), "/t/6.html": b"<p>Carla: hello</p>",
+                       "/t/5.vtt": MALFORMED_VTT.encode(), "/t/6.html": HTML.encode(),
                        "/t/7.json": json.dumps(JSON_TRANSCRIPT).encode(), "/c/1.json": json.dumps(CHAPTERS).encode()}
         links = {1: ("/t/1.vtt", "text/vtt"), 2: ("/t/2.srt", "application/x-subrip"), 3: ("/t/3.json", "application/json"),
                  4: ("/t/4.vtt", "text/vtt"), 5: ("/t/5.vtt", "text/vtt"), 6: ("/t/6.html", "text/html"),
@@ -110,30 +112,29 @@ def test_publisher_transcripts_replace_transcription_and_broken_ones_fall_back_w
         state = run_ingest(ctx=ctx)
     assert state.is_completed(), state.message
 
-    # Only the four without a usable transcript went to Deepgram (the audio each request carried, by hash).
+    # Only the three without a usable transcript went to Deepgram (the audio each request carried, by hash).
     sent = sorted(hashlib.sha256(r.body).hexdigest() for r in fake_api.requests_to(LISTEN))
-    assert sent == sorted(hashlib.sha256(show.files[f"/audio/{n}.mp3"]).hexdigest() for n in (4, 5, 6, 7))
+    assert sent == sorted(hashlib.sha256(show.files[f"/audio/{n}.mp3"]).hexdigest() for n in (4, 5, 7))
 
     status = {e["episode_id"]: e for e in json.loads(gdr("status", "--json"))["episodes"]}
     assert {e: (r["status"], r["transcript_source"]) for e, r in status.items()} == {
-        "feed-1": ("processed", "publisher"), "feed-2": ("processed", "publisher"), "feed-3": ("processed", "publisher"),
-        **{f"feed-{n}": ("processed", "transcriber") for n in (4, 5, 6, 7)},
+        **{f"feed-{n}": ("processed", "publisher") for n in (1, 2, 3, 6)},
+        **{f"feed-{n}": ("processed", "transcriber") for n in (4, 5, 7)},
     }
     notes = {e: status[e]["transcript_note"] for e in status}
     assert notes["feed-1"] is None and notes["feed-3"] is None
     assert f"transcript {show.url}/t/4.vtt: HTTP 404" in notes["feed-4"]
     assert f"transcript {show.url}/t/5.vtt: not valid VTT" in notes["feed-5"]
-    assert "only an HTML transcript, which has no times" in notes["feed-6"]
+    assert "only an HTML transcript, which has no times: its words are spread evenly over the audio" in notes["feed-6"]
     assert "fails the coverage check: transcript ends at 12.0 s of 70.0 s (coverage 17% < 80%)" in notes["feed-7"]
-    assert all(notes[f"feed-{n}"].endswith("transcribed instead") for n in (4, 5, 6, 7))
-    assert "/t/6.html" not in publisher_gets(show)  # not even fetched
+    assert all(notes[f"feed-{n}"].endswith("transcribed instead") for n in (4, 5, 7))
     assert dict(progress.transcript_notes()) == {e: notes[e] for e in ("feed-4", "feed-5", "feed-6", "feed-7")}
     shown = Console(record=True, width=200)
     shown.print(progress.summary_table())
     summary = {line.split("│")[1].strip(): line for line in shown.export_text().splitlines() if "│ feed-" in line}
-    assert all("publisher (" in summary[f"feed-{n}"] for n in (1, 2, 3))
+    assert all("publisher (" in summary[f"feed-{n}"] for n in (1, 2, 3, 6))
     assert "publisher (application/x-subrip)" in summary["feed-2"]
-    assert all("deepgram" in summary[f"feed-{n}"] for n in (4, 5, 6, 7))
+    assert all("deepgram" in summary[f"feed-{n}"] for n in (4, 5, 7))
 
     # The publisher's speakers (over DEFAULT_SPEAKERS_MAP's Ann and Bob) and times.
     vtt = segments(settings, "feed-1")
@@ -146,16 +147,20 @@ def test_publisher_transcripts_replace_transcription_and_broken_ones_fall_back_w
     assert srt[0][3] == "The central bank raised interest rates again this month."
     assert [(s[0], s[1], s[2]) for s in segments(settings, "feed-3")] == [("Erin Wu", 1.0, 6.0), ("Dev Patel", 6.5, 12.0)]
     assert {s[0] for s in segments(settings, "feed-4")} <= {"Ann", "Bob"}  # transcribed: the map names the speakers
+    html = segments(settings, "feed-6")  # the paragraphs' speakers, their times shared out over the 15 s of audio
+    assert [(s[0], s[3]) for s in html] == [("Carla Diaz", "Tariffs on steel are back."),
+                                           ("Dev Patel", "And so are the lobbyists, Carla.")]
+    assert html[0][1] == 0.0 and html[1][2] == pytest.approx(audio_seconds(show.files["/audio/6.mp3"]), abs=0.01)
 
     # The ledger: no request and no cost for the publisher's three, and the transcription they saved.
     with Database.from_settings(settings) as db, db.connection() as conn:
         ledger = conn.execute("SELECT episode_id, requests, cost_usd::float8, saved_usd::float8 FROM provider_calls "
                               "WHERE provider = 'publisher' ORDER BY episode_id").fetchall()
-    saved = {f"feed-{n}": audio_seconds(show.files[f"/audio/{n}.mp3"]) / 60 * PRICE for n in (1, 2, 3)}
-    assert [(e, r, c) for e, r, c, _ in ledger] == [("feed-1", 0, 0.0), ("feed-2", 0, 0.0), ("feed-3", 0, 0.0)]
+    saved = {f"feed-{n}": audio_seconds(show.files[f"/audio/{n}.mp3"]) / 60 * PRICE for n in (1, 2, 3, 6)}
+    assert [(e, r, c) for e, r, c, _ in ledger] == [(f"feed-{n}", 0, 0.0) for n in (1, 2, 3, 6)]
     assert {e: s for e, *_, s in ledger} == pytest.approx(saved, abs=1e-6)
     total = json.loads(gdr("costs", "--json"))["total"]
-    assert total["publisher_transcripts"] == 3 and total["saved_usd"] == pytest.approx(sum(saved.values()), abs=1e-5)
+    assert total["publisher_transcripts"] == 4 and total["saved_usd"] == pytest.approx(sum(saved.values()), abs=1e-5)
 
     # A rerun: the feed is read, and nothing else is fetched or sent anywhere.
     provider_requests, fetched = len(fake_api.requests), len(show.requests)
@@ -168,7 +173,7 @@ def test_publisher_transcripts_replace_transcription_and_broken_ones_fall_back_w
     assert hits and {h["episode_id"] for h in hits} == {"feed-1"}
     assert {h["chapter"] for h in hits} == {"Quasicrystal tariffs"}
     assert all("quasicrystal" not in h["text"].lower() for h in hits)  # found by the chapter's title alone
-    hybrid = json.loads(gdr("search", "quasicrystal tariffs on building materials", "--json"))["results"]
+    hybrid = json.loads(gdr("search", "quasicrystal import duties on exotic building materials", "--json"))["results"]
     assert hybrid[0]["episode_id"] == "feed-1" and hybrid[0]["chapter"] == "Quasicrystal tariffs"
     table = gdr("search", "import duties exotic materials", "--mode", "text", "-k", "1")
     assert "Quasicrystal tariffs" in table
@@ -184,11 +189,10 @@ def test_dry_run_names_the_publishers_episodes_and_the_money_not_spent(
     one = 18 / 60
     assert rows["feed-1"][4:] == ["publisher (text/vtt)", f"{one * PRICE:.4f}"]
     assert rows["feed-1"][3] == f"{round(18 * 2.7 * 1.3) / 1e6 * 0.02:.4f}"  # embedding only
-    assert rows["feed-6"][4:] == ["deepgram", "0.0000"]  # HTML only: transcribed
-    assert rows["feed-6"][3] == f"{15 / 60 * PRICE + round(15 * 2.7 * 1.3) / 1e6 * 0.02:.4f}"
-    publisher_minutes = (18 + 19 + 18 + 17 + 16 + 70) / 60  # every timed link counts until it is fetched
-    assert rows["total"][4:] == ["6 from the publisher", f"{publisher_minutes * PRICE:.4f}"]
-    assert "feed-6: the feed offers only an HTML transcript" in output
+    assert rows["feed-6"][4:] == ["publisher (text/html)", f"{15 / 60 * PRICE:.4f}"]  # HTML alone: read, times estimated
+    publisher_minutes = (18 + 19 + 18 + 17 + 16 + 15 + 70) / 60  # every link counts until it is fetched
+    assert rows["total"][4:] == ["7 from the publisher", f"{publisher_minutes * PRICE:.4f}"]
+    assert "feed-6: the feed offers only an HTML transcript, which has no times" in output
 
 
 def test_always_transcribe_makes_publisher_episodes_stale_and_transcribes_them(

@@ -37,7 +37,8 @@ class EpisodeJob:
     audio_url: str | None = None
     audio_size: int | None = None  # the size the feed declares
     # The publisher's files (feed episodes): the transcript to read instead of transcribing (FEED_TRANSCRIPTS),
-    # or why none is (`transcript_note`), and the chapters. The download stage fetches them into GDR_HOME/publisher
+    # what to know about it or why none is read (`transcript_note`: an HTML one's times are estimated, an
+    # unknown type is not read), and the chapters. The download stage fetches them into GDR_HOME/publisher
     # under their content's hash (`transcript_file`, `chapters_file`); a transcript that cannot be used is
     # dropped there, with the reason in `transcript_note`, and the episode is transcribed.
     transcript_url: str | None = None

@@ -146,20 +146,20 @@ def episode_chapters(job: EpisodeJob) -> list[Chapter]:
 
 
 def transcript_origin(job: EpisodeJob) -> TranscriptOrigin:
-    if job.transcript_file is not None:
-        return TranscriptOrigin(TranscriptSource.PUBLISHER, job.transcript_url)
-    return TranscriptOrigin(TranscriptSource.TRANSCRIBER, job.transcript_url, job.transcript_note)
+    source = TranscriptSource.PUBLISHER if job.transcript_file is not None else TranscriptSource.TRANSCRIBER
+    return TranscriptOrigin(source, job.transcript_url, job.transcript_note)
 
 
 def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> TranscriptionResult:
     """Audio -> provider-neutral transcript plus the raw response (one provider request), recorded in the ledger;
     the audio seconds done go to the run's progress callback."""
 
+    noted = {"transcript_note": job.transcript_note} if job.transcript_note else {}  # shown after the run's summary
     if job.transcript_file is not None:  # the publisher's: no provider request; the ledger records the saving
         result = read_publisher_transcript(job)
         t = result.transcript
         saved = estimate_cost(ctx.settings, ctx.settings.resolved_transcriber, t.duration, 0)
-        ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": f"{PUBLISHER} ({t.model})"})
+        ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": f"{PUBLISHER} ({t.model})", **noted})
         record_cost(ctx, run_id, job.episode_id, "transcribe", PUBLISHER, t.model, 0, 0.0, 0, saved_usd=saved)
         return result
 
@@ -167,8 +167,7 @@ def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> Transcript
         ctx.progress(job.episode_id, "running", {"stage": "transcribe", "audio_done": round(done, 1),
                                                  "audio_total": round(total, 1)})
 
-    ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": ctx.transcriber.provider,
-                                             **({"transcript_note": job.transcript_note} if job.transcript_note else {})})
+    ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": ctx.transcriber.provider, **noted})
     result = ctx.transcriber.transcribe(job.audio_path, progress, speakers=len(job.speakers_map) or None)
     t = result.transcript
     record_cost(ctx, run_id, job.episode_id, "transcribe", t.provider, t.model, int(t.provider != "local"), t.duration, 0)

@@ -5,17 +5,19 @@ A transcript becomes the same provider-neutral Transcript the transcribers retur
 is unchanged: its cues' words with times interpolated inside each cue (by characters, the way a reader
 would time them), and the transcript's own speaker names (`<v Name>`, a `Name:` lead-in, JSON `speaker`).
 
-Formats, best first: the Podcasting 2.0 JSON transcript, WebVTT, SRT. HTML has no times, so an HTML-only
-episode is transcribed instead (and says so): words at guessed times would make every citation a guess.
+Formats, best first: the Podcasting 2.0 JSON transcript, WebVTT, SRT, and HTML only when nothing else is
+offered: it has no times, so its words are spread evenly over the audio (each paragraph a turn, a `Name:`
+lead-in its speaker), and the episode's note says its times are estimated.
 
-Nothing here raises past `PublisherFileError`: a transcript that cannot be fetched or parsed is a reason
-to transcribe the episode, never a failure of it.
+A transcript that cannot be parsed raises `PublisherFileError`, naming the URL and what is wrong: a reason to
+transcribe the episode, never a failure of it.
 """
 
 from __future__ import annotations
 
 import io
 import re
+from html.parser import HTMLParser
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -39,7 +41,7 @@ class TranscriptFormat(StrEnum):
 # What the file is saved as (content-addressed under GDR_HOME/publisher) and how it is parsed.
 SUFFIXES = {TranscriptFormat.JSON: ".json", TranscriptFormat.VTT: ".vtt", TranscriptFormat.SRT: ".srt",
             TranscriptFormat.HTML: ".html"}
-TIMED_FORMATS = (TranscriptFormat.JSON, TranscriptFormat.VTT, TranscriptFormat.SRT)
+TIMED_FORMATS = (TranscriptFormat.JSON, TranscriptFormat.VTT, TranscriptFormat.SRT)  # HTML: only when alone
 # Also seen in the wild for SRT: the namespace's own examples name both.
 TYPE_ALIASES = {"application/srt": TranscriptFormat.SRT, "text/srt": TranscriptFormat.SRT}
 CHAPTERS_TYPE = "application/json+chapters"
@@ -85,14 +87,18 @@ class TranscriptChoice:
     note: str | None = None
 
 
+HTML_NOTE = "the feed offers only an HTML transcript, which has no times: its words are spread evenly over the audio"
+
+
 def choose_transcript(links: list[TranscriptLink] | tuple[TranscriptLink, ...]) -> TranscriptChoice:
-    """The best timed transcript the feed offers. An HTML one alone is not read (no times) and the note says so."""
+    """The best timed transcript the feed offers; an HTML one only when there is no other, with a note saying so."""
     rank = {fmt: i for i, fmt in enumerate(TIMED_FORMATS)}
     timed = sorted((link for link in links if link.format in rank), key=lambda link: rank[link.format])
     if timed:
         return TranscriptChoice(timed[0])
-    if any(link.format is TranscriptFormat.HTML for link in links):
-        return TranscriptChoice(None, "the feed offers only an HTML transcript, which has no times: transcribed instead")
+    html = [link for link in links if link.format is TranscriptFormat.HTML]
+    if html:
+        return TranscriptChoice(html[0], HTML_NOTE)
     if links:
         kinds = ", ".join(sorted({link.type for link in links}))
         return TranscriptChoice(None, f"the feed's transcript type ({kinds}) is not one we read: transcribed instead")
@@ -140,7 +146,7 @@ def parse_transcript(data: bytes, fmt: TranscriptFormat, label: str, duration: f
     elif fmt in (TranscriptFormat.VTT, TranscriptFormat.SRT):
         cues = _caption_cues(text, fmt, label)
     else:
-        raise PublisherFileError(f"{label}: {fmt.value} transcripts have no times")
+        cues = _html_cues(text, duration)
     cues = [c for c in cues if c.text.strip()]
     if not cues:
         raise PublisherFileError(f"{label}: no cues with text")
@@ -174,6 +180,61 @@ def _caption_cues(text: str, fmt: TranscriptFormat, label: str) -> list[_Cue]:
         if speaker is None and (lead := _LEAD_IN.match(body)):
             speaker, body = lead[1], lead[2]
         cues.append(_Cue(_seconds(caption.start_time), _seconds(caption.end_time), speaker, _TAGS.sub("", body)))
+    return cues
+
+
+class _Paragraphs(HTMLParser):
+    """The text of each block element (p, div, li, br ends a block). Headings, the page's title, scripts and
+    styles are left out: they are not what anyone said."""
+
+    BLOCKS = frozenset({"p", "div", "li", "br", "tr", "section", "article", "blockquote"})
+    SKIPPED = frozenset({"script", "style", "title", "h1", "h2", "h3", "h4", "h5", "h6"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.blocks: list[str] = []
+        self._current: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIPPED:
+            self._skipping += 1
+        elif tag in self.BLOCKS:
+            self._end_block()
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIPPED:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in self.BLOCKS:
+            self._end_block()
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self._current.append(data)
+
+    def _end_block(self) -> None:
+        text = " ".join("".join(self._current).split())
+        if text:
+            self.blocks.append(text)
+        self._current = []
+
+
+def _html_cues(text: str, duration: float) -> list[_Cue]:
+    """Paragraphs as cues whose times share the audio out by their length (HTML has none of its own)."""
+    parser = _Paragraphs()
+    parser.feed(text)
+    parser.close()
+    parser._end_block()
+    turns = []
+    for block in parser.blocks:
+        lead = _LEAD_IN.match(block)
+        turns.append((lead[1], lead[2]) if lead else (None, block))
+    total = sum(len(body) + 1 for _, body in turns) or 1
+    cues, at = [], 0
+    for speaker, body in turns:
+        start = duration * at / total
+        at += len(body) + 1
+        cues.append(_Cue(start, duration * at / total, speaker, body))
     return cues
 
 
