@@ -10,7 +10,9 @@ are searched; the dry run and the ledger say which episodes are read from the pu
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from gent_disagreement_rag.ingest.context import RunContext
 from gent_disagreement_rag.providers.audio import audio_seconds
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage.database import Database
+from gent_disagreement_rag.text.chunking import chunk_transcript
+from gent_disagreement_rag.transcript import Transcript, Word
 from tests.support.builders import app_environment, make_audio, run_ingest
 from tests.support.fakeapi import LISTEN, FakeAPI
 from tests.support.feed_server import FeedServer, Item, feed_server
@@ -213,3 +217,26 @@ def test_always_transcribe_makes_publisher_episodes_stale_and_transcribes_them(
         "feed-1": ("transcriber", None), "feed-2": ("transcriber", None)}
     assert {s[0] for s in segments(settings, "feed-1")} <= {"Ann", "Bob"}
     assert {s[4] for s in segments(settings, "feed-1")} >= {"Cold open"}  # chapters stay with transcription
+
+
+def test_a_transcript_cached_before_speaker_names_existed_still_loads_and_names_by_the_map() -> None:
+    """The stage cache holds pickled Transcripts; one pickled by the previous version has no `speaker_names`
+    in its state, and must load (an upgrade re-chunks from the cache instead of transcribing again)."""
+    said = [(0, "Welcome back to the show, everyone."), (1, "Glad to be here again, thank you for having me.")]
+    words = [Word(w, i * 0.5, i * 0.5 + 0.4, speaker) for i, (speaker, w) in
+             enumerate((speaker, w) for speaker, text in said for w in text.split())]
+    cached = Transcript("deepgram", "nova-3", 10.0, words)
+
+    class PreviousVersion(pickle.Pickler):  # pickles a Transcript as the class without speaker_names did
+        def reducer_override(self, obj: object) -> object:
+            if type(obj) is not Transcript:
+                return NotImplemented
+            rebuild, args, (_, slots) = obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)[:3]
+            return rebuild, args, (None, {name: value for name, value in slots.items() if name != "speaker_names"})
+
+    record = io.BytesIO()
+    PreviousVersion(record, pickle.HIGHEST_PROTOCOL).dump(cached)
+    loaded = pickle.loads(record.getvalue())
+    assert loaded.speaker_names is None and loaded.words == cached.words
+    assert {c.speaker for c in chunk_transcript(loaded, {"0": "Ann", "1": "Bob"})} == {"Ann", "Bob"}
+    assert pickle.loads(pickle.dumps(loaded)).names({"0": "Ann"}) == {"0": "Ann"}
