@@ -112,8 +112,8 @@ def test_publisher_transcripts_replace_transcription_and_broken_ones_fall_back_w
     settings: Settings, show: FeedServer, fake_api: FakeAPI, prefect_api: str
 ) -> None:
     progress = IngestProgress(Console(width=200))  # what `gdr ingest` shows, fed by the run as it goes
-    with RunContext.open(Settings(), progress.on_progress) as ctx:
-        state = run_ingest(ctx=ctx)
+    with RunContext.open(Settings(), progress.on_progress) as ctx, ctx.activated():
+        state = run_ingest()
     assert state.is_completed(), state.message
 
     # Only the three without a usable transcript went to Deepgram (the audio each request carried, by hash).
