@@ -59,7 +59,8 @@ def search_command(
         return escape(text if len(text) <= limit else text[: limit - 1].rstrip() + "…")
 
     for h in results:
-        where = f"[bold]{escape(h.title)}[/]\n{escape(h.cited.speaker)}\n{h.cited_range}"
+        where = f"[bold]{escape(h.title)}[/]\n" + (f"[italic]{escape(h.chapter)}[/]\n" if h.chapter else "")
+        where += f"{escape(h.cited.speaker)}\n{h.cited_range}"
         if h.link:
             where += f"\n[dim][link={escape(h.link)}]{escape(h.link)}[/link][/]"
         if len(h.segments) == 1:

@@ -15,7 +15,16 @@ from .stages import write_exports
 
 
 def parse_raw(raw: dict[str, Any]) -> Transcript:
-    """A saved raw response of either provider as a Transcript (local ones carry provider="local")."""
+    """A saved raw response of either provider, or a publisher's transcript as the transcribe stage saved it
+    (`publisher_transcript`: the file verbatim), as a Transcript (local ones carry provider="local")."""
+    if "publisher_transcript" in raw:
+        from ..sources.publisher import TranscriptLink, parse_transcript
+
+        saved = raw["publisher_transcript"]
+        fmt = TranscriptLink(saved["url"], saved["type"]).format
+        if fmt is None:
+            raise ValueError(f"publisher transcript of type {saved['type']!r} is not one we read")
+        return parse_transcript(saved["text"].encode(), fmt, f"transcript {saved['url']}", saved["duration"])
     if raw.get("provider") == "local":
         from ..providers.transcribers.local_whisper import parse_local_response
 

@@ -36,9 +36,11 @@ class Segment:
     start: float
     end: float
     text: str
+    chapter: str | None = None  # the title of the publisher's chapter it falls in
 
     def as_json(self) -> dict[str, Any]:
-        return {"position": self.position, "speaker": self.speaker, "start": self.start, "end": self.end, "text": self.text}
+        return {"position": self.position, "speaker": self.speaker, "start": self.start, "end": self.end, "text": self.text,
+                "chapter": self.chapter}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,7 @@ class Hit:
     text_score: float | None = None  # ts_rank_cd of the best chunk (text/hybrid)
     text_rank: int | None = None
     reply_to: Credit | None = None  # set when the hit ranks as the reply to a matching question
+    chapter: str | None = None  # the publisher's chapter the cited chunk falls in (feeds with podcast:chapters)
 
     @property
     def speakers(self) -> tuple[str, ...]:
@@ -106,6 +109,7 @@ class Hit:
             "published": self.published.isoformat() if self.published else None,
             "speaker": self.speaker,
             "speakers": list(self.speakers),
+            "chapter": self.chapter,
             "start": self.start,
             "end": self.end,
             "text": self.text,

@@ -141,7 +141,7 @@ def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, webs
         "WITH {ctes}\n"
         "SELECT h.episode_id, h.position, h.score::float8, {vscore}::float8, h.vrank::int, h.tscore::float8, h.trank::int, "
         "ep.title, ep.published, ep.file_name, ep.audio_url, "
-        "s.position, s.speaker, s.start_seconds, s.end_seconds, s.text, " + vec_count + "\n"
+        "s.position, s.speaker, s.start_seconds, s.end_seconds, s.text, s.chapter, " + vec_count + "\n"
         "FROM hits h JOIN episodes ep ON ep.episode_id = h.episode_id "
         "JOIN segments s ON s.episode_id = h.episode_id AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s + 1\n"
         "ORDER BY h.score DESC, h.vscore DESC NULLS LAST, h.tscore DESC NULLS LAST, h.episode_id, h.position, s.position"
