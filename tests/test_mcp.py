@@ -17,12 +17,11 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
 from gent_disagreement_rag.serve.archive import MAX_K, opened_archive
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage.chat_access import READER_ROLE
 from tests.support.builders import free_port
-from tests.support.samples import REPO_ROOT, module_database, sample_script, store_sample_episodes
+from tests.support.samples import REPO_ROOT, sample_archive, sample_script
 from tests.support.servers import gdr_executable, gdr_server, server_environment
 
 TOOLS = {"search", "transcript", "episodes", "speakers"}
@@ -31,8 +30,7 @@ DEADLINE = 120  # seconds any one MCP conversation may take (a cold start loads 
 
 @pytest.fixture(scope="module")
 def archive(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    with module_database(pg_server, tmp_path_factory.mktemp("mcp"), audio_dir=REPO_ROOT / "data" / "audio") as (settings, db):
-        store_sample_episodes(db, LocalMiniLMEmbedder())
+    with sample_archive(pg_server, tmp_path_factory.mktemp("mcp")) as settings:
         yield settings
 
 

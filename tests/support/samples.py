@@ -67,3 +67,14 @@ def module_database(pg_server: str, home: Path, **settings_fields: Any) -> Itera
     finally:
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def sample_archive(pg_server: str, home: Path) -> Iterator[Settings]:
+    """A database of its own holding the sample episodes (data/audio as AUDIO_DIR, so their audio is served),
+    for a module of tests of what reads it; the settings point at it."""
+    from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
+
+    with module_database(pg_server, home, audio_dir=REPO_ROOT / "data" / "audio") as (settings, db):
+        store_sample_episodes(db, LocalMiniLMEmbedder())
+        yield settings

@@ -236,9 +236,15 @@ def _login_page(message: str, status: int) -> HTMLResponse:
                  "<input type=password name=token aria-label=token autofocus> <button>Enter</button></form></main>", status)
 
 
+async def _not_found(request: Request, exc: Exception) -> Response:
+    """Any other address (a path with `..` or `/` in an episode id lands here: ids are one path segment)."""
+    return PlainTextResponse(f"nothing at {request.url.path} (the page is at /, audio at /audio/EPISODE_ID)",
+                             status_code=404)
+
+
 def build_web_app(archive: Archive, token: str | None = None) -> Starlette:
     page = WebPage(archive)
-    app = Starlette(routes=[
+    app = Starlette(exception_handlers={404: _not_found}, routes=[
         Route("/", page.home), Route("/transcript", page.transcript),
         Route("/audio/{episode_id}", page.audio, methods=["GET", "HEAD"]),
     ])
