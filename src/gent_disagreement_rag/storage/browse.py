@@ -73,6 +73,14 @@ WHERE %(episode)s::text IS NULL OR e.episode_id = %(episode)s
 ORDER BY e.published NULLS LAST, e.episode_id"""
 
 
+def catalogue_version(db: Database) -> tuple:
+    """Changes whenever an episode or its stored chunks do: the store replaces an episode's segments in the
+    transaction that sets its updated_at, and registering or failing one sets it too (one index-free scan of
+    the episodes table, ~0.1 ms at 500 episodes, against ~30 ms for the summaries below at 100k chunks)."""
+    with db.connection() as conn:
+        return tuple(conn.execute("SELECT count(*), max(updated_at) FROM episodes").fetchone())
+
+
 def episode_summaries(db: Database, episode_id: str | None = None) -> list[EpisodeSummary]:
     """Every episode (or the one asked for), oldest first."""
     with db.connection() as conn:
