@@ -25,6 +25,7 @@ from tests.support.servers import gdr_executable, gdr_server, server_environment
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 EVENT_DEADLINE_MS = 60_000  # a browser event on 2 shared cores: generous, and ends as soon as it happens
 AUDIO = REPO_ROOT / "data" / "audio" / "GDR-001.mp3"
+FEED_AUDIO = "https://feeds.example.org/ep7.mp3"  # never fetched: the test reads what the page would play
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,11 @@ def archive(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             # A catalogue entry whose file_name climbs out of AUDIO_DIR: its "audio" must never be served.
             owner.execute("INSERT INTO episodes (episode_id, title, file_name, source) VALUES "
                           "('escape', 'Escape', '../../pyproject.toml', 'catalogue')")
+            # A feed episode whose file_name is a real file in AUDIO_DIR: it still plays from its audio_url.
+            owner.execute("INSERT INTO episodes (episode_id, title, file_name, audio_url, guid, source, status) VALUES "
+                          "('feed-7', 'From the feed', 'GDR-002.mp3', %s, 'g-7', 'feed', 'processed')", (FEED_AUDIO,))
+            owner.execute("INSERT INTO segments (episode_id, position, speaker, start_seconds, end_seconds, text, "
+                          "token_count) VALUES ('feed-7', 0, 'Host', 0, 30, 'zzqx vvkw', 2)")
         yield settings
 
 
@@ -70,7 +76,7 @@ def test_a_query_plays_the_hit_from_its_second_and_a_transcript_turn_seeks(web: 
     mite = turn_of(1, "a parasitic mite")
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(web)
-    assert page.locator("#episodes tr").count() == 1 + 5  # header, the 4 samples, the 'escape' entry
+    assert page.locator("#episodes tr").count() == 1 + 6  # header, the 4 samples, 'escape', 'feed-7'
     page.fill("input[name=q]", "Which parasite spreads deformed wing virus in honeybee hives?")
     page.press("input[name=q]", "Enter")
     page.wait_for_selector("#results .result", timeout=EVENT_DEADLINE_MS)
@@ -135,12 +141,13 @@ def test_local_audio_is_served_with_range_requests(web: str) -> None:
 @pytest.mark.parametrize(("path", "status", "says"), [
     ("/?q=", 400, "the search query is empty"),
     ("/?q=%20%20", 400, "the search query is empty"),
-    ("/?q=bees&episode=999", 400, "episode &#x27;999&#x27; does not exist (known episodes: 1, 2, 3, 4, escape)"),
+    ("/?q=bees&episode=999", 400, "episode &#x27;999&#x27; does not exist (known episodes: 1, 2, 3, 4, escape, feed-7)"),
     ("/transcript?episode=999&start=0", 400, "episode &#x27;999&#x27; does not exist"),
     ("/transcript?episode=1&start=99999", 400, "start 99999 s is outside episode &#x27;1&#x27;"),
     ("/transcript?episode=1&start=ten", 400, "start and end are seconds"),
     ("/audio/999", 404, "episode '999' does not exist"),
     ("/audio/escape", 404, "episode 'escape' has no local audio file"),  # its file_name points outside AUDIO_DIR
+    ("/audio/feed-7", 404, "episode 'feed-7' has no local audio file"),  # a feed episode plays from its audio_url
     ("/audio/..%2F..%2Fpyproject.toml", 404, "nothing at /audio/../../pyproject.toml"),
     ("/audio/%2e%2e/%2e%2e/pyproject.toml", 404, "nothing at /"),
 ])
@@ -149,6 +156,12 @@ def test_bad_input_is_refused_saying_what_was_wrong(web: str, path: str, status:
         response = client.get(path)
     assert response.status_code == status and says in response.text
     assert "[project]" not in response.text and "Traceback" not in response.text
+
+
+def test_a_feed_episode_plays_from_its_audio_url(web: str) -> None:
+    with httpx.Client(base_url=web, timeout=60) as client:
+        fragment = client.get("/transcript", params={"episode": "feed-7", "start": 0})
+    assert fragment.status_code == 200 and f"data-src='{FEED_AUDIO}'" in fragment.text and "zzqx vvkw" in fragment.text
 
 
 def test_the_episode_list_shows_status_and_duration(web: str, browser: Browser) -> None:

@@ -54,10 +54,15 @@ def gdr_server(args: list[str], settings: Settings, log: Path, announcement: str
             raise AssertionError(f"`gdr {' '.join(args)}` did not start: {log.read_text()[-2000:]}")
         yield found[0]
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 30)
         reader.join(timeout=30)
+
+
+def stop_process(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM (a server's clean shutdown), then SIGKILL if it is still running after `grace` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

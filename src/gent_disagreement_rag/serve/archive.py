@@ -23,11 +23,9 @@ from ..settings import Settings
 from ..storage.browse import (
     EpisodeSummary,
     SpeakerSummary,
-    Turn,
     catalogue_version,
     episode_summaries,
     speaker_summaries,
-    turns_between,
 )
 from ..storage.chat_access import reader_url
 from ..storage.database import Database
@@ -96,7 +94,7 @@ class Transcript:
     episode: EpisodeSummary
     start: float
     end: float
-    turns: list[Turn]
+    turns: list[Segment]  # the library's stored-chunk row, as search results hold them
 
     def as_json(self) -> dict[str, Any]:
         return {"episode_id": self.episode.episode_id, "title": self.episode.title, "start": self.start,
@@ -193,7 +191,12 @@ class Archive:
         if start >= length:
             raise ArchiveError(f"start {start:g} s is outside episode {episode.episode_id!r}, which is {length:.0f} s long "
                                f"({format_time(length)})")
-        return Transcript(episode, start, min(end, length), turns_between(self.db, episode.episode_id, start, end))
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                """SELECT position, speaker, start_seconds, end_seconds, text FROM segments
+                   WHERE episode_id = %s AND end_seconds > %s AND start_seconds < %s ORDER BY position""",
+                (episode.episode_id, start, end)).fetchall()
+        return Transcript(episode, start, min(end, length), [Segment(*r) for r in rows])
 
     def audio_file(self, episode: EpisodeSummary) -> Path | None:
         """The local audio of a catalogue episode, only if it is a file inside AUDIO_DIR (a file_name with `..`

@@ -1,5 +1,5 @@
 """What the read-only servers (`gdr mcp`, `gdr web`) show besides search results: the catalogue with its
-speakers, the speakers, and an episode's transcript over a time range. Reads only the tables the reader
+speakers, and the speakers. Reads only the tables the reader
 role may read (chat_access.SEARCH_TABLES)."""
 
 from __future__ import annotations
@@ -45,21 +45,6 @@ class SpeakerSummary:
                 "seconds": round(self.seconds, 1)}
 
 
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """One stored chunk of a transcript, with its speaker and times."""
-
-    position: int
-    speaker: str
-    start: float
-    end: float
-    text: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {"position": self.position, "speaker": self.speaker, "start": self.start, "end": self.end,
-                "text": self.text}
-
-
 _EPISODES_SQL = """
 SELECT e.episode_id, e.title, e.published,
        coalesce(e.duration_seconds, e.feed_duration_seconds, (SELECT max(s.end_seconds) FROM segments s
@@ -96,13 +81,3 @@ def speaker_summaries(db: Database, episode_id: str | None = None) -> list[Speak
                FROM segments WHERE %(episode)s::text IS NULL OR episode_id = %(episode)s
                GROUP BY speaker ORDER BY count(*) DESC, speaker""", {"episode": episode_id}).fetchall()
     return [SpeakerSummary(*r) for r in rows]
-
-
-def turns_between(db: Database, episode_id: str, start: float, end: float) -> list[Turn]:
-    """The episode's chunks that overlap [start, end] seconds, in order."""
-    with db.connection() as conn:
-        rows = conn.execute(
-            """SELECT position, speaker, start_seconds, end_seconds, text FROM segments
-               WHERE episode_id = %s AND end_seconds > %s AND start_seconds < %s ORDER BY position""",
-            (episode_id, start, end)).fetchall()
-    return [Turn(*r) for r in rows]
