@@ -224,3 +224,23 @@ def test_stdout_carries_only_the_protocol_and_a_missing_database_is_one_line(tmp
                           input="", capture_output=True, text=True, timeout=DEADLINE, cwd=REPO_ROOT)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("error: cannot connect to Postgres") and "Traceback" not in done.stderr
+
+
+def test_a_changed_episode_shows_at_once_though_the_lists_are_cached(archive: Settings) -> None:
+    """The server keeps the episode and speaker lists between calls; a change to an episode (here its title, as
+    a catalogue sync writes it) is seen by the next call."""
+    owner_url = archive.external_database_url()
+
+    async def talk(client: Client) -> tuple[str, str]:
+        before = payload(await client.call_tool("episodes", {}))["episodes"]
+        with psycopg.connect(owner_url) as owner:
+            owner.execute("UPDATE episodes SET title = 'Renamed', updated_at = now() WHERE episode_id = '4'")
+        after = payload(await client.call_tool("episodes", {}))["episodes"]
+        return next(e["title"] for e in before if e["episode_id"] == "4"), next(e["title"] for e in after if e["episode_id"] == "4")
+
+    old_title = sample_script(4)["title"]
+    try:
+        assert converse(stdio_server(archive), talk) == (old_title, "Renamed")
+    finally:
+        with psycopg.connect(owner_url) as owner:
+            owner.execute("UPDATE episodes SET title = %s, updated_at = now() WHERE episode_id = '4'", (old_title,))
