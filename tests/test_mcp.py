@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from mcp.client.stdio import StdioServerParameters
 from gent_disagreement_rag.serve.archive import MAX_K, opened_archive
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage.chat_access import READER_ROLE
+from gent_disagreement_rag.storage.embedded import stop_embedded
 from tests.support.builders import free_port
 from tests.support.samples import REPO_ROOT, sample_archive, sample_script
 from tests.support.servers import gdr_executable, gdr_server, server_environment
@@ -244,3 +247,26 @@ def test_a_changed_episode_shows_at_once_though_the_lists_are_cached(archive: Se
     finally:
         with psycopg.connect(owner_url) as owner:
             owner.execute("UPDATE episodes SET title = %s, updated_at = now() WHERE episode_id = '4'", (old_title,))
+
+
+def test_on_its_own_embedded_postgres_it_starts_the_server_and_stdout_stays_the_protocols() -> None:
+    """No DATABASE_URL: `gdr mcp` starts the embedded Postgres itself (pg_ctl runs while stdout is the protocol's
+    channel, so anything it printed there would break the client's connection), creates the reader role, and
+    answers."""
+    home = Path(tempfile.mkdtemp(prefix="gdr-test-mcp-embedded-"))
+    home.chmod(0o755)  # postgres runs as another OS user when we are root
+    settings = Settings(_env_file=None, gdr_home=home / "gdr")
+    server = StdioServerParameters(command=str(gdr_executable()), args=["mcp"], env={"GDR_HOME": str(settings.gdr_home)},
+                                   cwd=str(REPO_ROOT))
+
+    async def talk(client: Client) -> dict[str, Any]:
+        return {"episodes": payload(await client.call_tool("episodes", {})),
+                "search": error_text(await client.call_tool("search", {"query": "bees"}))}
+
+    try:
+        found = converse(server, talk)
+    finally:
+        stop_embedded(settings)
+        shutil.rmtree(home, ignore_errors=True)
+    assert found["episodes"] == {"episodes": []}
+    assert "the database has no embeddings yet: run `gdr ingest` first" in found["search"]

