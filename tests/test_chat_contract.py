@@ -136,7 +136,7 @@ def test_tcp_lets_in_only_the_reader_with_its_password(chat: Chat) -> None:
         assert ("password authentication failed" in str(failure.value)) or ("pg_hba.conf rejects" in str(failure.value))
     with chat.connect() as conn, conn.cursor() as cur:
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-            cur.execute("SELECT count(*) FROM public.segments")  # our tables are not the reader's
+            cur.execute("SELECT count(*) FROM public.provider_calls")  # the cost ledger is not the reader's
     with chat.connect() as conn, conn.cursor() as cur:
         with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
             cur.execute("CREATE TEMP TABLE t (x int)")

@@ -59,9 +59,10 @@ def _filter_conditions(filters: FilterShape, table: str) -> list[sql.Composable]
     where = []
     if filters.episode:
         where.append(sql.SQL(table + ".episode_id = %(episode)s"))
-    if filters.since:
+    dates = [c for c, on in (("x.published >= %(since)s", filters.since), ("x.published <= %(until)s", filters.until)) if on]
+    if dates:
         where.append(sql.SQL(
-            table + ".episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE x.published >= %(since)s))"
+            table + ".episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE " + " AND ".join(dates) + "))"
         ))
     if filters.speaker:
         where.append(sql.SQL(SPEAKER_SQL))
