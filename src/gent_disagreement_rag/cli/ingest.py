@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -19,6 +21,7 @@ from ..storage.database import Database
 
 if TYPE_CHECKING:
     from ..ingest.plan import EpisodePlan
+    from .progress import IngestProgress
 
 from .common import app, console, err_console, friendly_errors, open_database
 
@@ -121,20 +124,40 @@ def ingest_command(
             return
         for episode_id, reason in (plan.stale if plan else {}).items():
             console.print(f"{episode_id} is stale: {reason}", markup=False, highlight=False, soft_wrap=True)
-        from ..orchestration.runner import run_ingest
+        from ..orchestration.runner import EXIT_INTERRUPTED, run_ingest
+
+        def notify(line: str) -> None:
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
         with progress:
-            state = run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force)
+            result = run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force,
+                                notify=notify)
+        if result.state is None:  # interrupted, and episodes still running: their threads are not waited for
+            _report(settings, progress, None)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+    _report(settings, progress, result.state)
+    if result.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if result.state is not None and not result.state.is_completed():
+        raise typer.Exit(1)
+
+
+def _report(settings: Settings, progress: IngestProgress, state: Any) -> None:
+    """The run's summary table, each failure's reason in full (once; tracebacks are in the run's log only),
+    and its verdict, last: the first line of its state's message (which goes on to list the failures)."""
     console.print(progress.summary_table())
-    for episode_id, reason in progress.failures():  # each in full, once; tracebacks are in the run's log only
+    for episode_id, reason in progress.failures():
         console.print(f"{episode_id}: {settings.scrub(reason)}", markup=False, highlight=False, soft_wrap=True)
     for episode_id, note in progress.transcript_notes():  # why a publisher's transcript was not read
         console.print(f"{episode_id}: {settings.scrub(note)}", markup=False, highlight=False, soft_wrap=True)
-    # The run's verdict, last: its first line (the state message goes on to list the failures just printed).
-    verdict = (state.message or state.name).splitlines()[0].removesuffix(":")
+    if state is None:
+        running = [e for e, info in progress.episodes.items() if info.get("status") == "running"]
+        verdict = f"run interrupted; {len(running)} episodes cut short ({', '.join(running)}): pending for the next run"
+    else:
+        verdict = (state.message or state.name).splitlines()[0].removesuffix(":")
     console.print(settings.scrub(verdict), markup=False, highlight=False, soft_wrap=True)
-    if not state.is_completed():
-        raise typer.Exit(1)
 
 
 def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -34,7 +35,8 @@ class RunContext:
     is shown as `<RunContext>` instead of having its settings and pool walked into the API.
     """
 
-    __slots__ = ("settings", "db", "progress", "transcriptions_at_once", "fleet", "_transcriber", "_embedder")
+    __slots__ = ("settings", "db", "progress", "transcriptions_at_once", "fleet", "interrupted", "_transcriber",
+                 "_embedder")
 
     def __init__(self, settings: Settings, db: Database, progress: ProgressCallback | None = None,
                  transcriptions_at_once: int = 1, *, fleet: bool = False):
@@ -45,6 +47,8 @@ class RunContext:
         # Opened from the fleet's shared settings (a deployment run, an episode on a cluster worker): its
         # Deepgram requests also count against the fleet-wide limit every machine shares.
         self.fleet = fleet
+        # Set when the person running `gdr ingest` asks it to stop (Ctrl-C, SIGTERM): no new episode starts.
+        self.interrupted = threading.Event()
         self._transcriber: Lazy[Transcriber] = Lazy(lambda: make_transcriber(settings, transcriptions_at_once))
         self._embedder: Lazy[Embedder] = Lazy(lambda: make_embedder(settings))
 
@@ -72,6 +76,7 @@ class RunContext:
     def with_progress(self, progress: ProgressCallback) -> RunContext:
         """The same run (settings, pool, providers) reporting to `progress` instead."""
         other = RunContext(self.settings, self.db, progress, self.transcriptions_at_once, fleet=self.fleet)
+        other.interrupted = self.interrupted
         other._transcriber, other._embedder = self._transcriber, self._embedder
         return other
 
@@ -82,6 +87,7 @@ class RunContext:
         if count == self.transcriptions_at_once:
             return self
         other = RunContext(self.settings, self.db, self.progress, count, fleet=self.fleet)
+        other.interrupted = self.interrupted
         other._embedder = self._embedder
         return other
 

@@ -223,7 +223,7 @@ def _ingest(ctx: RunContext, episode_ids: list[str] | None, max_parallel: int | 
                 threading.Thread(target=local.warm_up, name="gdr-warm-up", daemon=True).start()
             futures = runner.map(episode_task, {"episode_id": [j.episode_id for j in jobs],
                                                 "job": [j.as_json() for j in jobs], "run_id": unmapped(run_id)})
-            for job, outcome in _as_they_end(jobs, futures, stop, settings):
+            for job, outcome in _as_they_end(jobs, futures, stop, local):
                 summary = _summary(local, run_id, job, outcome)
                 summaries[job.episode_id] = summary
                 local.progress(job.episode_id, summary.status, asdict(summary))
@@ -249,24 +249,35 @@ class _Outcome:
 
 @dataclass(slots=True)
 class _Stop:
-    """Why the run stopped starting episodes, and at which episode."""
+    """Why the run stopped starting episodes: at which episode (a bad key, no credit), or interrupted."""
 
     episode: str | None = None
     reason: str = ""
+    interrupted: bool = False
 
 
-def _as_they_end(jobs: list[EpisodeJob], futures: list[PrefectFuture[Any]], stop: _Stop, settings: Any
+def _as_they_end(jobs: list[EpisodeJob], futures: list[PrefectFuture[Any]], stop: _Stop, ctx: RunContext
                  ) -> Iterator[tuple[EpisodeJob, _Outcome]]:
-    """Each episode's outcome as its task ends. After a failure that every episode would meet, the episodes
-    not yet started are cancelled and reported as skipped (one already started runs on to its end)."""
+    """Each episode's outcome as its task ends. After a failure that every episode would meet, or when the
+    run is interrupted, the episodes not yet started are cancelled and reported as skipped (one already
+    started runs on to its end)."""
     ended: queue.SimpleQueue[int] = queue.SimpleQueue()
     # Both runners' futures (concurrent.futures' and Dask's) call back when done, failed or cancelled.
     wrapped = [future.wrapped_future for future in futures]  # type: ignore[attr-defined]
     for index, inner in enumerate(wrapped):
         inner.add_done_callback(lambda _, index=index: ended.put(index))
     for _ in futures:
-        index = ended.get()
-        outcome = _outcome_of(wrapped[index], settings)
+        while True:
+            if ctx.interrupted.is_set() and not stop.interrupted:
+                stop.interrupted = True
+                for inner in wrapped:
+                    inner.cancel()
+            try:
+                index = ended.get(timeout=0.2)
+                break
+            except queue.Empty:
+                continue
+        outcome = _outcome_of(wrapped[index], ctx.settings)
         if outcome.stops_the_run and stop.episode is None:
             stop.episode, stop.reason = jobs[index].episode_id, outcome.error
             for inner in wrapped:
@@ -297,7 +308,7 @@ def _summary(ctx: RunContext, run_id: str, job: EpisodeJob, outcome: _Outcome) -
     """The episode's row of the summary, from the database: the record, wherever the episode ran."""
     summary = EpisodeSummary(job.episode_id, outcome.status, error=outcome.error, title=job.title)
     if outcome.status == EpisodeStatus.SKIPPED:
-        summary.error = "not started: the run stopped first"
+        summary.error = "not started: the run was interrupted" if ctx.interrupted.is_set() else "not started: the run stopped first"
         return summary
     tried = attempts.attempts_of(ctx.db, run_id, job.episode_id)
     summary.workers = ", ".join(a.worker + (" (died)" if a.died else "") for a in tried)
@@ -334,9 +345,11 @@ def _final_state(summaries: list[EpisodeSummary], stop: _Stop, feed_error: str) 
     message = f"{len(summaries) - len(failed) - busy}/{len(summaries)} episodes processed" + (
         f" ({busy} by another run)" if busy else ""
     )
+    skipped = sum(s.status == EpisodeStatus.SKIPPED for s in summaries)
     if stop.episode is not None:  # a bad key or no credit: said once, not once per episode
-        skipped = sum(s.status == EpisodeStatus.SKIPPED for s in summaries)
         message = f"run stopped: {stop.reason} ({skipped} episodes not started); {message}"
+    elif stop.interrupted:
+        message = f"run interrupted ({skipped} episodes not started); {message}"
     if feed_error:
         message = f"feed discovery failed: {feed_error}; {message}"
     if failed:
