@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
+from gent_disagreement_rag.providers.transcribers import parse_raw
 from gent_disagreement_rag.providers.transcribers.deepgram import parse_deepgram_response
 from gent_disagreement_rag.search.models import Segment
 from gent_disagreement_rag.search.replies import replies_first
@@ -82,12 +83,12 @@ def transcripts(cache: Path) -> dict[str, tuple[Transcript, dict[str, str]]]:
     cache.mkdir(parents=True, exist_ok=True)
     for stem in SYNTHETIC:
         speakers_map = json.loads((ROOT / "data" / "samples" / f"{stem}.script.json").read_text())["speakers_map"]
-        path = cache / f"{stem}.json"
+        path = cache / f"{stem}.raw.json"  # whisper's raw output: parsed again by today's rules on every run
         if not path.exists():
             whisper = LocalWhisperTranscriber(shipped_whisper_base(ROOT / ".gdr"), home=ROOT / ".gdr")
             result = whisper.transcribe(ROOT / "data" / "audio" / f"{stem}.mp3", speakers=len(speakers_map))
-            path.write_text(json.dumps(result.transcript.to_dict()))
-        out[stem] = (Transcript.from_dict(json.loads(path.read_text())), speakers_map)
+            path.write_text(json.dumps(result.raw))
+        out[stem] = (parse_raw(json.loads(path.read_text())), speakers_map)
     return out
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..text.exports import EXPORT_SUFFIXES
 from .context import RunContext
-from .plan import TOKEN_COUNTER, EpisodeJob, chunker_config
+from .plan import REPARSED_PROVIDERS, TOKEN_COUNTER, TRANSCRIPT_PARSER, EpisodeJob, chunker_config
 
 TRANSCRIBE_VERSION = "1"
 FORMAT_VERSION = "2"  # the quality gate and how chunks are made from a transcript (the chunker's own version is in its key)
@@ -35,9 +35,10 @@ def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
     t = ctx.transcriber
     speakers = (len(job.speakers_map),) if t.uses_speaker_count else ()  # Deepgram's keys stay as they were
     transcribe = stable_hash("transcribe", TRANSCRIBE_VERSION, job.audio_sha256, t.provider, t.model, t.options(), *speakers)
+    parser = (TRANSCRIPT_PARSER,) if t.provider in REPARSED_PROVIDERS else ()  # Deepgram's keys stay as they were
     fmt = stable_hash(
         "format", FORMAT_VERSION, transcribe, job.speakers_map, chunker_config(ctx.settings).cache_key(), TOKEN_COUNTER,
-        ctx.settings.skip_quality_gate,
+        ctx.settings.skip_quality_gate, *parser,
     )
     folder = ctx.settings.transcripts_dir.resolve()
     present = all((folder / f"{job.stem}{suffix}").exists() for suffix in EXPORT_SUFFIXES.values())

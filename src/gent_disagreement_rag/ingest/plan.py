@@ -21,6 +21,11 @@ from ..storage.database import Database
 from ..text.chunking import ChunkerConfig
 
 TOKEN_COUNTER = "cl100k"  # the chunker's token counts (text/chunking.py)
+# How a provider's raw response is read into words (providers/transcribers parse_raw). 2: Whisper's word pieces
+# are joined into the words they spell ("co-host", not "co -host"). Episodes whose stored text an older parser
+# made are stale, re-derived from their cached transcripts; the providers whose words the change touches:
+TRANSCRIPT_PARSER = 2
+REPARSED_PROVIDERS = frozenset({"local"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +64,21 @@ def chunker_config(settings: Settings) -> ChunkerConfig:
 def segments_config(settings: Settings, speakers_map: dict[str, str]) -> dict[str, Any]:
     """What decides an episode's segments besides its transcript; stored with them (store stage)."""
     return {"chunker": chunker_config(settings).cache_key(), "token_counter": TOKEN_COUNTER,
-            "speakers_map": speakers_map}
+            "speakers_map": speakers_map, "transcript_parser": TRANSCRIPT_PARSER}
 
 
 def stale_reason(settings: Settings, row: episodes.EpisodeRow, speakers_map: dict[str, str]) -> str | None:
     """Why a processed episode's stored segments or vectors are not what the settings would make now
     (None: they are). An episode processed before segments_config was recorded is judged by its vectors
-    only: re-chunking it could cost a transcription if the stage cache is gone."""
+    only: re-chunking it could cost a transcription if the stage cache is gone. The exception is text an older
+    parser read from a local transcript: made again, it costs no more than CPU time."""
     if row.status != "processed":
         return None
     reasons = []
+    parser = (row.segments_config or {}).get("transcript_parser", 1)
+    if row.transcribed_by in REPARSED_PROVIDERS and parser != TRANSCRIPT_PARSER:
+        reasons.append(f"text read from the {row.transcribed_by} transcript by parser {parser}, now {TRANSCRIPT_PARSER} "
+                       "(it joins Whisper's word pieces: 'co-host', not 'co -host')")
     if row.segments_config is not None:
         wanted = segments_config(settings, speakers_map)
         stored_chunker, wanted_chunker = row.segments_config.get("chunker", {}), wanted["chunker"]

@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from ..providers.transcribers.deepgram import parse_deepgram_response
+from ..providers.transcribers import parse_raw
 from ..text.chunking import chunk_transcript
 from ..text.exports import render_exports
-from ..transcript import Transcript
 from .stages import write_exports
-
-
-def parse_raw(raw: dict[str, Any]) -> Transcript:
-    """A saved raw response of either provider as a Transcript (local ones carry provider="local")."""
-    if raw.get("provider") == "local":
-        from ..providers.transcribers.local_whisper import parse_local_response
-
-        return parse_local_response(raw)
-    return parse_deepgram_response(raw)
 
 
 def _stem(raw_path: Path) -> str:

