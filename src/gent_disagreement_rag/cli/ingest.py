@@ -19,7 +19,7 @@ from ..storage.database import Database
 if TYPE_CHECKING:
     from ..ingest.plan import EpisodePlan
 
-from .common import app, console, err_console, friendly_errors, open_database
+from .common import app, console, counted, err_console, friendly_errors, open_database
 
 
 @app.command("status")
@@ -29,27 +29,29 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     it stale (and why), and what its provider calls cost.
 
     Reads only: a catalogue entry the database does not know yet is listed as pending."""
-    from ..ingest.plan import stale_reason
+    from ..ingest.plan import stale_reason, undecodable_note
     from ..sources.catalogue import catalogue_entries
 
     settings = Settings()
     entries = catalogue_entries(settings)
     names = {e.episode_id: e.speakers_map for e in entries}
     with open_database(settings) as db:
-        rows = [r.as_json() | {"stale": stale_reason(settings, r, names.get(r.episode_id, r.speakers_map))}
+        rows = [r.as_json() | {"stale": stale_reason(settings, r, names.get(r.episode_id, r.speakers_map)),
+                               "undecodable": undecodable_note(settings, r)}
                 for r in episodes.list_episodes(db)]
     known = {r["episode_id"] for r in rows}
-    rows += [episodes.new_entry_json(e) | {"stale": None} for e in entries if e.episode_id not in known]
+    rows += [episodes.new_entry_json(e) | {"stale": None, "undecodable": None} for e in entries if e.episode_id not in known]
     if as_json:
         print(json.dumps({"episodes": rows}, indent=2, ensure_ascii=False))
         return
     table = Table("episode", "title", "status", "segments", "cost $", "error / stale because",
-                  title=f"{len(rows)} episodes")
+                  title=counted(len(rows), "episode"))
     colours = {"processed": "green", "failed": "red", "pending": "yellow"}
     for r in rows:
         status = f"[{colours[r['status']]}]{r['status']}[/]" + (" [yellow](stale)[/]" if r["stale"] else "")
+        why = "; ".join(x for x in (r["error"] and r["error"][:160], r["undecodable"], r["stale"]) if x)
         table.add_row(r["episode_id"], escape(r["title"] or r["file_name"] or ""), status,
-                      str(r["segments"]), f"{r['cost_usd']:.4f}", escape((r["error"] or r["stale"] or "")[:160]))
+                      str(r["segments"]), f"{r['cost_usd']:.4f}", escape(why))
     if any(r["stale"] for r in rows):
         console.print("[yellow]stale episodes are re-chunked / re-embedded from cached transcripts by the next `gdr ingest`[/]")
     console.print(table)
@@ -114,8 +116,15 @@ def ingest_command(
         # Planned once, here: with nothing to do, Prefect is not even started. With feeds, only the flow's
         # discover can tell what is new, so the flow plans.
         plan = None if settings.feed_url else plan_episodes(settings, ctx.db, episode_ids or None, force)
+        for episode_id, reason in (plan.skipped if plan else {}).items():
+            console.print(f"{episode_id} skipped: {reason}", markup=False, highlight=False, soft_wrap=True)
+        if plan is not None and episode_ids:
+            for episode_id in plan.up_to_date:
+                console.print(f"{episode_id} is up to date (--force runs it again from cache)", highlight=False)
         if plan is not None and not plan.jobs and not plan.invalid:
-            console.print(f"nothing to do: {len(plan.up_to_date)} episodes up to date (--force runs them again from cache)")
+            if not episode_ids:
+                console.print(f"nothing to do: {counted(len(plan.up_to_date), 'episode')} up to date "
+                              "(--force runs them again from cache)")
             return
         for episode_id, reason in (plan.stale if plan else {}).items():
             console.print(f"{episode_id} is stale: {reason}", markup=False, highlight=False, soft_wrap=True)
@@ -134,13 +143,15 @@ def ingest_command(
 
 
 def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> None:
-    """The dry run's table: no provider is called, nothing is downloaded."""
-    from ..ingest.estimates import estimate_plan
+    """The dry run's tables: the episodes the run would process, then those it would fail or skip, each with why.
+    No provider is called, nothing is downloaded."""
+    from ..ingest.estimates import estimate_plan, will_fail
 
-    estimates = estimate_plan(settings, db, plan)
+    failing = will_fail(settings, db, plan)
+    estimates = [e for e in estimate_plan(settings, db, plan) if e.episode_id not in failing]
     table = Table("episode", "title", "audio min", "est. tokens", "est. cost $",
-                  title=f"would process {len(estimates)} episodes ({settings.resolved_transcriber} transcription, "
-                        f"{settings.resolved_embedder} embeddings); {len(plan.up_to_date)} up to date")
+                  title=f"would process {counted(len(estimates), 'episode')} ({settings.resolved_transcriber} "
+                        f"transcription, {settings.resolved_embedder} embeddings); {len(plan.up_to_date)} up to date")
     for e in estimates:
         minutes = f"{e.audio_seconds / 60:.2f}" if e.audio_seconds is not None else "?"
         table.add_row(e.episode_id, escape(e.title), minutes, str(e.tokens), f"{e.cost_usd:.4f}")
@@ -148,8 +159,11 @@ def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> Non
     table.add_row("total", "", f"{sum(e.audio_seconds or 0 for e in estimates) / 60:.2f}",
                   str(sum(e.tokens for e in estimates)), f"{sum(e.cost_usd for e in estimates):.4f}")
     console.print(table)
-    for episode_id, error in plan.invalid.items():
-        err_console.print(f"[red]{episode_id}: cannot start:[/] {settings.scrub(error)}", highlight=False)
+    if failing:  # one unwrapped line each: the reasons hold paths
+        console.print(f"would fail or skip {counted(len(failing), 'episode')}:")
+        for episode_id, (title, verdict, why) in failing.items():
+            console.print(f"  {episode_id} ({title}): will {verdict}: {settings.scrub(why)}", markup=False,
+                          highlight=False, soft_wrap=True)
 
 
 @app.command("format")
@@ -162,6 +176,7 @@ def format_command(
 ) -> None:
     """Re-format a saved raw response into chunks and exports, with no network: tune chunking for free."""
     from ..ingest.reformat import reformat_raw
+    from ..sources.catalogue import speaker_numbers
 
     names = _parse_speakers_map(speakers_map)
     if not raw_path.is_file():
@@ -185,4 +200,7 @@ def _parse_speakers_map(text: str | None) -> dict[str, str]:
         raise GdrError(f"--speakers-map: not valid JSON: {exc.msg}") from None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise GdrError('--speakers-map: expected an object of names, like {"0": "Ann", "1": "Bob"}')
-    return {str(k): v for k, v in value.items()}
+    try:
+        return speaker_numbers({str(k): v for k, v in value.items()})
+    except ValueError as exc:
+        raise GdrError(f"--speakers-map: {exc}") from None

@@ -55,6 +55,7 @@ class EpisodePlan:
     invalid: dict[str, str] = field(default_factory=dict)
     up_to_date: list[str] = field(default_factory=list)
     stale: dict[str, str] = field(default_factory=dict)  # jobs that run because the settings changed, and why
+    skipped: dict[str, str] = field(default_factory=dict)  # not run although not up to date, and why (undecodable audio)
 
 
 def chunker_config(settings: Settings) -> ChunkerConfig:
@@ -94,6 +95,25 @@ def stale_reason(settings: Settings, row: episodes.EpisodeRow, speakers_map: dic
     if row.segments and model not in row.model_ids:
         reasons.append(f"embedded with {', '.join(row.model_ids) or 'no model'}, settings want {model}")
     return "; ".join(reasons) or None
+
+
+def undecodable_reason(settings: Settings, row: episodes.EpisodeRow, audio_sha256: str | None) -> str | None:
+    """Why an episode is not tried again: the transcriber the settings choose could not decode this very audio
+    (None: it may work now, or it was never tried)."""
+    marker = row.undecodable_audio
+    if (marker is None or audio_sha256 is None or marker.get("audio_sha256") != audio_sha256
+            or marker.get("transcriber") != settings.resolved_transcriber):
+        return None
+    return (f"its audio could not be decoded by the {settings.resolved_transcriber} transcriber and has not changed "
+            "since: skipped until the file or TRANSCRIBER changes (--force tries again)")
+
+
+def undecodable_note(settings: Settings, row: episodes.EpisodeRow) -> str | None:
+    """What `gdr status` says of an episode whose audio the settings' transcriber could not decode (reads no file)."""
+    marker = row.undecodable_audio
+    if row.status != "failed" or marker is None or marker.get("transcriber") != settings.resolved_transcriber:
+        return None
+    return "not retried while its audio file stays the same (--force tries again)"
 
 
 def _job_for(settings: Settings, entry: CatalogueEntry) -> EpisodeJob:
@@ -161,8 +181,10 @@ def plan_episodes(
         row = known.get(episode_id)
         current = row is not None and row.status == "processed" and row.processed_sha256 == job.audio_sha256
         stale = stale_reason(settings, row, job.speakers_map) if current else None
-        if current and not stale and not force and not episode_ids:
+        if current and not stale and not force:  # named or not: --force runs an up-to-date episode again
             plan.up_to_date.append(job.episode_id)
+        elif not force and row is not None and (why := undecodable_reason(settings, row, job.audio_sha256)):
+            plan.skipped[episode_id] = why
         else:
             plan.jobs.append(job)
             if stale:

@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UndecodableAudioError
 from ..files import write_all_atomic
 from ..providers.embedders import EmbeddingBatch
 from ..providers.pricing import estimate_cost
@@ -75,7 +75,11 @@ def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> Transcript
         ctx.progress(job.episode_id, "running", {"stage": "transcribe", "audio_done": round(done, 1),
                                                  "audio_total": round(total, 1)})
 
-    result = ctx.transcriber.transcribe(job.audio_path, progress, speakers=len(job.speakers_map) or None)
+    try:
+        result = ctx.transcriber.transcribe(job.audio_path, progress, speakers=len(job.speakers_map) or None)
+    except UndecodableAudioError:
+        episodes.record_undecodable(ctx.db, job.episode_id, job.audio_sha256, ctx.transcriber.provider)
+        raise
     t = result.transcript
     record_cost(ctx, run_id, job.episode_id, "transcribe", t.provider, t.model, int(t.provider != "local"), t.duration, 0)
     return result

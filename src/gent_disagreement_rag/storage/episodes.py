@@ -42,6 +42,7 @@ class EpisodeRow:
     cost_usd: float
     processed_by: str | None
     segments_config: dict[str, Any] | None  # what made the stored segments (see ingest/plan.py segments_config)
+    undecodable_audio: dict[str, str] | None  # the audio and transcriber that could not decode it (record_undecodable)
     transcribed_by: str | None  # the provider of its latest transcription (the cost ledger's), None: never transcribed
     model_ids: tuple[str, ...]  # the embedding models this episode has vectors of
 
@@ -128,6 +129,13 @@ def mark_failed(db: Database, episode_id: str, error: str) -> None:
         )
 
 
+def record_undecodable(db: Database, episode_id: str, audio_sha256: str | None, transcriber: str) -> None:
+    """Remember that `transcriber` could not decode this audio content: plans skip the episode until either changes."""
+    with db.connection() as conn:
+        conn.execute("UPDATE episodes SET undecodable_audio = %s WHERE episode_id = %s",
+                     (Jsonb({"audio_sha256": audio_sha256, "transcriber": transcriber}), episode_id))
+
+
 def record_audio(
     db: Database, episode_id: str, audio_sha256: str, duration_seconds: float | None = None, *, audio_size: int | None = None
 ) -> None:
@@ -147,7 +155,7 @@ def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> lis
                       (SELECT count(*) FROM segments s WHERE s.episode_id = e.episode_id), e.updated_at,
                       e.source, e.enclosure_length, e.feed_duration_seconds,
                       (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id),
-                      e.processed_by, e.segments_config,
+                      e.processed_by, e.segments_config, e.undecodable_audio,
                       (SELECT p.provider FROM provider_calls p WHERE p.episode_id = e.episode_id AND p.stage = 'transcribe'
                        ORDER BY p.created_at DESC LIMIT 1),
                       ARRAY(SELECT m.model_id FROM embedding_models m WHERE EXISTS (SELECT 1 FROM embeddings x

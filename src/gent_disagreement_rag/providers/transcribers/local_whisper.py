@@ -35,7 +35,7 @@ import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
 from faster_whisper.transcribe import Segment
 
-from ...errors import ConfigError, PermanentProviderError
+from ...errors import ConfigError, UndecodableAudioError
 from ...settings import Settings
 from ...transcript import SENTENCE_ENDS, Span, Transcript, TranscriptionResult, Word
 from ..lazy import Lazy
@@ -91,16 +91,16 @@ def _check_size(model_bin: Path) -> None:
 
 
 def decode(audio_path: Path) -> np.ndarray:
-    """16 kHz mono float32 samples; undecodable or empty files are a PermanentProviderError naming the file."""
+    """16 kHz mono float32 samples; undecodable or empty files are an UndecodableAudioError naming the file."""
     try:
         audio = decode_audio(str(audio_path), sampling_rate=SAMPLE_RATE)
     except (av.FFmpegError, OSError) as exc:
         reason = getattr(exc, "strerror", None) or exc
-        raise PermanentProviderError(f"{audio_path}: cannot decode the audio: {reason}") from exc
+        raise UndecodableAudioError(f"{audio_path}: cannot decode the audio: {reason}") from exc
     except IndexError as exc:  # PyAV's container.decode(audio=0) when there is no audio stream
-        raise PermanentProviderError(f"{audio_path}: cannot decode the audio: no audio stream") from exc
+        raise UndecodableAudioError(f"{audio_path}: cannot decode the audio: no audio stream") from exc
     if audio.size == 0:
-        raise PermanentProviderError(f"{audio_path}: the file holds no audio samples")
+        raise UndecodableAudioError(f"{audio_path}: the file holds no audio samples")
     return audio
 
 
