@@ -17,7 +17,10 @@ from ..storage import costs, episodes
 from ..storage.database import Database
 
 if TYPE_CHECKING:
+    from prefect.states import State
+
     from ..ingest.plan import EpisodePlan
+    from .progress import IngestProgress
 
 from .common import app, console, counted, err_console, friendly_errors, open_database
 
@@ -100,19 +103,39 @@ def ingest_command(
     ] = False,
 ) -> None:
     """Run the `ingest` flow in this process: discover feed episodes; download, transcribe, format, export, embed, store."""
-    from ..ingest.context import RunContext
-    from ..ingest.plan import plan_episodes
-    from ..ingest.stages import discover
     from .progress import IngestProgress
 
     settings = Settings(max_parallel_episodes=max_parallel) if max_parallel else Settings()
-    progress = IngestProgress(console)
+    with IngestProgress(console) as progress:
+        state = _ingest(settings, progress, episode_ids, max_parallel, force, dry_run)
+    if state is None:
+        return
+    console.print(progress.summary_table())
+    for episode_id, reason in progress.failures():  # each in full, once; tracebacks are in the run's log only
+        console.print(f"{episode_id}: {settings.scrub(reason)}", markup=False, highlight=False, soft_wrap=True)
+    # The run's verdict, last: its first line (the state message goes on to list the failures just printed).
+    verdict = (state.message or state.name).splitlines()[0].removesuffix(":")
+    console.print(settings.scrub(verdict), markup=False, highlight=False, soft_wrap=True)
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
+def _ingest(settings: Settings, progress: IngestProgress, episode_ids: list[str] | None, max_parallel: int | None,
+            force: bool, dry_run: bool) -> State | None:
+    """`gdr ingest`'s work, said as it goes (`progress.say`); the run's final state, None when no run was needed.
+    The first phases are quick and then printed over by what follows, so only a terminal shows them."""
+    from ..ingest.context import RunContext
+    from ..ingest.plan import plan_episodes
+    from ..ingest.stages import discover
+
+    progress.say("starting the database", line=False)
     with RunContext.open(settings, progress.on_progress) as ctx:
+        progress.say("planning", line=False)
         if dry_run:
             if settings.feed_url:
                 discover(ctx)  # registers new feed episodes as pending; downloads nothing
             _print_estimates(settings, ctx.db, plan_episodes(settings, ctx.db, episode_ids or None, force))
-            return
+            return None
         # Planned once, here: with nothing to do, Prefect is not even started. With feeds, only the flow's
         # discover can tell what is new, so the flow plans.
         plan = None if settings.feed_url else plan_episodes(settings, ctx.db, episode_ids or None, force)
@@ -125,21 +148,13 @@ def ingest_command(
             if not episode_ids:
                 console.print(f"nothing to do: {counted(len(plan.up_to_date), 'episode')} up to date "
                               "(--force runs them again from cache)")
-            return
+            return None
         for episode_id, reason in (plan.stale if plan else {}).items():
             console.print(f"{episode_id} is stale: {reason}", markup=False, highlight=False, soft_wrap=True)
+        progress.say("starting the orchestration server (Prefect)")
         from ..orchestration.runner import run_ingest
 
-        with progress:
-            state = run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force, plan=plan)
-    console.print(progress.summary_table())
-    for episode_id, reason in progress.failures():  # each in full, once; tracebacks are in the run's log only
-        console.print(f"{episode_id}: {settings.scrub(reason)}", markup=False, highlight=False, soft_wrap=True)
-    # The run's verdict, last: its first line (the state message goes on to list the failures just printed).
-    verdict = (state.message or state.name).splitlines()[0].removesuffix(":")
-    console.print(settings.scrub(verdict), markup=False, highlight=False, soft_wrap=True)
-    if not state.is_completed():
-        raise typer.Exit(1)
+        return run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force, plan=plan)
 
 
 def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> None:

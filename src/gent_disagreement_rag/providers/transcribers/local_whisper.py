@@ -200,6 +200,8 @@ class LocalWhisperTranscriber:
         separates voices, up to max_speakers: with no count to aim at, the embeddings' clusters cannot be
         trusted (a two-voice test dialogue came out as four speakers), and a wrong split is worse than none."""
         audio = decode(audio_path)
+        if progress is not None:  # the bar from the start: loading the model and the first batch take a while
+            progress(0.0, len(audio) / SAMPLE_RATE)
         segments, info = self._whisper(audio, progress)
         words = [w for segment in segments for w in segment["words"]]
         phrases = _phrases(words)
