@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ PHONE_CALL = ROOT / "tests" / "fixtures" / "deepgram" / "phone_call_463s_2spk_no
 SYNTHETIC = ("GDR-001", "GDR-002", "GDR-003", "GDR-004", "GDR-005")
 WINDOWS = (60, 120, 250)
 K = 5
+RANDOM_QUESTIONS = 60
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def monologue_seconds(config: ChunkerConfig) -> float:
 
 def first_hit(results: Sequence[Unit], question: dict) -> int | None:
     """1-based rank of the first result overlapping the answer span in the question's episode."""
-    start, end = answer_span(question)
+    start, end = (question["start"], question["end"]) if "start" in question else answer_span(question)
     return next((r for r, u in enumerate(results, 1) if u.episode == question["episode"]
                  and u.start < end and u.end > start), None)
 
@@ -170,6 +172,23 @@ def search_ranks(corpus: dict[str, tuple[Transcript, dict[str, str]]], questions
     return ranks, units
 
 
+def random_questions(seed: int, count: int = RANDOM_QUESTIONS) -> list[dict]:
+    """Questions drawn by a seeded generator instead of written by us: a random turn (or utterance) of a random
+    episode, asked as 3 of its words of 4 letters or more in random order; its span is the answer. A check that
+    a ranking change is not fitted to the written questions."""
+    rng = random.Random(seed)
+    episodes = [*SYNTHETIC, "phone_call"]
+    questions: list[dict] = []
+    while len(questions) < count:
+        episode = rng.choice(episodes)
+        start, end, text = rng.choice(ground_truth(episode))
+        words = sorted({w for w in re.findall(r"[a-z']+", text.lower()) if len(w) >= 4})
+        if len(words) >= 3:
+            questions.append({"id": f"random-{seed}-{len(questions)}", "episode": episode, "start": start, "end": end,
+                              "question": " ".join(rng.sample(words, 3))})
+    return questions
+
+
 def metrics(ranks: Sequence[int | None], units: Sequence[Unit]) -> dict[str, float]:
     """hit@1, hit@3, MRR@5, and the units' mean length in seconds."""
     return {
@@ -184,8 +203,10 @@ def metrics(ranks: Sequence[int | None], units: Sequence[Unit]) -> dict[str, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spans", action="store_true", help="rewrite the answer spans in the questions file")
+    parser.add_argument("--random", type=int, metavar="SEED",
+                        help=f"{RANDOM_QUESTIONS} questions drawn by a generator seeded with SEED instead of the written ones")
     args = parser.parse_args()
-    questions = load_questions()
+    questions = load_questions() if args.random is None else random_questions(args.random)
     if args.spans:
         for q in questions:
             q["start"], q["end"] = answer_span(q)
