@@ -1,42 +1,19 @@
-"""`gdr ingest` on a terminal says what it is doing from the start (the database, planning, the orchestration
-server, the models) instead of an empty table. A real `gdr` process on a pseudo-terminal."""
+"""`gdr ingest` on a terminal says what it is doing from the start (starting the database, planning, starting the
+orchestration server; then the models, while the first episodes start) instead of an empty table. A real `gdr` process on a pseudo-terminal."""
 
 from __future__ import annotations
 
 import json
 import os
-import pty
-import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from gent_disagreement_rag.settings import Settings
 from tests.support.builders import app_environment, make_audio
 from tests.support.fakeapi import FakeAPI
+from tests.support.terminal import run_on_terminal
 
 GDR = Path(sys.executable).parent / "gdr"
-
-
-def terminal_output(args: list[str], env: dict[str, str], cwd: Path) -> str:
-    """Everything `gdr` drew on a pseudo-terminal (120 columns) until it exited."""
-    leader, follower = pty.openpty()
-    env = env | {"COLUMNS": "120", "LINES": "40", "TERM": "xterm"}
-    proc = subprocess.Popen([str(GDR), *args], env=env, cwd=cwd, stdin=follower, stdout=follower, stderr=follower)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # the process closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=600)
-    os.close(leader)
-    return b"".join(chunks).decode(errors="replace")
 
 
 def test_the_live_display_says_what_the_run_is_doing_before_any_episode_starts(
@@ -47,7 +24,7 @@ def test_the_live_display_says_what_the_run_is_doing_before_any_episode_starts(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= app_environment(settings, fake_api) | {"PREFECT_API_URL": prefect_api,
                                                    "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    drawn = terminal_output(["ingest"], env, tmp_path)
+    _, drawn = run_on_terminal([str(GDR), "ingest"], env | {"COLUMNS": "120", "LINES": "40", "TERM": "xterm"}, tmp_path)
     phases = ["starting the database…", "planning…", "starting the orchestration server (Prefect)…"]
     where = [drawn.find(phase) for phase in phases]
     assert -1 not in where and where == sorted(where), (where, drawn[-3000:])

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..ingest.plan import EpisodePlan
     from .progress import IngestProgress
 
-from .common import app, console, counted, err_console, friendly_errors, open_database
+from .common import app, console, counted, friendly_errors, open_database
 
 
 @app.command("status")

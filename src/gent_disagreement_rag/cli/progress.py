@@ -31,7 +31,9 @@ class IngestProgress:
         self.live = console.is_terminal
         self._since = time.monotonic()
         self._lock = threading.Lock()
-        self._live = Live(self._render(), console=console, transient=True, refresh_per_second=4) if self.live else None
+        # Drawn afresh at every refresh (get_renderable), so the seconds a phase has taken keep counting.
+        self._live = Live(console=console, transient=True, refresh_per_second=4,
+                          get_renderable=self._render) if self.live else None
 
     def __enter__(self) -> IngestProgress:
         if self._live is not None:
@@ -47,9 +49,9 @@ class IngestProgress:
         with self._lock:
             self.phase, self._since = phase, time.monotonic()
         if self._live is not None:
-            self._live.update(self._render(), refresh=True)  # drawn now: a quick phase is still seen
+            self._live.refresh()  # drawn now: a quick phase is still seen
         elif line:
-            self._show(phase)
+            self._print(phase)
 
     def on_progress(self, episode_id: str, status: str, info: dict[str, Any]) -> None:
         with self._lock:
@@ -62,16 +64,11 @@ class IngestProgress:
                     self.phase, self._since = STARTING_EPISODES, time.monotonic()
             elif info.get("stage") not in (None, "download") or status in FINISHED:
                 self.phase = ""
-        if self.live:
-            self._show()
-        elif line:
-            self._show(line)
+        if line and not self.live:  # the live table redraws itself (get_renderable)
+            self._print(line)
 
-    def _show(self, line: str | None = None) -> None:
-        if self._live is not None:
-            self._live.update(self._render())
-        elif line:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+    def _print(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def _counts(self) -> str:
         return "  ".join(f"[{STATUS_STYLE[s]}]{s} {n}[/]" for s, n in sorted(self._count_by_status().items()))
