@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -17,8 +17,6 @@ from ..storage import costs, episodes
 from ..storage.database import Database
 
 if TYPE_CHECKING:
-    from prefect.states import State
-
     from ..ingest.plan import EpisodePlan
     from .progress import IngestProgress
 
@@ -121,8 +119,9 @@ def ingest_command(
 
 
 def _ingest(settings: Settings, progress: IngestProgress, episode_ids: list[str] | None, max_parallel: int | None,
-            force: bool, dry_run: bool) -> State | None:
-    """`gdr ingest`'s work, said as it goes (`progress.say`); the run's final state, None when no run was needed.
+            force: bool, dry_run: bool) -> Any:
+    """`gdr ingest`'s work, said as it goes (`progress.say`); the run's final (Prefect) state, None when no run was
+    needed.
     The first phases are quick and then printed over by what follows, so only a terminal shows them."""
     from ..ingest.context import RunContext
     from ..ingest.plan import plan_episodes
@@ -191,7 +190,6 @@ def format_command(
 ) -> None:
     """Re-format a saved raw response into chunks and exports, with no network: tune chunking for free."""
     from ..ingest.reformat import reformat_raw
-    from ..sources.catalogue import speaker_numbers
 
     names = _parse_speakers_map(speakers_map)
     if not raw_path.is_file():
@@ -207,6 +205,8 @@ def format_command(
 
 
 def _parse_speakers_map(text: str | None) -> dict[str, str]:
+    from ..sources.catalogue import speaker_numbers
+
     if text is None:
         return {}
     try:
