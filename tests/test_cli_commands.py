@@ -202,13 +202,12 @@ def test_prefect_yaml_schedules_ingest_nightly_one_run_at_a_time_as_the_readme_s
 
     config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
     by_entrypoint = {d["entrypoint"]: d for d in config["deployments"]}
-    assert set(by_entrypoint) == {"flows/ingest.py:ingest", "flows/ingest.py:episode_pipeline"}
+    assert set(by_entrypoint) == {"flows/ingest.py:ingest"}  # its episodes go to the task runner, not to deployments
     nightly = by_entrypoint["flows/ingest.py:ingest"]
     assert (nightly["name"], nightly["work_pool"]["name"], nightly["concurrency_limit"]) == ("default", "default", 1)
     [schedule] = nightly["schedules"]
     assert schedule == {"cron": "0 2 * * *", "timezone": "America/New_York", "active": True}
-    assert nightly["parameters"] == {"max_parallel": None, "force": False}
-    assert "schedules" not in by_entrypoint["flows/ingest.py:episode_pipeline"]  # started by ingest runs only
+    assert nightly["parameters"] == {"episode_ids": None, "max_parallel": None, "force": False}
     assert ingest.timeout_seconds == 23 * 3600
 
     minute, hour, *every = schedule["cron"].split()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 
+import psycopg
 import pytest
 
 from gent_disagreement_rag.settings import Settings
@@ -105,15 +108,52 @@ def test_changing_the_chunker_re_chunks_without_transcribing(settings, catalogue
     assert len(fake_api.requests_to(LISTEN)) == 1
 
 
-def test_an_episode_claimed_by_another_run_is_left_to_it(settings, catalogue, fake_api) -> None:
-    claim = episode_store.claim_episode(settings.external_database_url(), "EP-0")  # as another process's run would
-    assert claim is not None and episode_store.claim_episode(settings.external_database_url(), "EP-0") is None
-    try:
-        state = run_ingest(episode_ids=["EP-0", "EP-1"])
-    finally:
-        claim.close()
-    assert state.is_completed() and "1 being processed by another run" in state.message
-    assert statuses(settings)["EP-0"][0] == "pending" and statuses(settings)["EP-1"][0] == "processed"
-    assert len(fake_api.requests_to(LISTEN)) == 1
-    assert run_ingest(episode_ids=["EP-0"]).is_completed()  # the claim died with its connection
+def _hold_claim_until_waited_on(settings, episode_id: str, *, process_it: bool) -> threading.Thread:
+    """Another run's claim on `episode_id` (as a run whose parent died would still hold it on a worker): held
+    until this process's run waits for it, then released, with the episode processed or not."""
+    url = settings.external_database_url()
+    held = threading.Event()
+
+    def other_run() -> None:
+        claim = episode_store.wait_for_claim(url, episode_id)
+        held.set()
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                deadline = time.monotonic() + 300
+                while not conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                       ).fetchone()[0]:
+                    assert time.monotonic() < deadline, "no run waited for the claim"
+                    time.sleep(0.2)
+                if process_it:
+                    conn.execute("UPDATE episodes SET status = 'processed', processed_at = clock_timestamp() "
+                                 "WHERE episode_id = %s", (episode_id,))
+        finally:
+            claim.close()
+
+    thread = threading.Thread(target=other_run, daemon=True)
+    thread.start()
+    assert held.wait(60)
+    return thread
+
+
+def test_an_episode_another_run_finishes_while_this_one_waits_is_left_to_it(settings, catalogue, fake_api) -> None:
+    run_ingest(episode_ids=["EP-1"])  # registers the catalogue (the other run's episode row exists)
+    other = _hold_claim_until_waited_on(settings, "EP-0", process_it=True)
+
+    state = run_ingest(episode_ids=["EP-0"])
+
+    other.join(60)
+    assert state.is_completed() and "1 by another run" in state.message, state.message
     assert statuses(settings)["EP-0"][0] == "processed"
+    assert len(fake_api.requests_to(LISTEN)) == 1  # EP-1's: EP-0 was not transcribed by this run
+
+
+def test_an_episode_whose_other_run_died_is_processed_by_the_run_waiting_for_it(settings, catalogue, fake_api) -> None:
+    other = _hold_claim_until_waited_on(settings, "EP-0", process_it=False)
+
+    state = run_ingest(episode_ids=["EP-0"])
+
+    other.join(60)
+    assert state.is_completed() and "1/1 episodes processed" in state.message, state.message
+    assert statuses(settings)["EP-0"][0] == "processed"
+    assert len(fake_api.requests_to(LISTEN)) == 1

@@ -207,7 +207,8 @@ def run_flow(stats: dict[str, int] | None = None, ctx: RunContext | None = None,
 
     ctx = ctx or RunContext.open(Settings(_env_file=None))
     try:
-        state = ingest(**parameters, ctx=ctx, return_state=True)
+        with ctx.activated():
+            state = ingest(**parameters, return_state=True)
         pool = ctx.db.pool
         # (a connection the pool is still opening in the background counts in pool_size: give it a moment)
         wait_for(lambda: pool.get_stats()["pool_available"] == pool.get_stats()["pool_size"], timeout=15,

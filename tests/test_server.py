@@ -16,6 +16,7 @@ from pathlib import Path
 from threading import Thread
 from typing import Any
 
+import httpx
 import pytest
 
 from gent_disagreement_rag.storage import episodes as episode_store
@@ -73,13 +74,18 @@ def server(settings, fake_api, tmp_path) -> Iterator[tuple[dict[str, str], str, 
         "PREFECT_HOME": str(settings.gdr_home / "prefect-home"),
         "NOTIFY_URL": receiver.url,
         "PREFECT_API_SERVICES_LATE_RUNS_AFTER_SECONDS": "5",  # Late sooner than the default 15 s, for the test
+        "DASK_SCHEDULER_ADDRESS": f"tcp://127.0.0.1:{free_port()}",
     }
     started = subprocess.run([BIN / "gdr", "server", "start", "--port", str(port)], env=env, cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=300)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"http://127.0.0.1:{port}" in started.stdout
-        assert server_status(env) == {"server": ["server", "start"], "worker": ["worker", "start"]}
+        assert server_status(env) == {"server": ["server", "start"], "scheduler": ["scheduler", "--host"],
+                                      "worker": ["worker", "start"], "episodes": ["worker", env["DASK_SCHEDULER_ADDRESS"]]}
+        # The UI is served at --port and told that its API is there too (not at the default 4200).
+        ui_settings = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=30).json()
+        assert ui_settings["api_url"] == f"http://127.0.0.1:{port}/api", ui_settings
         yield {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, str(port), receiver
     finally:
         stopped = subprocess.run([BIN / "gdr", "server", "stop"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
@@ -89,8 +95,8 @@ def server(settings, fake_api, tmp_path) -> Iterator[tuple[dict[str, str], str, 
 
 
 def server_status(env: dict[str, str]) -> dict[str, list[str]]:
-    """What `gdr server status` says runs: for each name, the `prefect` subcommand its pid really runs ({} when it
-    says "not running")."""
+    """What `gdr server status` says runs: for each name, the `prefect` or `dask` subcommand its pid really runs
+    ({} when it says "not running")."""
     shown = subprocess.run([BIN / "gdr", "server", "status"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     if shown.stdout.strip() == "not running":
@@ -98,7 +104,7 @@ def server_status(env: dict[str, str]) -> dict[str, list[str]]:
     running = {}
     for name, pid in re.findall(r"(\w+) \(pid (\d+)\)", shown.stdout):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-        prefect_at = next(i for i, arg in enumerate(argv) if arg.endswith("prefect"))
+        prefect_at = next(i for i, arg in enumerate(argv) if arg.endswith(("prefect", "dask")))
         running[name] = argv[prefect_at + 1 : prefect_at + 3]
     return running
 

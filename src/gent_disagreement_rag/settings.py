@@ -7,6 +7,7 @@ read the same values the same way. Secrets are `SecretStr`: they print as '*****
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,6 +18,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
+
+
+class FanOut(StrEnum):
+    """Where a run's episodes run."""
+
+    AUTO = "auto"  # deployment runs on the fleet's Dask cluster when it has one; everything else in threads
+    THREADS = "threads"  # threads of the run's own process
+    CLUSTER = "cluster"  # the Dask cluster at DASK_SCHEDULER_ADDRESS (an error when it does not answer)
 
 
 class Settings(BaseSettings):
@@ -44,7 +53,8 @@ class Settings(BaseSettings):
     # Orchestration
     result_storage_block: str | None = Field(None, description="Prefect storage block slug for the stage cache (e.g. s3-bucket/gdr-cache); overrides CACHE_DIR")
     max_parallel_episodes: int = Field(3, ge=1, le=64, description="Episodes processed at once (per run, and per worker with `gdr worker start`)")
-    fan_out: Literal["auto", "threads", "workers"] = Field("auto", description="How a run spreads its episodes: threads of its own process, or one `episode_pipeline/default` run per episode on the pool's workers; auto = workers for deployment runs when that deployment exists")
+    fan_out: FanOut = Field(FanOut.AUTO, description="Where a run's episodes run: threads (of the run's own process), cluster (the fleet's Dask workers, every machine's), or auto = cluster for deployment runs when DASK_SCHEDULER_ADDRESS is known, else threads")
+    dask_scheduler_address: str | None = Field(None, description="The fleet's Dask scheduler, e.g. tcp://10.0.0.5:8786; `gdr server start` starts one there (default tcp://127.0.0.1:8786) and publishes it to the workers")
     worker_name: str | None = Field(None, description="This worker's name in `processed_by` (set by `gdr worker start`)")
     skip_quality_gate: bool = Field(False, description="Embed transcripts even if they fail the coverage check")
     notify_url: SecretStr | None = Field(None, description="Where `gdr server start` sends failed, crashed and late ingest runs: a Slack incoming webhook, or any URL taking a JSON POST")

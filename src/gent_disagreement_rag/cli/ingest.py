@@ -121,8 +121,7 @@ def ingest_command(
 def _ingest(settings: Settings, progress: IngestProgress, episode_ids: list[str] | None, max_parallel: int | None,
             force: bool, dry_run: bool) -> Any:
     """`gdr ingest`'s work, said as it goes (`progress.say`); the run's final (Prefect) state, None when no run was
-    needed.
-    The first phases are quick and then printed over by what follows, so only a terminal shows them."""
+    needed. The first phases are quick and printed over by what follows, so only a terminal shows them."""
     from ..ingest.context import RunContext
     from ..ingest.plan import plan_episodes
     from ..ingest.stages import discover
@@ -153,7 +152,7 @@ def _ingest(settings: Settings, progress: IngestProgress, episode_ids: list[str]
         progress.say("starting the orchestration server (Prefect)")
         from ..orchestration.runner import run_ingest
 
-        return run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force, plan=plan)
+        return run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force)
 
 
 def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> None:

@@ -61,21 +61,24 @@ def server_publish() -> None:
 @worker_app.command("start")
 @friendly_errors
 def worker_start() -> None:
-    """Start a worker that takes up to MAX_PARALLEL_EPISODES episode runs at once (needs only PREFECT_API_URL)."""
+    """Start this machine's workers (needs only PREFECT_API_URL): one for `ingest` runs, one taking up to
+    MAX_PARALLEL_EPISODES episodes at once from the fleet's Dask scheduler."""
     from ..orchestration import server
 
     settings = Settings()
-    pid = server.start_worker(settings, Path.cwd(), _api_url())
-    console.print(f"worker running (pid {pid}); logs in {settings.home / 'logs' / 'worker.log'}")
+    pids = server.start_worker(settings, Path.cwd(), _api_url())
+    console.print("running: " + ", ".join(f"{name} (pid {pid})" for name, pid in pids.items())
+                  + f"; logs in {settings.home / 'logs'}")
 
 
 @worker_app.command("stop")
 @friendly_errors
 def worker_stop() -> None:
-    """Stop the worker started by `gdr worker start` (its episode runs end Crashed and are retried elsewhere)."""
+    """Stop the workers started by `gdr worker start`: their episodes go to the fleet's other workers, and an
+    `ingest` run they were running is resumed on another machine."""
     from ..orchestration import server
 
-    stopped = server.stop(Settings(), only="worker")
+    stopped = server.stop(Settings(), only=server.WORKERS)
     console.print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
 
 

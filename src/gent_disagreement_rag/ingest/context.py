@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from ..providers.embedders import Embedder, make_embedder
@@ -20,6 +21,12 @@ def _ignore_progress(episode_id: str, status: str, details: dict[str, Any]) -> N
     return None
 
 
+# The context a caller opened for the code it calls (`gdr ingest` for its in-process flow run, the flow for
+# the episodes its threads run). Context-local, not process-wide: a thread or process it was not handed to
+# (an episode on another machine's worker) sees none and opens its own.
+_ACTIVE: ContextVar[RunContext | None] = ContextVar("gdr_run_context", default=None)
+
+
 class RunContext:
     """Settings, the database pool, the providers (built on first use, once) and the progress callback.
 
@@ -27,26 +34,44 @@ class RunContext:
     is shown as `<RunContext>` instead of having its settings and pool walked into the API.
     """
 
-    __slots__ = ("settings", "db", "progress", "transcriptions_at_once", "_transcriber", "_embedder")
+    __slots__ = ("settings", "db", "progress", "transcriptions_at_once", "fleet", "_transcriber", "_embedder")
 
     def __init__(self, settings: Settings, db: Database, progress: ProgressCallback | None = None,
-                 transcriptions_at_once: int = 1):
+                 transcriptions_at_once: int = 1, *, fleet: bool = False):
         self.settings = settings
         self.db = db
         self.progress = progress or _ignore_progress
         self.transcriptions_at_once = transcriptions_at_once
+        # Opened from the fleet's shared settings (a deployment run, an episode on a cluster worker): its
+        # Deepgram requests also count against the fleet-wide limit every machine shares.
+        self.fleet = fleet
         self._transcriber: Lazy[Transcriber] = Lazy(lambda: make_transcriber(settings, transcriptions_at_once))
         self._embedder: Lazy[Embedder] = Lazy(lambda: make_embedder(settings))
 
     @classmethod
-    def open(cls, settings: Settings | None = None, progress: ProgressCallback | None = None) -> RunContext:
+    def open(cls, settings: Settings | None = None, progress: ProgressCallback | None = None, *,
+             fleet: bool = False) -> RunContext:
         """A context on the settings' database, with a pool for MAX_PARALLEL_EPISODES workers; close() it."""
         settings = settings or Settings()
-        return cls(settings, Database.from_settings(settings), progress)
+        return cls(settings, Database.from_settings(settings), progress, fleet=fleet)
+
+    @staticmethod
+    def active() -> RunContext | None:
+        """The context a caller activated for this thread of work, if any."""
+        return _ACTIVE.get()
+
+    @contextlib.contextmanager
+    def activated(self) -> Iterator[RunContext]:
+        """This context as the active one for what runs inside (threads started from it inherit it)."""
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
 
     def with_progress(self, progress: ProgressCallback) -> RunContext:
         """The same run (settings, pool, providers) reporting to `progress` instead."""
-        other = RunContext(self.settings, self.db, progress, self.transcriptions_at_once)
+        other = RunContext(self.settings, self.db, progress, self.transcriptions_at_once, fleet=self.fleet)
         other._transcriber, other._embedder = self._transcriber, self._embedder
         return other
 
@@ -56,7 +81,7 @@ class RunContext:
         when that is already its count; the embedder is shared either way."""
         if count == self.transcriptions_at_once:
             return self
-        other = RunContext(self.settings, self.db, self.progress, count)
+        other = RunContext(self.settings, self.db, self.progress, count, fleet=self.fleet)
         other._embedder = self._embedder
         return other
 

@@ -45,6 +45,16 @@ class EpisodeJob:
     def needs_download(self) -> bool:
         return self.audio_sha256 is None
 
+    def as_json(self) -> dict[str, Any]:
+        """The job as a flow or task parameter: plain JSON, readable in the Prefect UI."""
+        return {"episode_id": self.episode_id, "title": self.title, "stem": self.stem, "audio_path": str(self.audio_path),
+                "audio_sha256": self.audio_sha256, "speakers_map": dict(self.speakers_map), "audio_url": self.audio_url,
+                "audio_size": self.audio_size}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> EpisodeJob:
+        return cls(**{**value, "audio_path": Path(value["audio_path"])})
+
 
 @dataclass(slots=True)
 class EpisodePlan:

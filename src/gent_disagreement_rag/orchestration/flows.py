@@ -1,197 +1,175 @@
-"""The Prefect flows: `ingest` maps an episode task over a ThreadPoolTaskRunner sized from
-`max_parallel`; each mapped task runs the `episode_pipeline` subflow, which is the library's episode
-sequence (`ingest.sequence.process_episode`) with each stage a cached, retried task.
+"""The Prefect flows: `ingest` maps the `episode` task over a task runner; each mapped task runs the
+`episode_pipeline` subflow, which is the library's episode sequence (`ingest.sequence.process_episode`)
+with each stage a cached, retried task.
 
-Fan-out: in a run of its own (`gdr ingest`), the subflows run in the run's threads. A deployment run
-hands each episode to the pool instead, as a run of the `episode_pipeline/default` deployment, so every
-worker of the pool (any machine) takes some; the parent waits for them and writes the summary.
+The task runner is where the episodes run (cluster.py): the threads of the run's own process (`gdr ingest`,
+or a deployment run without a cluster), or the fleet's Dask cluster, whose workers (one per machine, each
+with MAX_PARALLEL_EPISODES threads) take the episodes, and whose scheduler gives a dead worker's episodes to
+the others.
 
-A subflow called from a task is identified by its task run, not by call order, so a retried run
-re-attaches every episode to its own earlier work.
+Both flows take plain, JSON-able parameters, so a run is the same whether `gdr ingest`, a schedule, a retry
+or an automation started it. Each opens what it needs inside (`run_context`): the context its caller
+activated in this process (`gdr ingest` activates one for its live table, the flow for its threads), or its
+own from the fleet's settings (a deployment run, an episode on a cluster worker).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import queue
+from concurrent.futures import CancelledError
+import socket
 import threading
-import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.futures import PrefectFuture
 from prefect.runtime import deployment, flow_run
-from prefect.states import Completed, Failed, State
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.states import Completed, Crashed, Failed, State
 from prefect.transactions import CommitMode, transaction
 from prefect.utilities.annotations import unmapped
 
 from ..errors import AuthenticationError, QuotaExhaustedError
 from ..ingest import stages
 from ..ingest.context import RunContext
-from ..ingest.plan import EpisodeJob, EpisodePlan, plan_episodes
+from ..ingest.plan import EpisodeJob, plan_episodes
 from ..ingest.retry import RETRIES, RETRY_DELAYS, RETRY_JITTER, with_db_retries
 from ..ingest.sequence import process_episode
-from ..settings import Settings
-from ..storage import costs, episodes, segments
+from ..storage import attempts, costs, episodes, segments
+from .cluster import episode_runner
 from .fleet import fleet_settings
 from .progress import RunProgress
 from .tasks import PrefectStages, retry_transient
 
-EPISODE_DEPLOYMENT = "episode_pipeline/default"
 FAILED_PREFIX = "Flow run encountered an exception: "  # how Prefect words a flow run's failure
+ELSEWHERE = "processed by another run while this one waited for it"
+# A run that crashed (its machine died) is resumed by the server's automation (server.py); one that crashes
+# again and again is stopped here instead, with a reason.
+MAX_RUN_ATTEMPTS = 4
+
+
+class EpisodeStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PROCESSED = "processed"
+    BUSY = "busy"  # another run processed it (this one waited for it): not a failure
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not started: the run stopped first
+
+
+FINISHED = frozenset({EpisodeStatus.PROCESSED, EpisodeStatus.BUSY, EpisodeStatus.FAILED, EpisodeStatus.SKIPPED})
 
 
 @dataclass(slots=True)
 class EpisodeSummary:
+    """One row of the run's `ingest-summary` artifact: what a person looks for first, first."""
+
     episode: str
-    title: str
     status: str
+    error: str = ""
+    title: str = ""
+    workers: str = ""  # every worker that took it in this run, oldest first; "(died)" after one that went away
+    processed_by: str = ""
     seconds: float = 0.0
     segments: int = 0
     audio_minutes: float = 0.0
     tokens: int = 0
     cost_usd: float = 0.0
-    processed_by: str = ""
-    error: str = ""
 
 
-class _RunState:
-    """What the episodes of one run share: the context, the run id, whether episodes go to the pool's
-    workers, and why the run stopped early."""
-
-    __slots__ = ("ctx", "run_id", "on_workers", "_abort_lock", "abort_episode", "abort_reason")
-
-    def __init__(self, ctx: RunContext, run_id: str, on_workers: bool):
-        self.ctx, self.run_id, self.on_workers = ctx, run_id, on_workers
-        self._abort_lock = threading.Lock()
-        self.abort_episode: str | None = None
-        self.abort_reason = ""
-
-    def stop(self, episode_id: str, reason: str) -> None:
-        with self._abort_lock:
-            if self.abort_episode is None:
-                self.abort_episode, self.abort_reason = episode_id, reason
-
-    def report(self, summary: EpisodeSummary) -> None:
-        self.ctx.progress(summary.episode, summary.status, asdict(summary))
-
-
-def describe(exc: object, settings: Settings) -> str:
+def describe(exc: object, settings: Any) -> str:
     """An error as one line for people: its class and message, secrets scrubbed."""
     return settings.scrub(f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc))
 
 
-def _given(ctx: Any) -> RunContext | None:
-    """The caller's context, or None when there is none in this process: a run started from the API
-    (a deployment, a retry) holds Prefect's placeholder text for it, not the object."""
-    return ctx if isinstance(ctx, RunContext) else None
+@contextlib.contextmanager
+def run_context(**overrides: Any) -> Iterator[RunContext]:
+    """The context activated by whoever called this code in this process, or one of its own, opened from
+    the fleet's settings (the Prefect server's variable and blocks under this machine's environment),
+    activated for what runs inside and closed at the end."""
+    active = RunContext.active()
+    if active is not None:
+        yield active
+        return
+    with RunContext.open(fleet_settings(**overrides), fleet=True) as own, own.activated():
+        yield own
 
 
-@flow(name="episode_pipeline", flow_run_name="episode-{job.episode_id}", persist_result=False)
-def episode_pipeline(job: EpisodeJob, run_id: str = "", ctx: Any = None) -> dict[str, float]:
-    """[download ->] transcribe -> format (quality gate + chunks) -> export -> embed -> store, for one episode.
-
-    `ctx` is the caller's RunContext. Without one (a run of the deployment, on any worker), a context is
-    opened from the fleet's settings, and Deepgram requests count against the fleet's global limit.
-    """
-    given = _given(ctx)
-    # Each stage's result and cache record are written when that stage ends (EAGER), not when the `episode`
-    # task around this subflow ends, as its transaction otherwise makes them: a crash mid-episode keeps the
-    # stages already paid for.
-    with transaction(commit_mode=CommitMode.EAGER):
-        if given is None:
-            with RunContext.open(fleet_settings()) as own:
-                outcome = process_episode(own, job, run_id, PrefectStages(own, job.episode_id, fleet_limits=True))
-        else:
-            outcome = process_episode(given, job, run_id, PrefectStages(given, job.episode_id))
+@flow(name="episode_pipeline", flow_run_name="episode-{episode_id}", persist_result=False)
+def episode_pipeline(episode_id: str, job: dict[str, Any], run_id: str = "", attempt: int | None = None) -> dict[str, float]:
+    """[download ->] transcribe -> format (quality gate + chunks) -> export -> embed -> store, for one episode."""
+    with run_context() as ctx:
+        if attempt is not None:
+            attempts.set_flow_run(ctx.db, attempt, str(flow_run.get_id()))
+        # Each stage's result and cache record are written when that stage ends (EAGER), not when the
+        # `episode` task around this subflow ends: a crash mid-episode keeps the stages already paid for.
+        with transaction(commit_mode=CommitMode.EAGER):
+            outcome = process_episode(ctx, EpisodeJob.from_json(job), run_id,
+                                      PrefectStages(ctx, episode_id, fleet_limits=ctx.fleet))
     return {"segments": outcome.segments, "audio_seconds": outcome.audio_seconds}
 
 
-@task(name="episode", task_run_name="episode-{job.episode_id}", cache_policy=NO_CACHE, persist_result=False)
-def episode_task(job: EpisodeJob, run: _RunState) -> EpisodeSummary:
+@task(name="episode", task_run_name="episode-{episode_id}", cache_policy=NO_CACHE, persist_result=False)
+def episode_task(episode_id: str, job: dict[str, Any], run_id: str) -> State:
     """Claim the episode (no other run, worker or machine processes it meanwhile), run its subflow, and
-    record how it ended."""
-    ctx, summary = run.ctx, EpisodeSummary(job.episode_id, job.title, "running")
-    if run.abort_episode is not None:
-        summary.status, summary.error = "skipped", f"not started: the run stopped at episode {run.abort_episode}"
-        run.report(summary)
-        return summary
-    try:
-        claim = with_db_retries(episodes.claim_episode, ctx.db.url, job.episode_id)
-    except Exception as exc:  # the database stayed away: this episode waits for the next run
-        summary.status, summary.error = "failed", describe(exc, ctx.settings)
-        run.report(summary)
-        return summary
-    if claim is None:  # another run has it: it is not done twice, and not a failure of this run
-        summary.status, summary.error = "busy", "being processed by another run"
-        run.report(summary)
-        return summary
-    run.report(summary)
-    started = time.perf_counter()
-    try:
-        if run.on_workers:
-            state = _on_a_worker(job, run)
-        else:
-            state = episode_pipeline(job, run.run_id, ctx, return_state=True)
-    finally:
-        claim.close()
-    summary.seconds = round(time.perf_counter() - started, 2)
-    if state.is_completed():
-        [row] = episodes.list_episodes(ctx.db, [job.episode_id])  # the database is the record, wherever it ran
-        summary.status, summary.segments, summary.processed_by = "processed", row.segments, row.processed_by or ""
-        summary.audio_minutes = round((row.duration_seconds or 0.0) / 60, 2)
-    else:
-        exc = state.result(raise_on_failure=False) if not run.on_workers else _reason(state)
-        summary.status, summary.error = "failed", describe(exc, ctx.settings)
-        if isinstance(exc, AuthenticationError | QuotaExhaustedError):
-            run.stop(job.episode_id, summary.error)
-        episodes.mark_failed(ctx.db, job.episode_id, summary.error)
-    ledger = costs.cost_totals(ctx.db, run_id=run.run_id, episode_id=job.episode_id)
-    summary.tokens, summary.cost_usd = ledger.tokens, ledger.cost_usd
-    run.report(summary)
-    return summary
-
-
-def _on_a_worker(job: EpisodeJob, run: _RunState) -> State:
-    """The final state of the episode's own `episode_pipeline/default` run, taken by any worker of the pool."""
-    parameters = {"job": json.loads(json.dumps(asdict(job), default=str)), "run_id": run.run_id}
-    child = run_deployment(EPISODE_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=1,
-                           flow_run_name=f"episode-{job.episode_id}")
-    return child.state
-
-
-def _reason(state: State) -> str:
-    """Why an episode's own run did not complete: the error it raised, or how it ended (Crashed: ...)."""
-    message = state.message or ""
-    if state.is_failed() and message.startswith(FAILED_PREFIX):
-        return message.removeprefix(FAILED_PREFIX)
-    return f"{state.name}: {message}"
-
-
-def _fan_out_to_workers(settings: Settings) -> bool:
-    if settings.fan_out != "auto":
-        return settings.fan_out == "workers"
-    if deployment.get_id() is None:
-        return False
-    with get_client(sync_client=True) as client:
+    record how it ended. Ends Failed when the episode failed, with its reason as the state's message."""
+    with run_context() as ctx:
+        ctx.progress(episode_id, EpisodeStatus.RUNNING, {"status": EpisodeStatus.RUNNING})
+        claim = with_db_retries(episodes.wait_for_claim, ctx.db.url, episode_id)
         try:
-            client.read_deployment_by_name(EPISODE_DEPLOYMENT)
-        except ObjectNotFound:
-            return False
-    return True
+            if claim.done_meanwhile:
+                return Completed(message=ELSEWHERE)
+            attempt = attempts.start_attempt(ctx.db, run_id, episode_id, stages.processed_by(ctx))
+            _crash_abandoned_attempts(ctx, run_id, episode_id, attempt)
+            state = episode_pipeline(episode_id, job, run_id, attempt, return_state=True)
+            if state.is_completed():
+                attempts.end_attempt(ctx.db, attempt, attempts.AttemptOutcome.PROCESSED)
+                return Completed(message="processed")
+            exc = state.result(raise_on_failure=False)
+            reason = describe(exc, ctx.settings)
+            episodes.mark_failed(ctx.db, episode_id, reason)
+            attempts.end_attempt(ctx.db, attempt, attempts.AttemptOutcome.FAILED)
+            # The exception travels as the state's data: the run stops on a bad key or no credit.
+            return Failed(message=reason, data=exc if isinstance(exc, BaseException) else RuntimeError(reason))
+        finally:
+            claim.close()
+
+
+def _crash_abandoned_attempts(ctx: RunContext, run_id: str, episode_id: str, current: int) -> None:
+    """An earlier attempt at this episode in this run that never ended died with its worker: its
+    `episode_pipeline` run is marked Crashed, so the UI does not show it running forever."""
+    dead = [a for a in attempts.attempts_of(ctx.db, run_id, episode_id) if a.died and a.id != current and a.flow_run_id]
+    if not dead:
+        return
+    with get_client(sync_client=True) as client:
+        for attempt in dead:
+            run = client.read_flow_run(attempt.flow_run_id)  # type: ignore[arg-type]
+            if run.state is not None and not run.state.is_final():
+                client.set_flow_run_state(run.id, Crashed(message=f"its worker {attempt.worker} went away; "
+                                                                  f"the episode was started again"), force=True)
 
 
 @task(name="discover", task_run_name="discover", cache_policy=NO_CACHE, retries=RETRIES,
       retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=RETRY_JITTER, retry_condition_fn=retry_transient)
-def discover_task(ctx: RunContext) -> list[str]:
+def discover_task() -> list[str]:
     """Register the feeds' new episodes (read afresh on every run)."""
-    new = stages.discover(ctx)
-    get_run_logger().info("%d new episodes in %d feeds", len(new), len(ctx.settings.feed_url))
+    with run_context() as ctx:
+        new = stages.discover(ctx)
+        get_run_logger().info("%d new episodes in %d feeds", len(new), len(ctx.settings.feed_url))
     return new
 
 
@@ -200,76 +178,165 @@ INGEST_TIMEOUT_SECONDS = 23 * 3600
 
 
 @flow(name="ingest", log_prints=True, persist_result=False, timeout_seconds=INGEST_TIMEOUT_SECONDS)
-def ingest(
-    episode_ids: list[str] | None = None,
-    max_parallel: int | None = None,
-    force: bool = False,
-    plan: EpisodePlan | None = None,
-    ctx: Any = None,
-) -> State:
+def ingest(episode_ids: list[str] | None = None, max_parallel: int | None = None, force: bool = False) -> State:
     """Register the catalogue and the feeds' new episodes; process new, failed or changed ones (or the
-    named ones; all with force), `max_parallel` at a time.
+    named ones; all with force), `max_parallel` at a time in this process, or on the fleet's cluster."""
+    overrides = {"max_parallel_episodes": max_parallel} if max_parallel else {}
+    with run_context(**overrides) as ctx:
+        return _ingest(ctx, episode_ids, max_parallel, force)
 
-    `plan` and `ctx` are for callers that already planned and opened them (`gdr ingest`); a deployment
-    run plans here and opens a context from the worker's settings.
-    """
-    ctx = _given(ctx)
-    if ctx is None:
-        settings = fleet_settings(**({"max_parallel_episodes": max_parallel} if max_parallel else {}))
-        with RunContext.open(settings) as own:
-            return ingest.fn(episode_ids, max_parallel, force, plan, own)
+
+def _ingest(ctx: RunContext, episode_ids: list[str] | None, max_parallel: int | None, force: bool) -> State:
     settings, logger = ctx.settings, get_run_logger()
+    run_id = str(flow_run.get_id() or "")
+    if flow_run.get_run_count() > 1:
+        if flow_run.get_run_count() > MAX_RUN_ATTEMPTS:
+            return Failed(message=f"this run crashed {MAX_RUN_ATTEMPTS} times; not resumed again (see its logs)")
+        _crash_abandoned_task_runs(run_id)
     stages.register_catalogue(ctx)
     feed_error = ""
-    if settings.feed_url and plan is None:  # a feed that cannot be read fails the run at the end, not the catalogue's episodes
-        discovered = discover_task(ctx, return_state=True)
+    if settings.feed_url:  # a feed that cannot be read fails the run at the end, not the catalogue's episodes
+        discovered = discover_task(return_state=True)
         if not discovered.is_completed():
             feed_error = describe(discovered.result(raise_on_failure=False), settings)
             logger.error("feed discovery failed: %s", feed_error)
-    if plan is None:
-        plan = plan_episodes(settings, ctx.db, episode_ids, force)
-    jobs, invalid, up_to_date = plan.jobs, plan.invalid, len(plan.up_to_date)
-    for episode_id, error in invalid.items():
+    plan = plan_episodes(settings, ctx.db, episode_ids, force)
+    jobs = plan.jobs
+    for episode_id, error in plan.invalid.items():
         episodes.mark_failed(ctx.db, episode_id, error)
     parallel = max_parallel or settings.max_parallel_episodes
-    logger.info("%d episodes to process (%d up to date, %d invalid), %d at a time", len(jobs), up_to_date, len(invalid), parallel)
     for episode_id, reason in plan.stale.items():
         logger.info("episode %s is stale: %s", episode_id, reason)
-    # As many transcriptions at once as episodes run at once, so that a run of one episode keeps every core for it.
-    ctx = ctx.transcribing_at_once(max(1, min(parallel, len(jobs))))
-    ctx = ctx.with_progress(RunProgress([job.episode_id for job in jobs], ctx.progress))
-    run = _RunState(ctx, str(flow_run.get_id() or ""), _fan_out_to_workers(settings))
-    for job in jobs:
-        run.report(EpisodeSummary(job.episode_id, job.title, "queued"))
-    summaries: list[EpisodeSummary] = []
+    summaries: dict[str, EpisodeSummary] = {}
+    stop = _Stop()
     if jobs:
-        warming = threading.Thread(target=ctx.warm_up, name="gdr-warm-up", daemon=True)
-        if not run.on_workers:
-            warming.start()
-        with ThreadPoolTaskRunner(max_workers=parallel) as runner:
-            futures = runner.map(episode_task, {"job": jobs, "run": unmapped(run)})
-            summaries = [future.result() for future in futures]
-        if warming.is_alive():
-            warming.join()
-    for episode_id, error in invalid.items():
-        summaries.append(EpisodeSummary(episode_id, "", "failed", error=error))
-        run.report(summaries[-1])
-    if any(s.status == "processed" for s in summaries):
+        # As many transcriptions at once as episodes run at once, so that a run of one episode keeps every core for it.
+        local = ctx.transcribing_at_once(max(1, min(parallel, len(jobs))))
+        local = local.with_progress(RunProgress([job.episode_id for job in jobs], ctx.progress))
+        for job in jobs:
+            local.progress(job.episode_id, EpisodeStatus.QUEUED, asdict(EpisodeSummary(job.episode_id, EpisodeStatus.QUEUED, title=job.title)))
+        with episode_runner(settings, parallel, in_deployment=deployment.get_id() is not None) as (runner, where), \
+                local.activated():
+            logger.info("%d episodes to process (%d up to date, %d invalid) %s", len(jobs), len(plan.up_to_date),
+                        len(plan.invalid), where.description)
+            if where.warm_up_here:  # the providers this process's threads will use, built while the first episodes start
+                threading.Thread(target=local.warm_up, name="gdr-warm-up", daemon=True).start()
+            futures = runner.map(episode_task, {"episode_id": [j.episode_id for j in jobs],
+                                                "job": [j.as_json() for j in jobs], "run_id": unmapped(run_id)})
+            for job, outcome in _as_they_end(jobs, futures, stop, settings):
+                summary = _summary(local, run_id, job, outcome)
+                summaries[job.episode_id] = summary
+                local.progress(job.episode_id, summary.status, asdict(summary))
+    ordered = [summaries[job.episode_id] for job in jobs]
+    for episode_id, error in plan.invalid.items():
+        ordered.append(EpisodeSummary(episode_id, EpisodeStatus.FAILED, error=error))
+        ctx.progress(episode_id, EpisodeStatus.FAILED, asdict(ordered[-1]))
+    if any(s.status == EpisodeStatus.PROCESSED for s in ordered):
         segments.refresh_statistics(ctx.db)
-    create_table_artifact(key="ingest-summary", table=[asdict(s) for s in summaries],
-                          description=f"{len(summaries)} episodes; {up_to_date} already up to date")
-    return _final_state(summaries, run, feed_error)
+    create_table_artifact(key="ingest-summary", table=[asdict(s) for s in ordered],
+                          description=f"{len(ordered)} episodes; {len(plan.up_to_date)} already up to date")
+    return _final_state(ordered, stop, feed_error)
 
 
-def _final_state(summaries: list[EpisodeSummary], run: _RunState, feed_error: str) -> State:
-    failed = [s for s in summaries if s.status not in ("processed", "busy")]
-    busy = sum(s.status == "busy" for s in summaries)
+@dataclass(slots=True)
+class _Outcome:
+    """How an episode's task ended, as the parent saw it."""
+
+    status: EpisodeStatus
+    error: str = ""
+    stops_the_run: bool = False  # a failure every episode would meet: a bad key, no credit
+
+
+@dataclass(slots=True)
+class _Stop:
+    """Why the run stopped starting episodes, and at which episode."""
+
+    episode: str | None = None
+    reason: str = ""
+
+
+def _as_they_end(jobs: list[EpisodeJob], futures: list[PrefectFuture[Any]], stop: _Stop, settings: Any
+                 ) -> Iterator[tuple[EpisodeJob, _Outcome]]:
+    """Each episode's outcome as its task ends. After a failure that every episode would meet, the episodes
+    not yet started are cancelled and reported as skipped (one already started runs on to its end)."""
+    ended: queue.SimpleQueue[int] = queue.SimpleQueue()
+    # Both runners' futures (concurrent.futures' and Dask's) call back when done, failed or cancelled.
+    wrapped = [future.wrapped_future for future in futures]  # type: ignore[attr-defined]
+    for index, inner in enumerate(wrapped):
+        inner.add_done_callback(lambda _, index=index: ended.put(index))
+    for _ in futures:
+        index = ended.get()
+        outcome = _outcome_of(wrapped[index], settings)
+        if outcome.stops_the_run and stop.episode is None:
+            stop.episode, stop.reason = jobs[index].episode_id, outcome.error
+            for inner in wrapped:
+                inner.cancel()
+        yield jobs[index], outcome
+
+
+def _outcome_of(wrapped: Any, settings: Any) -> _Outcome:
+    """The outcome of a finished future of either runner; its result is the task run's final state."""
+    if wrapped.cancelled():
+        return _Outcome(EpisodeStatus.SKIPPED)
+    try:
+        state = wrapped.result()
+    except CancelledError:
+        return _Outcome(EpisodeStatus.SKIPPED)
+    except Exception as exc:  # the cluster gave up on it: the workers that took it died (KilledWorker)
+        return _Outcome(EpisodeStatus.FAILED, describe(exc, settings))
+    if state.is_completed():
+        return _Outcome(EpisodeStatus.BUSY if state.message == ELSEWHERE else EpisodeStatus.PROCESSED)
+    if state.is_cancelled():
+        return _Outcome(EpisodeStatus.SKIPPED)
+    exc = state.result(raise_on_failure=False) if state.is_failed() else None
+    return _Outcome(EpisodeStatus.FAILED, state.message or state.name,
+                    stops_the_run=isinstance(exc, AuthenticationError | QuotaExhaustedError))
+
+
+def _summary(ctx: RunContext, run_id: str, job: EpisodeJob, outcome: _Outcome) -> EpisodeSummary:
+    """The episode's row of the summary, from the database: the record, wherever the episode ran."""
+    summary = EpisodeSummary(job.episode_id, outcome.status, error=outcome.error, title=job.title)
+    if outcome.status == EpisodeStatus.SKIPPED:
+        summary.error = "not started: the run stopped first"
+        return summary
+    tried = attempts.attempts_of(ctx.db, run_id, job.episode_id)
+    summary.workers = ", ".join(a.worker + (" (died)" if a.died else "") for a in tried)
+    if tried and tried[-1].ended_at is not None:
+        summary.seconds = round((tried[-1].ended_at - tried[0].started_at).total_seconds(), 2)
+    [row] = episodes.list_episodes(ctx.db, [job.episode_id])
+    if outcome.status in (EpisodeStatus.PROCESSED, EpisodeStatus.BUSY):
+        summary.segments, summary.processed_by = row.segments, row.processed_by or ""
+        summary.audio_minutes = round((row.duration_seconds or 0.0) / 60, 2)
+    elif tried and tried[-1].died:  # the cluster gave up on it: record why, as the task could not
+        episodes.mark_failed(ctx.db, job.episode_id, outcome.error)
+    ledger = costs.cost_totals(ctx.db, run_id=run_id, episode_id=job.episode_id)
+    summary.tokens, summary.cost_usd = ledger.tokens, ledger.cost_usd
+    return summary
+
+
+def _crash_abandoned_task_runs(run_id: str) -> None:
+    """This run is being resumed after its process died: the task runs that process left Running are marked
+    Crashed, so that the UI shows each episode's earlier try as ended (its work resumes under a new task run)."""
+    with get_client(sync_client=True) as client:
+        left = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),  # type: ignore[list-item]
+            task_run_filter=TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING,
+                                                                                     StateType.PENDING]))),
+        )
+        for run in left:
+            client.set_task_run_state(run.id, Crashed(message=f"the run's process on {socket.gethostname()} or another "
+                                                              "machine died; the run was resumed"), force=True)
+
+
+def _final_state(summaries: list[EpisodeSummary], stop: _Stop, feed_error: str) -> State:
+    failed = [s for s in summaries if s.status not in (EpisodeStatus.PROCESSED, EpisodeStatus.BUSY)]
+    busy = sum(s.status == EpisodeStatus.BUSY for s in summaries)
     message = f"{len(summaries) - len(failed) - busy}/{len(summaries)} episodes processed" + (
-        f" ({busy} being processed by another run)" if busy else ""
+        f" ({busy} by another run)" if busy else ""
     )
-    if run.abort_episode is not None:  # a bad key or no credit: said once, not once per episode
-        skipped = sum(s.status == "skipped" for s in summaries)
-        message = f"run stopped: {run.abort_reason} ({skipped} episodes not started); {message}"
+    if stop.episode is not None:  # a bad key or no credit: said once, not once per episode
+        skipped = sum(s.status == EpisodeStatus.SKIPPED for s in summaries)
+        message = f"run stopped: {stop.reason} ({skipped} episodes not started); {message}"
     if feed_error:
         message = f"feed discovery failed: {feed_error}; {message}"
     if failed:

@@ -9,15 +9,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..ingest.context import RunContext
-from ..ingest.plan import EpisodePlan
 from .environment import apply_prefect_environment
 
 LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "gent_disagreement_rag")
 
 
-def run_ingest(ctx: RunContext, *, episode_ids: list[str] | None, max_parallel: int | None, force: bool,
-               plan: EpisodePlan | None):
-    """The final state of one `ingest` run on `ctx`. Prefect reads its settings when first imported, so
+def run_ingest(ctx: RunContext, *, episode_ids: list[str] | None, max_parallel: int | None, force: bool):
+    """The final state of one `ingest` run on `ctx` (activated for it: its pool, providers and progress). Prefect reads its settings when first imported, so
     the environment is applied before the flows are."""
     apply_prefect_environment(ctx.settings)
     # The terminal shows the live table and one line per failure; the run's log lines, tracebacks included, go
@@ -28,8 +26,8 @@ def run_ingest(ctx: RunContext, *, episode_ids: list[str] | None, max_parallel: 
     # The temporary API server cancels its event recorder on exit and logs the CancelledError: noise, not a failure.
     logging.getLogger("prefect.server.services.task_run_recorder").disabled = True
     with _logged_to(ctx.settings.home / "logs" / "ingest.log"):
-        return ingest(episode_ids=episode_ids, max_parallel=max_parallel, force=force, plan=plan, ctx=ctx,
-                      return_state=True)
+        with ctx.activated():
+            return ingest(episode_ids=episode_ids, max_parallel=max_parallel, force=force, return_state=True)
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """`gdr server start|stop|status`: a local Prefect server on the project's Postgres, the `default`
-process work pool, the `ingest/default` and `episode_pipeline/default` deployments, the fleet's shared
-configuration, and a worker — all on 127.0.0.1. `gdr worker start|stop` runs one more worker, on this
-machine or another that has only PREFECT_API_URL.
+process work pool, the `ingest/default` deployment, the fleet's shared configuration, the fleet's Dask
+scheduler, and this machine's workers — all on 127.0.0.1. `gdr worker start|stop` runs one machine's
+workers, on this machine or another that has only PREFECT_API_URL: a Prefect worker for the `ingest` runs
+themselves and a Dask worker for their episodes (cluster.py).
 
 Processes are started detached, with their pids and logs under GDR_HOME, so they outlive the
 command that started them and `gdr server stop` / `gdr worker stop` can end them.
@@ -22,14 +23,13 @@ import httpx
 
 from ..errors import GdrError
 from ..settings import Settings
+from . import cluster
 from .environment import prefect_environment
+from .recovery import HEARTBEAT_SECONDS, ensure_recovery_automations
 
 WORK_POOL = "default"
 INGEST_DEPLOYMENT = "ingest/default"
-# Flow runs send a heartbeat this often; the server's automation marks a run Crashed after two are missed
-# (a killed worker or machine), so the `ingest` run waiting for it ends instead of waiting forever.
-HEARTBEAT_SECONDS = 30
-ZOMBIE_AUTOMATION = "gdr: crash flow runs whose worker is gone"
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,10 @@ class ServerInfo:
 
 def _prefect() -> str:
     return str(Path(sys.executable).with_name("prefect"))
+
+
+def _dask() -> str:
+    return str(Path(sys.executable).with_name("dask"))
 
 
 def _run_dir(settings: Settings) -> Path:
@@ -106,7 +110,10 @@ def start(settings: Settings, project_dir: Path, *, port: int = 4200, worker_pol
     """Start whatever is not already running; idempotent."""
     project_dir = project_dir.resolve()
     url = api_url(port)
-    env = {**os.environ, **prefect_environment(settings), "PREFECT_UI_URL": f"http://127.0.0.1:{port}"}
+    # The UI asks /ui-settings where its API is: without PREFECT_UI_API_URL it answers port 4200 whatever `--port` is.
+    # The user's own PREFECT_* variables win over the derived ones (as for in-process runs).
+    env = {**prefect_environment(settings), **os.environ, "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
+           "PREFECT_UI_API_URL": url, "PREFECT_SERVER_API_PORT": str(port)}
     env.pop("PREFECT_API_URL", None)
     pids = _read_pids(settings)
     if "server" not in pids and not _healthy(url):
@@ -125,12 +132,14 @@ def start(settings: Settings, project_dir: Path, *, port: int = 4200, worker_pol
     if pools.returncode != 0:
         _check([_prefect(), "work-pool", "create", WORK_POOL, "--type", "process"], client_env, project_dir,
                "creating the work pool")
+    address = cluster.scheduler_address(settings)
+    settings = settings.model_copy(update={"dask_scheduler_address": address})
+    if "scheduler" not in pids and not cluster.scheduler_reachable(address):
+        pids["scheduler"] = _spawn(settings, "scheduler", cluster.scheduler_command(_dask(), address),
+                                   {**client_env, **cluster.scheduler_environment()}, project_dir)
     deploy(settings, client_env, project_dir)
     publish_fleet(settings, url)
-    if "worker" not in pids:
-        # One slot more than MAX_PARALLEL_EPISODES: the `ingest` run itself, waiting for its episodes' runs.
-        pids["worker"] = _spawn_worker(settings, "worker", client_env, project_dir, worker_poll_seconds,
-                                       limit=settings.max_parallel_episodes + 1)
+    pids |= _spawn_workers(settings, pids, client_env, project_dir, worker_poll_seconds)
     return ServerInfo(api_url=url, ui_url=f"http://127.0.0.1:{port}", pids=pids, logs=_logs_dir(settings))
 
 
@@ -161,6 +170,7 @@ def deploy(settings: Settings, env: dict[str, str], project_dir: Path) -> None:
         if settings.notify_url is not None:
             notifications.save_notify_block(settings.notify_url)
         notifications.ensure_automations(str(after.id))
+        ensure_recovery_automations(str(after.id))
 
 
 def git_version(project_dir: Path) -> str:
@@ -170,79 +180,62 @@ def git_version(project_dir: Path) -> str:
 
 
 def publish_fleet(settings: Settings, api_url: str) -> list[str]:
-    """The fleet's configuration (see fleet.py) and the automation that ends runs whose worker died, on
-    the server at `api_url`."""
+    """The fleet's configuration (see fleet.py), on the server at `api_url`."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from .fleet import publish
 
     with temporary_settings({PREFECT_API_URL: api_url}):
-        written = publish(settings)
-        written.append(_ensure_zombie_automation())
-    return written
+        return publish(settings)
 
 
-def _ensure_zombie_automation() -> str:
-    """Prefect's documented pattern: a run that stops sending heartbeats without ending is marked Crashed."""
-    from datetime import timedelta
-
-    from prefect.automations import Automation
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
-
-    try:
-        Automation.read(name=ZOMBIE_AUTOMATION)
-        return f"automation '{ZOMBIE_AUTOMATION}' (exists)"
-    except ValueError:
-        pass
-    Automation(
-        name=ZOMBIE_AUTOMATION,
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=HEARTBEAT_SECONDS * 2),
-        ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, message="no heartbeat: the worker running it is gone")],
-    ).create()
-    return f"automation '{ZOMBIE_AUTOMATION}'"
+def _spawn_workers(settings: Settings, pids: dict[str, int], env: dict[str, str], cwd: Path,
+                   poll_seconds: int) -> dict[str, int]:
+    """This machine's two workers, those not running yet: a Prefect worker taking `ingest` runs (one at a
+    time: the run itself only waits for its episodes) and a Dask worker taking episodes, MAX_PARALLEL_EPISODES
+    at once. Neither takes a slot of the other, so a one-slot machine cannot wait on itself."""
+    name = settings.worker_name or f"{socket.gethostname()}-worker"
+    worker_env = {**env, "WORKER_NAME": name, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
+    started = {}
+    if "worker" not in pids:
+        started["worker"] = _spawn(settings, "worker", [
+            _prefect(), "worker", "start", "--pool", WORK_POOL, "--name", name, "--limit", "1"],
+            {**worker_env, "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds)}, cwd)
+    if "episodes" not in pids and settings.dask_scheduler_address:
+        started["episodes"] = _spawn(settings, "episodes", cluster.worker_command(
+            _dask(), settings.dask_scheduler_address, name, settings.max_parallel_episodes), worker_env, cwd)
+    return started
 
 
-def _spawn_worker(settings: Settings, name: str, env: dict[str, str], cwd: Path, poll_seconds: int, *,
-                  limit: int) -> int:
-    worker = settings.worker_name or f"{socket.gethostname()}-{name}"
-    worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds), "WORKER_NAME": worker,
-                  "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
-    return _spawn(settings, name, [_prefect(), "worker", "start", "--pool", WORK_POOL, "--name", worker,
-                                   "--limit", str(limit)], worker_env, cwd)
+def start_worker(settings: Settings, project_dir: Path, api_url: str, *, poll_seconds: int = 5) -> dict[str, int]:
+    """This machine's workers (see `_spawn_workers`); idempotent. Everything else they need (database, keys,
+    settings, the Dask scheduler's address) comes from the server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from .fleet import fleet_settings
 
-def start_worker(settings: Settings, project_dir: Path, api_url: str, *, poll_seconds: int = 5) -> int:
-    """A worker of the `default` pool on this machine, taking up to MAX_PARALLEL_EPISODES episode runs at
-    once; idempotent. Everything else it needs (database, keys, settings) comes from the server."""
     pids = _read_pids(settings)
-    if "worker" in pids:
-        return pids["worker"]
     if not _healthy(api_url):
         raise GdrError(f"no Prefect server answers at {api_url} (set PREFECT_API_URL)")
     env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    return _spawn_worker(settings, "worker", env, project_dir.resolve(), poll_seconds,
-                         limit=settings.max_parallel_episodes)
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        shared = fleet_settings()
+    pids |= _spawn_workers(shared, pids, env, project_dir.resolve(), poll_seconds)
+    return pids
 
 
-def stop(settings: Settings, timeout: float = 20.0, *, only: str | None = None) -> list[str]:
+WORKERS = frozenset({"worker", "episodes"})
+
+
+def stop(settings: Settings, timeout: float = 20.0, *, only: frozenset[str] | None = None) -> list[str]:
     """Stop the worker, then the server (their whole process groups), or `only` one of them; returns what
     was stopped."""
     stopped = []
     pids = _read_pids(settings)
-    for name in sorted(pids, key=lambda n: n != "worker"):
-        if only is not None and name != only:
+    # Workers first (the Prefect one, then the Dask one), then the scheduler and the server.
+    order = ("worker", "episodes", "scheduler", "server")
+    for name in sorted(pids, key=lambda n: order.index(n) if n in order else len(order)):
+        if only is not None and name not in only:
             continue
         pid = pids[name]
         try:

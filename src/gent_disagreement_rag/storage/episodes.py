@@ -176,15 +176,35 @@ def table_counts(db: Database) -> dict[str, int]:
         }
 
 
-def claim_episode(url: str, episode_id: str) -> psycopg.Connection | None:
-    """Claim an episode for this run, or None when another run (process, worker, machine) is processing it.
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An episode claimed by `wait_for_claim`: the lock's connection, and whether another run processed the
+    episode while this one waited for it (then there is nothing left to do)."""
+
+    connection: psycopg.Connection
+    done_meanwhile: bool
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def wait_for_claim(url: str, episode_id: str) -> Claim:
+    """Claim an episode, waiting while another run (process, worker, machine) has it. That run may be one
+    whose parent died, still finishing the episode on a worker: waiting for it, then finding the episode
+    processed, neither pays for it twice nor leaves it undone.
 
     A session advisory lock on a connection of its own, outside the pool: it is held for as long as the
     episode is processed, and Postgres releases it by itself if the process dies, so a crash never leaves
-    an episode claimed. Close the returned connection to release the claim.
-    """
+    an episode claimed. Close the claim to release it."""
     conn = psycopg.connect(url, autocommit=True)
-    if conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (EPISODE_CLAIM_NAMESPACE, episode_id)).fetchone()[0]:
-        return conn
-    conn.close()
-    return None
+    try:
+        since = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (EPISODE_CLAIM_NAMESPACE, episode_id)).fetchone()[0]:
+            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (EPISODE_CLAIM_NAMESPACE, episode_id))
+            row = conn.execute("SELECT status = 'processed' AND processed_at >= %s FROM episodes WHERE episode_id = %s",
+                               (since, episode_id)).fetchone()
+            return Claim(conn, bool(row and row[0]))
+    except BaseException:
+        conn.close()
+        raise
+    return Claim(conn, False)
