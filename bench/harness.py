@@ -233,12 +233,9 @@ def prefect_server(pg: Postgres, kind: str = "ephemeral") -> Iterator[PrefectSer
             time.sleep(0.2)
         yield PrefectServer(kind, url, round(time.perf_counter() - started, 1), proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        from tests.support.servers import stop_process
+
+        stop_process(proc, 15)
         log.close()
 
 

@@ -334,6 +334,24 @@ def _chat(chat: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def _serve(sv: dict[str, Any]) -> dict[str, Any]:
+    """`gdr web`'s page and `gdr mcp` (bench/serve_latency.py)."""
+    web, mcp = sv["web"], sv["mcp"]
+    rows = [[f"`gdr web`: GET /?q=… ({name})", f"{r['median_ms']} ms", f"{r['p95_ms']} ms", r["runs"],
+             f"{_mark(r['median_ms'] < 100)}: < 100 ms" if sv["chunks"] >= 100_000 else "", r["load"]]
+            for name, r in web.items()]
+    rows.append(["`gdr mcp` start (process spawn to a completed handshake)", f"{mcp['start']['median_s']} s",
+                 f"max {mcp['start']['max_s']} s", mcp["start"]["runs"], "", mcp["start"]["load"]])
+    rows.append(["`gdr mcp` first search (loads MiniLM)", f"{mcp['first search']['median_s']} s", "", mcp["start"]["runs"], "",
+                 mcp["first search"]["load"]])
+    rows += [[f"`gdr mcp` tool call `{name[5:]}`", f"{r['median_ms']} ms", f"{r['p95_ms']} ms", r["runs"], "", r["load"]]
+             for name, r in mcp.items() if name.startswith("call ")]
+    return {"serve": True, "sv_chunks": f"{sv['chunks']:,}", "sv_page_median": web["search"]["median_ms"],
+            "sv_page_load": web["search"]["load"], "sv_mcp_start": mcp["start"]["median_s"],
+            "sv_mcp_search": mcp["call search"]["median_ms"], "sv_mcp_load": mcp["call search"]["load"],
+            "sv_table": _table(["what", "median", "p95", "runs", "target", "load"], rows)}
+
+
 def _local(lo: dict[str, Any]) -> dict[str, Any]:
     sp, e = lo["speech"], lo["embeddings"]
     rows = [["Whisper base int8, all speech", f"{sp['audio_seconds']:g} s of audio", f"{sp['audio_seconds_per_wall_second']}x real time",
@@ -368,7 +386,8 @@ def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
         values |= _parallel(par, results["machine"])
     if fs := s.get("flow_shape"):
         values |= _flow_shape(fs)
-    for name, figures in (("api", _api), ("store", _store), ("store_shape", _store_shape), ("search", _search), ("local", _local)):
+    for name, figures in (("api", _api), ("store", _store), ("store_shape", _store_shape), ("search", _search), ("local", _local),
+                            ("serve", _serve)):
         if name in s:
             values |= figures(s[name])
     values["fleet"] = "fleet" in s  # written apart, by bench/fleet.py (bench/fleet.md)

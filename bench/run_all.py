@@ -5,7 +5,7 @@
     uv run python -m bench.run_all --only search   # one section; the others keep their last results
     uv run python -m bench.flow_shape              # old vs new flow shape (section 1's subsection), ~15 min
 
-Sections: parallel, api, store, search, local, fleet (written to bench/fleet.md). Not tests: nothing here
+Sections: parallel, api, store, search, local, fleet (written to bench/fleet.md), serve (gdr web and gdr mcp). Not tests: nothing here
 asserts on time; targets are reported as met or missed. Every section notes the machine's load, which the figures depend on.
 """
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ["parallel", "api", "store", "search", "local", "fleet"]
+SECTIONS = ["parallel", "api", "store", "search", "local", "fleet", "serve"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results.json"
 CHART = REPO_ROOT / "bench" / "speedup.png"
@@ -32,6 +32,7 @@ WARM_IMPORTS = (
     "gent_disagreement_rag.providers.transcribers.deepgram", "gent_disagreement_rag.providers.transcribers.local_whisper",
     "prefect.flow_engine", "prefect.task_engine", "prefect.server.api.server", "prefect.cli", "uvicorn", "asyncpg",
     "tests.support.fakeapi", "bench.parallel", "bench.search_latency", "bench.local_pipeline",
+    "bench.serve_latency", "gent_disagreement_rag.serve.web", "gent_disagreement_rag.serve.mcp_server", "mcp",
 )
 
 
@@ -115,7 +116,7 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
         results["sections"][name] = value
         RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")  # partial results survive a crash
 
-    needs_db = any(s in sections for s in ("parallel", "api", "store", "search", "fleet"))
+    needs_db = any(s in sections for s in ("parallel", "api", "store", "search", "fleet", "serve"))
     if needs_db:
         with embedded_postgres() as pg:
             results["machine"].update(pg.versions())
@@ -148,6 +149,12 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
                 t0 = time.perf_counter()
                 log("== 4. search latency and recall")
                 record("search", search_latency.run(pg, quick=quick), t0)
+            if "serve" in sections:
+                from bench import serve_latency
+
+                t0 = time.perf_counter()
+                log("== 8. gdr web and gdr mcp")
+                record("serve", serve_latency.run(pg, quick=quick), t0)
     if "local" in sections:
         from bench import local_pipeline
 

@@ -136,7 +136,7 @@ def test_tcp_lets_in_only_the_reader_with_its_password(chat: Chat) -> None:
         assert ("password authentication failed" in str(failure.value)) or ("pg_hba.conf rejects" in str(failure.value))
     with chat.connect() as conn, conn.cursor() as cur:
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-            cur.execute("SELECT count(*) FROM public.segments")  # our tables are not the reader's
+            cur.execute("SELECT count(*) FROM public.provider_calls")  # the cost ledger is not the reader's
     with chat.connect() as conn, conn.cursor() as cur:
         with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
             cur.execute("CREATE TEMP TABLE t (x int)")
@@ -257,17 +257,16 @@ def feed_item(guid: str, number: int | None) -> FeedItem:
 
 def test_episode_numbers_catalogue_feed_and_reserved_are_unique_and_stable(db: Database) -> None:
     episode_store.sync_catalogue(db, [CATALOGUE["1"], CATALOGUE["2"].model_copy(update={"episode_id": "AGD-bonus"})])
-    episode_store.sync_feed(db, [feed_item("a", 12), feed_item("b", None), feed_item("c", 1), feed_item("d", 12)], {})
+    ids = episode_store.sync_feed(db, [feed_item("a", 12), feed_item("b", None), feed_item("c", 1), feed_item("d", 12)], {})
 
     def numbers() -> dict[str, int]:
         with db.connection() as conn:
             return dict(conn.execute("SELECT gdr_episode_id, episode_number FROM chat.episodes").fetchall())
 
     first = numbers()
-    ids = {g: feed_item(g, None).episode_id for g in "abcd"}
     assert first["1"] == 1 and first[ids["a"]] == 12  # a catalogue number; a feed's itunes:episode
     reserved = [first["AGD-bonus"], first[ids["b"]], first[ids["c"]], first[ids["d"]]]  # no number of its own, or taken
     assert all(n > 1_000_000 for n in reserved) and len(set(first.values())) == len(first)
-    episode_store.sync_feed(db, [feed_item("d", 12), feed_item("e", 13)], {})  # a rerun of the feed, one new item
+    rerun = episode_store.sync_feed(db, [feed_item("d", 12), feed_item("e", 13)], {})  # a rerun of the feed, one new item
     again = numbers()
-    assert {k: again[k] for k in first} == first and again[feed_item("e", None).episode_id] == 13
+    assert rerun["d"] == ids["d"] and {k: again[k] for k in first} == first and again[rerun["e"]] == 13

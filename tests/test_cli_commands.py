@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage.embedded import shared_buffers_mb, stop_embedded
-from gent_disagreement_rag.storage.schema import _migration_files
+from gent_disagreement_rag.storage.schema import _migration_files, latest_schema_version
 from tests.conftest import REPO_ROOT
 from tests.support.builders import deepgram_fixture
 
@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 CATALOGUE = [{"episode_id": "N-1", "file_name": "N-1.mp3", "title": "First"},
              {"episode_id": "N-2", "file_name": "N-2.mp3", "title": "Second"}]
 MIGRATIONS = [name for _, name, _ in _migration_files()]
-LATEST = len(MIGRATIONS)
+LATEST = latest_schema_version()  # the highest number, not the count: numbers may leave gaps (0007, 0009)
 
 
 def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

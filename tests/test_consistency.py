@@ -223,7 +223,8 @@ def test_the_ledger_and_gdr_costs_hold_the_audio_seconds_tokens_and_dollars_at_t
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["total"] == {"requests": 2, "audio_minutes": round(seconds / 60, 2), "tokens": tokens,
-                               "cost_usd": pytest.approx(audio_usd + token_usd, abs=1e-6)}
+                               "cost_usd": pytest.approx(audio_usd + token_usd, abs=1e-6), "saved_usd": 0.0,
+                               "publisher_transcripts": 0}
     assert [e["episode_id"] for e in report["episodes"]] == ["L-0"]  # the refused upload cost nothing
 
 

@@ -23,3 +23,14 @@ def test_ci_runs_the_readme_test_command() -> None:
     lines = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
     commands = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     assert commands[-1] == "make test"
+
+
+def test_the_mcp_configuration_snippet_is_json_that_runs_gdr_mcp_and_the_page_screenshot_exists() -> None:
+    import json
+
+    serving = README.split("## Serving the archive", 1)[1].split("\n## ", 1)[0]
+    config = json.loads(serving.split("```json", 1)[1].split("```", 1)[0])
+    server = config["mcpServers"]["podcast-archive"]
+    assert server["command"] == "uv" and server["args"][0] == "run" and server["args"][-2:] == ["gdr", "mcp"]
+    screenshot = serving.split("](", 1)[1].split(")", 1)[0]
+    assert (REPO_ROOT / screenshot).stat().st_size > 10_000

@@ -8,162 +8,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import threading
-from collections import defaultdict, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
-from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import date
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
-from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 from typer.testing import CliRunner
 
 from gent_disagreement_rag.cli import app
 from gent_disagreement_rag.errors import PermanentProviderError, TransientProviderError
+from gent_disagreement_rag.ingest.plan import plan_episodes
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.sources.feeds import FeedItem, download_enclosure, parse_feed
+from gent_disagreement_rag.sources.publisher import TranscriptLink
 from gent_disagreement_rag.storage import costs as cost_store
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
 from tests.support.builders import app_environment, make_audio, run_ingest
+from tests.support.feed_server import FeedServer, Item, feed_server
 from tests.support.fakeapi import LISTEN, FakeAPI
 from tests.test_flows import statuses
 
 SPEAKERS = {"0": "Ann", "1": "Bob"}
 
 
-@dataclass
-class Item:
-    guid: str
-    title: str
-    audio: str  # path on the server, e.g. /audio/ep1.mp3
-    number: int | None = None
-    duration: str | None = None  # itunes:duration as written in the feed
-    published: date = date(2024, 3, 1)
-
-
-@dataclass
-class FeedServer:
-    """A podcast host on 127.0.0.1: `/feed.xml` lists `items`; `/audio/...` serves `files` with Range and If-Range.
-
-    `faults[path]` is a queue; each entry answers one request: an HTTP status, ("cut", n) to close the
-    connection after n bytes of the body, or "no-length" to send the body without a Content-Length.
-    """
-
-    items: list[Item] = field(default_factory=list)
-    files: dict[str, bytes] = field(default_factory=dict)
-    faults: dict[str, deque[Any]] = field(default_factory=lambda: defaultdict(deque))
-    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-    ignore_range: bool = False
-    url: str = ""
-
-    def gets(self, path: str) -> list[dict[str, str]]:
-        return [headers for p, headers in self.requests if p == path]
-
-    def rss(self) -> str:
-        entries = "".join(self._item(i) for i in self.items)
-        return f"""<?xml version="1.0" encoding="UTF-8"?>
-<rss version="2.0" xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd"
-     xmlns:podcast="https://podcastindex.org/namespace/1.0" xmlns:content="http://purl.org/rss/1.0/modules/content/"
-     xmlns:atom="http://www.w3.org/2005/Atom">
-  <channel>
-    <title>A Gent&apos;s Disagreement</title>
-    <link>https://example.com/show</link>
-    <atom:link href="{self.url}/feed.xml" rel="self" type="application/rss+xml"/>
-    <language>en-us</language>
-    <description>Two hosts disagree about economics.</description>
-    <itunes:author>Ann and Bob</itunes:author>
-    <itunes:image href="https://example.com/cover.jpg"/>
-    <itunes:category text="Business"><itunes:category text="Investing"/></itunes:category>
-    <itunes:explicit>false</itunes:explicit>
-    <itunes:type>episodic</itunes:type>
-    <podcast:locked>no</podcast:locked>
-    <podcast:guid>5f2e3b5a-1c1d-5c5e-9b1a-0d3e5f7a9b2c</podcast:guid>
-    <item>
-      <title>A blog post, not an episode</title>
-      <guid isPermaLink="false">post-1</guid>
-      <description>No enclosure: skipped.</description>
-    </item>
-{entries}  </channel>
-</rss>
-"""
-
-    def _item(self, i: Item) -> str:
-        length = len(self.files.get(i.audio, b"")) or 123456
-        published = format_datetime(datetime(i.published.year, i.published.month, i.published.day, 9, tzinfo=timezone.utc))
-        tags = [
-            f"<title>{escape(i.title)}</title>",
-            f'<guid isPermaLink="false">{escape(i.guid)}</guid>',
-            f"<pubDate>{published}</pubDate>",
-            f"<description><![CDATA[<p>Show notes for {escape(i.title)}.</p>]]></description>",
-            f'<enclosure url={quoteattr(self.url + i.audio)} length="{length}" type="audio/mpeg"/>',
-            "<itunes:episodeType>full</itunes:episodeType>",
-            "<itunes:explicit>false</itunes:explicit>",
-            f'<podcast:transcript url="{self.url}/t/{i.guid}.vtt" type="text/vtt"/>',
-        ]
-        if i.duration:
-            tags.append(f"<itunes:duration>{i.duration}</itunes:duration>")
-        if i.number:
-            tags += [f"<itunes:episode>{i.number}</itunes:episode>", f"<podcast:episode>{i.number}</podcast:episode>"]
-        return "    <item>\n" + "".join(f"      {t}\n" for t in tags) + "    </item>\n"
-
-    def answer(self, handler: BaseHTTPRequestHandler) -> None:
-        path = urlsplit(handler.path).path
-        self.requests.append((path, {k.lower(): v for k, v in handler.headers.items()}))
-        if path == "/feed.xml":
-            return self._send(handler, 200, self.rss().encode(), {"Content-Type": "application/rss+xml"})
-        fault = self.faults[path].popleft() if self.faults[path] else None
-        if isinstance(fault, int):
-            return self._send(handler, fault, b"oops", {"Retry-After": "7"})
-        data = self.files.get(path)
-        if data is None:
-            return self._send(handler, 404, b"not found", {})
-        etag = '"' + hashlib.sha1(data).hexdigest()[:16] + '"'
-        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Type": "audio/mpeg"}
-        match = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range", ""))
-        if match and not self.ignore_range and handler.headers.get("If-Range", etag) == etag:
-            start = int(match[1])
-            if start >= len(data):
-                return self._send(handler, 416, b"", {"Content-Range": f"bytes */{len(data)}"})
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-            return self._send(handler, 206, data[start:], headers, fault)
-        return self._send(handler, 200, data, headers, fault)
-
-    @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str], fault: Any = None) -> None:
-        handler.send_response(status)
-        if fault != "no-length":
-            handler.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(body[: fault[1]] if isinstance(fault, tuple) else body)
-
-
 @pytest.fixture
 def host() -> Iterator[FeedServer]:
-    feed = FeedServer()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            feed.answer(self)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    feed.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield feed
-    server.shutdown()
-    server.server_close()
+    with feed_server() as feed:
+        yield feed
 
 
 def mp3(tmp_path: Path, name: str, seconds: float, frequency: int) -> bytes:
@@ -176,7 +48,8 @@ def mp3(tmp_path: Path, name: str, seconds: float, frequency: int) -> bytes:
 def test_parse_feed_reads_itunes_and_podcast_tags(host: FeedServer) -> None:
     host.files["/audio/ep1.mp3"] = b"x" * 5000
     host.items = [
-        Item("guid-1", "Rates & Risk", "/audio/ep1.mp3", number=1, duration="1:02:03", published=date(2024, 3, 5)),
+        Item("guid-1", "Rates & Risk", "/audio/ep1.mp3", number=1, duration="1:02:03", published=date(2024, 3, 5),
+             transcripts=(("/t/1.srt", "application/x-subrip"), ("/t/1.vtt", "text/vtt")), chapters="/c/1.json"),
         Item("guid-2", "Trailer", "/audio/trailer.mp3", duration="95"),
         Item("guid-1", "A duplicate guid", "/audio/dup.mp3"),
     ]
@@ -186,12 +59,16 @@ def test_parse_feed_reads_itunes_and_podcast_tags(host: FeedServer) -> None:
     assert first == FeedItem(
         guid="guid-1", title="Rates & Risk", published=date(2024, 3, 5), enclosure_url=host.url + "/audio/ep1.mp3",
         enclosure_length=5000, enclosure_type="audio/mpeg", duration_seconds=3723.0, episode_number=1,
+        transcripts=(TranscriptLink(host.url + "/t/1.srt", "application/x-subrip"),
+                     TranscriptLink(host.url + "/t/1.vtt", "text/vtt")),  # both: feedparser alone keeps the last
+        chapters_url=host.url + "/c/1.json",
     )
     assert (trailer.duration_seconds, trailer.episode_number) == (95.0, None)
-    assert first.episode_id == "feed-" + hashlib.sha1(b"guid-1").hexdigest()[:12]
-    assert first.file_name.startswith(first.episode_id + "-") and first.file_name.endswith(".mp3")
+    assert first.hashed_id == "feed-" + hashlib.sha1(b"guid-1").hexdigest()[:12]
+    assert (first.readable_id, trailer.readable_id) == ("feed-1", "feed-2024-03-01-trailer")
+    assert first.file_name("feed-1").startswith("feed-1-") and first.file_name("feed-1").endswith(".mp3")
     changed = parse_feed(host.rss().encode().replace(b'length="5000"', b'length="5001"'))[0]
-    assert changed.episode_id == first.episode_id and changed.file_name != first.file_name
+    assert changed.readable_id == first.readable_id and changed.file_name("x") != first.file_name("x")
 
 
 def test_a_broken_feed_is_a_clear_permanent_error(host: FeedServer) -> None:
@@ -272,8 +149,10 @@ def show(settings: Settings, fake_api: FakeAPI, host: FeedServer, monkeypatch: p
     host.files["/audio/ep1.mp3"] = mp3(tmp_path, "ep1.mp3", 18, 330)
     host.files["/audio/ep2.mp3"] = mp3(tmp_path, "ep2.mp3", 19, 440)
     host.items = [
-        Item("tag:show,2024:1", "Episode one", "/audio/ep1.mp3", number=1, duration="0:18", published=date(2024, 3, 1)),
-        Item("tag:show,2024:2", "Episode two", "/audio/ep2.mp3", number=2, duration="19", published=date(2024, 3, 8)),
+        Item("tag:show,2024:1", "Episode one", "/audio/ep1.mp3", number=1, duration="0:18", published=date(2024, 3, 1),
+             transcripts=(("/t/1.vtt", "text/vtt"),)),  # not on the server: a 404, so the episodes are transcribed
+        Item("tag:show,2024:2", "Episode two", "/audio/ep2.mp3", number=2, duration="19", published=date(2024, 3, 8),
+             transcripts=(("/t/2.vtt", "text/vtt"),)),
     ]
     env = {
         **app_environment(settings, fake_api),
@@ -286,7 +165,8 @@ def show(settings: Settings, fake_api: FakeAPI, host: FeedServer, monkeypatch: p
 
 
 def feed_id(guid: str) -> str:
-    return "feed-" + hashlib.sha1(guid.encode()).hexdigest()[:12]
+    """The show's items are numbered (itunes:episode) as their guid ends: `tag:show,2024:2` is `feed-2`."""
+    return "feed-" + guid.rsplit(":", 1)[1]
 
 
 def audio_gets(host: FeedServer) -> list[str]:
@@ -353,12 +233,12 @@ def test_a_changed_enclosure_is_downloaded_and_processed_again(
     show.items = show.items[:1]
     assert run_ingest().is_completed()
     episode = feed_id("tag:show,2024:1")
-    first = {p.name for p in settings.audio_dir.iterdir()}
+    first = {p.name for p in settings.feed_audio_path.iterdir()}
     show.files["/audio/ep1.mp3"] = new = mp3(tmp_path, "ep1-v2.mp3", 21, 660)  # same URL, new audio and length
     assert run_ingest().is_completed()
     assert audio_gets(show) == ["/audio/ep1.mp3", "/audio/ep1.mp3"]
     assert len(fake_api.requests_to(LISTEN)) == 2
-    [current] = settings.audio_dir.iterdir()  # the old enclosure's file is gone
+    [current] = settings.feed_audio_path.iterdir()  # the old enclosure's file is gone
     assert current.name not in first and current.read_bytes() == new
     with Database.from_settings(settings) as db:
         [row] = episode_store.list_episodes(db, [episode])
@@ -387,9 +267,10 @@ def test_gdr_costs_per_episode_and_total(db: Database, show: FeedServer) -> None
         conn.execute("UPDATE provider_calls SET created_at = '2024-01-01' WHERE episode_id = %s", (two,))
 
     report = json.loads(gdr("costs", "--json"))
-    assert report["total"] == {"requests": 3, "audio_minutes": 12.0, "tokens": 2000, "cost_usd": 0.05164}
+    assert report["total"] == {"requests": 3, "audio_minutes": 12.0, "tokens": 2000, "cost_usd": 0.05164,
+                               "saved_usd": 0.0, "publisher_transcripts": 0}
     assert report["episodes"][0] == {"episode_id": one, "title": "Episode one", "requests": 2, "audio_minutes": 10.0,
-                                     "tokens": 2000, "cost_usd": 0.04304}
+                                     "tokens": 2000, "cost_usd": 0.04304, "saved_usd": 0.0, "publisher_transcripts": 0}
     recent = json.loads(gdr("costs", "--since", "2024-06-01", "--json"))
     assert [e["episode_id"] for e in recent["episodes"]] == [one] and recent["total"]["cost_usd"] == 0.04304
     table = gdr("costs")
@@ -408,7 +289,36 @@ def test_dry_run_estimates_without_calling_any_provider(settings: Settings, show
     lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in output.splitlines()
              if line.count("│") >= 6}
     # 30 s of local audio (probed) and 18 s / 19 s from the feed's itunes:duration; 2.7 words/s * 1.3 tokens/word.
-    assert lines["L1"] == ["Local one", "0.50", "105", f"{0.5 * 0.0043 + 105 / 1e6 * 0.02:.4f}"]
-    assert lines[feed_id("tag:show,2024:1")] == ["Episode one", "0.30", "63", f"{0.3 * 0.0043 + 63 / 1e6 * 0.02:.4f}"]
+    # The feed's items link a VTT transcript (FEED_TRANSCRIPTS=prefer): no transcription, its price saved.
+    assert lines["L1"] == ["Local one", "0.50", "105", f"{0.5 * 0.0043 + 105 / 1e6 * 0.02:.4f}", "deepgram", "0.0000"]
+    assert lines[feed_id("tag:show,2024:1")] == ["Episode one", "0.30", "63", f"{63 / 1e6 * 0.02:.4f}",
+                                                 "publisher (text/vtt)", f"{0.3 * 0.0043:.4f}"]
     assert lines["total"][1:3] == [f"{67 / 60:.2f}", str(105 + 63 + 67)]
+    assert lines["total"][4:] == ["2 from the publisher", f"{(18 + 19) / 60 * 0.0043:.4f}"]
     assert "would process 3 episodes" in output
+
+
+def test_an_upgrade_keeps_hashed_ids_and_downloaded_audio_and_new_items_get_readable_unique_ids(
+    settings: Settings, show: FeedServer, db: Database
+) -> None:
+    """An episode registered before readable ids (`feed-<hash>`, audio downloaded into AUDIO_DIR) keeps both;
+    new items are named by their itunes:episode, and a number another episode has gets its guid's hash."""
+    [old_item, _] = parse_feed(show.rss().encode())
+    old_id = old_item.hashed_id
+    settings.audio_dir.mkdir(parents=True)
+    legacy_audio = settings.audio_dir / old_item.file_name(old_id)
+    legacy_audio.write_bytes(show.files["/audio/ep1.mp3"])
+    with db.connection() as conn:  # the row as the previous version registered it
+        conn.execute("INSERT INTO episodes (episode_id, guid, source, file_name, audio_url, title) "
+                     "VALUES (%s, %s, 'feed', %s, %s, 'Episode one')",
+                     (old_id, old_item.guid, old_item.file_name(old_id), old_item.enclosure_url))
+    show.items.append(Item("tag:other-show:2", "Another two", "/audio/ep2.mp3", number=2))
+
+    gdr("ingest", "--dry-run")  # registers the feed's items; downloads nothing
+    clash = "feed-2-" + hashlib.sha1(b"tag:other-show:2").hexdigest()[:6]
+    assert {r.episode_id for r in episode_store.list_episodes(db)} == {old_id, "feed-2", clash}
+    jobs = {job.episode_id: job for job in plan_episodes(Settings(), db).jobs}  # the environment names the feed
+    assert jobs[old_id].audio_path == legacy_audio.resolve() and not jobs[old_id].needs_download
+    assert jobs["feed-2"].audio_path.parent == settings.home / "audio" and jobs["feed-2"].needs_download
+    assert audio_gets(show) == []
+    assert episode_store.sync_feed(db, parse_feed(show.rss().encode()), {})[old_item.guid] == old_id  # and stays

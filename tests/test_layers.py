@@ -8,7 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "gent_disagreement_rag"
 # Lowest first. The ground modules are the package's top-level files.
-LAYERS = ["ground", "text", "providers", "sources", "storage", "search", "ingest", "orchestration", "cli"]
+# serve (gdr mcp, gdr web) sits right above search: it reads, so it may not import ingest or orchestration.
+LAYERS = ["ground", "text", "providers", "sources", "storage", "search", "serve", "ingest", "orchestration", "cli"]
 
 
 def layer_of(module: str) -> str:

@@ -195,8 +195,10 @@ def test_estimate_cost_at_the_configured_list_prices() -> None:
 
 
 def test_cost_totals_json_shows_minutes_and_rounded_dollars() -> None:
-    totals = CostTotals(requests=3, audio_seconds=100.0, tokens=1_200, cost_usd=0.0012345678)
-    assert totals.as_json() == {"requests": 3, "audio_minutes": 1.67, "tokens": 1_200, "cost_usd": 0.001235}
+    totals = CostTotals(requests=3, audio_seconds=100.0, tokens=1_200, cost_usd=0.0012345678, saved_usd=0.00432109,
+                        publisher_transcripts=2)
+    assert totals.as_json() == {"requests": 3, "audio_minutes": 1.67, "tokens": 1_200, "cost_usd": 0.001235,
+                                "saved_usd": 0.004321, "publisher_transcripts": 2}
 
 
 # --- search: relevance (search/relevance.py) and hits from the fused rows (search/assembly.py) ---

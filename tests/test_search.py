@@ -10,14 +10,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
@@ -43,13 +40,13 @@ from gent_disagreement_rag.search.assembly import assemble
 from gent_disagreement_rag.search.models import Segment
 from gent_disagreement_rag.search.replies import replies_first
 from gent_disagreement_rag.settings import Settings
-from gent_disagreement_rag.sources.catalogue import CatalogueEntry, load_catalogue
+from gent_disagreement_rag.sources.catalogue import CatalogueEntry
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage import segments as segment_store
 from gent_disagreement_rag.storage.database import Database
-from gent_disagreement_rag.storage.schema import migrate
 from gent_disagreement_rag.text.chunking import Chunk
 from tests.support.builders import segment
+from tests.support.samples import module_database, store_sample_episodes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_MODEL = "local/all-MiniLM-L6-v2@384"
@@ -59,24 +56,6 @@ OPENAI_MODEL = "openai/text-embedding-3-small@1536"
 @pytest.fixture(scope="module")
 def embedder() -> LocalMiniLMEmbedder:
     return LocalMiniLMEmbedder()
-
-
-@contextmanager
-def module_database(pg_server: str, home: Path) -> Iterator[tuple[Settings, Database]]:
-    """A fresh migrated database shared by one module's read-only tests."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = pg_server.replace("/postgres?", f"/{name}?")
-    migrate(url)
-    settings = Settings(_env_file=None, database_url=url, gdr_home=home / "home", audio_dir=home / "audio",
-                        episodes_file=home / "episodes.json", transcripts_dir=home / "transcripts")
-    try:
-        with Database.from_settings(settings) as db:
-            yield settings, db
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def put(db: Database, episode_id: str, segs: list[Chunk], vectors: np.ndarray, model_id: str = LOCAL_MODEL) -> None:
@@ -95,15 +74,7 @@ def unit(v: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def samples(pg_server: str, tmp_path_factory: pytest.TempPathFactory, embedder) -> Iterator[tuple[Settings, Database]]:
     with module_database(pg_server, tmp_path_factory.mktemp("samples")) as (settings, db):
-        catalogue = load_catalogue(REPO_ROOT / "data" / "episodes.json")
-        episode_store.sync_catalogue(db, catalogue)
-        for path in sorted((REPO_ROOT / "data" / "samples").glob("*.script.json")):
-            script = json.loads(path.read_text())
-            if str(script["episode_id"]) not in {e.episode_id for e in catalogue}:
-                continue  # GDR-005 (the diarization episode) is not in the sample catalogue
-            segs = [segment(i, t["speaker_name"], t["start"], t["end"], t["text"], len(t["text"].split()))
-                    for i, t in enumerate(script["turns"])]
-            put(db, str(script["episode_id"]), segs, embedder.embed([s.text for s in segs]).vectors)
+        store_sample_episodes(db, embedder)
         yield settings, db
 
 

@@ -81,8 +81,9 @@ def server(settings, fake_api, tmp_path) -> Iterator[tuple[dict[str, str], str, 
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"http://127.0.0.1:{port}" in started.stdout
-        assert server_status(env) == {"server": ["server", "start"], "scheduler": ["scheduler", "--host"],
-                                      "worker": ["worker", "start"], "episodes": ["worker", env["DASK_SCHEDULER_ADDRESS"]]}
+        assert {name: [Path(words[0]).name, words[1]] for name, words in server_status(env).items()} == {
+            "server": ["prefect", "server"], "scheduler": ["dask", "scheduler"], "worker": ["prefect", "worker"],
+            "episodes": ["dask", "worker"]}
         # The UI is served at --port and told that its API is there too (not at the default 4200).
         ui_settings = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=30).json()
         assert ui_settings["api_url"] == f"http://127.0.0.1:{port}/api", ui_settings
@@ -104,8 +105,11 @@ def server_status(env: dict[str, str]) -> dict[str, list[str]]:
     running = {}
     for name, pid in re.findall(r"(\w+) \(pid (\d+)\)", shown.stdout):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-        prefect_at = next(i for i, arg in enumerate(argv) if arg.endswith(("prefect", "dask")))
-        running[name] = argv[prefect_at + 1 : prefect_at + 3]
+        if argv[0].startswith("dask "):  # Dask's scheduler names itself: "dask scheduler [tcp://...]"
+            running[name] = argv[0].split()[:2]
+            continue
+        tool_at = next(i for i, arg in enumerate(argv) if arg.endswith(("prefect", "dask")))
+        running[name] = argv[tool_at : tool_at + 2]
     return running
 
 
@@ -129,7 +133,7 @@ def test_deployment_runs_and_a_failed_or_late_night_is_sent_to_notify_url(settin
         make_audio(settings.audio_dir / f"S-{i}.mp3", 15, 500 + 50 * i)
     settings.episodes_file.write_text(json.dumps([{"episode_id": f"S-{i}", "file_name": f"S-{i}.mp3"} for i in range(2)]))
     deployment = read_deployment(env)
-    assert deployment.parameters == {"max_parallel": None, "force": False}
+    assert deployment.parameters == {"episode_ids": None, "max_parallel": None, "force": False}
     assert deployment.version == subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT,
                                                 capture_output=True, text=True).stdout.strip()
 

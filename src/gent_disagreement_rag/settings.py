@@ -28,6 +28,13 @@ class FanOut(StrEnum):
     CLUSTER = "cluster"  # the Dask cluster at DASK_SCHEDULER_ADDRESS (an error when it does not answer)
 
 
+class TranscriptPolicy(StrEnum):
+    """FEED_TRANSCRIPTS: whether a feed episode with the publisher's own transcript is read from it."""
+
+    PREFER = "prefer"  # read the publisher's transcript when the feed links a usable one; transcribe the rest
+    TRANSCRIBE = "transcribe"  # transcribe every episode (the feed's transcripts are ignored)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -85,6 +92,8 @@ class Settings(BaseSettings):
     feed_url: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Podcast RSS feed URL(s), JSON list or comma-separated")
     default_speakers_map: dict[str, str] = Field(default_factory=dict, description='Speaker names for feed episodes, JSON like {"0": "Host"}')
     max_audio_bytes: int = Field(1 << 30, ge=1, description="Largest enclosure downloaded from a feed, in bytes (default 1 GiB)")
+    feed_audio_dir: Path | None = Field(None, description="Where feed enclosures are downloaded; default GDR_HOME/audio")
+    feed_transcripts: TranscriptPolicy = Field(TranscriptPolicy.PREFER, description="prefer = a feed episode whose feed links the publisher's transcript (podcast:transcript: JSON, WebVTT or SRT) is read from it, not transcribed; transcribe = transcribe every episode")
 
     @field_validator("feed_url", mode="before")
     @classmethod
@@ -119,6 +128,15 @@ class Settings(BaseSettings):
     @property
     def pgdata(self) -> Path:
         return self.home / "pgdata"
+
+    @property
+    def feed_audio_path(self) -> Path:
+        return (self.feed_audio_dir or self.home / "audio").resolve()
+
+    @property
+    def publisher_files_path(self) -> Path:
+        """The publisher's transcripts and chapters as fetched, each named by its content's sha256."""
+        return self.home / "publisher"
 
     @property
     def result_storage_path(self) -> Path:

@@ -6,7 +6,7 @@ re-formatted later without the provider that made it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 SENTENCE_ENDS = (".", "?", "!", "…", "。", "？", "！")
@@ -59,6 +59,21 @@ class Transcript:
     language: str | None = None
     utterances: list[Span] | None = None
     paragraphs: list[Span] | None = None
+    # The transcript's own names for its speaker ids ("0": "Ann"), when it has them (a publisher's transcript):
+    # they win over a speakers_map, which names a diarizer's anonymous ids.
+    speaker_names: dict[str, str] | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        """Unpickling (Prefect's stage cache): a transcript cached before a field existed gets the field's default
+        instead of an unset slot, so an upgrade re-chunks cached transcripts without transcribing them again."""
+        slots = state[1] if isinstance(state, tuple) else state
+        for f in fields(self):
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            object.__setattr__(self, f.name, slots.get(f.name, default))
+
+    def names(self, speakers_map: dict[str, str] | None) -> dict[str, str]:
+        """Display names by speaker id: the speakers_map, overridden by the transcript's own names."""
+        return {**(speakers_map or {}), **(self.speaker_names or {})}
 
     @property
     def speech_seconds(self) -> float:
@@ -85,6 +100,7 @@ class Transcript:
             language=data.get("language"),
             utterances=spans(data.get("utterances")),
             paragraphs=spans(data.get("paragraphs")),
+            speaker_names=data.get("speaker_names"),
         )
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..errors import GdrError
 from ..settings import Settings
+from ..sources.publisher import PUBLISHER
 from ..storage import costs, episodes
 from ..storage.database import Database
 
@@ -45,14 +46,14 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     if as_json:
         print(json.dumps({"episodes": rows}, indent=2, ensure_ascii=False))
         return
-    table = Table("episode", "title", "status", "segments", "cost $", "error / stale because",
+    table = Table("episode", "title", "status", "segments", "cost $", "transcript", "error / stale because / note",
                   title=counted(len(rows), "episode"))
     colours = {"processed": "green", "failed": "red", "pending": "yellow"}
     for r in rows:
         status = f"[{colours[r['status']]}]{r['status']}[/]" + (" [yellow](stale)[/]" if r["stale"] else "")
-        why = "; ".join(x for x in (r["error"] and r["error"][:160], r["undecodable"], r["stale"]) if x)
+        why = "; ".join(x for x in (r["error"] and r["error"][:160], r["undecodable"], r["stale"], r["transcript_note"]) if x)
         table.add_row(r["episode_id"], escape(r["title"] or r["file_name"] or ""), status,
-                      str(r["segments"]), f"{r['cost_usd']:.4f}", escape(why))
+                      str(r["segments"]), f"{r['cost_usd']:.4f}", r["transcript_source"] or "", escape(why))
     if any(r["stale"] for r in rows):
         console.print("[yellow]stale episodes are re-chunked / re-embedded from cached transcripts by the next `gdr ingest`[/]")
     console.print(table)
@@ -76,12 +77,12 @@ def costs_command(
         print(json.dumps({"since": day.isoformat() if day else None, "episodes": rows, "total": total.as_json()},
                          indent=2, ensure_ascii=False))
         return
-    table = Table("episode", "title", "requests", "audio min", "tokens", "cost $",
+    table = Table("episode", "title", "requests", "audio min", "tokens", "cost $", "publisher transcripts", "saved $",
                   title="provider costs" + (f" since {day}" if day else ""))
 
     def add(label: str, title: str | None, cost: costs.CostTotals) -> None:
         table.add_row(label, escape(title or ""), str(cost.requests), f"{cost.audio_seconds / 60:.2f}", str(cost.tokens),
-                      f"{cost.cost_usd:.4f}")
+                      f"{cost.cost_usd:.4f}", str(cost.publisher_transcripts), f"{cost.saved_usd:.4f}")
 
     for episode_id, title, cost in by_episode:
         add(episode_id or "(deleted episode)", title, cost)
@@ -111,6 +112,8 @@ def ingest_command(
     console.print(progress.summary_table())
     for episode_id, reason in progress.failures():  # each in full, once; tracebacks are in the run's log only
         console.print(f"{episode_id}: {settings.scrub(reason)}", markup=False, highlight=False, soft_wrap=True)
+    for episode_id, note in progress.transcript_notes():  # why a publisher's transcript was not read
+        console.print(f"{episode_id}: {settings.scrub(note)}", markup=False, highlight=False, soft_wrap=True)
     # The run's verdict, last: its first line (the state message goes on to list the failures just printed).
     verdict = (state.message or state.name).splitlines()[0].removesuffix(":")
     console.print(settings.scrub(verdict), markup=False, highlight=False, soft_wrap=True)
@@ -162,16 +165,22 @@ def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> Non
 
     failing = will_fail(settings, db, plan)
     estimates = [e for e in estimate_plan(settings, db, plan) if e.episode_id not in failing]
-    table = Table("episode", "title", "audio min", "est. tokens", "est. cost $",
+    table = Table("episode", "title", "audio min", "est. tokens", "est. cost $", "transcript", "saved $",
                   title=f"would process {counted(len(estimates), 'episode')} ({settings.resolved_transcriber} "
                         f"transcription, {settings.resolved_embedder} embeddings); {len(plan.up_to_date)} up to date")
     for e in estimates:
         minutes = f"{e.audio_seconds / 60:.2f}" if e.audio_seconds is not None else "?"
-        table.add_row(e.episode_id, escape(e.title), minutes, str(e.tokens), f"{e.cost_usd:.4f}")
+        table.add_row(e.episode_id, escape(e.title), minutes, str(e.tokens), f"{e.cost_usd:.4f}", escape(e.transcript),
+                      f"{e.saved_usd:.4f}")
     table.add_section()
+    publisher = sum(e.transcript.startswith(PUBLISHER) for e in estimates)
     table.add_row("total", "", f"{sum(e.audio_seconds or 0 for e in estimates) / 60:.2f}",
-                  str(sum(e.tokens for e in estimates)), f"{sum(e.cost_usd for e in estimates):.4f}")
+                  str(sum(e.tokens for e in estimates)), f"{sum(e.cost_usd for e in estimates):.4f}",
+                  f"{publisher} from the publisher", f"{sum(e.saved_usd for e in estimates):.4f}")
     console.print(table)
+    for job in plan.jobs:
+        if job.transcript_note:
+            console.print(f"{job.episode_id}: {job.transcript_note}", markup=False, highlight=False, soft_wrap=True)
     if failing:  # one unwrapped line each: the reasons hold paths
         console.print(f"would fail or skip {counted(len(failing), 'episode')}:")
         for episode_id, (title, verdict, why) in failing.items():

@@ -87,14 +87,14 @@ class IngestProgress:
     def summary_table(self) -> Table:
         table = Table(title=f"ingest summary  {self._counts()}", title_justify="left")
         for name, justify in (("episode", "left"), ("status", "left"), ("s", "right"), ("segments", "right"),
-                              ("audio min", "right"), ("tokens", "right"), ("cost $", "right")):
+                              ("audio min", "right"), ("tokens", "right"), ("cost $", "right"), ("transcript", "left")):
             table.add_column(name, justify=justify, no_wrap=True)
         for episode_id, info in self.episodes.items():
             status = info["status"]
             table.add_row(
                 episode_id, f"[{STATUS_STYLE.get(status, '')}]{status}[/]", f"{info.get('seconds', 0):.1f}",
                 str(info.get("segments", 0)), f"{info.get('audio_minutes', 0):.2f}", str(info.get("tokens", 0)),
-                f"{info.get('cost_usd', 0):.4f}",
+                f"{info.get('cost_usd', 0):.4f}", info.get("transcript", ""),
             )
         return table
 
@@ -105,6 +105,10 @@ class IngestProgress:
             return []
         return [(e, info.get("error", "")) for e, info in self.episodes.items()
                 if info["status"] in ("failed", "skipped", "busy") and info.get("error")]
+
+    def transcript_notes(self) -> list[tuple[str, str]]:
+        """(episode, why the publisher's transcript was not read) of every episode transcribed instead."""
+        return [(e, info["transcript_note"]) for e, info in self.episodes.items() if info.get("transcript_note")]
 
     def _count_by_status(self) -> dict[str, int]:
         counts: dict[str, int] = {}

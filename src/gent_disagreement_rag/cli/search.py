@@ -25,6 +25,7 @@ def search_command(
         typer.Option("--speaker", "-s", help="Only this speaker: full name or leading name(s), case-insensitive"),
     ] = None,
     since: Annotated[str | None, typer.Option("--since", help="Only episodes published on/after YYYY-MM-DD")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Only episodes published on/before YYYY-MM-DD")] = None,
     mode: Annotated[Mode, typer.Option("--mode", "-m", case_sensitive=False, help="Ranking")] = DEFAULT_MODE,
     context: Annotated[int, typer.Option("--context", "-c", min=0, help="Chunks shown before/after each hit")] = 1,
     model: Annotated[str | None, typer.Option("--model", help="Embedding model id (default: the stored one)")] = None,
@@ -36,7 +37,7 @@ def search_command(
     """Search the transcripts: meaning (vector), words (text) or both fused (hybrid)."""
     from ..search import search
 
-    results = search(query, k, episode=episode, speaker=speaker, since=since, mode=mode, context=context,
+    results = search(query, k, episode=episode, speaker=speaker, since=since, until=until, mode=mode, context=context,
                      model_id=model, min_score=min_score, settings=Settings())
     if results.notice:
         err_console.print(f"[yellow]{escape(results.notice)}[/]", highlight=False)
@@ -59,7 +60,8 @@ def search_command(
         return escape(text if len(text) <= limit else text[: limit - 1].rstrip() + "…")
 
     for h in results:
-        where = f"[bold]{escape(h.title)}[/]\n{escape(h.cited.speaker)}\n{h.cited_range}"
+        where = f"[bold]{escape(h.title)}[/]\n" + (f"[italic]{escape(h.chapter)}[/]\n" if h.chapter else "")
+        where += f"{escape(h.cited.speaker)}\n{h.cited_range}"
         if h.link:
             where += f"\n[dim][link={escape(h.link)}]{escape(h.link)}[/link][/]"
         if len(h.segments) == 1:

@@ -43,7 +43,7 @@ def server_status() -> None:
     from ..orchestration import server
 
     pids = server.status(Settings())
-    console.print(", ".join(f"{name} (pid {pid})" for name, pid in pids.items()) or "not running")
+    console.print("\n".join(f"{name} (pid {pid})" for name, pid in pids.items()) or "not running", highlight=False)
 
 
 @server_app.command("publish")
@@ -67,8 +67,9 @@ def worker_start() -> None:
 
     settings = Settings()
     pids = server.start_worker(settings, Path.cwd(), _api_url())
-    console.print("running: " + ", ".join(f"{name} (pid {pid})" for name, pid in pids.items())
-                  + f"; logs in {settings.home / 'logs'}")
+    for name, pid in pids.items():
+        console.print(f"{name} (pid {pid})", highlight=False)
+    console.print(f"logs in {settings.home / 'logs'}", highlight=False)
 
 
 @worker_app.command("stop")

@@ -6,6 +6,10 @@ not downloaded yet. Embedding tokens are estimated from it: conversational Engli
 English word, so an audio minute is about 210 tokens. Costs use the configured list prices, and
 local providers cost nothing. Stage caches are not consulted, so for episodes that ran before
 (`--force`, a changed setting) the figure is an upper bound.
+
+A feed episode whose publisher's transcript will be read (FEED_TRANSCRIPTS=prefer) costs no
+transcription: its estimate says so and shows what transcribing it would have cost as saved. Whether the
+file is usable is only known when it is fetched: an unusable one is transcribed after all.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from ..providers.audio import audio_seconds, undecodable
 from ..providers.pricing import estimate_cost
 from ..settings import Settings
 from ..sources.catalogue import catalogue_entries
+from ..sources.publisher import PUBLISHER
 from ..storage import episodes
 from ..storage.database import Database
 from .plan import EpisodeJob, EpisodePlan
@@ -31,6 +36,8 @@ class EpisodeEstimate:
     audio_seconds: float | None  # None: not downloaded yet, and the feed gives no duration
     tokens: int
     cost_usd: float
+    transcript: str  # who makes the transcript: "publisher (text/vtt)", or the transcriber
+    saved_usd: float = 0.0  # the transcription the publisher's transcript makes unnecessary
 
 
 def estimate_plan(settings: Settings, db: Database, plan: EpisodePlan) -> list[EpisodeEstimate]:
@@ -43,10 +50,13 @@ def estimate_plan(settings: Settings, db: Database, plan: EpisodePlan) -> list[E
 def _estimate(settings: Settings, job: EpisodeJob, feed_seconds: float | None) -> EpisodeEstimate:
     seconds = feed_seconds if job.needs_download else audio_seconds(job.audio_path)
     tokens = round((seconds or 0.0) * WORDS_PER_SECOND * TOKENS_PER_WORD)
-    cost = estimate_cost(settings, settings.resolved_transcriber, seconds or 0.0, 0) + estimate_cost(
-        settings, settings.resolved_embedder, 0.0, tokens
-    )
-    return EpisodeEstimate(job.episode_id, job.title, seconds, tokens, cost)
+    transcription = estimate_cost(settings, settings.resolved_transcriber, seconds or 0.0, 0)
+    embedding = estimate_cost(settings, settings.resolved_embedder, 0.0, tokens)
+    if job.transcript_url:
+        return EpisodeEstimate(job.episode_id, job.title, seconds, tokens, embedding,
+                               f"{PUBLISHER} ({job.transcript_type})", saved_usd=transcription)
+    return EpisodeEstimate(job.episode_id, job.title, seconds, tokens, transcription + embedding,
+                           settings.resolved_transcriber)
 
 
 def will_fail(settings: Settings, db: Database, plan: EpisodePlan) -> dict[str, tuple[str, str, str]]:

@@ -13,6 +13,7 @@ from .context import RunContext
 from .plan import REPARSED_PROVIDERS, TOKEN_COUNTER, TRANSCRIPT_PARSER, EpisodeJob, chunker_config
 
 TRANSCRIBE_VERSION = "1"
+PUBLISHER_TRANSCRIPT_VERSION = "1"  # how a publisher's transcript becomes a Transcript (sources/publisher.py)
 FORMAT_VERSION = "2"  # the quality gate and how chunks are made from a transcript (the chunker's own version is in its key)
 EXPORT_VERSION = "2"
 EMBED_VERSION = "2"  # 2: batches carry the model that made them
@@ -32,10 +33,18 @@ class StageKeys:
 
 def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
     """The keys of an episode whose audio is known (after its download)."""
-    t = ctx.transcriber
-    speakers = (len(job.speakers_map),) if t.uses_speaker_count else ()  # Deepgram's keys stay as they were
-    transcribe = stable_hash("transcribe", TRANSCRIBE_VERSION, job.audio_sha256, t.provider, t.model, t.options(), *speakers)
-    parser = (TRANSCRIPT_PARSER,) if t.provider in REPARSED_PROVIDERS else ()  # Deepgram's keys stay as they were
+    parser: tuple[int, ...] = ()
+    if job.transcript_file is not None:
+        # The publisher's file by its content (its name is its sha256), and the audio, whose length the
+        # transcript's duration and the coverage gate take. No provider is built for it.
+        transcribe = stable_hash("transcribe", "publisher", PUBLISHER_TRANSCRIPT_VERSION, job.transcript_file.name,
+                                 job.transcript_type, job.audio_sha256)
+    else:
+        t = ctx.transcriber
+        speakers = (len(job.speakers_map),) if t.uses_speaker_count else ()  # Deepgram's keys stay as they were
+        transcribe = stable_hash("transcribe", TRANSCRIBE_VERSION, job.audio_sha256, t.provider, t.model, t.options(),
+                                 *speakers)
+        parser = (TRANSCRIPT_PARSER,) if t.provider in REPARSED_PROVIDERS else ()  # Deepgram's keys stay as they were
     fmt = stable_hash(
         "format", FORMAT_VERSION, transcribe, job.speakers_map, chunker_config(ctx.settings).cache_key(), TOKEN_COUNTER,
         ctx.settings.skip_quality_gate, *parser,

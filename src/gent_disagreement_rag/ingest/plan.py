@@ -14,8 +14,9 @@ from typing import Any
 from ..errors import ConfigError
 from ..files import sha256_file
 from ..providers.embedders import settings_model_id
-from ..settings import Settings
+from ..settings import Settings, TranscriptPolicy
 from ..sources.catalogue import CatalogueEntry, catalogue_entries
+from ..sources.publisher import TranscriptChoice, TranscriptLink, choose_transcript
 from ..storage import episodes
 from ..storage.database import Database
 from ..text.chunking import ChunkerConfig
@@ -40,20 +41,41 @@ class EpisodeJob:
     speakers_map: dict[str, str] = field(default_factory=dict)
     audio_url: str | None = None
     audio_size: int | None = None  # the size the feed declares
+    # The publisher's files (feed episodes): the transcript to read instead of transcribing (FEED_TRANSCRIPTS),
+    # what to know about it or why none is read (`transcript_note`: an HTML one's times are estimated, an
+    # unknown type is not read), and the chapters. The download stage fetches them into GDR_HOME/publisher
+    # under their content's hash (`transcript_file`, `chapters_file`); a transcript that cannot be used is
+    # dropped there, with the reason in `transcript_note`, and the episode is transcribed.
+    transcript_url: str | None = None
+    transcript_type: str | None = None
+    transcript_note: str | None = None
+    chapters_url: str | None = None
+    publisher_fetched: bool = False
+    transcript_file: Path | None = None
+    chapters_file: Path | None = None
 
     @property
     def needs_download(self) -> bool:
         return self.audio_sha256 is None
 
+    @property
+    def needs_publisher_files(self) -> bool:
+        return bool(self.transcript_url or self.chapters_url) and not self.publisher_fetched
+
     def as_json(self) -> dict[str, Any]:
         """The job as a flow or task parameter: plain JSON, readable in the Prefect UI."""
         return {"episode_id": self.episode_id, "title": self.title, "stem": self.stem, "audio_path": str(self.audio_path),
                 "audio_sha256": self.audio_sha256, "speakers_map": dict(self.speakers_map), "audio_url": self.audio_url,
-                "audio_size": self.audio_size}
+                "audio_size": self.audio_size, "transcript_url": self.transcript_url,
+                "transcript_type": self.transcript_type, "transcript_note": self.transcript_note,
+                "chapters_url": self.chapters_url, "publisher_fetched": self.publisher_fetched,
+                "transcript_file": str(self.transcript_file) if self.transcript_file else None,
+                "chapters_file": str(self.chapters_file) if self.chapters_file else None}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> EpisodeJob:
-        return cls(**{**value, "audio_path": Path(value["audio_path"])})
+        paths = {name: Path(value[name]) for name in ("transcript_file", "chapters_file") if value.get(name)}
+        return cls(**{**value, "audio_path": Path(value["audio_path"]), **paths})
 
 
 @dataclass(slots=True)
@@ -101,6 +123,7 @@ def stale_reason(settings: Settings, row: episodes.EpisodeRow, speakers_map: dic
         if row.segments_config.get("speakers_map") != speakers_map:
             reasons.append(f"speakers named {json.dumps(row.segments_config.get('speakers_map'))}, "
                            f"the catalogue now says {json.dumps(speakers_map)}")
+    reasons += _transcript_stale(settings, row)
     model = settings_model_id(settings)
     if row.segments and model not in row.model_ids:
         reasons.append(f"embedded with {', '.join(row.model_ids) or 'no model'}, settings want {model}")
@@ -126,6 +149,28 @@ def undecodable_note(settings: Settings, row: episodes.EpisodeRow) -> str | None
     return "not retried while its audio file stays the same (--force tries again)"
 
 
+def wanted_transcript(settings: Settings, links: list[dict[str, Any]]) -> TranscriptChoice:
+    """The publisher's transcript FEED_TRANSCRIPTS wants read, from the feed's links as stored."""
+    if settings.feed_transcripts is TranscriptPolicy.TRANSCRIBE:
+        return TranscriptChoice(None)
+    return choose_transcript([TranscriptLink.from_json(link) for link in links])
+
+
+def _transcript_stale(settings: Settings, row: episodes.EpisodeRow) -> list[str]:
+    """A feed episode read from a transcript the settings or the feed no longer offer, or transcribed while the
+    feed now links one it has not tried. Episodes processed before the source was recorded are left alone:
+    their transcription is paid for, and `gdr ingest -e ID` reads the publisher's when wanted."""
+    if row.source != "feed" or row.transcript_source is None:
+        return []
+    link = wanted_transcript(settings, row.transcript_links).link
+    if row.transcript_source == episodes.TranscriptSource.PUBLISHER and link is None:
+        return [f"read from the publisher's transcript; FEED_TRANSCRIPTS={settings.feed_transcripts} "
+                "and the feed now want it transcribed"]
+    if link is not None and link.url != row.transcript_url:
+        return [f"the feed links a transcript not read yet ({link.type})"]
+    return []
+
+
 def _job_for(settings: Settings, entry: CatalogueEntry) -> EpisodeJob:
     where = f"{settings.episodes_file}: episode {entry.episode_id}: field 'file_name'"
     if not entry.file_name:
@@ -146,8 +191,13 @@ def _job_for(settings: Settings, entry: CatalogueEntry) -> EpisodeJob:
 
 
 def _feed_job_for(settings: Settings, row: episodes.EpisodeRow) -> EpisodeJob:
-    """A feed episode's audio is its downloaded enclosure; until it is there, the job downloads it first."""
-    path = (settings.audio_dir / (row.file_name or row.episode_id)).resolve()
+    """A feed episode's audio is its downloaded enclosure; until it is there, the job downloads it first.
+    Enclosures downloaded into AUDIO_DIR before FEED_AUDIO_DIR existed are used where they are."""
+    name = row.file_name or row.episode_id
+    path, legacy = settings.feed_audio_path / name, (settings.audio_dir / name).resolve()
+    if not path.is_file() and legacy.is_file():
+        path = legacy
+    choice = wanted_transcript(settings, row.transcript_links)
     return EpisodeJob(
         episode_id=row.episode_id,
         title=row.title or row.episode_id,
@@ -157,6 +207,10 @@ def _feed_job_for(settings: Settings, row: episodes.EpisodeRow) -> EpisodeJob:
         speakers_map=row.speakers_map,
         audio_url=row.audio_url,
         audio_size=row.enclosure_length,
+        transcript_url=choice.link.url if choice.link else None,
+        transcript_type=choice.link.type if choice.link else None,
+        transcript_note=choice.note,
+        chapters_url=row.chapters_url,
     )
 
 

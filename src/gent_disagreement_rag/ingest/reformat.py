@@ -5,11 +5,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from ..providers.transcribers import parse_raw
+from ..providers.transcribers import parse_raw as parse_provider_raw
 from ..text.chunking import chunk_transcript
 from ..text.exports import render_exports
+from ..transcript import Transcript, TranscriptionResult
 from .stages import write_exports
+
+
+def parse_raw(raw: dict[str, Any]) -> Transcript:
+    """A saved raw response of either provider, or a publisher's transcript as the transcribe stage saved it
+    (`publisher_transcript`: the file verbatim), as a Transcript (local ones carry provider="local")."""
+    if "publisher_transcript" in raw:
+        from ..sources.publisher import TranscriptLink, parse_transcript
+
+        saved = raw["publisher_transcript"]
+        fmt = TranscriptLink(saved["url"], saved["type"]).format
+        if fmt is None:
+            raise ValueError(f"publisher transcript of type {saved['type']!r} is not one we read")
+        return parse_transcript(saved["text"].encode(), fmt, f"transcript {saved['url']}", saved["duration"])
+    return parse_provider_raw(raw)
+
+
+def parsed_again(result: TranscriptionResult) -> TranscriptionResult:
+    """`result` with its transcript parsed from its raw response by today's rules: a result cached by an
+    earlier version holds the transcript as that version parsed it (e.g. Whisper's word pieces unjoined)."""
+    return TranscriptionResult(transcript=parse_raw(result.raw), raw=result.raw)
 
 
 def _stem(raw_path: Path) -> str:

@@ -1,4 +1,4 @@
-"""The one episode sequence: [download ->] transcribe -> format -> export -> embed -> store.
+"""The one episode sequence: [download (audio, the publisher's transcript and chapters) ->] transcribe -> format -> export -> embed -> store.
 
 Written once, here. `process_episode` calls each stage through `run_stage`: directly by default (a
 shell, the bench), or as a cached, retried Prefect task (the orchestration passes its own runner), so
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..providers.transcribers import parsed_again
+from .reformat import parsed_again
 from . import stages
 from .context import RunContext
 from .keys import stage_keys
@@ -49,7 +49,9 @@ def process_episode(ctx: RunContext, job: EpisodeJob, run_id: str = "", run_stag
 
 
 def _sequence(ctx: RunContext, job: EpisodeJob, run_id: str, run_stage: StageRunner) -> EpisodeOutcome:
-    if job.needs_download:
+    # The download stage also fetches the publisher's transcript and chapters: whether the episode is
+    # transcribed at all is decided there, before the transcribe stage's cache key is computed.
+    if job.needs_download or job.needs_publisher_files:
         job = run_stage("download", stages.download, ctx, job)
     keys = stage_keys(ctx, job)
     # A cached transcription holds the transcript as the version that made it parsed it: read again from its raw response.

@@ -9,18 +9,25 @@ From a Python shell (or see `sequence.process_episode`, which runs them all in o
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ConfigError, UndecodableAudioError
-from ..files import write_all_atomic
+from ..files import write_all_atomic, write_atomic
+from ..providers import audio
 from ..providers.embedders import EmbeddingBatch
 from ..providers.pricing import estimate_cost
 from ..sources.catalogue import catalogue_entries
-from ..sources.feeds import download_enclosure, parse_feed
+from ..sources.feeds import download_enclosure, fetch, is_enclosure_file, parse_feed, safe_url
+from ..sources.publisher import (
+    MAX_PUBLISHER_BYTES, PUBLISHER, SUFFIXES, Chapter, PublisherFileError, TranscriptLink, parse_chapters,
+    parse_transcript,
+)
 from ..storage import costs, episodes, segments
+from ..storage.episodes import TranscriptOrigin, TranscriptSource
 from ..text.chunking import Chunk, chunk_transcript
 from ..text.exports import render_exports
 from ..text.quality import QualityReport, check_transcript, enforce
@@ -49,32 +56,118 @@ def discover(ctx: RunContext) -> list[str]:
     feed is read afresh on every run."""
     known = {row.episode_id for row in episodes.list_episodes(ctx.db)}
     items = [item for url in ctx.settings.feed_url for item in parse_feed(url)]
-    episodes.sync_feed(ctx.db, items, ctx.settings.default_speakers_map)
-    return [item.episode_id for item in items if item.episode_id not in known]
+    ids = episodes.sync_feed(ctx.db, items, ctx.settings.default_speakers_map)
+    return [ids[item.guid] for item in items if ids[item.guid] not in known]
 
 
 def download(ctx: RunContext, job: EpisodeJob) -> EpisodeJob:
-    """Fetch a feed episode's enclosure into AUDIO_DIR, record its hash and size, and drop older enclosures' files."""
-    if job.audio_url is None:
-        raise ConfigError(f"episode {job.episode_id}: no audio file and no audio_url to download it from")
-    path, sha256, size = download_enclosure(
-        job.audio_url, job.audio_path, max_bytes=ctx.settings.max_audio_bytes, expected_size=job.audio_size
-    )
-    episodes.record_audio(ctx.db, job.episode_id, sha256, audio_size=size)
-    for stale in path.parent.glob(f"{job.episode_id}-*"):
-        if stale != path:
-            stale.unlink(missing_ok=True)
-    return replace(job, audio_sha256=sha256)
+    """Fetch a feed episode's enclosure into FEED_AUDIO_DIR (record its hash and size, drop older enclosures'
+    files), then the publisher's transcript and chapters (`fetch_publisher_files`)."""
+    if job.needs_download:
+        if job.audio_url is None:
+            raise ConfigError(f"episode {job.episode_id}: no audio file and no audio_url to download it from")
+        path, sha256, size = download_enclosure(
+            job.audio_url, job.audio_path, max_bytes=ctx.settings.max_audio_bytes, expected_size=job.audio_size
+        )
+        episodes.record_audio(ctx.db, job.episode_id, sha256, audio_size=size)
+        for stale in path.parent.iterdir():
+            if stale != path and is_enclosure_file(stale.name, job.episode_id):
+                stale.unlink(missing_ok=True)
+        job = replace(job, audio_sha256=sha256)
+    return fetch_publisher_files(ctx, job) if job.needs_publisher_files else job
+
+
+def fetch_publisher_files(ctx: RunContext, job: EpisodeJob) -> EpisodeJob:
+    """The publisher's transcript and chapters, each kept under GDR_HOME/publisher by its content's hash.
+
+    A transcript is kept only if it parses and passes the coverage gate against the audio's length; any
+    other outcome (an HTTP error, a malformed file, a fraction of the audio) is the reason the episode is
+    transcribed instead, in `transcript_note`: reading the publisher's is a saving, never a failure. Chapters
+    that cannot be read are left out, with a warning.
+    """
+    if job.transcript_url and job.transcript_type:
+        link = TranscriptLink(job.transcript_url, job.transcript_type)
+        try:
+            job = replace(job, transcript_file=_usable_transcript(ctx, job, link))
+        except Exception as exc:  # whatever the publisher's file does to a parser, the episode is transcribed
+            note = f"the publisher's transcript was not used: {ctx.settings.scrub(str(exc))}; transcribed instead"
+            log.warning("episode %s: %s", job.episode_id, note)
+            job = replace(job, transcript_note=note)
+    if job.chapters_url:
+        label = f"chapters {safe_url(job.chapters_url)}"
+        try:
+            data = fetch(job.chapters_url, label, MAX_PUBLISHER_BYTES)
+            parse_chapters(data, label)
+            job = replace(job, chapters_file=_keep_publisher_file(ctx, data, ".chapters.json"))
+        except Exception as exc:  # chapters are an extra: the episode goes on without them
+            log.warning("episode %s: its chapters are left out: %s", job.episode_id, ctx.settings.scrub(str(exc)))
+    return replace(job, publisher_fetched=True)
+
+
+def _usable_transcript(ctx: RunContext, job: EpisodeJob, link: TranscriptLink) -> Path:
+    label = f"transcript {safe_url(link.url)}"
+    fmt = link.format
+    if fmt is None:
+        raise PublisherFileError(f"{label}: type {link.type!r} is not one we read")
+    data = fetch(link.url, label, MAX_PUBLISHER_BYTES)
+    transcript = parse_transcript(data, fmt, label, audio.audio_seconds(job.audio_path))
+    report = check_transcript(transcript, transcript.duration)
+    if not report.passed and not ctx.settings.skip_quality_gate:
+        raise PublisherFileError(f"{label}: fails the coverage check: {'; '.join(report.reasons)}")
+    return _keep_publisher_file(ctx, data, SUFFIXES[fmt])
+
+
+def _keep_publisher_file(ctx: RunContext, data: bytes, suffix: str) -> Path:
+    path = ctx.settings.publisher_files_path / f"{hashlib.sha256(data).hexdigest()}{suffix}"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+    return path
+
+
+def read_publisher_transcript(job: EpisodeJob) -> TranscriptionResult:
+    """The kept publisher's transcript as a TranscriptionResult; its raw response is the file, verbatim."""
+    assert job.transcript_file is not None and job.transcript_type is not None
+    link = TranscriptLink(job.transcript_url or "", job.transcript_type)
+    assert link.format is not None  # checked when the file was kept
+    data = job.transcript_file.read_bytes()
+    transcript = parse_transcript(data, link.format, f"transcript {job.transcript_file}", audio.audio_seconds(job.audio_path))
+    transcript.options = {"url": safe_url(link.url)}
+    raw = {"publisher_transcript": {"url": safe_url(link.url), "type": link.type, "duration": transcript.duration,
+                                    "sha256": job.transcript_file.name.split(".", 1)[0],
+                                    "text": data.decode("utf-8-sig")}}  # what `gdr format` rebuilds it from
+    return TranscriptionResult(transcript, raw)
+
+
+def episode_chapters(job: EpisodeJob) -> list[Chapter]:
+    if job.chapters_file is None:
+        return []
+    return parse_chapters(job.chapters_file.read_bytes(), f"chapters {job.chapters_file}")
+
+
+def transcript_origin(job: EpisodeJob) -> TranscriptOrigin:
+    source = TranscriptSource.PUBLISHER if job.transcript_file is not None else TranscriptSource.TRANSCRIBER
+    return TranscriptOrigin(source, job.transcript_url, job.transcript_note)
 
 
 def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> TranscriptionResult:
     """Audio -> provider-neutral transcript plus the raw response (one provider request), recorded in the ledger;
     the audio seconds done go to the run's progress callback."""
 
+    noted = {"transcript_note": job.transcript_note} if job.transcript_note else {}  # shown after the run's summary
+    if job.transcript_file is not None:  # the publisher's: no provider request; the ledger records the saving
+        result = read_publisher_transcript(job)
+        t = result.transcript
+        saved = estimate_cost(ctx.settings, ctx.settings.resolved_transcriber, t.duration, 0)
+        ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": f"{PUBLISHER} ({t.model})", **noted})
+        record_cost(ctx, run_id, job.episode_id, "transcribe", PUBLISHER, t.model, 0, 0.0, 0, saved_usd=saved)
+        return result
+
     def progress(done: float, total: float) -> None:
         ctx.progress(job.episode_id, "running", {"stage": "transcribe", "audio_done": round(done, 1),
                                                  "audio_total": round(total, 1)})
 
+    ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": ctx.transcriber.provider, **noted})
     try:
         result = ctx.transcriber.transcribe(job.audio_path, progress, speakers=len(job.speakers_map) or None)
     except UndecodableAudioError:
@@ -121,6 +214,7 @@ def store(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, batch: Em
         ctx.db, job.episode_id, episode.chunks, model_id=batch.model_id, provider=batch.provider, model=batch.model,
         vectors=batch.vectors, audio_sha256=job.audio_sha256, duration_seconds=episode.quality.duration,
         processed_by=processed_by(ctx), segments_config=segments_config(ctx.settings, job.speakers_map),
+        chapters=episode_chapters(job), origin=transcript_origin(job),
     )
     return len(episode.chunks)
 
@@ -132,16 +226,17 @@ def processed_by(ctx: RunContext) -> str:
 
 def record_cost(
     ctx: RunContext, run_id: str, episode_id: str, stage: str, provider: str, model: str,
-    requests: int, audio_seconds: float, tokens: int,
+    requests: int, audio_seconds: float, tokens: int, *, saved_usd: float = 0.0,
 ) -> None:
-    """Write a call that was paid for to the cost ledger. Database hiccups are retried, and in the end
-    only logged: failing the stage would make its retry pay for the same call again."""
+    """Write a call that was paid for (or, with `saved_usd`, one a publisher's transcript made unnecessary) to
+    the cost ledger. Database hiccups are retried, and in the end only logged: failing the stage would make
+    its retry pay for the same call again."""
     cost = estimate_cost(ctx.settings, provider, audio_seconds, tokens)
     try:
         with_db_retries(
             lambda: costs.record_call(
                 ctx.db, run_id=run_id or None, episode_id=episode_id, stage=stage, provider=provider, model=model,
-                requests=requests, audio_seconds=audio_seconds, tokens=tokens, cost_usd=cost,
+                requests=requests, audio_seconds=audio_seconds, tokens=tokens, cost_usd=cost, saved_usd=saved_usd,
             )
         )
     except Exception as exc:

@@ -31,7 +31,7 @@ def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path, speaker: 
     chunks: dict[tuple[str, int], Segment] = {}
     for row in rows:
         candidates.setdefault((row[0], row[1]), row)
-        chunks[(row[0], row[11])] = Segment(row[11], row[12], float(row[13]), float(row[14]), row[15])
+        chunks[(row[0], row[11])] = Segment(row[11], row[12], float(row[13]), float(row[14]), row[15], row[16])
     windows: list[_Window] = []
 
     def allowed(reply: Segment) -> bool:
@@ -80,7 +80,7 @@ def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path, speaker: 
         start, end = segments[0].start, max(s.end for s in segments)
         hits.append(Hit(
             rank=rank, score=float(best[2]), episode_id=best[0], title=title, published=best[8],
-            speaker=main.speaker, start=start, end=end, text=text,
+            speaker=main.speaker, start=start, end=end, text=text, chapter=main.chapter,
             link=deep_link(best[10], best[9], audio_dir, main.start),
             position=best[1], positions=tuple(s.position for s in segments), matched_positions=tuple(w.matched),
             segments=segments, vector_score=best[3], vector_rank=best[4], text_score=best[5], text_rank=best[6],

@@ -22,7 +22,8 @@ Filters:
 - `episode`: the episode id (an unknown id is an error);
 - `speaker`: case-insensitive; matches a speaker whose full name equals it ("priya raman") or whose
   name starts with it as whole words ("priya" matches "Priya Raman", "pri" does not);
-- `since`: the episode's `published` date is on or after it (episodes without a date are excluded).
+- `since` / `until`: the episode's `published` date is on or after / on or before it (episodes without a
+  date are excluded).
 
 Scores: `Hit.score` is the mode's ranking value (vector = cosine similarity of the best chunk, text =
 ts_rank_cd, hybrid = RRF, also in `Hit.rrf`; a credited reply's is its question's when higher, and
@@ -154,7 +155,8 @@ class _Prepared:
 
 
 def _validate(query: str, k: int, *, episode: str | None, speaker: str | None, since: date | datetime | str | None,
-              mode: Mode | str, context: int, model_id: str | None, min_score: float = 0.0) -> _Request:
+              mode: Mode | str, context: int, model_id: str | None, min_score: float = 0.0,
+              until: date | datetime | str | None = None) -> _Request:
     if not isinstance(query, str) or not query.strip():
         raise SearchError("the search query is empty")
     if k < 1:
@@ -165,8 +167,11 @@ def _validate(query: str, k: int, *, episode: str | None, speaker: str | None, s
         raise SearchError(f"min_score is a relevance between 0 and 1 (got {min_score})")
     if speaker is not None and not speaker.strip():
         raise SearchError("the speaker filter is empty")
+    first, last = parse_since(since), parse_since(until, "until")
+    if first and last and first > last:
+        raise SearchError(f"the date range is empty: since {first.isoformat()} is after until {last.isoformat()}")
     filters = Filters(episode=str(episode) if episode is not None else None,
-                       speaker=speaker.strip() if speaker else None, since=parse_since(since))
+                       speaker=speaker.strip() if speaker else None, since=first, until=last)
     return _Request(query.strip(), k, parse_mode(mode), filters, context, model_id, min_score)
 
 
@@ -192,6 +197,7 @@ class Searcher:
         episode: str | None = None,
         speaker: str | None = None,
         since: date | datetime | str | None = None,
+        until: date | datetime | str | None = None,
         mode: Mode | str = DEFAULT_MODE,
         context: int = 0,
         model_id: str | None = None,
@@ -205,7 +211,7 @@ class Searcher:
         Three round trips: the pool's connection check, the lookups, the search statement.
         """
         request = _validate(query, k, episode=episode, speaker=speaker, since=since, mode=mode, context=context,
-                            model_id=model_id, min_score=min_score)
+                            model_id=model_id, min_score=min_score, until=until)
         with self.db.connection() as conn:
             prepared = self._prepare(conn, request)
             rows, exact = _run(conn, prepared)
@@ -275,7 +281,8 @@ class Searcher:
         """The Postgres plan of the statement `search(query, k, **options)` runs first."""
         request = _validate(query, k, episode=options.get("episode"), speaker=options.get("speaker"),
                             since=options.get("since"), mode=options.get("mode", DEFAULT_MODE),
-                            context=options.get("context", 0), model_id=options.get("model_id"))
+                            context=options.get("context", 0), model_id=options.get("model_id"),
+                            until=options.get("until"))
         with self.db.connection() as conn:
             p = self._prepare(conn, request)
             if p.model is not None:

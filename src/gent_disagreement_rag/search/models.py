@@ -36,9 +36,11 @@ class Segment:
     start: float
     end: float
     text: str
+    chapter: str | None = None  # the title of the publisher's chapter it falls in
 
     def as_json(self) -> dict[str, Any]:
-        return {"position": self.position, "speaker": self.speaker, "start": self.start, "end": self.end, "text": self.text}
+        return {"position": self.position, "speaker": self.speaker, "start": self.start, "end": self.end, "text": self.text,
+                "chapter": self.chapter}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,7 @@ class Hit:
     text_score: float | None = None  # ts_rank_cd of the best chunk (text/hybrid)
     text_rank: int | None = None
     reply_to: Credit | None = None  # set when the hit ranks as the reply to a matching question
+    chapter: str | None = None  # the publisher's chapter the cited chunk falls in (feeds with podcast:chapters)
 
     @property
     def speakers(self) -> tuple[str, ...]:
@@ -106,6 +109,7 @@ class Hit:
             "published": self.published.isoformat() if self.published else None,
             "speaker": self.speaker,
             "speakers": list(self.speakers),
+            "chapter": self.chapter,
             "start": self.start,
             "end": self.end,
             "text": self.text,
@@ -149,6 +153,7 @@ class FilterShape(NamedTuple):
     episode: bool
     speaker: bool
     since: bool
+    until: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,19 +161,21 @@ class Filters:
     episode: str | None = None
     speaker: str | None = None
     since: date | None = None
+    until: date | None = None
 
     @property
     def any(self) -> bool:
-        return self.shape != FilterShape(False, False, False)
+        return self.shape != FilterShape(False, False, False, False)
 
     @property
     def shape(self) -> FilterShape:
         """Which filters are set: all the SQL text depends on (the values are parameters)."""
-        return FilterShape(self.episode is not None, self.speaker is not None, self.since is not None)
+        return FilterShape(self.episode is not None, self.speaker is not None, self.since is not None,
+                           self.until is not None)
 
     def params(self) -> dict[str, Any]:
         name = self.speaker.lower() if self.speaker else None
-        return {"episode": self.episode, "since": self.since, "speaker": name,
+        return {"episode": self.episode, "since": self.since, "until": self.until, "speaker": name,
                 "speaker_prefix": like_escape(name) + " %" if name else None}
 
 
@@ -191,7 +198,8 @@ def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def parse_since(since: date | datetime | str | None) -> date | None:
+def parse_since(since: date | datetime | str | None, name: str = "since") -> date | None:
+    """A date filter (`since`, or `until` by `name`) from a date, a datetime or YYYY-MM-DD."""
     if since is None or (isinstance(since, str) and not since.strip()):
         return None
     if isinstance(since, datetime):
@@ -201,7 +209,7 @@ def parse_since(since: date | datetime | str | None) -> date | None:
     try:
         return date.fromisoformat(since.strip())
     except ValueError:
-        raise SearchError(f"since={since!r} is not a date (use YYYY-MM-DD)") from None
+        raise SearchError(f"{name}={since!r} is not a date (use YYYY-MM-DD)") from None
 
 
 def parse_mode(mode: Mode | str) -> Mode:

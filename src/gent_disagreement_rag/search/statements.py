@@ -59,9 +59,10 @@ def _filter_conditions(filters: FilterShape, table: str) -> list[sql.Composable]
     where = []
     if filters.episode:
         where.append(sql.SQL(table + ".episode_id = %(episode)s"))
-    if filters.since:
+    dates = [c for c, on in (("x.published >= %(since)s", filters.since), ("x.published <= %(until)s", filters.until)) if on]
+    if dates:
         where.append(sql.SQL(
-            table + ".episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE x.published >= %(since)s))"
+            table + ".episode_id = ANY(ARRAY(SELECT x.episode_id FROM episodes x WHERE " + " AND ".join(dates) + "))"
         ))
     if filters.speaker:
         where.append(sql.SQL(SPEAKER_SQL))
@@ -144,7 +145,7 @@ def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, webs
         "WITH {ctes}\n"
         "SELECT h.episode_id, h.position, h.score::float8, {vscore}::float8, h.vrank::int, h.tscore::float8, h.trank::int, "
         "ep.title, ep.published, ep.file_name, ep.audio_url, "
-        "s.position, s.speaker, s.start_seconds, s.end_seconds, s.text, " + vec_count + "\n"
+        "s.position, s.speaker, s.start_seconds, s.end_seconds, s.text, s.chapter, " + vec_count + "\n"
         "FROM hits h JOIN episodes ep ON ep.episode_id = h.episode_id "
         "JOIN segments s ON s.episode_id = h.episode_id AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s + 1\n"
         "ORDER BY h.score DESC, h.vscore DESC NULLS LAST, h.tscore DESC NULLS LAST, h.episode_id, h.position, s.position"

@@ -1,9 +1,13 @@
-"""The podcast's RSS feed: its audio items, and downloading their enclosures.
+"""The podcast's RSS feed: its audio items, their Podcasting 2.0 transcript and chapters links, and
+downloading their enclosures.
 
-A feed item's `episode_id` is `feed-` + 12 hex digits of the sha1 of its guid. The guid is the one
-identity podcast feeds promise to keep. itunes episode numbers are optional, reused across seasons
-and feeds, and sometimes renumbered, so they are stored but never used as the key. Items without a
-guid use their enclosure URL, as podcast apps do.
+An item's identity is its guid, the one identity podcast feeds promise to keep (items without a guid
+use their enclosure URL, as podcast apps do); the database's `guid` column is the key. Its
+`episode_id` is for people: `feed-7` from `itunes:episode` 7 (`feed-s2e7` in season 2), else the date
+and title (`feed-2024-03-01-rates-and-risk`), else `feed-` + 12 hex digits of the guid's sha1. itunes
+numbers are optional, reused across seasons and feeds, and sometimes renumbered, so the id is chosen
+once, when the item is first registered (storage.episodes.sync_feed), is made unique there, and never
+changes after: episodes registered before readable ids keep their `feed-<hash>` id.
 
 The local file name also encodes the enclosure (URL and length). A changed enclosure therefore gets
 a new file name and is downloaded again, and the new content hash makes the planner re-process it.
@@ -28,6 +32,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
+import xml.etree.ElementTree as ElementTree
+
 import feedparser
 import httpx
 
@@ -35,6 +41,7 @@ from .. import __version__
 from ..errors import PermanentProviderError, TransientProviderError
 from ..files import write_atomic
 from ..providers.http import status_error
+from .publisher import CHAPTERS_TYPE, TranscriptLink
 
 HEADERS = {"User-Agent": f"gent-disagreement-rag/{__version__}", "Accept-Encoding": "identity"}
 FEED_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -51,16 +58,37 @@ class FeedItem:
     enclosure_type: str | None
     duration_seconds: float | None
     episode_number: int | None
+    season_number: int | None = None
+    transcripts: tuple[TranscriptLink, ...] = ()  # podcast:transcript links, in feed order
+    chapters_url: str | None = None  # podcast:chapters (JSON chapters)
 
     @property
-    def episode_id(self) -> str:
+    def hashed_id(self) -> str:
+        """The id of every feed episode registered before readable ids, and the last resort for new ones."""
         return "feed-" + hashlib.sha1(self.guid.encode()).hexdigest()[:12]
 
     @property
-    def file_name(self) -> str:
+    def readable_id(self) -> str:
+        """`feed-7`, `feed-s2e7`, `feed-<date>-<title words>`, else the hashed id (unique-making is the store's)."""
+        if self.episode_number:
+            season = f"s{self.season_number}e" if self.season_number and self.season_number > 1 else ""
+            return f"feed-{season}{self.episode_number}"
+        words = re.findall(r"[a-z0-9]+", (self.title or "").lower())
+        if words:
+            slug = "-".join(words)[:40].rstrip("-")
+            return f"feed-{self.published.isoformat()}-{slug}" if self.published else f"feed-{slug}"
+        return self.hashed_id
+
+    def file_name(self, episode_id: str) -> str:
         """`<episode_id>-<hash of enclosure URL and length><extension>`: a changed enclosure is a new file."""
         enclosure = hashlib.sha1(f"{self.enclosure_url}\n{self.enclosure_length}".encode()).hexdigest()[:8]
-        return f"{self.episode_id}-{enclosure}{_extension(self.enclosure_url, self.enclosure_type)}"
+        return f"{episode_id}-{enclosure}{_extension(self.enclosure_url, self.enclosure_type)}"
+
+
+def is_enclosure_file(name: str, episode_id: str) -> bool:
+    """Whether `name` is one of `episode_id`'s enclosure files (FeedItem.file_name), not another episode's
+    whose id merely starts the same (`feed-7` and `feed-7-1a2b3c`)."""
+    return re.fullmatch(re.escape(episode_id) + r"-[0-9a-f]{8}(\.[a-z0-9]{1,5})?", name) is not None
 
 
 class Download(NamedTuple):
@@ -79,19 +107,27 @@ def parse_feed(source: bytes | str) -> list[FeedItem]:
     """The feed's items that have an enclosure, in feed order, one per guid; `source` is the XML or its URL."""
     label = f"feed {safe_url(source)}" if isinstance(source, str) else "feed"
     if isinstance(source, str):
-        with _http_errors(label):
-            response = httpx.get(source, headers=HEADERS, timeout=FEED_TIMEOUT, follow_redirects=True)
-        _check_status(response, label)
-        source = response.content
+        source = fetch(source, label)
     parsed = feedparser.parse(source)
     if parsed.bozo and not parsed.entries:
         raise PermanentProviderError(f"{label}: not an RSS or Atom feed ({parsed.get('bozo_exception')})")
+    links = _podcast_links(source)
     items: dict[str, FeedItem] = {}
     for entry in parsed.entries:
-        item = _item(entry)
+        item = _item(entry, links)
         if item is not None:
             items.setdefault(item.guid, item)
     return list(items.values())
+
+
+def fetch(url: str, label: str, max_bytes: int | None = None) -> bytes:
+    """A small file (a feed, a transcript, chapters) in one GET; errors are classified and name `label`."""
+    with _http_errors(label):
+        response = httpx.get(url, headers=HEADERS, timeout=FEED_TIMEOUT, follow_redirects=True)
+    _check_status(response, label)
+    if max_bytes is not None and len(response.content) > max_bytes:
+        raise _oversize(label, max_bytes, "the limit for transcripts and chapters")
+    return response.content
 
 
 def download_enclosure(url: str, dest: Path, *, max_bytes: int, expected_size: int | None = None) -> Download:
@@ -147,15 +183,52 @@ def download_enclosure(url: str, dest: Path, *, max_bytes: int, expected_size: i
 # --- feed items -------------------------------------------------------------------------------
 
 
-def _item(entry: Any) -> FeedItem | None:
+class _PodcastLinks(NamedTuple):
+    transcripts: tuple[TranscriptLink, ...]
+    chapters_url: str | None
+
+
+PODCAST_NS = "{https://podcastindex.org/namespace/1.0}"
+
+
+def _podcast_links(source: bytes) -> dict[str, _PodcastLinks]:
+    """Each item's podcast:transcript and podcast:chapters links, by guid (else enclosure URL).
+
+    Read with ElementTree because feedparser keeps only the last `podcast:transcript` of an item, and
+    publishers list one per format. A feed ElementTree cannot parse (feedparser is more forgiving) falls
+    back to feedparser's one link per item (see _item).
+    """
+    try:
+        root = ElementTree.fromstring(source)
+    except ElementTree.ParseError:
+        return {}
+    links = {}
+    for item in root.iter("item"):
+        enclosure = item.find("enclosure")
+        key = (item.findtext("guid") or "").strip() or (enclosure.get("url") if enclosure is not None else None)
+        if not key:
+            continue
+        transcripts = tuple(
+            TranscriptLink(t.get("url", "").strip(), t.get("type", "").strip(), t.get("language"), t.get("rel"))
+            for t in item.iter(PODCAST_NS + "transcript") if t.get("url", "").strip()
+        )
+        chapters = [c.get("url", "").strip() for c in item.iter(PODCAST_NS + "chapters")
+                    if c.get("url", "").strip() and c.get("type", CHAPTERS_TYPE).strip() == CHAPTERS_TYPE]
+        links.setdefault(key, _PodcastLinks(transcripts, chapters[0] if chapters else None))
+    return links
+
+
+def _item(entry: Any, links: dict[str, _PodcastLinks]) -> FeedItem | None:
     enclosures = [e for e in entry.get("enclosures", []) if e.get("href")]
     if not enclosures:
         return None
     audio = [e for e in enclosures if str(e.get("type", "")).startswith("audio/")]
     enclosure = (audio or enclosures)[0]
     published = entry.get("published_parsed") or entry.get("updated_parsed")
+    guid = entry.get("id") or enclosure["href"]
+    found = links.get(guid) or links.get(enclosure["href"]) or _feedparser_links(entry)
     return FeedItem(
-        guid=entry.get("id") or enclosure["href"],
+        guid=guid,
         title=entry.get("title"),
         published=date(*published[:3]) if published else None,
         enclosure_url=enclosure["href"],
@@ -163,7 +236,18 @@ def _item(entry: Any) -> FeedItem | None:
         enclosure_type=enclosure.get("type") or None,
         duration_seconds=_duration(entry.get("itunes_duration")),
         episode_number=_positive_int(entry.get("itunes_episode") or entry.get("podcast_episode")),
+        season_number=_positive_int(entry.get("itunes_season") or entry.get("podcast_season")),
+        transcripts=found.transcripts,
+        chapters_url=found.chapters_url,
     )
+
+
+def _feedparser_links(entry: Any) -> _PodcastLinks:
+    """What feedparser kept of the podcast: tags (one transcript at most), for feeds ElementTree rejects."""
+    transcript, chapters = entry.get("podcast_transcript") or {}, entry.get("podcast_chapters") or {}
+    transcripts = (TranscriptLink(transcript["url"], transcript.get("type", ""), transcript.get("language"),
+                                  transcript.get("rel")),) if transcript.get("url") else ()
+    return _PodcastLinks(transcripts, chapters.get("url") or None)
 
 
 def _positive_int(text: object) -> int | None:
@@ -236,5 +320,5 @@ def _remember_validator(response: httpx.Response, validator_file: Path) -> None:
         validator_file.unlink(missing_ok=True)
 
 
-def _oversize(label: str, max_bytes: int) -> PermanentProviderError:
-    return PermanentProviderError(f"{label}: larger than the limit of {max_bytes} bytes (MAX_AUDIO_BYTES)")
+def _oversize(label: str, max_bytes: int, limit: str = "MAX_AUDIO_BYTES") -> PermanentProviderError:
+    return PermanentProviderError(f"{label}: larger than the limit of {max_bytes} bytes ({limit})")

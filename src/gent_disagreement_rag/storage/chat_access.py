@@ -4,6 +4,9 @@ The chat server connects with psycopg2 from DB_HOST/DB_PORT/DB_USER/DB_PASSWORD/
 `transcript_segments`, `episodes` and `speakers` (migration 0004's `chat` views). `gdr db env` prints
 those lines for the reader role `gdr_reader`: SELECT on the views only, read-only transactions, and
 search_path = chat, public, which is what makes `episodes` mean chat.episodes for it and only for it.
+The same role is what `gdr mcp` and `gdr web` read as (reader_url): they also get SELECT on the tables
+search reads (SEARCH_TABLES; never the cost ledger), and their connections set search_path = public, so
+for them `episodes` is the table the library's statements were written for.
 
 The embedded server listens on a Unix socket only, every local connection trusted. With
 EMBEDDED_TCP_PORT set it also listens on 127.0.0.1:PORT, where pg_hba.conf lets in only the reader
@@ -30,6 +33,8 @@ CHAT_MODEL_ID = "openai/text-embedding-3-small@1536"  # the model of the chat se
 READER_ROLE = "gdr_reader"
 PASSWORD_FILE = "reader-password"
 CHAT_VIEWS = ("episodes", "speakers", "transcript_segments")
+# What the read-only servers (gdr mcp, gdr web) read through the library's search and browse queries.
+SEARCH_TABLES = ("episodes", "segments", "embeddings", "embedding_models")
 _HBA_BEGIN = "# gdr: TCP for the reader role only, password required (chat_access.py)"
 _HBA_END = "# gdr: end"
 
@@ -97,6 +102,8 @@ def ensure_reader(url: str, home: Path, *, host: str | None = None, port: int | 
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA chat TO {}").format(role))
             conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
                 sql.SQL(", ").join(sql.Identifier("chat", v) for v in CHAT_VIEWS), role))
+            conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
+                sql.SQL(", ").join(sql.Identifier("public", t) for t in SEARCH_TABLES), role))
             info_host, info_port = conn.info.host, conn.info.port
     except psycopg.errors.InsufficientPrivilege as exc:
         raise DatabaseUnavailableError(
@@ -157,3 +164,35 @@ def reader_access(settings: Settings) -> tuple[ReaderAccess, int]:
                  (SELECT 1 FROM embeddings v WHERE v.episode_id = e.episode_id AND v.model_id = %s)""",
             (CHAT_MODEL_ID,)).fetchone()[0]
     return access, int(hidden)
+
+
+def reader_ready(url: str) -> bool:
+    """Whether the reader role exists and may read everything it is given (checked as the owner, writes nothing)."""
+    relations = [f"chat.{v}" for v in CHAT_VIEWS] + [f"public.{t}" for t in SEARCH_TABLES]
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (READER_ROLE,)).fetchone() is None:
+            return False
+        return all(conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (READER_ROLE, r)).fetchone()[0]
+                   for r in relations)
+
+
+def reader_url(settings: Settings) -> str:
+    """The connection string the read-only servers use: the settings' database (migrated; the reader role set
+    up once, as `gdr db env` does, when it is missing), as READER_ROLE, with search_path = public.
+
+    On the embedded server the Unix socket trusts local users, so the password matters only for a server of
+    the user's own; it sits in the string, which is never printed (errors show libpq's first line only)."""
+    from psycopg.conninfo import make_conninfo
+
+    from .embedded import database_url, first_line
+    from .schema import migrate
+
+    url = database_url(settings)
+    try:
+        migrate(url)
+        if not reader_ready(url):
+            ensure_reader(url, settings.home)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailableError(f"cannot connect to Postgres: {first_line(exc)}") from None
+    return make_conninfo(url, user=READER_ROLE, password=reader_password(settings.home),
+                         options="-c search_path=public")

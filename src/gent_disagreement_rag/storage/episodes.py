@@ -3,9 +3,11 @@ which run is processing one right now (a claim)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -19,6 +21,23 @@ if TYPE_CHECKING:  # annotations only: a search would otherwise import the catal
     from ..sources.feeds import FeedItem
 
 EPISODE_CLAIM_NAMESPACE = 7_413_004  # session locks: which run is processing an episode right now
+
+
+class TranscriptSource(StrEnum):
+    """Whose transcript made an episode's stored segments (episodes.transcript_source)."""
+
+    PUBLISHER = "publisher"  # read from the feed's podcast:transcript
+    TRANSCRIBER = "transcriber"  # Deepgram or local Whisper
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptOrigin:
+    """What the store records of an episode's transcript: whose, the publisher's link read or tried, and
+    why the publisher's was not used (None: it was, or there was none)."""
+
+    source: TranscriptSource
+    url: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +61,11 @@ class EpisodeRow:
     cost_usd: float
     processed_by: str | None
     segments_config: dict[str, Any] | None  # what made the stored segments (see ingest/plan.py segments_config)
+    transcript_links: list[dict[str, Any]]  # the feed's podcast:transcript links (publisher.TranscriptLink.as_json)
+    chapters_url: str | None
+    transcript_source: str | None  # a TranscriptSource; None: not processed since it was recorded
+    transcript_url: str | None  # the publisher's transcript read, or tried when transcribed instead
+    transcript_note: str | None  # why the publisher's transcript was not used
     undecodable_audio: dict[str, str] | None  # the audio and transcriber that could not decode it (record_undecodable)
     transcribed_by: str | None  # the provider of its latest transcription (the cost ledger's), None: never transcribed
     model_ids: tuple[str, ...]  # the embedding models this episode has vectors of
@@ -62,6 +86,8 @@ class EpisodeRow:
             "source": self.source,
             "cost_usd": self.cost_usd,
             "processed_by": self.processed_by,
+            "transcript_source": self.transcript_source,
+            "transcript_note": self.transcript_note,
         }
 
 
@@ -71,7 +97,8 @@ def new_entry_json(entry: CatalogueEntry) -> dict[str, Any]:
         "episode_id": entry.episode_id, "title": entry.title, "status": "pending", "segments": 0, "error": None,
         "published": entry.published.isoformat() if entry.published else None, "file_name": entry.file_name,
         "audio_url": entry.audio_url, "duration_seconds": None, "audio_sha256": None, "updated_at": None,
-        "source": "catalogue", "cost_usd": 0.0, "processed_by": None,
+        "source": "catalogue", "cost_usd": 0.0, "processed_by": None, "transcript_source": None,
+        "transcript_note": None,
     }
 
 
@@ -86,17 +113,37 @@ def sync_catalogue(db: Database, entries: Iterable[CatalogueEntry], source: str 
     return len(rows)
 
 
-def sync_feed(db: Database, items: Iterable[FeedItem], speakers_map: dict[str, str]) -> int:
-    """Register feed episodes by guid and refresh what the feed says of known ones; status is never touched."""
+def sync_feed(db: Database, items: Iterable[FeedItem], speakers_map: dict[str, str]) -> dict[str, str]:
+    """Register feed episodes by guid and refresh what the feed says of known ones; status is never touched.
+    Returns each item's episode_id by guid: a known guid keeps the id it has (an upgrade keeps `feed-<hash>`
+    ids, so nothing is processed again and no citation changes); a new one gets its readable id, made
+    unique with 6 hex digits of its guid's hash when another episode has it."""
+    items = list(items)
+    with db.connection() as conn:
+        known = dict(conn.execute("SELECT guid, episode_id FROM episodes WHERE guid = ANY(%s)",
+                                  ([i.guid for i in items],)).fetchall())
+        taken = {r[0] for r in conn.execute("SELECT episode_id FROM episodes")}
+    ids: dict[str, str] = {}
+    for item in items:
+        episode_id = known.get(item.guid)
+        if episode_id is None:
+            episode_id = item.readable_id
+            if episode_id in taken:
+                episode_id = f"{episode_id}-{hashlib.sha1(item.guid.encode()).hexdigest()[:6]}"
+            if episode_id in taken:
+                episode_id = item.hashed_id
+            taken.add(episode_id)
+        ids[item.guid] = episode_id
     rows = [
-        {"episode_id": i.episode_id, "guid": i.guid, "title": i.title, "published": i.published,
-         "file_name": i.file_name, "audio_url": i.enclosure_url, "speakers_map": Jsonb(speakers_map),
-         "episode_number": i.episode_number, "enclosure_length": i.enclosure_length,
-         "feed_duration_seconds": i.duration_seconds, "source": "feed"}
+        {"episode_id": ids[i.guid], "guid": i.guid, "title": i.title, "published": i.published,
+         "file_name": i.file_name(ids[i.guid]), "audio_url": i.enclosure_url, "speakers_map": Jsonb(speakers_map),
+         "episode_number": i.episode_number, "season_number": i.season_number, "enclosure_length": i.enclosure_length,
+         "feed_duration_seconds": i.duration_seconds, "source": "feed",
+         "transcript_links": Jsonb([link.as_json() for link in i.transcripts]), "chapters_url": i.chapters_url}
         for i in items
     ]
     _upsert_episodes(db, rows, key="guid")
-    return len(rows)
+    return ids
 
 
 def _upsert_episodes(db: Database, rows: list[dict[str, Any]], key: str) -> None:
@@ -155,7 +202,9 @@ def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> lis
                       (SELECT count(*) FROM segments s WHERE s.episode_id = e.episode_id), e.updated_at,
                       e.source, e.enclosure_length, e.feed_duration_seconds,
                       (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id),
-                      e.processed_by, e.segments_config, e.undecodable_audio,
+                      e.processed_by, e.segments_config, e.transcript_links, e.chapters_url, e.transcript_source,
+                      e.transcript_url, e.transcript_note,
+                      e.undecodable_audio,
                       (SELECT p.provider FROM provider_calls p WHERE p.episode_id = e.episode_id AND p.stage = 'transcribe'
                        ORDER BY p.created_at DESC LIMIT 1),
                       ARRAY(SELECT m.model_id FROM embedding_models m WHERE EXISTS (SELECT 1 FROM embeddings x

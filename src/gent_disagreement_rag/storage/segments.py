@@ -11,14 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from ..sources.publisher import chapter_at
 from .chat_access import register_speakers
 from .database import Database
+
+if TYPE_CHECKING:
+    from ..sources.publisher import Chapter
+    from .episodes import TranscriptOrigin
 
 EPISODE_LOCK_NAMESPACE = 7_413_002  # first key of pg_advisory_xact_lock(int, int) for episode writes
 MODEL_REGISTRATION_LOCK = 7_413_003
@@ -39,12 +44,22 @@ def index_name(model_id: str) -> str:
     return "embeddings_hnsw_" + hashlib.sha1(model_id.encode()).hexdigest()[:12]
 
 
-def segments_fingerprint(segments: Sequence[Segment]) -> str:
-    """Content hash of an episode's segments: unchanged segments keep other models' vectors."""
+def segments_fingerprint(segments: Sequence[Segment], chapters: Sequence[str | None] = ()) -> str:
+    """Content hash of an episode's segments (and their chapters' titles, when there are any: without,
+    the hash is what it was before chapters): unchanged segments keep other models' vectors."""
     digest = hashlib.sha256()
     for s in segments:
         digest.update(json.dumps([s.position, s.speaker, round(s.start, 3), round(s.end, 3), s.text]).encode())
+    if any(chapters):
+        digest.update(json.dumps(list(chapters)).encode())
     return digest.hexdigest()
+
+
+def segment_chapters(segments: Sequence[Segment], chapters: Sequence[Chapter]) -> list[str | None]:
+    """Each segment's chapter title: the chapter playing at the segment's middle (a chunk straddling a
+    boundary belongs where most of it is)."""
+    ordered = sorted(chapters, key=lambda c: c.start)
+    return [(c.title if (c := chapter_at(ordered, (s.start + s.end) / 2)) else None) for s in segments]
 
 
 def ensure_model(db: Database, model_id: str, provider: str, model: str, dimensions: int) -> None:
@@ -88,13 +103,17 @@ def store_episode(
     duration_seconds: float | None = None,
     processed_by: str | None = None,
     segments_config: dict[str, Any] | None = None,
+    chapters: Sequence[Chapter] = (),
+    origin: TranscriptOrigin | None = None,
 ) -> None:
-    """Replace an episode's segments and this model's vectors, and mark it processed, atomically.
-    `segments_config` records what made the segments, so that a later settings change shows them stale."""
+    """Replace an episode's segments, chapters and this model's vectors, and mark it processed, atomically.
+    `segments_config` records what made the segments, so that a later settings change shows them stale;
+    `origin` whose transcript they come from (None: left as it was)."""
     if len(segments) != len(vectors):
         raise ValueError(f"episode {episode_id}: {len(segments)} segments but {len(vectors)} vectors")
     dimensions = int(vectors.shape[1]) if len(vectors) else 0
-    fingerprint = segments_fingerprint(segments)
+    titles = segment_chapters(segments, chapters)
+    fingerprint = segments_fingerprint(segments, titles)
     if dimensions:
         ensure_model(db, model_id, provider, model, dimensions)
     with db.connection() as conn:
@@ -110,12 +129,13 @@ def store_episode(
             if row[0] != fingerprint:
                 cur.execute("DELETE FROM segments WHERE episode_id = %s", (episode_id,))
                 with cur.copy(
-                    "COPY segments (episode_id, position, speaker, start_seconds, end_seconds, text, token_count) "
-                    "FROM STDIN WITH (FORMAT BINARY)"
+                    "COPY segments (episode_id, position, speaker, start_seconds, end_seconds, text, token_count, "
+                    "chapter) FROM STDIN WITH (FORMAT BINARY)"
                 ) as copy:
-                    copy.set_types(["text", "int4", "text", "float8", "float8", "text", "int4"])
-                    for s in segments:
-                        copy.write_row((episode_id, s.position, s.speaker, s.start, s.end, s.text, s.token_count))
+                    copy.set_types(["text", "int4", "text", "float8", "float8", "text", "int4", "text"])
+                    for s, title in zip(segments, titles, strict=True):
+                        copy.write_row((episode_id, s.position, s.speaker, s.start, s.end, s.text, s.token_count,
+                                        title))
             else:
                 cur.execute("DELETE FROM embeddings WHERE episode_id = %s AND model_id = %s", (episode_id, model_id))
             if dimensions:
@@ -125,6 +145,18 @@ def store_episode(
                     copy.set_types(["text", "text", "int4", "vector"])
                     for s, vector in zip(segments, vectors, strict=True):
                         copy.write_row((model_id, episode_id, s.position, vector))
+            cur.execute("DELETE FROM chapters WHERE episode_id = %s", (episode_id,))
+            cur.executemany(
+                "INSERT INTO chapters (episode_id, position, start_seconds, end_seconds, title, url) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                [(episode_id, c.position, c.start, c.end, c.title, c.url) for c in chapters],
+            )
+            if origin is not None:
+                cur.execute(
+                    "UPDATE episodes SET transcript_source = %s, transcript_url = %s, transcript_note = %s "
+                    "WHERE episode_id = %s",
+                    (origin.source.value, origin.url, origin.note, episode_id),
+                )
             cur.execute(
                 """UPDATE episodes SET status = 'processed', last_error = NULL, segments_sha256 = %s,
                        processed_sha256 = coalesce(%s, audio_sha256), audio_sha256 = coalesce(%s, audio_sha256),

@@ -174,7 +174,7 @@ def speaker_turns(transcript: Transcript, speakers_map: dict[str, str] | None = 
     """Every change of speaker starts a turn (for readable transcripts; chunks fold back-channels)."""
     words = transcript.words
     ids = _effective_speakers(words)
-    names = speakers_map or {}
+    names = transcript.names(speakers_map)
     segmented = is_char_segmented(words)
     return [
         Turn(speaker_name(ids[a], names), ids[a], a, b, join_words(_displays(words, a, b), char_segmented=segmented))
@@ -343,4 +343,4 @@ def chunk_transcript(
         from .tokens import count_tokens as cl100k
 
         count_tokens = cl100k
-    return _Chunker(transcript, speakers_map or {}, config, count_tokens).chunks()
+    return _Chunker(transcript, transcript.names(speakers_map), config, count_tokens).chunks()

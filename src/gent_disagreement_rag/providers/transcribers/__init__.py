@@ -51,8 +51,3 @@ def parse_raw(raw: dict[str, Any]) -> Transcript:
 
     return parse_deepgram_response(raw)
 
-
-def parsed_again(result: TranscriptionResult) -> TranscriptionResult:
-    """`result` with its transcript parsed from its raw response by today's rules: a result cached by an
-    earlier version holds the transcript as that version parsed it (e.g. Whisper's word pieces unjoined)."""
-    return TranscriptionResult(transcript=parse_raw(result.raw), raw=result.raw)
