@@ -30,7 +30,7 @@ def test_dry_run_lists_the_episodes_that_will_fail_with_why(settings: Settings, 
     result = CliRunner().invoke(app, ["ingest", "--dry-run"], terminal_width=400)
     assert result.exit_code == 0, result.output
     rows = {cells[0]: cells[1:] for line in result.stdout.splitlines() if line.count("│") >= 6
-            for cells in [[c.strip() for c in line.split("│")[1:-1]]]}
+            for cells in [[c.strip() for c in line.split("│")[1:-1]]] if cells[0]}  # not a cell's wrapped line
     assert rows.keys() == {"D-1", "total"} and rows["D-1"][:2] == ["Good", "0.20"], rows
     listed = result.stdout.split("would fail or skip 3 episodes:\n")[1].splitlines()
     assert [line.split(": ")[0] for line in listed] == ["  D-2 (Empty)", "  D-3 (Missing)", "  D-4 (Garbage)"], listed
