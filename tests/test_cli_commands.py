@@ -185,6 +185,9 @@ def test_gdr_format_writes_into_the_out_dir_and_says_what_is_wrong_with_its_inpu
                                                    "in double quotes"),
         ([str(raw), "--speakers-map", '["Ann"]'], '--speakers-map: expected an object of names, like {"0": "Ann", '
                                                   '"1": "Bob"}'),
+        ([str(raw), "--speakers-map", '{"speaker_1": "Ann"}'], "--speakers-map: key 'speaker_1' is not a speaker "
+                                                               "number: keys are the transcriber's speaker numbers, "
+                                                               'like {"0": "Ann", "1": "Bob"}'),
     ]:
         failed = run(["gdr", "format", *args], tmp_path)
         assert (failed.returncode, failed.stdout) == (1, ""), args

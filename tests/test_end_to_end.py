@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -74,6 +75,24 @@ def test_sample_questions_find_the_answer_in_the_top_3(ingested) -> None:
                 h.episode_id == str(q["episode_id"]) and h.start <= q["end"] and h.end >= q["start"] for h in hits
             ))
     assert sum(found) >= math.ceil(0.8 * len(QUESTIONS)), [q["question"] for q, ok in zip(QUESTIONS, found) if not ok]
+
+
+# The answer each README example (the searches of the Makefile's `run` target) must rank first: its episode and
+# the answering turn of the sample's script (data/samples/GDR-00N.script.json).
+README_ANSWERS = {"which mite spreads deformed wing virus": ("1", "GDR-001", "spreads deformed wing virus"),
+                  "who coined the word transistor": ("2", "GDR-002", "coined it")}
+
+
+def test_the_readme_examples_put_the_answer_first(ingested) -> None:
+    examples = re.findall(r'gdr search "([^"]+)"', (REPO_ROOT / "Makefile").read_text())
+    assert sorted(examples) == sorted(README_ANSWERS)
+    with Database.from_settings(ingested) as db:
+        for question in examples:
+            episode, stem, phrase = README_ANSWERS[question]
+            turns = json.loads((REPO_ROOT / "data" / "samples" / f"{stem}.script.json").read_text())["turns"]
+            [(start, end)] = [(t["start"], t["end"]) for t in turns if phrase in t["text"]]
+            best = search(question, k=3, settings=ingested, db=db)[0]
+            assert best.episode_id == episode and best.start < end and best.end > start, (question, best.text)
 
 
 def test_speaker_and_episode_filters_return_only_matching_rows(ingested) -> None:

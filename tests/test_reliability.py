@@ -342,9 +342,9 @@ def test_a_bad_key_or_no_credit_stops_the_run_after_one_request(world: World, pa
     [
         ('[{"episode_id": 1, "file_name": "a.mp3"},]', "not valid JSON: Expecting value at line 1 column 42"),
         ('[{"episode_id": 1, "file_name": "a.mp3"}, {"episode_id": "1", "file_name": "b.mp3"}]',
-         "entry 1 (episode_id '1'): field 'episode_id': duplicate of entry 0 ('1')"),
-        ('[{"file_name": "a.mp3"}]', "entry 0: field 'episode_id': Field required"),
-        ('[{"episode_id": 7}]', "entry 0 (episode_id 7): field 'file_name': required (or give an audio_url)"),
+         "entry 2 (episode_id '1'): field 'episode_id': duplicate of entry 1 ('1')"),
+        ('[{"file_name": "a.mp3"}]', "entry 1: field 'episode_id': Field required"),
+        ('[{"episode_id": 7}]', "entry 1 (episode_id 7): field 'file_name': required (or give an audio_url)"),
         ('{"episode_id": 7}', "expected a JSON list of episodes, got dict"),
     ],
     ids=["bad-json", "duplicate-id", "missing-id", "missing-file", "not-a-list"],

@@ -159,11 +159,13 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     [
         ("[{", "not valid JSON"),
         ('{"episode_id": 1}', "expected a JSON list"),
-        ('[{"episode_id": 1}]', "entry 0 (episode_id 1): field 'file_name'"),
-        ('[{"file_name": "a.mp3"}]', "entry 0: field 'episode_id'"),
+        ('[{"episode_id": 1}]', "entry 1 (episode_id 1): field 'file_name'"),
+        ('[{"file_name": "a.mp3"}]', "entry 1: field 'episode_id'"),
         ('[{"episode_id": 1, "file_name": "a.mp3"}, {"episode_id": "1", "file_name": "b.mp3"}]',
-         "entry 1 (episode_id '1'): field 'episode_id': duplicate of entry 0"),
+         "entry 2 (episode_id '1'): field 'episode_id': duplicate of entry 1"),
         ('[{"episode_id": 2, "file_name": "a.mp3", "speakers_map": ["x"]}]', "field 'speakers_map'"),
+        ('[{"episode_id": 2, "file_name": "a.mp3"}, {"episode_id": 3, "file_name": "b.mp3", "speakers_map": {"speaker_1": "Ann"}}]',
+         "entry 2 (episode_id 3): field 'speakers_map': Value error, key 'speaker_1' is not a speaker number"),
         ('[{"episode_id": 2, "file_name": "a.mp3", "published": "yesterday"}]', "field 'published'"),
     ],
 )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import pty
-import subprocess
 import sys
 import threading
 import time
@@ -17,6 +15,7 @@ import pytest
 from gent_disagreement_rag.settings import Settings
 from tests.support.builders import run_ingest, tone_catalogue
 from tests.support.fakeapi import LISTEN, FakeAPI, deepgram_error, for_audio
+from tests.support.terminal import run_on_terminal
 
 GDR = Path(sys.executable).parent / "gdr"
 
@@ -70,23 +69,9 @@ def test_gdr_ingest_prints_each_failure_once_in_full_and_no_telemetry_notice(
     env.pop("PREFECT_API_URL", None)  # as a user runs it: a temporary server of its own
     env.pop("DO_NOT_TRACK", None)
     # A terminal, as a user's: Prefect shows its notice only to interactive terminals.
-    controller, terminal = pty.openpty()
-    proc = subprocess.Popen([str(GDR), "ingest", "-j", "1"], env=env, cwd=tmp_path, stdin=terminal, stdout=terminal,
-                            stderr=terminal, close_fds=True)
-    os.close(terminal)
-    chunks = []
-    while True:
-        try:
-            data = os.read(controller, 65536)
-        except OSError:  # the terminal closed: the command ended
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=300)
-    os.close(controller)
-    output = b"".join(chunks).decode(errors="replace").replace("\r", "")
-    assert proc.returncode == 1, output
+    returncode, drawn = run_on_terminal([str(GDR), "ingest", "-j", "1"], env, tmp_path)
+    output = drawn.replace("\r", "")
+    assert returncode == 1, output
     reason = "PermanentProviderError: Deepgram answered HTTP 400 (Bad Request): could not decode the audio"
     assert output.count(f"P-1: {reason}") == 1, output
     assert "anonymous usage" not in output and "Traceback" not in output, output

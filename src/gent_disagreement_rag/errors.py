@@ -45,6 +45,10 @@ class PermanentProviderError(ProviderError):
     """Corrupt audio, bad request: retrying the same call cannot succeed."""
 
 
+class UndecodableAudioError(PermanentProviderError):
+    """The audio file cannot be decoded (or holds no audio): it fails the same way until the file changes."""
+
+
 class AuthenticationError(PermanentProviderError):
     """Bad or missing API key (401/403): every episode would fail the same way, so the run stops."""
 

@@ -48,6 +48,11 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """"1 episode", "2 episodes": a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _safe_settings() -> Settings | None:
     try:
         return Settings()

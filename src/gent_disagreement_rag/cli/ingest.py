@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..ingest.plan import EpisodePlan
     from .progress import IngestProgress
 
-from .common import app, console, err_console, friendly_errors, open_database
+from .common import app, console, counted, err_console, friendly_errors, open_database
 
 
 @app.command("status")
@@ -33,28 +33,29 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     it stale (and why), and what its provider calls cost.
 
     Reads only: a catalogue entry the database does not know yet is listed as pending."""
-    from ..ingest.plan import stale_reason
+    from ..ingest.plan import stale_reason, undecodable_note
     from ..sources.catalogue import catalogue_entries
 
     settings = Settings()
     entries = catalogue_entries(settings)
     names = {e.episode_id: e.speakers_map for e in entries}
     with open_database(settings) as db:
-        rows = [r.as_json() | {"stale": stale_reason(settings, r, names.get(r.episode_id, r.speakers_map))}
+        rows = [r.as_json() | {"stale": stale_reason(settings, r, names.get(r.episode_id, r.speakers_map)),
+                               "undecodable": undecodable_note(settings, r)}
                 for r in episodes.list_episodes(db)]
     known = {r["episode_id"] for r in rows}
-    rows += [episodes.new_entry_json(e) | {"stale": None} for e in entries if e.episode_id not in known]
+    rows += [episodes.new_entry_json(e) | {"stale": None, "undecodable": None} for e in entries if e.episode_id not in known]
     if as_json:
         print(json.dumps({"episodes": rows}, indent=2, ensure_ascii=False))
         return
     table = Table("episode", "title", "status", "segments", "cost $", "transcript", "error / stale because / note",
-                  title=f"{len(rows)} episodes")
+                  title=counted(len(rows), "episode"))
     colours = {"processed": "green", "failed": "red", "pending": "yellow"}
     for r in rows:
         status = f"[{colours[r['status']]}]{r['status']}[/]" + (" [yellow](stale)[/]" if r["stale"] else "")
+        why = "; ".join(x for x in (r["error"] and r["error"][:160], r["undecodable"], r["stale"], r["transcript_note"]) if x)
         table.add_row(r["episode_id"], escape(r["title"] or r["file_name"] or ""), status,
-                      str(r["segments"]), f"{r['cost_usd']:.4f}", r["transcript_source"] or "",
-                      escape((r["error"] or r["stale"] or r["transcript_note"] or "")[:160]))
+                      str(r["segments"]), f"{r['cost_usd']:.4f}", r["transcript_source"] or "", escape(why))
     if any(r["stale"] for r in rows):
         console.print("[yellow]stale episodes are re-chunked / re-embedded from cached transcripts by the next `gdr ingest`[/]")
     console.print(table)
@@ -103,44 +104,23 @@ def ingest_command(
     ] = False,
 ) -> None:
     """Run the `ingest` flow in this process: discover feed episodes; download, transcribe, format, export, embed, store."""
-    from ..ingest.context import RunContext
-    from ..ingest.plan import plan_episodes
-    from ..ingest.stages import discover
     from .progress import IngestProgress
 
     settings = Settings(max_parallel_episodes=max_parallel) if max_parallel else Settings()
-    progress = IngestProgress(console)
-    with RunContext.open(settings, progress.on_progress) as ctx:
-        if dry_run:
-            if settings.feed_url:
-                discover(ctx)  # registers new feed episodes as pending; downloads nothing
-            _print_estimates(settings, ctx.db, plan_episodes(settings, ctx.db, episode_ids or None, force))
-            return
-        # Planned once, here: with nothing to do, Prefect is not even started. With feeds, only the flow's
-        # discover can tell what is new, so the flow plans.
-        plan = None if settings.feed_url else plan_episodes(settings, ctx.db, episode_ids or None, force)
-        if plan is not None and not plan.jobs and not plan.invalid:
-            console.print(f"nothing to do: {len(plan.up_to_date)} episodes up to date (--force runs them again from cache)")
-            return
-        for episode_id, reason in (plan.stale if plan else {}).items():
-            console.print(f"{episode_id} is stale: {reason}", markup=False, highlight=False, soft_wrap=True)
-        from ..orchestration.runner import EXIT_INTERRUPTED, run_ingest
+    from ..orchestration.runner import EXIT_INTERRUPTED
 
-        def notify(line: str) -> None:
-            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-        with progress:
-            result = run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force,
-                                notify=notify)
-        if result.state is None:  # interrupted, and episodes still running: their threads are not waited for
-            _report(settings, progress, None)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_INTERRUPTED)
+    with IngestProgress(console) as progress:
+        result = _ingest(settings, progress, episode_ids, max_parallel, force, dry_run)
+    if result is None:
+        return
     _report(settings, progress, result.state)
+    if result.state is None:  # interrupted, with episodes still running: their threads are not waited for
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     if result.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
-    if result.state is not None and not result.state.is_completed():
+    if not result.state.is_completed():
         raise typer.Exit(1)
 
 
@@ -160,14 +140,56 @@ def _report(settings: Settings, progress: IngestProgress, state: Any) -> None:
     console.print(settings.scrub(verdict), markup=False, highlight=False, soft_wrap=True)
 
 
-def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> None:
-    """The dry run's table: no provider is called, nothing is downloaded."""
-    from ..ingest.estimates import estimate_plan
+def _ingest(settings: Settings, progress: IngestProgress, episode_ids: list[str] | None, max_parallel: int | None,
+            force: bool, dry_run: bool) -> Any:
+    """`gdr ingest`'s work, said as it goes (`progress.say`); how the run ended (runner.IngestResult), None when no
+    run was needed. The first phases are quick and printed over by what follows, so only a terminal shows them."""
+    from ..ingest.context import RunContext
+    from ..ingest.plan import plan_episodes
+    from ..ingest.stages import discover
 
-    estimates = estimate_plan(settings, db, plan)
+    progress.say("starting the database", line=False)
+    with RunContext.open(settings, progress.on_progress) as ctx:
+        progress.say("planning", line=False)
+        if dry_run:
+            if settings.feed_url:
+                discover(ctx)  # registers new feed episodes as pending; downloads nothing
+            _print_estimates(settings, ctx.db, plan_episodes(settings, ctx.db, episode_ids or None, force))
+            return None
+        # Planned once, here: with nothing to do, Prefect is not even started. With feeds, only the flow's
+        # discover can tell what is new, so the flow plans.
+        plan = None if settings.feed_url else plan_episodes(settings, ctx.db, episode_ids or None, force)
+        for episode_id, reason in (plan.skipped if plan else {}).items():
+            console.print(f"{episode_id} skipped: {reason}", markup=False, highlight=False, soft_wrap=True)
+        if plan is not None and episode_ids:
+            for episode_id in plan.up_to_date:
+                console.print(f"{episode_id} is up to date (--force runs it again from cache)", highlight=False)
+        if plan is not None and not plan.jobs and not plan.invalid:
+            if not episode_ids:
+                console.print(f"nothing to do: {counted(len(plan.up_to_date), 'episode')} up to date "
+                              "(--force runs them again from cache)")
+            return None
+        for episode_id, reason in (plan.stale if plan else {}).items():
+            console.print(f"{episode_id} is stale: {reason}", markup=False, highlight=False, soft_wrap=True)
+        progress.say("starting the orchestration server (Prefect)")
+        from ..orchestration.runner import run_ingest
+
+        def notify(line: str) -> None:
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+        return run_ingest(ctx, episode_ids=episode_ids or None, max_parallel=max_parallel, force=force, notify=notify)
+
+
+def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> None:
+    """The dry run's tables: the episodes the run would process, then those it would fail or skip, each with why.
+    No provider is called, nothing is downloaded."""
+    from ..ingest.estimates import estimate_plan, will_fail
+
+    failing = will_fail(settings, db, plan)
+    estimates = [e for e in estimate_plan(settings, db, plan) if e.episode_id not in failing]
     table = Table("episode", "title", "audio min", "est. tokens", "est. cost $", "transcript", "saved $",
-                  title=f"would process {len(estimates)} episodes ({settings.resolved_transcriber} transcription, "
-                        f"{settings.resolved_embedder} embeddings); {len(plan.up_to_date)} up to date")
+                  title=f"would process {counted(len(estimates), 'episode')} ({settings.resolved_transcriber} "
+                        f"transcription, {settings.resolved_embedder} embeddings); {len(plan.up_to_date)} up to date")
     for e in estimates:
         minutes = f"{e.audio_seconds / 60:.2f}" if e.audio_seconds is not None else "?"
         table.add_row(e.episode_id, escape(e.title), minutes, str(e.tokens), f"{e.cost_usd:.4f}", escape(e.transcript),
@@ -181,8 +203,11 @@ def _print_estimates(settings: Settings, db: Database, plan: EpisodePlan) -> Non
     for job in plan.jobs:
         if job.transcript_note:
             console.print(f"{job.episode_id}: {job.transcript_note}", markup=False, highlight=False, soft_wrap=True)
-    for episode_id, error in plan.invalid.items():
-        err_console.print(f"[red]{episode_id}: cannot start:[/] {settings.scrub(error)}", highlight=False)
+    if failing:  # one unwrapped line each: the reasons hold paths
+        console.print(f"would fail or skip {counted(len(failing), 'episode')}:")
+        for episode_id, (title, verdict, why) in failing.items():
+            console.print(f"  {episode_id} ({title}): will {verdict}: {settings.scrub(why)}", markup=False,
+                          highlight=False, soft_wrap=True)
 
 
 @app.command("format")
@@ -210,6 +235,8 @@ def format_command(
 
 
 def _parse_speakers_map(text: str | None) -> dict[str, str]:
+    from ..sources.catalogue import speaker_numbers
+
     if text is None:
         return {}
     try:
@@ -218,4 +245,7 @@ def _parse_speakers_map(text: str | None) -> dict[str, str]:
         raise GdrError(f"--speakers-map: not valid JSON: {exc.msg}") from None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise GdrError('--speakers-map: expected an object of names, like {"0": "Ann", "1": "Bob"}')
-    return {str(k): v for k, v in value.items()}
+    try:
+        return speaker_numbers({str(k): v for k, v in value.items()})
+    except ValueError as exc:
+        raise GdrError(f"--speakers-map: {exc}") from None

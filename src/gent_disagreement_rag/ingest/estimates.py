@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..providers.audio import audio_seconds
+from ..providers.audio import audio_seconds, undecodable
 from ..providers.pricing import estimate_cost
 from ..settings import Settings
+from ..sources.catalogue import catalogue_entries
 from ..sources.publisher import PUBLISHER
 from ..storage import episodes
 from ..storage.database import Database
@@ -56,3 +57,16 @@ def _estimate(settings: Settings, job: EpisodeJob, feed_seconds: float | None) -
                                f"{PUBLISHER} ({job.transcript_type})", saved_usd=transcription)
     return EpisodeEstimate(job.episode_id, job.title, seconds, tokens, transcription + embedding,
                            settings.resolved_transcriber)
+
+
+def will_fail(settings: Settings, db: Database, plan: EpisodePlan) -> dict[str, tuple[str, str, str]]:
+    """{episode: (title, "fail" or "skip", why)} for every episode the run would touch and not process: those
+    that cannot start (no audio, empty audio), whose audio cannot be decoded, and those it skips."""
+    titles = {r.episode_id: r.title or r.file_name or "" for r in episodes.list_episodes(db)}
+    titles |= {e.episode_id: e.display_title for e in catalogue_entries(settings)}
+    out = {e: (titles.get(e, ""), "fail", why) for e, why in plan.invalid.items()}
+    out |= {e: (titles.get(e, ""), "skip", why) for e, why in plan.skipped.items()}
+    for job in plan.jobs:
+        if not job.needs_download and (why := undecodable(job.audio_path)):
+            out[job.episode_id] = (job.title, "fail", why)
+    return out

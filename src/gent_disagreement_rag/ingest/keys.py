@@ -10,7 +10,7 @@ from typing import Any
 
 from ..text.exports import EXPORT_SUFFIXES
 from .context import RunContext
-from .plan import TOKEN_COUNTER, EpisodeJob, chunker_config
+from .plan import REPARSED_PROVIDERS, TOKEN_COUNTER, TRANSCRIPT_PARSER, EpisodeJob, chunker_config
 
 TRANSCRIBE_VERSION = "1"
 PUBLISHER_TRANSCRIPT_VERSION = "1"  # how a publisher's transcript becomes a Transcript (sources/publisher.py)
@@ -33,6 +33,7 @@ class StageKeys:
 
 def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
     """The keys of an episode whose audio is known (after its download)."""
+    parser: tuple[int, ...] = ()
     if job.transcript_file is not None:
         # The publisher's file by its content (its name is its sha256), and the audio, whose length the
         # transcript's duration and the coverage gate take. No provider is built for it.
@@ -43,9 +44,10 @@ def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
         speakers = (len(job.speakers_map),) if t.uses_speaker_count else ()  # Deepgram's keys stay as they were
         transcribe = stable_hash("transcribe", TRANSCRIBE_VERSION, job.audio_sha256, t.provider, t.model, t.options(),
                                  *speakers)
+        parser = (TRANSCRIPT_PARSER,) if t.provider in REPARSED_PROVIDERS else ()  # Deepgram's keys stay as they were
     fmt = stable_hash(
         "format", FORMAT_VERSION, transcribe, job.speakers_map, chunker_config(ctx.settings).cache_key(), TOKEN_COUNTER,
-        ctx.settings.skip_quality_gate,
+        ctx.settings.skip_quality_gate, *parser,
     )
     folder = ctx.settings.transcripts_dir.resolve()
     present = all((folder / f"{job.stem}{suffix}").exists() for suffix in EXPORT_SUFFIXES.values())

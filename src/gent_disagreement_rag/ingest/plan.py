@@ -22,6 +22,11 @@ from ..storage.database import Database
 from ..text.chunking import ChunkerConfig
 
 TOKEN_COUNTER = "cl100k"  # the chunker's token counts (text/chunking.py)
+# How a provider's raw response is read into words (providers/transcribers parse_raw). 2: Whisper's word pieces
+# are joined into the words they spell ("co-host", not "co -host"). Episodes whose stored text an older parser
+# made are stale, re-derived from their cached transcripts; the providers whose words the change touches:
+TRANSCRIPT_PARSER = 2
+REPARSED_PROVIDERS = frozenset({"local"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,7 @@ class EpisodePlan:
     invalid: dict[str, str] = field(default_factory=dict)
     up_to_date: list[str] = field(default_factory=list)
     stale: dict[str, str] = field(default_factory=dict)  # jobs that run because the settings changed, and why
+    skipped: dict[str, str] = field(default_factory=dict)  # not run although not up to date, and why (undecodable audio)
 
 
 def chunker_config(settings: Settings) -> ChunkerConfig:
@@ -91,16 +97,21 @@ def chunker_config(settings: Settings) -> ChunkerConfig:
 def segments_config(settings: Settings, speakers_map: dict[str, str]) -> dict[str, Any]:
     """What decides an episode's segments besides its transcript; stored with them (store stage)."""
     return {"chunker": chunker_config(settings).cache_key(), "token_counter": TOKEN_COUNTER,
-            "speakers_map": speakers_map}
+            "speakers_map": speakers_map, "transcript_parser": TRANSCRIPT_PARSER}
 
 
 def stale_reason(settings: Settings, row: episodes.EpisodeRow, speakers_map: dict[str, str]) -> str | None:
     """Why a processed episode's stored segments or vectors are not what the settings would make now
     (None: they are). An episode processed before segments_config was recorded is judged by its vectors
-    only: re-chunking it could cost a transcription if the stage cache is gone."""
+    only: re-chunking it could cost a transcription if the stage cache is gone. The exception is text an older
+    parser read from a local transcript: made again, it costs no more than CPU time."""
     if row.status != "processed":
         return None
     reasons = []
+    parser = (row.segments_config or {}).get("transcript_parser", 1)
+    if row.transcribed_by in REPARSED_PROVIDERS and parser != TRANSCRIPT_PARSER:
+        reasons.append(f"text read from the {row.transcribed_by} transcript by parser {parser}, now {TRANSCRIPT_PARSER} "
+                       "(it joins Whisper's word pieces: 'co-host', not 'co -host')")
     if row.segments_config is not None:
         wanted = segments_config(settings, speakers_map)
         stored_chunker, wanted_chunker = row.segments_config.get("chunker", {}), wanted["chunker"]
@@ -117,6 +128,25 @@ def stale_reason(settings: Settings, row: episodes.EpisodeRow, speakers_map: dic
     if row.segments and model not in row.model_ids:
         reasons.append(f"embedded with {', '.join(row.model_ids) or 'no model'}, settings want {model}")
     return "; ".join(reasons) or None
+
+
+def undecodable_reason(settings: Settings, row: episodes.EpisodeRow, audio_sha256: str | None) -> str | None:
+    """Why an episode is not tried again: the transcriber the settings choose could not decode this very audio
+    (None: it may work now, or it was never tried)."""
+    marker = row.undecodable_audio
+    if (marker is None or audio_sha256 is None or marker.get("audio_sha256") != audio_sha256
+            or marker.get("transcriber") != settings.resolved_transcriber):
+        return None
+    return (f"its audio could not be decoded by the {settings.resolved_transcriber} transcriber and has not changed "
+            "since: skipped until the file or TRANSCRIBER changes (--force tries again)")
+
+
+def undecodable_note(settings: Settings, row: episodes.EpisodeRow) -> str | None:
+    """What `gdr status` says of an episode whose audio the settings' transcriber could not decode (reads no file)."""
+    marker = row.undecodable_audio
+    if row.status != "failed" or marker is None or marker.get("transcriber") != settings.resolved_transcriber:
+        return None
+    return "not retried while its audio file stays the same (--force tries again)"
 
 
 def wanted_transcript(settings: Settings, links: list[dict[str, Any]]) -> TranscriptChoice:
@@ -215,8 +245,10 @@ def plan_episodes(
         row = known.get(episode_id)
         current = row is not None and row.status == "processed" and row.processed_sha256 == job.audio_sha256
         stale = stale_reason(settings, row, job.speakers_map) if current else None
-        if current and not stale and not force and not episode_ids:
+        if current and not stale and not force:  # named or not: --force runs an up-to-date episode again
             plan.up_to_date.append(job.episode_id)
+        elif not force and row is not None and (why := undecodable_reason(settings, row, job.audio_sha256)):
+            plan.skipped[episode_id] = why
         else:
             plan.jobs.append(job)
             if stale:

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..providers.transcribers.deepgram import parse_deepgram_response
+from ..providers.transcribers import parse_raw as parse_provider_raw
 from ..text.chunking import chunk_transcript
 from ..text.exports import render_exports
-from ..transcript import Transcript
+from ..transcript import Transcript, TranscriptionResult
 from .stages import write_exports
 
 
@@ -25,11 +25,13 @@ def parse_raw(raw: dict[str, Any]) -> Transcript:
         if fmt is None:
             raise ValueError(f"publisher transcript of type {saved['type']!r} is not one we read")
         return parse_transcript(saved["text"].encode(), fmt, f"transcript {saved['url']}", saved["duration"])
-    if raw.get("provider") == "local":
-        from ..providers.transcribers.local_whisper import parse_local_response
+    return parse_provider_raw(raw)
 
-        return parse_local_response(raw)
-    return parse_deepgram_response(raw)
+
+def parsed_again(result: TranscriptionResult) -> TranscriptionResult:
+    """`result` with its transcript parsed from its raw response by today's rules: a result cached by an
+    earlier version holds the transcript as that version parsed it (e.g. Whisper's word pieces unjoined)."""
+    return TranscriptionResult(transcript=parse_raw(result.raw), raw=result.raw)
 
 
 def _stem(raw_path: Path) -> str:

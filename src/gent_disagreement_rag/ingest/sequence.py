@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .reformat import parsed_again
 from . import stages
 from .context import RunContext
 from .keys import stage_keys
@@ -53,7 +54,8 @@ def _sequence(ctx: RunContext, job: EpisodeJob, run_id: str, run_stage: StageRun
     if job.needs_download or job.needs_publisher_files:
         job = run_stage("download", stages.download, ctx, job)
     keys = stage_keys(ctx, job)
-    transcription = run_stage("transcribe", stages.transcribe, ctx, job, run_id, cache_key=keys.transcribe)
+    # A cached transcription holds the transcript as the version that made it parsed it: read again from its raw response.
+    transcription = parsed_again(run_stage("transcribe", stages.transcribe, ctx, job, run_id, cache_key=keys.transcribe))
     episode = run_stage("format", stages.format_episode, ctx, job, transcription.transcript, cache_key=keys.format)
     run_stage("export", stages.export, ctx, job, transcription, episode, cache_key=keys.export)
     batch = run_stage("embed", stages.embed, ctx, job, episode, run_id, cache_key=keys.embed)

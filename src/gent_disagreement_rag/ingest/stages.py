@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UndecodableAudioError
 from ..files import write_all_atomic, write_atomic
 from ..providers import audio
 from ..providers.embedders import EmbeddingBatch
@@ -168,7 +168,11 @@ def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> Transcript
                                                  "audio_total": round(total, 1)})
 
     ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": ctx.transcriber.provider, **noted})
-    result = ctx.transcriber.transcribe(job.audio_path, progress, speakers=len(job.speakers_map) or None)
+    try:
+        result = ctx.transcriber.transcribe(job.audio_path, progress, speakers=len(job.speakers_map) or None)
+    except UndecodableAudioError:
+        episodes.record_undecodable(ctx.db, job.episode_id, job.audio_sha256, ctx.transcriber.provider)
+        raise
     t = result.transcript
     record_cost(ctx, run_id, job.episode_id, "transcribe", t.provider, t.model, int(t.provider != "local"), t.duration, 0)
     return result

@@ -22,3 +22,17 @@ def audio_seconds(audio: Path | bytes) -> float:
         pass
     size = audio.stat().st_size if isinstance(audio, Path) else len(audio)
     return size / FALLBACK_BYTES_PER_SECOND
+
+
+def undecodable(audio: Path) -> str | None:
+    """Why the audio file cannot be decoded (None: its first audio frame decodes), said as the local
+    transcriber says it; a dry run's forecast of the transcription's failure."""
+    try:
+        with av.open(str(audio), mode="r") as container:
+            if not container.streams.audio:
+                return f"{audio}: cannot decode the audio: no audio stream"
+            if next(container.decode(audio=0), None) is None:
+                return f"{audio}: the file holds no audio samples"
+    except (av.FFmpegError, OSError) as exc:
+        return f"{audio}: cannot decode the audio: {getattr(exc, 'strerror', None) or exc}"
+    return None

@@ -76,8 +76,11 @@ def _text_cte(filters: FilterShape, *, websearch: bool) -> sql.Composable:
         "tq AS (SELECT " + tsq + " AS q),\n"
         "txt AS MATERIALIZED (SELECT s.episode_id, s.position, ts_rank_cd(s.tsv, tq.q) AS tscore "
         "FROM segments s CROSS JOIN tq WHERE {where} ORDER BY tscore DESC, s.episode_id, s.position LIMIT %(cand)s),\n"
+        # Chunks with the same ts_rank_cd share the mean of the ranks they span: ts_rank_cd scores every chunk that
+        # holds one query word once alike, whichever word, and ranking such ties by episode id and position gave
+        # the catalogue's first one-line mention a lead the fusion could not undo (README's transistor question).
         "tr AS (SELECT episode_id, position, tscore, "
-        "row_number() OVER (ORDER BY tscore DESC, episode_id, position) AS trank FROM txt)"
+        "rank() OVER (ORDER BY tscore DESC) + (count(*) OVER (PARTITION BY tscore) - 1) / 2.0 AS trank FROM txt)"
     ).format(where=sql.SQL(" AND ").join(where))
 
 

@@ -39,12 +39,22 @@ class CatalogueEntry(BaseModel):
     @classmethod
     def _keys_as_text(cls, value: object) -> object:
         if isinstance(value, dict):
-            return {str(k): v for k, v in value.items()}
+            return speaker_numbers({str(k): v for k, v in value.items()})
         return value
 
     @property
     def display_title(self) -> str:
         return self.title or (Path(self.file_name).stem if self.file_name else f"Episode {self.episode_id}")
+
+
+def speaker_numbers(speakers_map: dict[str, object]) -> dict[str, object]:
+    """`speakers_map` itself when its keys are speaker numbers ("0", "1"), as the transcriber numbers voices; a key
+    like "speaker_1" would never match one, so it is an error (a ValueError naming the key)."""
+    for key in speakers_map:
+        if not key.isdecimal():
+            raise ValueError(f"key {key!r} is not a speaker number: keys are the transcriber's speaker numbers, "
+                             'like {"0": "Ann", "1": "Bob"}')
+    return speakers_map
 
 
 def load_catalogue(path: Path) -> list[CatalogueEntry]:
@@ -59,7 +69,7 @@ def load_catalogue(path: Path) -> list[CatalogueEntry]:
         raise CatalogueError(f"{path}: expected a JSON list of episodes, got {type(data).__name__}")
     entries: list[CatalogueEntry] = []
     seen: dict[str, int] = {}
-    for index, item in enumerate(data):
+    for index, item in enumerate(data, 1):  # counted as a person counts them: the first entry is entry 1
         label = f"entry {index}" + (f" (episode_id {item['episode_id']!r})" if isinstance(item, dict) and "episode_id" in item else "")
         if not isinstance(item, dict):
             raise CatalogueError(f"{path}: {label}: expected an object, got {type(item).__name__}")

