@@ -104,7 +104,7 @@ def test_a_second_ctrl_c_stops_at_once(settings, fake_api, world) -> None:
         assert time.monotonic() < deadline, output
         output += os.read(proc.stdout.fileno(), 4096).decode()
     os.killpg(proc.pid, signal.SIGINT)
-    rest, _ = proc.communicate(timeout=300)
+    rest, _ = proc.communicate(timeout=300)  # also the end of its output: no child of it is left holding the pipe
 
     assert proc.returncode == 130, output + rest
     assert "stopped at once" in output + rest

@@ -6,6 +6,7 @@ import contextvars
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,13 +55,13 @@ def run_ingest(ctx: RunContext, *, episode_ids: list[str] | None, max_parallel: 
 
     # The temporary API server cancels its event recorder on exit and logs the CancelledError: noise, not a failure.
     logging.getLogger("prefect.server.services.task_run_recorder").disabled = True
-    with start_temporary_api_server() as api_url, temporary_settings({PREFECT_API_URL: api_url}), \
+    with start_temporary_api_server() as server, temporary_settings({PREFECT_API_URL: server.api_url}), \
             _logged_to(ctx.settings.home / "logs" / "ingest.log"), ctx.activated():
         outcome: list[State] = []
         run = contextvars.copy_context()
         thread = threading.Thread(target=run.run, name="gdr-ingest", daemon=True, args=(lambda: outcome.append(
             ingest(episode_ids=episode_ids, max_parallel=max_parallel, force=force, return_state=True)),))
-        with _interruptible(ctx, notify) as interrupted_at:
+        with _interruptible(ctx, notify, server.kill) as interrupted_at:
             thread.start()
             while thread.is_alive():
                 thread.join(0.2)
@@ -70,14 +71,16 @@ def run_ingest(ctx: RunContext, *, episode_ids: list[str] | None, max_parallel: 
 
 
 @contextmanager
-def _interruptible(ctx: RunContext, notify: Callable[[str], None]) -> Iterator[list[float]]:
+def _interruptible(ctx: RunContext, notify: Callable[[str], None], before_exit: Callable[[], None]
+                   ) -> Iterator[list[float]]:
     """SIGINT and SIGTERM handled for the run: the first interrupts it (the time goes into the yielded list),
-    a second exits the process at once."""
+    a second exits the process at once, after `before_exit`."""
     interrupted_at: list[float] = []
 
     def handle(signum: int, frame: object) -> None:
         if interrupted_at:
             notify("stopped at once: episodes still running are left pending for the next run")
+            before_exit()
             os._exit(EXIT_INTERRUPTED)
         interrupted_at.append(time.monotonic())
         ctx.interrupted.set()
@@ -95,8 +98,19 @@ def _interruptible(ctx: RunContext, notify: Callable[[str], None]) -> Iterator[l
 EXIT_INTERRUPTED = 130  # what a shell reports for a program stopped by Ctrl-C
 
 
+@dataclass(slots=True)
+class TemporaryServer:
+    api_url: str
+    process: subprocess.Popen[bytes] | None
+
+    def kill(self) -> None:
+        """Ends it at once (it ignores SIGINT and SIGTERM): it must not outlive this process."""
+        if self.process is not None:
+            self.process.kill()
+
+
 @contextmanager
-def start_temporary_api_server() -> Iterator[str]:
+def start_temporary_api_server() -> Iterator[TemporaryServer]:
     """A Prefect API server for this process's run (what Prefect would start by itself), started with SIGINT
     and SIGTERM blocked, which it inherits: Ctrl-C in a terminal (or a service manager's SIGTERM) reaches the
     whole process group, and the server must outlive it to record how the run ended. At the end the run's
@@ -111,13 +125,13 @@ def start_temporary_api_server() -> Iterator[str]:
         server.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    temporary = TemporaryServer(server.api_url, server.server_process)
     try:
-        yield server.api_url
+        yield temporary
     finally:
         APILogWorker.drain_all(timeout=10)
         EventsWorker.drain_all(timeout=10)
-        if server.server_process is not None:
-            server.server_process.kill()
+        temporary.kill()
         server.stop()
 
 
