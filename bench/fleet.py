@@ -57,7 +57,6 @@ from prefect.cache_policies import NO_CACHE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FRAGMENT = REPO_ROOT / "bench" / "fleet.md"
 ENGINES = ("deployments", "task_workers", "dask")
 LABELS = {"deployments": "(A) per-episode deployment runs, process workers",
           "task_workers": "(B) Prefect task workers (`serve`, `.delay()`)",
@@ -70,7 +69,7 @@ TARGET_SPEEDUP, TARGET_WALL, TARGET_CPU = 1.8, 1.0, 0.5
 
 def _sizes(quick: bool) -> dict[str, Any]:
     return {"overhead_episodes": 2 if quick else 4, "overhead_sleep": 0.5, "episodes": 4 if quick else 8,
-            "sleep": 3.0 if quick else 5.0, "slots": 2, "probe": 20.0, "watch": 30.0 if quick else 45.0}
+            "sleep": 3.0 if quick else 5.0, "slots": 2, "probe": 20.0, "watch": 30.0 if quick else 40.0}
 
 
 # --- the episode body, the same for every engine -----------------------------------------------------
@@ -562,6 +561,8 @@ def run(pg: Any, folder: Path, *, quick: bool = False, rounds: int = 3, kill_rou
                 finally:
                     bench.stop_scheduler()
             log(f"  fleet round {i} done")
+            if partial := os.environ.get("BENCH_FLEET_PARTIAL"):  # what a run cut short still has
+                Path(partial).write_text(json.dumps(out, indent=1, default=str))
     out["summary"] = summarise(out)
     return out
 
@@ -669,13 +670,22 @@ def markdown(fleet: dict[str, Any]) -> str:
             continue
         cells = [_kill_cell([k for k in kills if k["moment"] == m]) for m in (1, 2, 3)]
         lines.append(f"| {LABELS[engine]} | " + " | ".join(cells) + f" | {JOIN[engine]} |")
-    lines += ["", "$fleet_conclusion", ""]
     return "\n".join(lines)
 
 
-def write_markdown(fleet: dict[str, Any], path: Path = FRAGMENT) -> None:
-    text = "## 7. Spreading episodes over machines: three engines\n\n" + markdown(fleet)
-    path.write_text(text.replace("$fleet_conclusion", fleet.get("conclusion", "")) + "\n")
+def figures(fleet: dict[str, Any]) -> dict[str, Any]:
+    """The template's values for section 7 (bench/report.py)."""
+    values: dict[str, Any] = {"fleet_tables": markdown(fleet), "fl_rounds": fleet["rounds"]}
+    for engine, e in fleet["summary"].items():
+        short = {"deployments": "a", "task_workers": "b", "dask": "c"}[engine]
+        for key in ("wait", "cpu", "wall_one", "wall_two", "speedup", "load", "load_throughput"):
+            values[f"fl_{short}_{key}"] = e[key]
+        for moment in (1, 2, 3):
+            rows = [k for k in fleet["kills"] if k["engine"] == engine and k["moment"] == moment]
+            times = [k["recovery_s"] for k in rows if k["recovery_s"] is not None]
+            values[f"fl_{short}_kill{moment}"] = (f"{statistics.median(times):.1f} s" if len(times) == len(rows) and rows
+                                                  else f"not rerun in {rows[0]['watched_s']:.0f} s" if rows else "—")
+    return values
 
 
 def main() -> None:
@@ -718,7 +728,10 @@ def _standalone(args: Any) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"sections": {}}
     results["sections"]["fleet"] = result
     RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    write_markdown(result)
+    from bench.report import write_report
+    from bench.run_all import CHART, REPORT
+
+    write_report(results, REPORT, CHART)
     log(f"fleet: done in {result['_meta']['minutes']} min")
 
 

@@ -371,5 +371,9 @@ def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
     for name, figures in (("api", _api), ("store", _store), ("store_shape", _store_shape), ("search", _search), ("local", _local)):
         if name in s:
             values |= figures(s[name])
-    values["fleet"] = "fleet" in s  # written apart, by bench/fleet.py (bench/fleet.md)
+    values["fleet"] = "fleet" in s
+    if fleet := s.get("fleet"):
+        from bench.fleet import figures
+
+        values |= figures(fleet)
     path.write_text(fill(TEMPLATE.read_text(), values).rstrip() + "\n")
