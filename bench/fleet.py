@@ -619,14 +619,18 @@ def _kill_cell(rows: list[dict[str, Any]]) -> str:
 def markdown(fleet: dict[str, Any]) -> str:
     s, z = fleet["summary"], fleet["sizes"]
     lines = [
-        "Written by `bench/fleet.py` (`uv run python -m bench.run_all --only fleet`); method in its docstring. "
+        "Written by `bench/fleet.py` (`uv run python -m bench.run_all --only fleet`, or alone: `uv run python -m "
+        "bench.fleet --standalone`); method in its docstring. "
         "Each engine as small as it can be (a body that sleeps and marks its start and end), against `prefect server "
         "start` on the embedded Postgres; all workers on this machine's 2 cores, shared with other work (the load "
-        f"average beside each figure). {fleet['rounds']} rounds, engines alternating A B C in each; medians in bold. "
+        f"average beside each figure). {fleet['rounds']} round(s), engines alternating A B C in each; medians in bold, "
+        "then each round's figure. "
         f"Overhead: one worker, {z['overhead_episodes']} episodes of {z['overhead_sleep']} s one after the other; "
         f"throughput: {z['episodes']} episodes of {z['sleep']} s at once, {z['slots']} slots per worker; issue 23's "
         f"targets: two workers >= {TARGET_SPEEDUP}x one, <= {TARGET_WALL} s wall and <= {TARGET_CPU} s CPU of overhead "
-        "per episode.", "",
+        "per episode. Process workers poll every 5 s, as `gdr worker start` sets them; every worker ran one episode "
+        "before the overhead runs (a long-lived worker's imports are paid once, not per episode); the second "
+        "worker of the two-worker runs had not.", "",
         "| engine | overhead: submit -> body start, s / episode | overhead: CPU s / episode | 1 worker: wall s | "
         "2 workers: wall s | 2 vs 1 | load (overhead; throughput) |",
         "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -675,11 +679,20 @@ def markdown(fleet: dict[str, Any]) -> str:
 
 def figures(fleet: dict[str, Any]) -> dict[str, Any]:
     """The template's values for section 7 (bench/report.py)."""
-    values: dict[str, Any] = {"fleet_tables": markdown(fleet), "fl_rounds": fleet["rounds"]}
+    values: dict[str, Any] = {"fleet_tables": markdown(fleet), "fl_rounds": fleet["rounds"],
+                              "fl_watch": f"{fleet['sizes']['watch']:.0f}",
+                              "fl_overhead_episodes": fleet["sizes"]["overhead_episodes"]}
     for engine, e in fleet["summary"].items():
         short = {"deployments": "a", "task_workers": "b", "dask": "c"}[engine]
         for key in ("wait", "cpu", "wall_one", "wall_two", "speedup", "load", "load_throughput"):
             values[f"fl_{short}_{key}"] = e[key]
+        for key, target, better in (("wait", TARGET_WALL, "le"), ("cpu", TARGET_CPU, "le"), ("speedup", TARGET_SPEEDUP, "ge")):
+            met = e[key] is not None and (e[key] <= target if better == "le" else e[key] >= target)
+            values[f"fl_{short}_{key}_mark"] = "met" if met else "**missed**"
+        parts = [m["overhead"]["cpu_parts"] for m in fleet["measures"] if m["engine"] == engine]
+        n = fleet["sizes"]["overhead_episodes"]
+        for part in ("client", "workers", "server", "scheduler"):
+            values[f"fl_{short}_cpu_{part}"] = f"{statistics.median(p[part] for p in parts) / n:.2f}"
         for moment in (1, 2, 3):
             rows = [k for k in fleet["kills"] if k["engine"] == engine and k["moment"] == moment]
             times = [k["recovery_s"] for k in rows if k["recovery_s"] is not None]
@@ -697,6 +710,7 @@ def main() -> None:
     parser.add_argument("--kill-rounds", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--from-partial", help="record the rounds a cut-short run saved (BENCH_FLEET_PARTIAL)")
     args = parser.parse_args()
     # Imported by name, not run as __main__: a task's key (and Dask's pickle of it) must be the same in the
     # workers and the client.
@@ -708,11 +722,13 @@ def main() -> None:
         print(RESULT + json.dumps(fleet._client(json.loads(args.client))), flush=True)
     elif args.standalone:
         fleet._standalone(args)
+    elif args.from_partial:
+        fleet._record(json.loads(Path(args.from_partial).read_text()), minutes=None)
 
 
 def _standalone(args: Any) -> None:
-    from bench.harness import embedded_postgres, load, log
-    from bench.run_all import RESULTS, bytecode_cache
+    from bench.harness import embedded_postgres, log
+    from bench.run_all import bytecode_cache
 
     with tempfile.TemporaryDirectory(prefix="gdr-bench-fleet-") as tmp:
         folder = Path(tmp)
@@ -723,16 +739,25 @@ def _standalone(args: Any) -> None:
         with embedded_postgres() as pg:
             result = run(pg, folder, quick=args.quick, rounds=args.rounds, kill_rounds=args.kill_rounds,
                          engines=tuple(args.engines.split(",")))
-    result["_meta"] = {"minutes": round((time.perf_counter() - t0) / 60, 1), "load_after": load(),
-                       "when": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick}
+    _record(result, minutes=round((time.perf_counter() - t0) / 60, 1), quick=args.quick)
+    log(f"fleet: done in {result['_meta']['minutes']} min")
+
+
+def _record(result: dict[str, Any], *, minutes: float | None, quick: bool = False) -> None:
+    """The section's figures into bench/results.json, and BENCHMARKS.md rewritten from it."""
+    from bench.harness import load
+    from bench.report import write_report
+    from bench.run_all import CHART, REPORT, RESULTS
+
+    rounds = sorted({m["round"] for m in result["measures"]})
+    result["rounds"] = len(rounds)
+    result["kill_rounds"] = len({k["round"] for k in result["kills"]})
+    result["summary"] = summarise(result)
+    result["_meta"] = {"minutes": minutes, "load_after": load(), "when": time.strftime("%Y-%m-%d %H:%M"), "quick": quick}
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"sections": {}}
     results["sections"]["fleet"] = result
     RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    from bench.report import write_report
-    from bench.run_all import CHART, REPORT
-
     write_report(results, REPORT, CHART)
-    log(f"fleet: done in {result['_meta']['minutes']} min")
 
 
 if __name__ == "__main__":
