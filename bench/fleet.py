@@ -536,7 +536,7 @@ def _setup_deployment(server: Any) -> None:
             pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}])
 
 
-def run(pg: Any, folder: Path, *, quick: bool = False, rounds: int = 3, kill_rounds: int = 1,
+def run(pg: Any, folder: Path, *, quick: bool = False, rounds: int = 3, kill_rounds: int = 3,
         engines: tuple[str, ...] = ENGINES) -> dict[str, Any]:
     from bench.harness import load, log, prefect_server
 
@@ -707,7 +707,7 @@ def main() -> None:
     parser.add_argument("--serve", type=int)
     parser.add_argument("--standalone", action="store_true", help="run the section alone, update results.json")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--kill-rounds", type=int, default=1)
+    parser.add_argument("--kill-rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--from-partial", help="record the rounds a cut-short run saved (BENCH_FLEET_PARTIAL)")
