@@ -390,5 +390,9 @@ def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
                             ("serve", _serve)):
         if name in s:
             values |= figures(s[name])
-    values["fleet"] = "fleet" in s  # written apart, by bench/fleet.py (bench/fleet.md)
+    values["fleet"] = "fleet" in s
+    if fleet := s.get("fleet"):
+        from bench.fleet import figures
+
+        values |= figures(fleet)
     path.write_text(fill(TEMPLATE.read_text(), values).rstrip() + "\n")

@@ -5,7 +5,7 @@
     uv run python -m bench.run_all --only search   # one section; the others keep their last results
     uv run python -m bench.flow_shape              # old vs new flow shape (section 1's subsection), ~15 min
 
-Sections: parallel, api, store, search, local, fleet (written to bench/fleet.md), serve (gdr web and gdr mcp). Not tests: nothing here
+Sections: parallel, api, store, search, local, fleet (the three engines compared), serve (gdr web and gdr mcp). Not tests: nothing here
 asserts on time; targets are reported as met or missed. Every section notes the machine's load, which the figures depend on.
 """
 
@@ -67,7 +67,6 @@ def main() -> None:
         results = json.loads(RESULTS.read_text())
         write_chart(results, CHART)
         write_report(results, REPORT, CHART)
-        write_fleet_fragment(results)
         return
     sections = args.only or SECTIONS
     started = time.perf_counter()
@@ -93,17 +92,8 @@ def main() -> None:
 
     write_chart(results, CHART)
     write_report(results, REPORT, CHART)
-    write_fleet_fragment(results)
     log(f"bench: done in {results['machine']['total_minutes']} min; wrote {REPORT.name}, {CHART.relative_to(REPO_ROOT)}, "
         f"{RESULTS.relative_to(REPO_ROOT)}")
-
-
-def write_fleet_fragment(results: dict[str, Any]) -> None:
-    """bench/fleet.md, kept apart from bench/report.py's BENCHMARKS.md, which links it."""
-    if fleet_results := results["sections"].get("fleet"):
-        from bench.fleet import write_markdown
-
-        write_markdown(fleet_results)
 
 
 def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, quick: bool) -> None:
@@ -120,15 +110,15 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
     if needs_db:
         with embedded_postgres() as pg:
             results["machine"].update(pg.versions())
-            if any(s in sections for s in ("parallel", "api", "fleet")):
+            if "fleet" in sections:  # its own world: episodes that sleep, no providers
+                t0 = time.perf_counter()
+                log("== 7. spreading episodes over machines: three engines")
+                record("fleet", fleet.run(pg, folder, quick=quick), t0)
+            if any(s in sections for s in ("parallel", "api")):
                 with RemoteFakeAPI() as fake:
                     seconds = parallel.durations(8, 1, 3) if quick else parallel.durations()
                     world = parallel.make_world(folder / "world", seconds)
                     fake.add_audio(world["audio"])
-                    if "fleet" in sections:
-                        t0 = time.perf_counter()
-                        log("== 6. several workers, and the fan-outs' overhead")
-                        record("fleet", fleet.run(pg, fake, world, folder, quick=quick), t0)
                     if "parallel" in sections or "api" in sections:
                         log("bench: starting the Prefect API server (ephemeral mode, on the embedded Postgres)")
                         with prefect_server(pg, "ephemeral") as server:
