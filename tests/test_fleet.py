@@ -77,6 +77,11 @@ def test_a_retried_run_files_each_episodes_new_work_under_that_episode(fleet: Fl
     first = fleet.wait_for_run(run_id)
     assert first.state.is_failed() and "P-1" in first.state.message, first.state
     assert fleet.statuses(ids) == {"P-0": "processed", "P-1": "failed", "P-2": "processed", "P-3": "processed"}
+    # In the UI the failed episode's node is red, with its reason; the others green.
+    tasks = _episode_tasks(fleet, run_id)
+    assert {name: state for name, (state, _) in tasks.items()} == {
+        "episode-P-0": "COMPLETED", "episode-P-1": "FAILED", "episode-P-2": "COMPLETED", "episode-P-3": "COMPLETED"}
+    assert "corrupt or unsupported data" in tasks["episode-P-1"][1]
 
     retried = subprocess.run([str(BIN / "prefect"), "flow-run", "retry", run_id], env=fleet.env(), cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=120)  # what the UI's Retry does
@@ -108,3 +113,12 @@ def _episode_runs_and_their_episode_task(fleet: Fleet, run_id: str) -> list[tupl
             found.append((run.parameters["episode_id"], client.read_task_run(parent.id).name))
     assert found
     return found
+
+
+def _episode_tasks(fleet: Fleet, run_id: str) -> dict[str, tuple[str, str]]:
+    """The run's `episode` task runs as the UI draws them: name -> (state type, state message)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with fleet.client() as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    return {r.name: (r.state_type.value, r.state.message or "") for r in runs if r.name.startswith("episode-")}
