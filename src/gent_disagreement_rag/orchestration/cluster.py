@@ -66,10 +66,11 @@ def scheduler_command(dask: str, address: str) -> list[str]:
 
 
 def worker_command(dask: str, address: str, name: str, threads: int) -> list[str]:
-    # One process (under a nanny that restarts it if it dies alone), MAX_PARALLEL_EPISODES threads: the
-    # episodes of one machine share its models and its connection pool's server.
+    # One process (under a nanny that restarts it if it dies alone), MAX_PARALLEL_EPISODES threads. The flows
+    # module is imported when the worker starts (Dask's preload), not by its first episode: Prefect's engine and
+    # the pipeline take seconds of CPU to import, which would otherwise delay whichever episode comes first.
     return [dask, "worker", address, "--name", name, "--nthreads", str(threads), "--nworkers", "1",
-            "--no-dashboard"]
+            "--no-dashboard", "--preload", "gent_disagreement_rag.orchestration.flows"]
 
 
 @contextlib.contextmanager
