@@ -443,8 +443,8 @@ def test_bad_audio_files_with_local_whisper(world: World, monkeypatch) -> None:
     rows = world.rows()
     assert rows["B-missing"].last_error.endswith(f"audio file not found: {world.audio('B-missing')}")
     assert rows["B-empty"].last_error.endswith(f"audio file is empty (0 bytes): {files['B-empty']}")
-    assert rows["B-text"].last_error.startswith(f"PermanentProviderError: {files['B-text'].resolve()}: cannot decode the audio")
-    assert rows["B-zero"].last_error.startswith(f"PermanentProviderError: {files['B-zero'].resolve()}: cannot decode the audio")
+    assert rows["B-text"].last_error.startswith(f"UndecodableAudioError: {files['B-text'].resolve()}: cannot decode the audio")
+    assert rows["B-zero"].last_error.startswith(f"UndecodableAudioError: {files['B-zero'].resolve()}: cannot decode the audio")
     assert rows["B-trunc"].status == "processed" and 20 < rows["B-trunc"].duration_seconds < 30
     words = " ".join(text for (text,) in world.sql("SELECT text FROM segments WHERE episode_id = 'B-trunc'")).lower()
     assert "bee" in words  # the episode opens on urban beekeeping

@@ -35,8 +35,8 @@ class RunContext:
     is shown as `<RunContext>` instead of having its settings and pool walked into the API.
     """
 
-    __slots__ = ("settings", "db", "progress", "transcriptions_at_once", "fleet", "interrupted", "_transcriber",
-                 "_embedder")
+    __slots__ = ("settings", "db", "progress", "transcriptions_at_once", "fleet", "interrupted", "halted",
+                 "_transcriber", "_embedder")
 
     def __init__(self, settings: Settings, db: Database, progress: ProgressCallback | None = None,
                  transcriptions_at_once: int = 1, *, fleet: bool = False):
@@ -49,6 +49,8 @@ class RunContext:
         self.fleet = fleet
         # Set when the person running `gdr ingest` asks it to stop (Ctrl-C, SIGTERM): no new episode starts.
         self.interrupted = threading.Event()
+        # Set by an episode that failed in a way every episode would (a bad key, no credit): no new one starts.
+        self.halted = threading.Event()
         self._transcriber: Lazy[Transcriber] = Lazy(lambda: make_transcriber(settings, transcriptions_at_once))
         self._embedder: Lazy[Embedder] = Lazy(lambda: make_embedder(settings))
 
@@ -76,7 +78,7 @@ class RunContext:
     def with_progress(self, progress: ProgressCallback) -> RunContext:
         """The same run (settings, pool, providers) reporting to `progress` instead."""
         other = RunContext(self.settings, self.db, progress, self.transcriptions_at_once, fleet=self.fleet)
-        other.interrupted = self.interrupted
+        other.interrupted, other.halted = self.interrupted, self.halted
         other._transcriber, other._embedder = self._transcriber, self._embedder
         return other
 
@@ -87,7 +89,7 @@ class RunContext:
         if count == self.transcriptions_at_once:
             return self
         other = RunContext(self.settings, self.db, self.progress, count, fleet=self.fleet)
-        other.interrupted = self.interrupted
+        other.interrupted, other.halted = self.interrupted, self.halted
         other._embedder = self._embedder
         return other
 

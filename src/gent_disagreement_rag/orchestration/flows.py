@@ -39,7 +39,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.futures import PrefectFuture
 from prefect.runtime import deployment, flow_run
-from prefect.states import Completed, Crashed, Failed, State
+from prefect.states import Cancelled, Completed, Crashed, Failed, State
 from prefect.transactions import CommitMode, transaction
 from prefect.utilities.annotations import unmapped
 
@@ -128,6 +128,9 @@ def episode_task(episode_id: str, job: dict[str, Any], run_id: str) -> State:
     """Claim the episode (no other run, worker or machine processes it meanwhile), run its subflow, and
     record how it ended. Ends Failed when the episode failed, with its reason as the state's message."""
     with run_context() as ctx:
+        # In this process the parent cannot cancel a task its thread has already picked up: the task checks.
+        if ctx.interrupted.is_set() or ctx.halted.is_set():
+            return Cancelled(message="not started: the run stopped first")
         ctx.progress(episode_id, EpisodeStatus.RUNNING, {"status": EpisodeStatus.RUNNING})
         claim = with_db_retries(episodes.wait_for_claim, ctx.db.url, episode_id)
         try:
@@ -143,6 +146,8 @@ def episode_task(episode_id: str, job: dict[str, Any], run_id: str) -> State:
             reason = describe(exc, ctx.settings)
             episodes.mark_failed(ctx.db, episode_id, reason)
             attempts.end_attempt(ctx.db, attempt, attempts.AttemptOutcome.FAILED)
+            if isinstance(exc, AuthenticationError | QuotaExhaustedError):
+                ctx.halted.set()
             # The exception travels as the state's data: the run stops on a bad key or no credit.
             return Failed(message=reason, data=exc if isinstance(exc, BaseException) else RuntimeError(reason))
         finally:

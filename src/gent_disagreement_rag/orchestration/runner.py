@@ -55,7 +55,7 @@ def run_ingest(ctx: RunContext, *, episode_ids: list[str] | None, max_parallel: 
 
     # The temporary API server cancels its event recorder on exit and logs the CancelledError: noise, not a failure.
     logging.getLogger("prefect.server.services.task_run_recorder").disabled = True
-    with start_temporary_api_server() as server, temporary_settings({PREFECT_API_URL: server.api_url}), \
+    with _api_server() as server, temporary_settings({PREFECT_API_URL: server.api_url}), \
             _logged_to(ctx.settings.home / "logs" / "ingest.log"), ctx.activated():
         outcome: list[State] = []
         run = contextvars.copy_context()
@@ -96,6 +96,27 @@ def _interruptible(ctx: RunContext, notify: Callable[[str], None], before_exit: 
 
 
 EXIT_INTERRUPTED = 130  # what a shell reports for a program stopped by Ctrl-C
+
+
+@contextmanager
+def _api_server() -> Iterator[TemporaryServer]:
+    """The Prefect API the run reports to: PREFECT_API_URL when the user set one (their server's UI shows the
+    run), else a temporary server of this process's own. Either way the run's logs and events are sent before
+    the end."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL
+
+    configured = PREFECT_API_URL.value()
+    try:
+        if configured:
+            yield TemporaryServer(configured, None)
+        else:
+            with start_temporary_api_server() as server:
+                yield server
+    finally:
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
 
 
 @dataclass(slots=True)
