@@ -55,6 +55,8 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from bench.harness import descendants, tree_cpu
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENGINES = ("deployments", "task_workers", "dask")
@@ -182,26 +184,9 @@ def _serve(limit: int) -> None:
 # --- processes ----------------------------------------------------------------------------------------
 
 
-def _descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        children = [c for c, p in parents.items() if p == pid]
-        found += children
-        todo += children
-    return found
-
-
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
     """A machine dying: the process and every descendant at once (its process group too)."""
-    for p in [pid, *_descendants(pid)]:
+    for p in [pid, *descendants(pid)]:
         try:
             os.kill(p, sig)
         except ProcessLookupError:
@@ -237,8 +222,6 @@ class Proc:
             time.sleep(0.1)
 
     def cpu(self) -> float:
-        from bench.harness import tree_cpu
-
         return tree_cpu(self.pid)
 
     def kill(self) -> None:
@@ -467,9 +450,9 @@ def kill_run(bench: Bench, engine: str, moment: int, sizes: dict[str, Any], roun
             client = bench.client(engine, [[probe, sizes["probe"]]], marks, sequential=False, timeout=300)
             if moment == 1:
                 # A process worker has started the episode's process: the run is Pending at it, no body yet.
-                base = {w.pid: len(_descendants(w.pid)) for w in workers}
+                base = {w.pid: len(descendants(w.pid)) for w in workers}
                 taken: list[Proc] = []
-                _wait_until(lambda: bool(taken.extend(w for w in workers if len(_descendants(w.pid)) > base[w.pid])
+                _wait_until(lambda: bool(taken.extend(w for w in workers if len(descendants(w.pid)) > base[w.pid])
                                          or taken), 120, 0.05)
                 if not taken:
                     raise RuntimeError("no worker took the probe")

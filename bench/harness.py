@@ -74,8 +74,8 @@ def process_cpu(pid: int, *, children: bool = True) -> float:
     return (utime + stime + ((cutime + cstime) if children else 0)) / ticks
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds of a process and all its descendants, running or exited (and waited for)."""
+def descendants(root: int) -> list[int]:
+    """The running descendants of a process (children, their children, ...), read from /proc."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -83,12 +83,18 @@ def tree_cpu(root: int) -> float:
                 parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-    total, todo = 0.0, [root]
+    found, todo = [], [root]
     while todo:
         pid = todo.pop()
-        total += process_cpu(pid)
-        todo += [child for child, parent in parents.items() if parent == pid]
-    return total
+        children = [child for child, parent in parents.items() if parent == pid]
+        found += children
+        todo += children
+    return found
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of a process and all its descendants, running or exited (and waited for)."""
+    return sum(process_cpu(pid) for pid in [root, *descendants(root)])
 
 
 def postgres_cpu(pgdata: Path) -> float:
