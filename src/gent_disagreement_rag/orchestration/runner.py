@@ -108,12 +108,12 @@ def _api_server() -> Iterator[TemporaryServer]:
     from prefect.settings import PREFECT_API_URL
 
     configured = PREFECT_API_URL.value()
+    if not configured:
+        with start_temporary_api_server() as server:  # it sends them itself, before it ends the server
+            yield server
+        return
     try:
-        if configured:
-            yield TemporaryServer(configured, None)
-        else:
-            with start_temporary_api_server() as server:
-                yield server
+        yield TemporaryServer(configured, None)
     finally:
         APILogWorker.drain_all(timeout=10)
         EventsWorker.drain_all(timeout=10)
