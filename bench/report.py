@@ -379,6 +379,31 @@ def _local(lo: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _speakers(sk: dict[str, Any]) -> dict[str, Any]:
+    """bench/speaker_draws.py: every method on both seeds, count given and estimated."""
+    t = sk["targets"]
+    labels = {"pitch": "pitch only (diarize.py)", "ecapa": "ECAPA + pitch groups (speaker_embeddings.py)",
+              "shipped": "shipped (voices.py)"}
+    rows = []
+    for d in sk["draws"]:
+        for name, m in d["methods"].items():
+            g, e = m["given"], m["estimated"]
+            met = g["median"] >= t["median"] and g["p10"] >= t["p10"] and g["worst"] >= t["worst"]
+            rows.append([f"{d['seed']} ({d['role']})", labels.get(name, name), f"{g['median']:.1%}", f"{g['p10']:.1%}",
+                         f"{g['worst']:.1%}", _mark(met), f"{e['median']:.1%} / {e['p10']:.1%} / {e['worst']:.1%}",
+                         f"{m['count_exact']:.0%} ({m['count_mean_abs_error']:.2f})", f"{m['cpu_per_audio_second']:.4f}",
+                         d["load"]])
+    first = sk["draws"][0]
+    shipped = [f"seed {d['seed']} ({d['role']}) median {m['given']['median']:.1%}, p10 {m['given']['p10']:.1%}, worst "
+               f"{m['given']['worst']:.1%}" for d in sk["draws"] if (m := d["methods"].get("shipped"))]
+    summary = ("shipped diarizer, count given: " + "; ".join(shipped) + " (targets 95% / 85% / 60%); "
+               "pitch-only and ECAPA beside it in the section's table.")
+    return {"speakers": True, "sk_summary": summary, "sk_episodes": first["episodes"],
+            "sk_audio": f"{sum(d['audio_seconds'] for d in sk['draws']) / 60:.0f}",
+            "sk_table": _table(["seed", "diarizer", "median", "p10", "worst", "targets", "no count: median / p10 / worst",
+                                "count estimate exact (mean abs error)", "CPU s per audio s", "load"], rows)}
+
+
 def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
     s = results.get("sections", {})
     values = _machine(results["machine"]) | _summary_others(s)
@@ -387,7 +412,7 @@ def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
     if fs := s.get("flow_shape"):
         values |= _flow_shape(fs)
     for name, figures in (("api", _api), ("store", _store), ("store_shape", _store_shape), ("search", _search), ("local", _local),
-                            ("serve", _serve)):
+                            ("serve", _serve), ("speakers", _speakers)):
         if name in s:
             values |= figures(s[name])
     values["fleet"] = "fleet" in s

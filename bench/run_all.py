@@ -5,7 +5,8 @@
     uv run python -m bench.run_all --only search   # one section; the others keep their last results
     uv run python -m bench.flow_shape              # old vs new flow shape (section 1's subsection), ~15 min
 
-Sections: parallel, api, store, search, local, fleet (the three engines compared), serve (gdr web and gdr mcp). Not tests: nothing here
+Sections: parallel, api, store, search, local, fleet (the three engines compared), serve (gdr web and gdr mcp),
+speakers (diarization on drawn espeak-ng voices). Not tests: nothing here
 asserts on time; targets are reported as met or missed. Every section notes the machine's load, which the figures depend on.
 """
 
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ["parallel", "api", "store", "search", "local", "fleet", "serve"]
+SECTIONS = ["parallel", "api", "store", "search", "local", "fleet", "serve", "speakers"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results.json"
 CHART = REPO_ROOT / "bench" / "speedup.png"
@@ -151,6 +152,12 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
         t0 = time.perf_counter()
         log("== 5. local pipeline (offline Whisper + MiniLM)")
         record("local", local_pipeline.run(quick=quick), t0)
+    if "speakers" in sections:
+        from bench import speaker_draws
+
+        t0 = time.perf_counter()
+        log("== 9. speakers on drawn voices (pitch, ECAPA, shipped)")
+        record("speakers", speaker_draws.run(quick=quick), t0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""Who speaks when, and what each voice sounds like: ECAPA-TDNN embeddings of the stretches of speech, centred
+on the episode, clustered with pitch as a second opinion.
+
+speaker_embeddings.py clusters raw ECAPA embeddings; on voices drawn at random from espeak-ng (bench/speaker_draws.py)
+raw cosines across speakers (0.4-0.8) overlap those within one, and pitch-only (diarize.py) keeps similar voices
+together. Two changes fix most of it:
+- Centring. Every stretch of one recording shares its channel, its synthesiser or microphone: the average
+  embedding of the episode is mostly that, not anyone's voice. Subtracting it (and re-normalising) leaves what
+  tells the voices apart; within-episode centring is the usual cheap stand-in for a trained back-end (PLDA).
+- Pitch as a penalty, not a wall: two stretches whose median pitch lies PITCH_FREE semitones or more apart lose
+  PITCH_WEIGHT of similarity per semitone beyond it; a hard constraint (speaker_embeddings.py) cannot be undone
+  when the pitch tracker errs.
+Stretches of at least MIN_EMBED_SECONDS are clustered by average linkage: to the count when the episode's
+speakers_map gives it (no cap below it), else while the closest pair of clusters is more alike than
+SAME_VOICE (calibrated on the tuning seed of bench/speaker_draws.py). Shorter stretches ("yeah") take the most
+similar cluster. Each voice's library embedding is the mean of its raw (uncentred) stretch embeddings: that is
+what another episode's voices are compared with (library.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from .diarize import HOP_SECONDS, pitch_track
+from .speaker_embeddings import MODEL_VERSION, SAMPLE_RATE, embed
+
+MODEL = f"ecapa-tdnn-v{MODEL_VERSION}"  # the name voice embeddings are stored under (a new model: a new name)
+MIN_EMBED_SECONDS = 0.8
+MAX_EMBED_SECONDS = 4.0  # longer stretches are embedded from their middle: the same voice, less compute
+PITCH_FREE = 1.0  # semitones of median-pitch difference that cost nothing (one voice's pitch wanders)
+PITCH_WEIGHT = 0.03  # similarity lost per semitone beyond PITCH_FREE
+SAME_VOICE = 0.5  # raw cosine above which two clusters are one voice when the count is not given
+
+
+@dataclass(frozen=True)
+class Diarization:
+    labels: list[int]  # a speaker per span, numbered by first appearance
+    embeddings: np.ndarray  # (speakers, 192) unit-length mean raw embedding of each speaker (zeros: none long enough)
+    seconds: list[float]  # speech time per speaker
+
+
+def _pitches(audio: np.ndarray, spans: Sequence[tuple[float, float]]) -> np.ndarray:
+    track = pitch_track(audio, SAMPLE_RATE)
+    out = np.full(len(spans), np.nan)
+    for i, (start, end) in enumerate(spans):
+        values = track[int(start / HOP_SECONDS) : int(end / HOP_SECONDS) + 1]
+        if (~np.isnan(values)).any():
+            out[i] = np.nanmedian(values)
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _penalty(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    gap = np.abs(a[:, None] - b[None, :])
+    return np.where(np.isnan(gap), 0.0, PITCH_WEIGHT * np.maximum(0.0, gap - PITCH_FREE))
+
+
+def _cluster(sim: np.ndarray, speakers: int | None) -> np.ndarray:
+    """Average-linkage clusters of a similarity matrix: down to `speakers` clusters, or while above SAME_VOICE."""
+    n = len(sim)
+    sim = sim.astype(np.float64).copy()
+    np.fill_diagonal(sim, -np.inf)
+    labels, sizes = np.arange(n), np.ones(n)
+    for clusters in range(n, 1, -1):
+        i, j = np.unravel_index(np.argmax(sim), sim.shape)
+        if (speakers is not None and clusters <= speakers) or (speakers is None and sim[i, j] <= SAME_VOICE):
+            break
+        merged = (sizes[i] * sim[i] + sizes[j] * sim[j]) / (sizes[i] + sizes[j])
+        sim[i, :], sim[:, i] = merged, merged
+        sim[i, i] = -np.inf
+        sim[j, :], sim[:, j] = -np.inf, -np.inf
+        sizes[i] += sizes[j]
+        labels[labels == j] = i
+    return np.unique(labels, return_inverse=True)[1]
+
+
+def diarize(
+    audio: np.ndarray, spans: Sequence[tuple[float, float]], speakers: int | None,
+    session: Callable[[], ort.InferenceSession],
+) -> Diarization:
+    """Speakers of the (start, end) spans (seconds) of 16 kHz `audio`: exactly `speakers` when given (fewer only if
+    there are fewer stretches), estimated otherwise."""
+    if not spans:
+        return Diarization([], np.zeros((0, 192), np.float32), [])
+    pitch = _pitches(audio, spans)
+    long_enough = [i for i, (s, e) in enumerate(spans) if e - s >= MIN_EMBED_SECONDS]
+    if not long_enough:  # nothing to tell voices by: everything is one speaker
+        return Diarization([0] * len(spans), np.zeros((1, 192), np.float32), [sum(e - s for s, e in spans)])
+    model = session()
+    raw = np.stack([embed(_middle(audio, *spans[i]), model) for i in long_enough])
+    mean = raw.mean(axis=0)
+    centred = _unit(raw - mean)
+    sim = centred @ centred.T - _penalty(pitch[long_enough], pitch[long_enough])
+    labels = _cluster(sim, speakers)
+    k = labels.max() + 1
+    centroids = _unit(np.stack([centred[labels == c].mean(axis=0) for c in range(k)]))
+    centroid_pitch = np.array([np.nanmedian(p) if (~np.isnan(p := pitch[long_enough][labels == c])).any() else np.nan
+                               for c in range(k)])
+    result = np.empty(len(spans), dtype=int)
+    result[long_enough] = labels
+    for i, (start, end) in enumerate(spans):
+        if end - start < MIN_EMBED_SECONDS:
+            piece = audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+            scores = centroids @ _unit(embed(piece, model) - mean) if len(piece) >= 400 else np.zeros(k)
+            result[i] = int(np.argmax(scores - _penalty(pitch[i : i + 1], centroid_pitch)[0]))
+    _, first_seen = np.unique(result, return_index=True)
+    order = np.argsort(np.argsort(first_seen))  # cluster -> speaker number by first appearance
+    numbered = order[result]
+    embeddings = np.zeros((k, raw.shape[1]), np.float32)
+    for c in range(k):
+        embeddings[order[c]] = _unit(raw[labels == c].mean(axis=0))
+    seconds = [0.0] * k
+    for (start, end), speaker in zip(spans, numbered, strict=True):
+        seconds[speaker] += end - start
+    return Diarization(numbered.tolist(), embeddings, seconds)
+
+
+def _middle(audio: np.ndarray, start: float, end: float) -> np.ndarray:
+    extra = max(0.0, (end - start) - MAX_EMBED_SECONDS) / 2
+    return audio[int((start + extra) * SAMPLE_RATE) : int((end - extra) * SAMPLE_RATE)]
