@@ -172,8 +172,9 @@ def _script(rng: random.Random, count: int, sentences: list[str], seconds: float
     return turns
 
 
-def draw(seed: int, index: int) -> Episode:
-    """Episode `index` of draw `seed` (cached under the temp folder: synthesis is the slow part)."""
+def draw(seed: int, index: int, take: int = 0) -> Episode:
+    """Episode `index` of draw `seed` (cached under the temp folder: synthesis is the slow part). `take` > 0: the
+    same voices in another conversation (the voice library's known voices in a later episode)."""
     rng = random.Random(f"gdr-speaker-draws:{seed}:{index}")
     count = rng.randint(2, 6)
     voices: list[Voice] = []
@@ -181,6 +182,8 @@ def draw(seed: int, index: int) -> Episode:
         voice = draw_voice(rng)
         if voice not in voices:
             voices.append(voice)
+    if take:
+        rng = random.Random(f"gdr-speaker-draws:{seed}:{index}:take{take}")
     turns = _script(rng, count, _sentences(), rng.uniform(*DURATION))
     key = hashlib.sha256(repr((GENERATOR_VERSION, voices, turns)).encode()).hexdigest()[:16]
     cached = CACHE / f"{seed}-{index}-{key}.npz"
@@ -290,6 +293,62 @@ def run_draw(seed: int, episodes: int, methods: dict[str, Diarizer], rounds_log:
     return out
 
 
+def _majority(labels: list[int], truth: list[int], spans: list[tuple[float, float]]) -> dict[int, int]:
+    """Each label's true speaker: the one with most of its speech time."""
+    time_of: dict[tuple[int, int], float] = {}
+    for (start, end), label, speaker in zip(spans, labels, truth, strict=True):
+        time_of[label, speaker] = time_of.get((label, speaker), 0.0) + end - start
+    return {label: max((t, s) for (lab, s), t in time_of.items() if lab == label)[1] for label in set(labels)}
+
+
+def library_draw(seed: int, episodes: int, session, rounds_log: Callable[[str], None] = print) -> dict:
+    """The voice library on a draw: the first half's episodes are named (count given, their voices enrolled);
+    the same voices then speak in another conversation without a map (known: named right, wrong or not at all);
+    the second half's voices were never enrolled (unknown: any name is a false name). Scores are kept so the
+    threshold's effect can be read off at any value."""
+    from gent_disagreement_rag.providers.transcribers import voices
+
+    half = episodes // 2
+    library: dict[str, list[np.ndarray]] = {}
+
+    def heard(episode: Episode, count: int | None) -> tuple[list, dict[int, int]]:
+        result = voices.diarize(episode.audio, episode.spans, count, lambda: session)
+        found = voices.speaker_voices(episode.audio, episode.spans, result.labels, lambda: session)
+        return found, _majority(result.labels, episode.speakers, episode.spans)
+
+    for index in range(half):
+        episode = draw(seed, index)
+        found, truth_of = heard(episode, len(episode.voices))
+        for v in found:
+            library.setdefault(episode.voices[truth_of[v.speaker]].name, []).append(v.embedding)
+    samples = {name: np.stack(vectors) for name, vectors in library.items()}
+    known, unknown = [], []  # (best score, right name or None, is the best the right one)
+    for index in range(half):
+        episode = draw(seed, index, take=1)
+        found, truth_of = heard(episode, None)
+        for v in found:
+            right = episode.voices[truth_of[v.speaker]].name
+            scores = {name: float(np.max(s @ v.embedding)) for name, s in samples.items()}
+            best = max(scores, key=scores.get)
+            known.append((scores[best], best == right, scores.get(right, -1.0)))
+        rounds_log(f"library seed {seed}: known episode {index}")
+    for index in range(half, episodes):
+        episode = draw(seed, index)
+        found, _ = heard(episode, None)
+        unknown += [max(float(np.max(s @ v.embedding)) for s in samples.values()) for v in found]
+        rounds_log(f"library seed {seed}: unknown episode {index}")
+
+    def at(threshold: float) -> dict[str, float]:
+        return {"threshold": threshold,
+                "known_named_right": sum(s >= threshold and ok for s, ok, _ in known) / len(known),
+                "known_named_wrong": sum(s >= threshold and not ok for s, ok, _ in known) / len(known),
+                "unknown_false_name": sum(s >= threshold for s in unknown) / len(unknown)}
+
+    return {"seed": seed, "enrolled_voices": len(samples), "known_speakers": len(known), "unknown_speakers": len(unknown),
+            "shipped": at(voices.SAME_PERSON), "sweep": [at(t) for t in np.arange(0.6, 0.96, 0.025).round(3).tolist()],
+            "known_scores": [round(k[0], 4) for k in known], "unknown_scores": [round(u, 4) for u in unknown]}
+
+
 def run(*, quick: bool = False) -> dict:
     """bench/run_all.py's section: both seeds, every method, the load beside each draw."""
     from bench.harness import load, log
@@ -301,6 +360,10 @@ def run(*, quick: bool = False) -> dict:
         result = run_draw(seed, 5 if quick else 30, methods, log)
         result |= {"role": role, "load": load()}
         out["draws"].append(result)
+    from gent_disagreement_rag.providers.transcribers import speaker_embeddings
+
+    session = speaker_embeddings.load_session(home)
+    out["library"] = [library_draw(seed, 6 if quick else 30, session, log) | {"load": load()} for seed in (1, 2)]
     return out
 
 
@@ -309,11 +372,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, action="append", help="draw seed (repeatable; default 1 and 2)")
     parser.add_argument("--episodes", type=int, default=30)
     parser.add_argument("--only", action="append", help="method (pitch, ecapa, shipped)")
+    parser.add_argument("--library", action="store_true", help="the voice library's naming rates instead")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="gdr-speaker-draws-"))
     methods = diarizers(home)
     if args.only:
         methods = {k: v for k, v in methods.items() if k in args.only}
+    if args.library:
+        from gent_disagreement_rag.providers.transcribers import speaker_embeddings
+
+        session = speaker_embeddings.load_session(home)
+        for seed in args.seed or [1, 2]:
+            result = library_draw(seed, args.episodes, session)
+            print(json.dumps({k: v for k, v in result.items() if not k.endswith("_scores")}, indent=1))
+            print("known", sorted(result["known_scores"]))
+            print("unknown", sorted(result["unknown_scores"]))
+        return
     for seed in args.seed or [1, 2]:
         result = run_draw(seed, args.episodes, methods)
         for name, m in result["methods"].items():

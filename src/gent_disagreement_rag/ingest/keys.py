@@ -17,6 +17,7 @@ PUBLISHER_TRANSCRIPT_VERSION = "1"  # how a publisher's transcript becomes a Tra
 FORMAT_VERSION = "2"  # the quality gate and how chunks are made from a transcript (the chunker's own version is in its key)
 EXPORT_VERSION = "2"
 EMBED_VERSION = "2"  # 2: batches carry the model that made them
+VOICES_VERSION = "1"  # how a transcript's speakers' voices are embedded (ingest/stages.py speaker_voices)
 
 
 def stable_hash(*parts: Any) -> str:
@@ -26,13 +27,16 @@ def stable_hash(*parts: Any) -> str:
 @dataclass(frozen=True, slots=True)
 class StageKeys:
     transcribe: str
+    voices: str
     format: str
     export: str
     embed: str
 
 
-def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
-    """The keys of an episode whose audio is known (after its download)."""
+def stage_keys(ctx: RunContext, job: EpisodeJob, names: dict[str, str] | None = None) -> StageKeys:
+    """The keys of an episode whose audio is known (after its download). `names`: its speakers' names when
+    known (the voice library's, for an episode without a speakers_map), else its speakers_map."""
+    from ..providers.transcribers import voices as speaker_voices
     parser: tuple[int, ...] = ()
     if job.transcript_file is not None:
         # The publisher's file by its content (its name is its sha256), and the audio, whose length the
@@ -46,11 +50,13 @@ def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
                                  *speakers)
         parser = (TRANSCRIPT_PARSER,) if t.provider in REPARSED_PROVIDERS else ()  # Deepgram's keys stay as they were
     fmt = stable_hash(
-        "format", FORMAT_VERSION, transcribe, job.speakers_map, chunker_config(ctx.settings).cache_key(), TOKEN_COUNTER,
+        "format", FORMAT_VERSION, transcribe, job.speakers_map if names is None else names, chunker_config(ctx.settings).cache_key(), TOKEN_COUNTER,
         ctx.settings.skip_quality_gate, *parser,
     )
     folder = ctx.settings.transcripts_dir.resolve()
     present = all((folder / f"{job.stem}{suffix}").exists() for suffix in EXPORT_SUFFIXES.values())
     export = stable_hash("export", EXPORT_VERSION, fmt, str(folder), job.title, present)  # deleted files are written again
     embed = stable_hash("embed", EMBED_VERSION, fmt, ctx.embedder.model_id)
-    return StageKeys(transcribe, fmt, export, embed)
+    voices = stable_hash("voices", VOICES_VERSION, transcribe, speaker_voices.MODEL, speaker_voices.MIN_EMBED_SECONDS,
+                         speaker_voices.MAX_EMBED_SECONDS, speaker_voices.MAX_SPANS_PER_SPEAKER)
+    return StageKeys(transcribe, voices, fmt, export, embed)

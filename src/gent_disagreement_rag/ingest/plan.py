@@ -94,10 +94,24 @@ def chunker_config(settings: Settings) -> ChunkerConfig:
     return ChunkerConfig(max_tokens=settings.chunk_max_tokens, max_seconds=settings.chunk_max_seconds)
 
 
-def segments_config(settings: Settings, speakers_map: dict[str, str]) -> dict[str, Any]:
-    """What decides an episode's segments besides its transcript; stored with them (store stage)."""
-    return {"chunker": chunker_config(settings).cache_key(), "token_counter": TOKEN_COUNTER,
-            "speakers_map": speakers_map, "transcript_parser": TRANSCRIPT_PARSER}
+def voice_naming() -> dict[str, Any]:
+    """What names an episode's speakers from the voice library when it has no speakers_map: a change makes those stale."""
+    from ..providers.transcribers import voices
+
+    return {"model": voices.MODEL, "same_person": voices.SAME_PERSON}
+
+
+def segments_config(settings: Settings, speakers_map: dict[str, str], names: dict[str, str] | None = None
+                    ) -> dict[str, Any]:
+    """What decides an episode's segments besides its transcript; stored with them (store stage). `names`: the
+    speaker names the segments were made with (the map, or the voice library's for an episode without one)."""
+    config = {"chunker": chunker_config(settings).cache_key(), "token_counter": TOKEN_COUNTER,
+              "speakers_map": speakers_map, "transcript_parser": TRANSCRIPT_PARSER}
+    if names is not None:
+        config["speaker_names"] = names
+        if not speakers_map:
+            config["voice_naming"] = voice_naming()
+    return config
 
 
 def stale_reason(settings: Settings, row: episodes.EpisodeRow, speakers_map: dict[str, str]) -> str | None:
@@ -120,6 +134,9 @@ def stale_reason(settings: Settings, row: episodes.EpisodeRow, speakers_map: dic
                 reasons.append(f"chunked with {name} {stored_chunker.get(name)}, settings want {wanted_chunker.get(name)}")
         if row.segments_config.get("token_counter") != wanted["token_counter"]:
             reasons.append(f"tokens counted with {row.segments_config.get('token_counter')}, now {TOKEN_COUNTER}")
+        stored_naming = row.segments_config.get("voice_naming")
+        if stored_naming is not None and not speakers_map and stored_naming != voice_naming():
+            reasons.append(f"speakers named by voice with {json.dumps(stored_naming)}, now {json.dumps(voice_naming())}")
         if row.segments_config.get("speakers_map") != speakers_map:
             reasons.append(f"speakers named {json.dumps(row.segments_config.get('speakers_map'))}, "
                            f"the catalogue now says {json.dumps(speakers_map)}")

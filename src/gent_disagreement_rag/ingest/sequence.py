@@ -1,4 +1,5 @@
-"""The one episode sequence: [download (audio, the publisher's transcript and chapters) ->] transcribe -> format -> export -> embed -> store.
+"""The one episode sequence: [download (audio, the publisher's transcript and chapters) ->] transcribe -> voices -> name
+-> format -> export -> embed -> store.
 
 Written once, here. `process_episode` calls each stage through `run_stage`: directly by default (a
 shell, the bench), or as a cached, retried Prefect task (the orchestration passes its own runner), so
@@ -17,7 +18,7 @@ from .context import RunContext
 from .keys import stage_keys
 from .plan import EpisodeJob
 
-STAGE_NAMES = ("download", "transcribe", "format", "export", "embed", "store")
+STAGE_NAMES = ("download", "transcribe", "voices", "name", "format", "export", "embed", "store")
 
 
 class StageRunner(Protocol):
@@ -56,8 +57,12 @@ def _sequence(ctx: RunContext, job: EpisodeJob, run_id: str, run_stage: StageRun
     keys = stage_keys(ctx, job)
     # A cached transcription holds the transcript as the version that made it parsed it: read again from its raw response.
     transcription = parsed_again(run_stage("transcribe", stages.transcribe, ctx, job, run_id, cache_key=keys.transcribe))
-    episode = run_stage("format", stages.format_episode, ctx, job, transcription.transcript, cache_key=keys.format)
-    run_stage("export", stages.export, ctx, job, transcription, episode, cache_key=keys.export)
+    # The speakers' voices (cached), then their names: the map's (its voices join the library) or the library's.
+    found = run_stage("voices", stages.speaker_voices, ctx, job, transcription.transcript, cache_key=keys.voices)
+    names = run_stage("name", stages.name_speakers, ctx, job, found)
+    keys = stage_keys(ctx, job, names)
+    episode = run_stage("format", stages.format_episode, ctx, job, transcription.transcript, names, cache_key=keys.format)
+    run_stage("export", stages.export, ctx, job, transcription, episode, names, cache_key=keys.export)
     batch = run_stage("embed", stages.embed, ctx, job, episode, run_id, cache_key=keys.embed)
-    segments = run_stage("store", stages.store, ctx, job, episode, batch)
+    segments = run_stage("store", stages.store, ctx, job, episode, batch, names)
     return EpisodeOutcome(segments=segments, audio_seconds=transcription.transcript.duration)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import ConfigError, UndecodableAudioError
 from ..files import write_all_atomic, write_atomic
@@ -27,6 +30,7 @@ from ..sources.publisher import (
     parse_transcript,
 )
 from ..storage import costs, episodes, segments
+from ..storage import voices as voice_library
 from ..storage.episodes import TranscriptOrigin, TranscriptSource
 from ..text.chunking import Chunk, chunk_transcript
 from ..text.exports import render_exports
@@ -178,19 +182,83 @@ def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> Transcript
     return result
 
 
-def format_episode(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> FormattedEpisode:
-    """Quality gate, then speaker turns and retrieval chunks; a failing gate stops the episode."""
+VOICE_PAUSE_SECONDS = 0.3  # a speaker's words are cut into stretches at pauses this long (as the local diarizer's phrases)
+
+
+def speaker_stretches(transcript: Transcript) -> tuple[list[tuple[float, float]], list[int]]:
+    """(start, end) of each stretch of one speaker's words without a pause, and its speaker (unlabelled: 0)."""
+    spans: list[tuple[float, float]] = []
+    labels: list[int] = []
+    speaker = 0
+    for w in transcript.words:
+        speaker = w.speaker if w.speaker is not None else speaker
+        if spans and labels[-1] == speaker and w.start - spans[-1][1] < VOICE_PAUSE_SECONDS:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], w.end))
+        else:
+            spans.append((w.start, w.end))
+            labels.append(speaker)
+    return spans, labels
+
+
+def speaker_voices(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> list[dict]:
+    """The speaker stage: what each speaker of the transcript (the local diarizer's or Deepgram's) sounds like,
+    embedded from the cached audio over their own stretches of speech. Plain JSON, cached by its key."""
+    from ..providers.transcribers import voices
+    from ..providers.transcribers.local_whisper import decode
+
+    spans, labels = speaker_stretches(transcript)
+    if not spans:
+        return []
+    found = voices.speaker_voices(decode(job.audio_path), spans, labels, lambda: _speaker_model(ctx.settings.home))
+    return [{"speaker": v.speaker, "embedding": [round(float(x), 6) for x in v.embedding], "seconds": round(v.seconds, 2)}
+            for v in found]
+
+
+def _speaker_model(home: Path):
+    from ..providers.transcribers import speaker_embeddings
+
+    with _SPEAKER_MODEL_LOCK:
+        if home not in _SPEAKER_MODELS:
+            _SPEAKER_MODELS[home] = speaker_embeddings.load_session(home)
+        return _SPEAKER_MODELS[home]
+
+
+_SPEAKER_MODELS: dict[Path, object] = {}  # one ECAPA session per GDR_HOME and process, shared by its episodes
+_SPEAKER_MODEL_LOCK = threading.Lock()
+
+
+def name_speakers(ctx: RunContext, job: EpisodeJob, found: list[dict]) -> dict[str, str]:
+    """The episode's speaker names: its speakers_map when it has one (whose voices then join the library), else each
+    voice's nearest known voice above voices.SAME_PERSON; a speaker left out gets "Speaker N" from the chunker."""
+    from ..providers.transcribers import voices
+
+    stored = [voice_library.StoredVoice(v["speaker"], np.asarray(v["embedding"], dtype=np.float32), v["seconds"]) for v in found]
+    voice_library.save_episode_voices(ctx.db, job.episode_id, voices.MODEL, stored)
+    if job.speakers_map:
+        voice_library.enroll(ctx.db, job.episode_id, voices.MODEL,
+                             {int(k): name for k, name in job.speakers_map.items() if k.isdigit()})
+        return dict(job.speakers_map)
+    known = voice_library.library(ctx.db, voices.MODEL, excluding_episode=job.episode_id)
+    heard = [voices.SpeakerVoice(v.speaker, v.embedding, v.seconds) for v in stored]
+    return {str(k): name for k, name in sorted(voices.name_voices(heard, known).items())}
+
+
+def format_episode(ctx: RunContext, job: EpisodeJob, transcript: Transcript, names: dict[str, str] | None = None
+                   ) -> FormattedEpisode:
+    """Quality gate, then speaker turns and retrieval chunks; a failing gate stops the episode. `names`: the
+    speakers' names (name_speakers), the episode's speakers_map by default."""
     report = check_transcript(transcript, transcript.duration)
     if not ctx.settings.skip_quality_gate:
         enforce(report, f"episode {job.episode_id}:")
-    chunks = chunk_transcript(transcript, job.speakers_map, config=chunker_config(ctx.settings))
+    chunks = chunk_transcript(transcript, job.speakers_map if names is None else names, config=chunker_config(ctx.settings))
     return FormattedEpisode(chunks=chunks, quality=report)
 
 
-def export(ctx: RunContext, job: EpisodeJob, transcription: TranscriptionResult, episode: FormattedEpisode) -> dict[str, str]:
+def export(ctx: RunContext, job: EpisodeJob, transcription: TranscriptionResult, episode: FormattedEpisode,
+           names: dict[str, str] | None = None) -> dict[str, str]:
     """The episode's five files under TRANSCRIPTS_DIR, replaced as one set; returns their paths by kind."""
     rendered = render_exports(job.stem, transcription.raw, transcription.transcript, episode.chunks, job.title,
-                              job.speakers_map)
+                              job.speakers_map if names is None else names)
     return {kind: str(path) for kind, path in write_exports(ctx.settings.transcripts_dir, rendered).items()}
 
 
@@ -208,12 +276,13 @@ def embed(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, run_id: s
     return batch
 
 
-def store(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, batch: EmbeddingBatch) -> int:
+def store(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, batch: EmbeddingBatch,
+          names: dict[str, str] | None = None) -> int:
     """Replace the episode's rows atomically and mark it processed; returns the number of segments."""
     segments.store_episode(
         ctx.db, job.episode_id, episode.chunks, model_id=batch.model_id, provider=batch.provider, model=batch.model,
         vectors=batch.vectors, audio_sha256=job.audio_sha256, duration_seconds=episode.quality.duration,
-        processed_by=processed_by(ctx), segments_config=segments_config(ctx.settings, job.speakers_map),
+        processed_by=processed_by(ctx), segments_config=segments_config(ctx.settings, job.speakers_map, names),
         chapters=episode_chapters(job), origin=transcript_origin(job),
     )
     return len(episode.chunks)

@@ -39,7 +39,7 @@ from ...errors import ConfigError, UndecodableAudioError
 from ...settings import Settings
 from ...transcript import SENTENCE_ENDS, Span, Transcript, TranscriptionResult, Word
 from ..lazy import Lazy
-from . import AudioProgress, diarize, speaker_embeddings
+from . import AudioProgress, speaker_embeddings, voices
 
 SAMPLE_RATE = 16_000
 WHISPER_BASE_BYTES = 145_217_532
@@ -142,7 +142,6 @@ class LocalWhisperTranscriber:
         language: str | None = None,
         piece_seconds: float = 600.0,
         diarize: bool = True,
-        max_speakers: int = 4,
         cpu_threads: int | None = None,
         at_once: int = 1,
         home: Path = Path(".gdr"),
@@ -154,7 +153,6 @@ class LocalWhisperTranscriber:
         self.language = language
         self.piece_seconds = piece_seconds
         self.diarize = diarize
-        self.max_speakers = max_speakers
         cores = cpu_threads or os.cpu_count() or 1
         self.at_once = max(1, min(at_once, cores))
         self.cpu_threads = cores // self.at_once  # per transcription: more threads than cores only contend
@@ -189,16 +187,15 @@ class LocalWhisperTranscriber:
             "word_timestamps": True,
             "piece_seconds": self.piece_seconds,
             "diarize": self.diarize,
-            "max_speakers": self.max_speakers,
-            "speaker_model": f"ecapa-tdnn-v{speaker_embeddings.MODEL_VERSION}+pitch",
+            "speaker_model": voices.MODEL,
+            "diarizer": voices.diarizer_options(),
         }
 
     def transcribe(self, audio_path: Path, progress: AudioProgress | None = None, speakers: int | None = None
                    ) -> TranscriptionResult:
         """`progress` follows whisper's segments as they are decoded (an hour of audio takes minutes).
-        `speakers`: how many voices to look for (the episode's speakers_map names). Without it only pitch
-        separates voices, up to max_speakers: with no count to aim at, the embeddings' clusters cannot be
-        trusted (a two-voice test dialogue came out as four speakers), and a wrong split is worse than none."""
+        `speakers`: how many voices there are (the episode's speakers_map names), no cap below it; without it
+        the count is estimated (voices.py)."""
         audio = decode(audio_path)
         if progress is not None:  # the bar from the start: loading the model and the first batch take a while
             progress(0.0, len(audio) / SAMPLE_RATE)
@@ -208,10 +205,8 @@ class LocalWhisperTranscriber:
         spans = [(words[first]["start"], words[last]["end"]) for first, last in phrases]
         if not self.diarize:
             labels = [0] * len(spans)
-        elif speakers:
-            labels = speaker_embeddings.assign_speakers(audio, SAMPLE_RATE, spans, speakers, self._speaker_model.get)
         else:
-            labels = diarize.assign_speakers(audio, SAMPLE_RATE, spans, self.max_speakers)
+            labels = voices.diarize(audio, spans, speakers or None, self._speaker_model.get).labels
         for (first, last), speaker in zip(phrases, labels, strict=True):
             for w in words[first : last + 1]:
                 w["speaker"] = speaker

@@ -36,6 +36,12 @@ PITCH_WEIGHT = 0.03  # similarity lost per semitone beyond PITCH_FREE
 SAME_VOICE = 0.5  # raw cosine above which two clusters are one voice when the count is not given
 
 
+def diarizer_options() -> dict[str, float]:
+    """What shapes the labels besides the audio and the model (in the local transcriber's options, hence its cache key)."""
+    return {"min_embed_seconds": MIN_EMBED_SECONDS, "max_embed_seconds": MAX_EMBED_SECONDS, "pitch_free": PITCH_FREE,
+            "pitch_weight": PITCH_WEIGHT, "same_voice": SAME_VOICE}
+
+
 @dataclass(frozen=True)
 class Diarization:
     labels: list[int]  # a speaker per span, numbered by first appearance
@@ -125,3 +131,51 @@ def diarize(
 def _middle(audio: np.ndarray, start: float, end: float) -> np.ndarray:
     extra = max(0.0, (end - start) - MAX_EMBED_SECONDS) / 2
     return audio[int((start + extra) * SAMPLE_RATE) : int((end - extra) * SAMPLE_RATE)]
+
+
+# --- the voice library: what each speaker of a transcript sounds like, and whose voice it is -------------------
+
+SAME_PERSON = 0.80  # cosine to a known voice's nearest sample above which a speaker gets its name (see BENCHMARKS.md 9)
+MAX_SPANS_PER_SPEAKER = 12  # a speaker's embedding averages at most this many of their longest stretches
+
+
+@dataclass(frozen=True)
+class SpeakerVoice:
+    speaker: int
+    embedding: np.ndarray  # unit length, raw (uncentred) mean of the speaker's stretch embeddings
+    seconds: float  # their speech time in the episode
+
+
+def speaker_voices(
+    audio: np.ndarray, spans: Sequence[tuple[float, float]], speakers: Sequence[int],
+    session: Callable[[], ort.InferenceSession],
+) -> list[SpeakerVoice]:
+    """Each labelled speaker's voice from their stretches of at least MIN_EMBED_SECONDS (the longest
+    MAX_SPANS_PER_SPEAKER); a speaker with none long enough gets no voice (too little to recognise)."""
+    out = []
+    for speaker in sorted(set(speakers)):
+        mine = [(e - s, s, e) for (s, e), k in zip(spans, speakers, strict=True) if k == speaker]
+        chosen = sorted((m for m in mine if m[0] >= MIN_EMBED_SECONDS), reverse=True)[:MAX_SPANS_PER_SPEAKER]
+        if not chosen:
+            continue
+        model = session()
+        vectors = np.stack([embed(_middle(audio, s, e), model) for _, s, e in chosen])
+        out.append(SpeakerVoice(speaker, _unit(vectors.mean(axis=0)), float(sum(m[0] for m in mine))))
+    return out
+
+
+def name_voices(voices: Sequence[SpeakerVoice], library: dict[str, np.ndarray], threshold: float = SAME_PERSON
+                ) -> dict[int, str]:
+    """Speaker number -> the name of the known voice whose nearest sample is most alike, when above `threshold`;
+    one name per speaker and one speaker per name (the most alike pair first). `library`: name -> (samples, dim)."""
+    pairs = []
+    for v in voices:
+        for name, samples in library.items():
+            pairs.append((float(np.max(samples @ v.embedding)), v.speaker, name))
+    named: dict[int, str] = {}
+    for score, speaker, name in sorted(pairs, reverse=True):
+        if score < threshold:
+            break
+        if speaker not in named and name not in named.values():
+            named[speaker] = name
+    return named
