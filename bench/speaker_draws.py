@@ -57,9 +57,10 @@ BACK_CHANNEL_SHARE = 0.2  # of turns
 INTERRUPTION_SHARE = 0.2  # of turn changes: the next voice starts up to 0.6 s before the last one ends
 GAP = (0.15, 0.8)  # silence between turns otherwise, seconds
 MAX_TURN_WORDS = 330  # about two minutes of espeak-ng speech
-DURATION = (60.0, 180.0)  # an episode's length is drawn from this range
+DURATION = (30.0, 90.0)  # an episode's length is drawn from this range (short: a draw of 30 runs in minutes on 2 busy cores)
 PHRASE_PAUSE = 0.25  # a turn's silences at least this long split it into phrases (as a transcriber's phrases)
 TARGETS = {"median": 0.95, "p10": 0.85, "worst": 0.60}
+KNOWN_PROBES = 8  # enrolled episodes whose voices speak again (the library's known voices)
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def _script(rng: random.Random, count: int, sentences: list[str], seconds: float
     return turns
 
 
-def draw(seed: int, index: int, take: int = 0) -> Episode:
+def draw(seed: int, index: int, take: int = 0, duration: tuple[float, float] = DURATION) -> Episode:
     """Episode `index` of draw `seed` (cached under the temp folder: synthesis is the slow part). `take` > 0: the
     same voices in another conversation (the voice library's known voices in a later episode)."""
     rng = random.Random(f"gdr-speaker-draws:{seed}:{index}")
@@ -184,7 +185,7 @@ def draw(seed: int, index: int, take: int = 0) -> Episode:
             voices.append(voice)
     if take:
         rng = random.Random(f"gdr-speaker-draws:{seed}:{index}:take{take}")
-    turns = _script(rng, count, _sentences(), rng.uniform(*DURATION))
+    turns = _script(rng, count, _sentences(), rng.uniform(*duration))
     key = hashlib.sha256(repr((GENERATOR_VERSION, voices, turns)).encode()).hexdigest()[:16]
     cached = CACHE / f"{seed}-{index}-{key}.npz"
     if cached.exists():
@@ -256,7 +257,7 @@ def diarizers(home: Path) -> dict[str, Diarizer]:
         "ecapa": lambda audio, sr, spans, speakers: (
             speaker_embeddings.assign_speakers(audio, sr, spans, speakers, lambda: session) if speakers
             else diarize.assign_speakers(audio, sr, spans, 4)),  # today's transcriber without a map: pitch, up to 4
-        "shipped": lambda audio, sr, spans, speakers: voices.diarize(audio, spans, speakers, lambda: session).labels,
+        "shipped": lambda audio, sr, spans, speakers: voices.diarize(audio, spans, speakers, lambda: session),
     }
 
 
@@ -265,6 +266,7 @@ def run_draw(seed: int, episodes: int, methods: dict[str, Diarizer], rounds_log:
     per_method: dict[str, dict[str, list]] = {
         m: {"given": [], "estimated": [], "count_error": [], "cpu": []} for m in methods}
     audio_seconds = 0.0
+    heard: dict[str, list] = {"given": [], "estimated": []}
     for index in range(episodes):
         episode = draw(seed, index)
         audio_seconds += episode.seconds
@@ -274,6 +276,9 @@ def run_draw(seed: int, episodes: int, methods: dict[str, Diarizer], rounds_log:
                 started = time.process_time()
                 labels = method(episode.audio, SAMPLE_RATE, episode.spans, count if mode == "given" else None)
                 per_method[name]["cpu"].append((time.process_time() - started) / episode.seconds)
+                if not isinstance(labels, list):  # the shipped diarizer: its voices serve the library's figures
+                    heard[mode].append((episode, labels))
+                    labels = labels.labels
                 per_method[name][mode].append(accuracy(episode.spans, labels, episode.speakers))
                 if mode == "estimated":
                     per_method[name]["count_error"].append(len(set(labels)) - count)
@@ -290,7 +295,49 @@ def run_draw(seed: int, episodes: int, methods: dict[str, Diarizer], rounds_log:
             "cpu_per_audio_second": round(statistics.median(r["cpu"]), 4),
             "scores_given": [round(s, 4) for s in r["given"]],
         }
+    if heard["given"]:
+        out["library"] = library_figures(seed, heard, methods["shipped"], rounds_log)
     return out
+
+
+def library_figures(seed: int, heard: dict[str, list], shipped: Diarizer, rounds_log: Callable[[str], None]) -> dict:
+    """The voice library on a draw, from the shipped diarizer's voices: the first half's episodes are named (count
+    given; each voice enrolled under its true name); the second half's voices were never enrolled (unknown: any
+    name is a false name); the first KNOWN_PROBES enrolled episodes' voices speak again in another conversation,
+    without a map (known: named right, wrong, or not at all). Rates at the shipped threshold and a sweep."""
+    from gent_disagreement_rag.providers.transcribers import voices
+
+    half = len(heard["given"]) // 2
+    library: dict[str, list[np.ndarray]] = {}
+    for episode, result in heard["given"][:half]:
+        truth_of = _majority(result.labels, episode.speakers, episode.spans)
+        for speaker, embedding in enumerate(result.embeddings):
+            library.setdefault(episode.voices[truth_of[speaker]].name, []).append(embedding)
+    samples = {name: np.stack(vectors) for name, vectors in library.items()}
+
+    def best(embedding: np.ndarray) -> tuple[float, str]:
+        return max((float(np.max(s @ embedding)), name) for name, s in samples.items())
+
+    unknown = [best(e)[0] for _, result in heard["estimated"][half:] for e in result.embeddings]
+    known = []  # (best score, whether the best is the right voice)
+    for episode, _ in heard["given"][: min(KNOWN_PROBES, half)]:
+        again = draw(seed, episode.index, take=1)
+        result = shipped(again.audio, SAMPLE_RATE, again.spans, None)
+        truth_of = _majority(result.labels, again.speakers, again.spans)
+        for speaker, embedding in enumerate(result.embeddings):
+            score, name = best(embedding)
+            known.append((score, name == again.voices[truth_of[speaker]].name))
+        rounds_log(f"library seed {seed}: episode {episode.index} again, {len(result.embeddings)} voices heard")
+
+    def at(threshold: float) -> dict[str, float]:
+        return {"threshold": round(threshold, 3),
+                "known_named_right": sum(s >= threshold and ok for s, ok in known) / len(known),
+                "known_named_wrong": sum(s >= threshold and not ok for s, ok in known) / len(known),
+                "unknown_false_name": sum(s >= threshold for s in unknown) / len(unknown)}
+
+    return {"enrolled_voices": len(samples), "known_speakers": len(known), "unknown_speakers": len(unknown),
+            "shipped": at(voices.SAME_PERSON), "sweep": [at(t) for t in np.arange(0.6, 0.96, 0.025).tolist()],
+            "known_scores": [round(k[0], 4) for k in known], "unknown_scores": [round(u, 4) for u in unknown]}
 
 
 def _majority(labels: list[int], truth: list[int], spans: list[tuple[float, float]]) -> dict[int, int]:
@@ -299,54 +346,6 @@ def _majority(labels: list[int], truth: list[int], spans: list[tuple[float, floa
     for (start, end), label, speaker in zip(spans, labels, truth, strict=True):
         time_of[label, speaker] = time_of.get((label, speaker), 0.0) + end - start
     return {label: max((t, s) for (lab, s), t in time_of.items() if lab == label)[1] for label in set(labels)}
-
-
-def library_draw(seed: int, episodes: int, session, rounds_log: Callable[[str], None] = print) -> dict:
-    """The voice library on a draw: the first half's episodes are named (count given, their voices enrolled);
-    the same voices then speak in another conversation without a map (known: named right, wrong or not at all);
-    the second half's voices were never enrolled (unknown: any name is a false name). Scores are kept so the
-    threshold's effect can be read off at any value."""
-    from gent_disagreement_rag.providers.transcribers import voices
-
-    half = episodes // 2
-    library: dict[str, list[np.ndarray]] = {}
-
-    def heard(episode: Episode, count: int | None) -> tuple[list, dict[int, int]]:
-        result = voices.diarize(episode.audio, episode.spans, count, lambda: session)
-        found = voices.speaker_voices(episode.audio, episode.spans, result.labels, lambda: session)
-        return found, _majority(result.labels, episode.speakers, episode.spans)
-
-    for index in range(half):
-        episode = draw(seed, index)
-        found, truth_of = heard(episode, len(episode.voices))
-        for v in found:
-            library.setdefault(episode.voices[truth_of[v.speaker]].name, []).append(v.embedding)
-    samples = {name: np.stack(vectors) for name, vectors in library.items()}
-    known, unknown = [], []  # (best score, right name or None, is the best the right one)
-    for index in range(half):
-        episode = draw(seed, index, take=1)
-        found, truth_of = heard(episode, None)
-        for v in found:
-            right = episode.voices[truth_of[v.speaker]].name
-            scores = {name: float(np.max(s @ v.embedding)) for name, s in samples.items()}
-            best = max(scores, key=scores.get)
-            known.append((scores[best], best == right, scores.get(right, -1.0)))
-        rounds_log(f"library seed {seed}: known episode {index}")
-    for index in range(half, episodes):
-        episode = draw(seed, index)
-        found, _ = heard(episode, None)
-        unknown += [max(float(np.max(s @ v.embedding)) for s in samples.values()) for v in found]
-        rounds_log(f"library seed {seed}: unknown episode {index}")
-
-    def at(threshold: float) -> dict[str, float]:
-        return {"threshold": threshold,
-                "known_named_right": sum(s >= threshold and ok for s, ok, _ in known) / len(known),
-                "known_named_wrong": sum(s >= threshold and not ok for s, ok, _ in known) / len(known),
-                "unknown_false_name": sum(s >= threshold for s in unknown) / len(unknown)}
-
-    return {"seed": seed, "enrolled_voices": len(samples), "known_speakers": len(known), "unknown_speakers": len(unknown),
-            "shipped": at(voices.SAME_PERSON), "sweep": [at(t) for t in np.arange(0.6, 0.96, 0.025).round(3).tolist()],
-            "known_scores": [round(k[0], 4) for k in known], "unknown_scores": [round(u, 4) for u in unknown]}
 
 
 def run(*, quick: bool = False) -> dict:
@@ -360,10 +359,7 @@ def run(*, quick: bool = False) -> dict:
         result = run_draw(seed, 5 if quick else 30, methods, log)
         result |= {"role": role, "load": load()}
         out["draws"].append(result)
-    from gent_disagreement_rag.providers.transcribers import speaker_embeddings
 
-    session = speaker_embeddings.load_session(home)
-    out["library"] = [library_draw(seed, 6 if quick else 30, session, log) | {"load": load()} for seed in (1, 2)]
     return out
 
 
@@ -372,22 +368,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, action="append", help="draw seed (repeatable; default 1 and 2)")
     parser.add_argument("--episodes", type=int, default=30)
     parser.add_argument("--only", action="append", help="method (pitch, ecapa, shipped)")
-    parser.add_argument("--library", action="store_true", help="the voice library's naming rates instead")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="gdr-speaker-draws-"))
     methods = diarizers(home)
     if args.only:
         methods = {k: v for k, v in methods.items() if k in args.only}
-    if args.library:
-        from gent_disagreement_rag.providers.transcribers import speaker_embeddings
-
-        session = speaker_embeddings.load_session(home)
-        for seed in args.seed or [1, 2]:
-            result = library_draw(seed, args.episodes, session)
-            print(json.dumps({k: v for k, v in result.items() if not k.endswith("_scores")}, indent=1))
-            print("known", sorted(result["known_scores"]))
-            print("unknown", sorted(result["unknown_scores"]))
-        return
     for seed in args.seed or [1, 2]:
         result = run_draw(seed, args.episodes, methods)
         for name, m in result["methods"].items():
@@ -396,6 +381,10 @@ def main() -> None:
                   f"estimated median {e['median']:.1%} p10 {e['p10']:.1%} worst {e['worst']:.1%}, count exact "
                   f"{m['count_exact']:.0%} (mean |error| {m['count_mean_abs_error']:.2f}) | "
                   f"{m['cpu_per_audio_second']:.4f} CPU s per audio s")
+        if lib := result.get("library"):
+            print(json.dumps({k: v for k, v in lib.items() if k != "sweep"}))
+            for row in lib["sweep"]:
+                print(row)
 
 
 if __name__ == "__main__":

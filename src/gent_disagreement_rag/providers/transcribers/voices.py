@@ -1,20 +1,19 @@
-"""Who speaks when, and what each voice sounds like: ECAPA-TDNN embeddings of the stretches of speech, centred
-on the episode, clustered with pitch as a second opinion.
+"""Who speaks when, and what each voice sounds like: ECAPA-TDNN embeddings of the stretches of speech, clustered
+with pitch as a second opinion, to the count a speakers_map gives or to an estimated one.
 
-speaker_embeddings.py clusters raw ECAPA embeddings; on voices drawn at random from espeak-ng (bench/speaker_draws.py)
-raw cosines across speakers (0.4-0.8) overlap those within one, and pitch-only (diarize.py) keeps similar voices
-together. Two changes fix most of it:
-- Centring. Every stretch of one recording shares its channel, its synthesiser or microphone: the average
-  embedding of the episode is mostly that, not anyone's voice. Subtracting it (and re-normalising) leaves what
-  tells the voices apart; within-episode centring is the usual cheap stand-in for a trained back-end (PLDA).
-- Pitch as a penalty, not a wall: two stretches whose median pitch lies PITCH_FREE semitones or more apart lose
-  PITCH_WEIGHT of similarity per semitone beyond it; a hard constraint (speaker_embeddings.py) cannot be undone
-  when the pitch tracker errs.
+On voices drawn at random from espeak-ng (bench/speaker_draws.py) the old local path collapsed without a map:
+it separated voices by pitch alone (diarize.py), up to 4. Here:
+- Pitch is a penalty, not a wall: two stretches whose median pitch lies more than PITCH_FREE semitones apart
+  lose PITCH_WEIGHT of cosine similarity per semitone beyond it; a hard constraint (speaker_embeddings.py) cannot
+  be undone when the pitch tracker errs.
+- Without a count, clusters merge while they are more alike than SAME_VOICE.
+- Centring the embeddings on the episode (a cheap stand-in for a trained back-end) was tried and dropped: with
+  one dominant speaker the mean is that speaker, and the others' clusters fall apart (BENCHMARKS.md section 9).
 Stretches of at least MIN_EMBED_SECONDS are clustered by average linkage: to the count when the episode's
 speakers_map gives it (no cap below it), else while the closest pair of clusters is more alike than
 SAME_VOICE (calibrated on the tuning seed of bench/speaker_draws.py). Shorter stretches ("yeah") take the most
-similar cluster. Each voice's library embedding is the mean of its raw (uncentred) stretch embeddings: that is
-what another episode's voices are compared with (library.py).
+similar cluster. Each voice's library embedding is the mean of its stretch embeddings: that is what another
+episode's voices are compared with (storage/voices.py).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from .speaker_embeddings import MODEL_VERSION, SAMPLE_RATE, embed
 
 MODEL = f"ecapa-tdnn-v{MODEL_VERSION}"  # the name voice embeddings are stored under (a new model: a new name)
 MIN_EMBED_SECONDS = 0.8
-MAX_EMBED_SECONDS = 4.0  # longer stretches are embedded from their middle: the same voice, less compute
+MAX_EMBED_SECONDS = 6.0  # longer stretches are embedded from their middle: the same voice, less compute
 PITCH_FREE = 1.0  # semitones of median-pitch difference that cost nothing (one voice's pitch wanders)
 PITCH_WEIGHT = 0.03  # similarity lost per semitone beyond PITCH_FREE
 SAME_VOICE = 0.5  # raw cosine above which two clusters are one voice when the count is not given
@@ -101,12 +100,10 @@ def diarize(
         return Diarization([0] * len(spans), np.zeros((1, 192), np.float32), [sum(e - s for s, e in spans)])
     model = session()
     raw = np.stack([embed(_middle(audio, *spans[i]), model) for i in long_enough])
-    mean = raw.mean(axis=0)
-    centred = _unit(raw - mean)
-    sim = centred @ centred.T - _penalty(pitch[long_enough], pitch[long_enough])
+    sim = raw @ raw.T - _penalty(pitch[long_enough], pitch[long_enough])
     labels = _cluster(sim, speakers)
     k = labels.max() + 1
-    centroids = _unit(np.stack([centred[labels == c].mean(axis=0) for c in range(k)]))
+    centroids = _unit(np.stack([raw[labels == c].mean(axis=0) for c in range(k)]))
     centroid_pitch = np.array([np.nanmedian(p) if (~np.isnan(p := pitch[long_enough][labels == c])).any() else np.nan
                                for c in range(k)])
     result = np.empty(len(spans), dtype=int)
@@ -114,7 +111,7 @@ def diarize(
     for i, (start, end) in enumerate(spans):
         if end - start < MIN_EMBED_SECONDS:
             piece = audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
-            scores = centroids @ _unit(embed(piece, model) - mean) if len(piece) >= 400 else np.zeros(k)
+            scores = centroids @ embed(piece, model) if len(piece) >= 400 else np.zeros(k)
             result[i] = int(np.argmax(scores - _penalty(pitch[i : i + 1], centroid_pitch)[0]))
     _, first_seen = np.unique(result, return_index=True)
     order = np.argsort(np.argsort(first_seen))  # cluster -> speaker number by first appearance
