@@ -363,18 +363,42 @@ def run(*, quick: bool = False) -> dict:
     return out
 
 
+def record(draws: list[dict]) -> None:
+    """The speakers section of bench/results.json from draws run apart, then BENCHMARKS.md from all results."""
+    from bench.report import write_chart, write_report
+    from bench.run_all import CHART, REPORT, RESULTS
+
+    results = json.loads(RESULTS.read_text())
+    results["sections"]["speakers"] = {"targets": TARGETS, "draws": sorted(draws, key=lambda d: d["seed"]),
+                                       "_meta": {"when": time.strftime("%Y-%m-%d %H:%M"), "quick": False}}
+    RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    write_chart(results, CHART)
+    write_report(results, REPORT, CHART)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, action="append", help="draw seed (repeatable; default 1 and 2)")
     parser.add_argument("--episodes", type=int, default=30)
     parser.add_argument("--only", action="append", help="method (pitch, ecapa, shipped)")
+    parser.add_argument("--json", type=Path, help="also write each draw's result here (SEED replaced by the seed)")
+    parser.add_argument("--record", type=Path, nargs="+", help="put these draws' JSON into bench/results.json as the "
+                        "speakers section and rewrite BENCHMARKS.md (draws run as separate processes)")
     args = parser.parse_args()
+    if args.record:
+        record([json.loads(p.read_text()) for p in args.record])
+        return
     home = Path(tempfile.mkdtemp(prefix="gdr-speaker-draws-"))
     methods = diarizers(home)
     if args.only:
         methods = {k: v for k, v in methods.items() if k in args.only}
     for seed in args.seed or [1, 2]:
         result = run_draw(seed, args.episodes, methods)
+        if args.json:
+            from bench.harness import load
+
+            result |= {"role": "tuned on" if seed == 1 else "unseen while tuning", "load": load()}
+            Path(str(args.json).replace("SEED", str(seed))).write_text(json.dumps(result, default=float))
         for name, m in result["methods"].items():
             g, e = m["given"], m["estimated"]
             print(f"seed {seed} {name}: given median {g['median']:.1%} p10 {g['p10']:.1%} worst {g['worst']:.1%} | "

@@ -54,9 +54,20 @@ def fresh_db_url(pg_server: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def speaker_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ECAPA speaker model, built once per session: every episode's voices stage loads it, and building it in
+    each test's GDR_HOME would cost each test the build."""
+    from gent_disagreement_rag.providers.transcribers.speaker_embeddings import ecapa_model_path
+
+    return ecapa_model_path(tmp_path_factory.mktemp("speaker-model"))
+
+
 @pytest.fixture
-def settings(tmp_path: Path, fresh_db_url: str) -> Settings:
-    """Settings pointing at a fresh database, with every state directory under tmp_path."""
+def settings(tmp_path: Path, fresh_db_url: str, speaker_model: Path) -> Settings:
+    """Settings pointing at a fresh database, with every state directory under tmp_path (the speaker model linked in)."""
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    os.link(speaker_model, tmp_path / "home" / "models" / speaker_model.name)
     return Settings(
         _env_file=None,
         database_url=fresh_db_url,

@@ -55,9 +55,8 @@ def spoken_episode(path: Path, turns: list[Turn], gap: float = 0.6) -> list[tupl
 
 
 def dialogue(first: Voice, second: Voice, offset: int = 0) -> list[Turn]:
-    """Four turns, the two voices alternating, from LINES (two lines a turn), starting at line `offset`."""
-    lines = [LINES[(offset + i) % len(LINES)] for i in range(8)]
-    return [(first if i % 2 == 0 else second, f"{lines[2 * i]} {lines[2 * i + 1]}") for i in range(4)]
+    """Four turns, the two voices alternating, a line of LINES each, starting at line `offset` (about 25 s)."""
+    return [(first if i % 2 == 0 else second, LINES[(offset + i) % len(LINES)]) for i in range(4)]
 
 
 def voice_catalogue(settings: Settings, fake_api: FakeAPI, monkeypatch: Any, episodes: dict[str, tuple[list[Turn], dict[str, str] | None]],
