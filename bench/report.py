@@ -400,7 +400,15 @@ def _speakers(sk: dict[str, Any]) -> dict[str, Any]:
                f"{m['given']['worst']:.1%}" for d in sk["draws"] if (m := d["methods"].get("shipped"))]
     summary = ("shipped diarizer, count given: " + "; ".join(shipped) + " (targets 95% / 85% / 60%); "
                "pitch-only and ECAPA beside it in the section's table.")
-    return {"speakers": True, "sk_summary": summary, "sk_episodes": first["episodes"],
+    library_rows = [[f"{d['seed']} ({d['role']})", lib["enrolled_voices"], lib["known_speakers"],
+                     f"{lib['shipped']['known_named_right']:.0%}", f"{lib['shipped']['known_named_wrong']:.0%}",
+                     lib["unknown_speakers"], f"{lib['shipped']['unknown_false_name']:.1%}",
+                     _mark(lib['shipped']['unknown_false_name'] <= 0.02), d["load"]]
+                    for d in sk["draws"] if (lib := d.get("library"))]
+    threshold = next((d["library"]["shipped"]["threshold"] for d in sk["draws"] if d.get("library")), "?")
+    return {"speakers": True, "sk_summary": summary, "sk_episodes": first["episodes"], "sk_threshold": threshold,
+            "sk_library_table": _table(["seed", "voices enrolled", "known voices heard again", "named right", "named wrong",
+                                        "unknown voices heard", "given a name (false)", "target <= 2%", "load"], library_rows),
             "sk_audio": f"{sum(d['audio_seconds'] for d in sk['draws']) / 60:.0f}",
             "sk_table": _table(["seed", "diarizer", "median", "p10", "worst", "targets", "no count: median / p10 / worst",
                                 "count estimate exact (mean abs error)", "CPU s per audio s", "load"], rows)}
