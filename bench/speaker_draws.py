@@ -261,83 +261,103 @@ def diarizers(home: Path) -> dict[str, Diarizer]:
     }
 
 
-def run_draw(seed: int, episodes: int, methods: dict[str, Diarizer], rounds_log: Callable[[str], None] = print) -> dict:
-    """Every method on every episode of the draw, methods alternating within each episode (A B C A B C ...)."""
-    per_method: dict[str, dict[str, list]] = {
-        m: {"given": [], "estimated": [], "count_error": [], "cpu": []} for m in methods}
-    audio_seconds = 0.0
-    heard: dict[str, list] = {"given": [], "estimated": []}
+def run_draw(seed: int, episodes: int, methods: dict[str, Diarizer], rounds_log: Callable[[str], None] = print,
+             partial: Path | None = None) -> dict:
+    """Every method on every episode of the draw, methods alternating within each episode (A B C A B C ...).
+    The shipped diarizer's voices are kept for the library's figures, and the first KNOWN_PROBES episodes' voices are
+    heard again in another conversation (take 1, no count). With `partial`, what is done so far is written there
+    after every episode (figures can be made from it: `--record`)."""
+    raw: dict = {"seed": seed, "episodes_wanted": episodes, "audio_seconds": 0.0, "methods": {
+        m: {"given": [], "estimated": [], "count_error": [], "cpu": []} for m in methods}, "voices": [], "again": []}
+    per_method = raw["methods"]
     for index in range(episodes):
         episode = draw(seed, index)
-        audio_seconds += episode.seconds
+        raw["audio_seconds"] += episode.seconds
         count = len(episode.voices)
+        voices_of: dict[str, dict] = {}
         for mode in ("given", "estimated"):
             for name, method in methods.items():
                 started = time.process_time()
                 labels = method(episode.audio, SAMPLE_RATE, episode.spans, count if mode == "given" else None)
                 per_method[name]["cpu"].append((time.process_time() - started) / episode.seconds)
                 if not isinstance(labels, list):  # the shipped diarizer: its voices serve the library's figures
-                    heard[mode].append((episode, labels))
+                    voices_of[mode] = _voices(episode, labels)
                     labels = labels.labels
                 per_method[name][mode].append(accuracy(episode.spans, labels, episode.speakers))
                 if mode == "estimated":
                     per_method[name]["count_error"].append(len(set(labels)) - count)
+        raw["voices"].append(voices_of)
+        if "shipped" in methods and index < KNOWN_PROBES:
+            again = draw(seed, index, take=1)
+            raw["again"].append(_voices(again, methods["shipped"](again.audio, SAMPLE_RATE, again.spans, None)))
         rounds_log(f"seed {seed} episode {index}: {count} voices, {episode.seconds:.0f} s, {len(episode.spans)} phrases; "
                    + "; ".join(f"{m} {r['given'][-1]:.0%}/{r['estimated'][-1]:.0%} ({r['count_error'][-1]:+d})"
                                for m, r in per_method.items()))
-    out = {"seed": seed, "episodes": episodes, "audio_seconds": round(audio_seconds, 1), "methods": {}}
-    for name, r in per_method.items():
-        errors = r["count_error"]
+        if partial is not None:
+            partial.write_text(json.dumps(raw))
+    return figures(raw)
+
+
+def _voices(episode: Episode, result) -> dict:
+    """A diarization's voices: each label's true voice (by most speech time) and its embedding."""
+    truth_of = _majority(result.labels, episode.speakers, episode.spans)
+    return {"names": [episode.voices[truth_of[k]].name for k in range(len(result.embeddings))],
+            "embeddings": [[round(float(x), 5) for x in e] for e in result.embeddings]}
+
+
+def figures(raw: dict) -> dict:
+    """The draw's figures from what run_draw recorded (all of it, or the episodes done so far)."""
+    done = len(raw["voices"])
+    out = {"seed": raw["seed"], "episodes": done, "episodes_wanted": raw["episodes_wanted"],
+           "audio_seconds": round(raw["audio_seconds"], 1), "methods": {}}
+    for name, r in raw["methods"].items():
+        errors = r["count_error"][:done]
         out["methods"][name] = {
-            "given": summary(r["given"]), "estimated": summary(r["estimated"]),
+            "given": summary(r["given"][:done]), "estimated": summary(r["estimated"][:done]),
             "count_exact": sum(e == 0 for e in errors) / len(errors),
             "count_mean_abs_error": statistics.mean(abs(e) for e in errors),
             "cpu_per_audio_second": round(statistics.median(r["cpu"]), 4),
-            "scores_given": [round(s, 4) for s in r["given"]],
+            "scores_given": [round(s, 4) for s in r["given"][:done]],
         }
-    if heard["given"]:
-        out["library"] = library_figures(seed, heard, methods["shipped"], rounds_log)
+    if raw["voices"] and "given" in raw["voices"][0]:
+        out["library"] = library_figures(raw)
     return out
 
 
-def library_figures(seed: int, heard: dict[str, list], shipped: Diarizer, rounds_log: Callable[[str], None]) -> dict:
-    """The voice library on a draw, from the shipped diarizer's voices: the first half's episodes are named (count
-    given; each voice enrolled under its true name); the second half's voices were never enrolled (unknown: any
-    name is a false name); the first KNOWN_PROBES enrolled episodes' voices speak again in another conversation,
-    without a map (known: named right, wrong, or not at all). Rates at the shipped threshold and a sweep."""
+def library_figures(raw: dict) -> dict:
+    """The voice library on a draw, from the shipped diarizer's voices: the first K episodes are named (count given;
+    each voice enrolled under its true name), K = KNOWN_PROBES or half the episodes done; their voices heard again
+    in another conversation without a count are the known voices (named right, wrong, or not at all); the voices
+    of the episodes after them were never enrolled (unknown: any name is a false name)."""
     from gent_disagreement_rag.providers.transcribers import voices
 
-    half = len(heard["given"]) // 2
-    library: dict[str, list[np.ndarray]] = {}
-    for episode, result in heard["given"][:half]:
-        truth_of = _majority(result.labels, episode.speakers, episode.spans)
-        for speaker, embedding in enumerate(result.embeddings):
-            library.setdefault(episode.voices[truth_of[speaker]].name, []).append(embedding)
-    samples = {name: np.stack(vectors) for name, vectors in library.items()}
+    k = min(KNOWN_PROBES, len(raw["voices"]) // 2, len(raw["again"]))
+    library: dict[str, list] = {}
+    for heard in raw["voices"][:k]:
+        for name, embedding in zip(heard["given"]["names"], heard["given"]["embeddings"], strict=True):
+            library.setdefault(name, []).append(embedding)
+    samples = {name: np.array(vectors, dtype=np.float32) for name, vectors in library.items()}
 
-    def best(embedding: np.ndarray) -> tuple[float, str]:
-        return max((float(np.max(s @ embedding)), name) for name, s in samples.items())
+    def best(embedding: list[float]) -> tuple[float, str]:
+        e = np.array(embedding, dtype=np.float32)
+        return max((float(np.max(s @ e)), name) for name, s in samples.items())
 
-    unknown = [best(e)[0] for _, result in heard["estimated"][half:] for e in result.embeddings]
+    unknown = [best(e)[0] for heard in raw["voices"][k:] for e in heard["estimated"]["embeddings"]]
     known = []  # (best score, whether the best is the right voice)
-    for episode, _ in heard["given"][: min(KNOWN_PROBES, half)]:
-        again = draw(seed, episode.index, take=1)
-        result = shipped(again.audio, SAMPLE_RATE, again.spans, None)
-        truth_of = _majority(result.labels, again.speakers, again.spans)
-        for speaker, embedding in enumerate(result.embeddings):
-            score, name = best(embedding)
-            known.append((score, name == again.voices[truth_of[speaker]].name))
-        rounds_log(f"library seed {seed}: episode {episode.index} again, {len(result.embeddings)} voices heard")
+    for heard in raw["again"][:k]:
+        for name, embedding in zip(heard["names"], heard["embeddings"], strict=True):
+            score, found = best(embedding)
+            known.append((score, found == name))
 
     def at(threshold: float) -> dict[str, float]:
         return {"threshold": round(threshold, 3),
-                "known_named_right": sum(s >= threshold and ok for s, ok in known) / len(known),
-                "known_named_wrong": sum(s >= threshold and not ok for s, ok in known) / len(known),
-                "unknown_false_name": sum(s >= threshold for s in unknown) / len(unknown)}
+                "known_named_right": sum(s >= threshold and ok for s, ok in known) / max(1, len(known)),
+                "known_named_wrong": sum(s >= threshold and not ok for s, ok in known) / max(1, len(known)),
+                "unknown_false_name": sum(s >= threshold for s in unknown) / max(1, len(unknown))}
 
     return {"enrolled_voices": len(samples), "known_speakers": len(known), "unknown_speakers": len(unknown),
             "shipped": at(voices.SAME_PERSON), "sweep": [at(t) for t in np.arange(0.6, 0.96, 0.025).tolist()],
-            "known_scores": [round(k[0], 4) for k in known], "unknown_scores": [round(u, 4) for u in unknown]}
+            "known_scores": [round(x[0], 4) for x in known], "unknown_scores": [round(u, 4) for u in unknown]}
 
 
 def _majority(labels: list[int], truth: list[int], spans: list[tuple[float, float]]) -> dict[int, int]:
@@ -364,12 +384,17 @@ def run(*, quick: bool = False) -> dict:
 
 
 def record(draws: list[dict]) -> None:
-    """The speakers section of bench/results.json from draws run apart, then BENCHMARKS.md from all results."""
+    """The speakers section of bench/results.json from draws run apart (run_draw's `partial` files), then
+    BENCHMARKS.md from all results."""
     from bench.report import write_chart, write_report
     from bench.run_all import CHART, REPORT, RESULTS
 
+    from bench.harness import load
+
+    made = [figures(raw) | {"role": "tuned on" if raw["seed"] == 1 else "unseen while tuning", "load": load()}
+            for raw in draws]
     results = json.loads(RESULTS.read_text())
-    results["sections"]["speakers"] = {"targets": TARGETS, "draws": sorted(draws, key=lambda d: d["seed"]),
+    results["sections"]["speakers"] = {"targets": TARGETS, "draws": sorted(made, key=lambda d: d["seed"]),
                                        "_meta": {"when": time.strftime("%Y-%m-%d %H:%M"), "quick": False}}
     RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")
     write_chart(results, CHART)
@@ -381,7 +406,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, action="append", help="draw seed (repeatable; default 1 and 2)")
     parser.add_argument("--episodes", type=int, default=30)
     parser.add_argument("--only", action="append", help="method (pitch, ecapa, shipped)")
-    parser.add_argument("--json", type=Path, help="also write each draw's result here (SEED replaced by the seed)")
+    parser.add_argument("--json", type=Path, help="write each draw's progress here after every episode (SEED: the seed)")
     parser.add_argument("--record", type=Path, nargs="+", help="put these draws' JSON into bench/results.json as the "
                         "speakers section and rewrite BENCHMARKS.md (draws run as separate processes)")
     args = parser.parse_args()
@@ -393,12 +418,8 @@ def main() -> None:
     if args.only:
         methods = {k: v for k, v in methods.items() if k in args.only}
     for seed in args.seed or [1, 2]:
-        result = run_draw(seed, args.episodes, methods)
-        if args.json:
-            from bench.harness import load
-
-            result |= {"role": "tuned on" if seed == 1 else "unseen while tuning", "load": load()}
-            Path(str(args.json).replace("SEED", str(seed))).write_text(json.dumps(result, default=float))
+        partial = Path(str(args.json).replace("SEED", str(seed))) if args.json else None
+        result = run_draw(seed, args.episodes, methods, partial=partial)
         for name, m in result["methods"].items():
             g, e = m["given"], m["estimated"]
             print(f"seed {seed} {name}: given median {g['median']:.1%} p10 {g['p10']:.1%} worst {g['worst']:.1%} | "

@@ -4,6 +4,7 @@ transcribing again."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -125,14 +126,16 @@ def rename_speaker(db: Database, episode_id: str, speaker: int, name: str, old: 
 def rename_in_exports(folder: Path, stem: str, suffixes: Sequence[str], old: str, name: str) -> list[Path]:
     """The episode's export files with the speaker's old name replaced (as a whole name: "Speaker 1" is not
     part of "Speaker 12"), so they agree with the store without rendering them again from the transcript."""
-    pattern = re.compile(rf"(?<![\w]){re.escape(old)}(?![\w])")
     changed = []
     for suffix in suffixes:
         path = folder / f"{stem}{suffix}"
         if not path.exists():
             continue
+        # In a JSON file the names are JSON strings: match and write them escaped as JSON escapes them.
+        quoted = (lambda text: json.dumps(text, ensure_ascii=False)[1:-1]) if suffix.endswith(".json") else (lambda text: text)
+        pattern = re.compile(rf"(?<![\w]){re.escape(quoted(old))}(?![\w])")
         text = path.read_text(encoding="utf-8")
-        new = pattern.sub(name.replace("\\", "\\\\"), text)
+        new = pattern.sub(lambda _: quoted(name), text)
         if new != text:
             path.write_text(new, encoding="utf-8")
             changed.append(path)
