@@ -406,7 +406,8 @@ def _speakers(sk: dict[str, Any]) -> dict[str, Any]:
                      _mark(lib['shipped']['unknown_false_name'] <= 0.02), d["load"]]
                     for d in sk["draws"] if (lib := d.get("library"))]
     threshold = next((d["library"]["shipped"]["threshold"] for d in sk["draws"] if d.get("library")), "?")
-    return {"speakers": True, "sk_summary": summary, "sk_episodes": first["episodes"], "sk_threshold": threshold,
+    return {"speakers": True, "sk_summary": summary, "sk_episodes": " / ".join(str(d["episodes"]) for d in sk["draws"]),
+            "sk_wanted": first.get("episodes_wanted", first["episodes"]), "sk_threshold": threshold,
             "sk_library_table": _table(["seed", "voices enrolled", "known voices heard again", "named right", "named wrong",
                                         "unknown voices heard", "given a name (false)", "target <= 2%", "load"], library_rows),
             "sk_audio": f"{sum(d['audio_seconds'] for d in sk['draws']) / 60:.0f}",
