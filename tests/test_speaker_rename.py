@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from gent_disagreement_rag.cli import app
 from gent_disagreement_rag.search import search
+from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage.database import Database
 from tests.support.builders import run_ingest
 from tests.support.voices import ANN, CARA, deepgram_turns, voice_catalogue
@@ -26,6 +27,7 @@ def test_naming_a_speaker_renames_search_results_chat_views_and_exports(settings
     timed = voice_catalogue(settings, fake_api, monkeypatch, {"ep1": (turns, None)})
     fake_api.add_audio(settings.audio_dir / "ep1.wav", response=deepgram_turns(timed["ep1"], {ANN: 0, CARA: 1}))
     assert run_ingest().is_completed()
+    settings = Settings(_env_file=None)  # as `gdr` reads them: the fake OpenAI embeds the queries
     with Database.from_settings(settings) as db:
         before = search("rents in Glasgow and Edinburgh", k=1, settings=settings, db=db)[0]
     assert before.speaker == "Speaker 1"
