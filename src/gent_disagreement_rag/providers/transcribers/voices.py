@@ -132,7 +132,8 @@ def _middle(audio: np.ndarray, start: float, end: float) -> np.ndarray:
 
 # --- the voice library: what each speaker of a transcript sounds like, and whose voice it is -------------------
 
-SAME_PERSON = 0.80  # cosine to a known voice's nearest sample above which a speaker gets its name (see BENCHMARKS.md 9)
+SAME_PERSON = 0.925  # cosine to a known voice's nearest sample from which a speaker gets its name: the lowest on the
+# tuning seed's sweep (BENCHMARKS.md, "Speakers on voices nobody picked") giving few strangers a name (3%)
 MAX_SPANS_PER_SPEAKER = 12  # a speaker's embedding averages at most this many of their longest stretches
 
 
