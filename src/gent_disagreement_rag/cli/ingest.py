@@ -216,16 +216,22 @@ def format_command(
     raw_path: Annotated[Path, typer.Argument(help="A saved raw Deepgram (or local Whisper) response, e.g. X.raw.json")],
     speakers_map: Annotated[str | None, typer.Option("--speakers-map", help='JSON like {"0": "Ann", "1": "Bob"}')] = None,
     out_dir: Annotated[Path | None, typer.Option("-o", "--out-dir", help="Folder for the exports (default: beside RAW)")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Token budget of a chunk (default CHUNK_MAX_TOKENS)")] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        "--max-tokens", help="Token budget of a chunk (default CHUNK_MAX_TOKENS)")] = None,
+    max_seconds: Annotated[float | None, typer.Option(
+        "--max-seconds", help="Longest audio stretch of a chunk (default CHUNK_MAX_SECONDS)")] = None,
 ) -> None:
-    """Re-format a saved raw response into chunks and exports, with no network: tune chunking for free."""
+    """Re-format a saved raw response into chunks and exports, with no network: tune chunking for free. The chunks
+    are the ones `gdr ingest` makes with the same settings."""
     from ..ingest.reformat import reformat_raw
 
     names = _parse_speakers_map(speakers_map)
+    overrides: dict[str, Any] = {"chunk_max_tokens": max_tokens, "chunk_max_seconds": max_seconds}
+    settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
     if not raw_path.is_file():
         raise GdrError(f"{raw_path}: no such file")
     try:
-        paths = reformat_raw(raw_path, names, out_dir, max_tokens or Settings().chunk_max_tokens)
+        paths = reformat_raw(raw_path, settings, names, out_dir)
     except json.JSONDecodeError as exc:
         raise GdrError(f"{raw_path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
     chunks = json.loads(paths["chunks"].read_text(encoding="utf-8"))

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -40,7 +40,7 @@ class IngestProgress:
             self._live.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self._live is not None:
             self._live.__exit__(*exc)
 
@@ -86,8 +86,10 @@ class IngestProgress:
 
     def summary_table(self) -> Table:
         table = Table(title=f"ingest summary  {self._counts()}", title_justify="left")
-        for name, justify in (("episode", "left"), ("status", "left"), ("s", "right"), ("segments", "right"),
-                              ("audio min", "right"), ("tokens", "right"), ("cost $", "right"), ("transcript", "left")):
+        columns: tuple[tuple[str, JustifyMethod], ...] = (
+            ("episode", "left"), ("status", "left"), ("s", "right"), ("segments", "right"),
+            ("audio min", "right"), ("tokens", "right"), ("cost $", "right"), ("transcript", "left"))
+        for name, justify in columns:
             table.add_column(name, justify=justify, no_wrap=True)
         for episode_id, info in self.episodes.items():
             status = info["status"]

@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
-from ..providers.embedders import Embedder, make_embedder
+from ..providers.embedders import Embedder
 from ..providers.lazy import Lazy
-from ..providers.transcribers import Transcriber, make_transcriber
+from ..providers.registry import Registry, provider_registry
+from ..providers.transcribers import Transcriber
 from ..settings import Settings
 from ..storage.database import Database
 
@@ -36,7 +37,7 @@ class RunContext:
     """
 
     __slots__ = ("settings", "db", "progress", "transcriptions_at_once", "fleet", "interrupted", "halted",
-                 "_transcriber", "_embedder")
+                 "providers", "_transcriber", "_embedder")
 
     def __init__(self, settings: Settings, db: Database, progress: ProgressCallback | None = None,
                  transcriptions_at_once: int = 1, *, fleet: bool = False):
@@ -51,8 +52,9 @@ class RunContext:
         self.interrupted = threading.Event()
         # Set by an episode that failed in a way every episode would (a bad key, no credit): no new one starts.
         self.halted = threading.Event()
-        self._transcriber: Lazy[Transcriber] = Lazy(lambda: make_transcriber(settings, transcriptions_at_once))
-        self._embedder: Lazy[Embedder] = Lazy(lambda: make_embedder(settings))
+        self.providers: Registry = provider_registry(settings)
+        self._transcriber: Lazy[Transcriber] = Lazy(lambda: self.providers.transcriber(transcriptions_at_once))
+        self._embedder: Lazy[Embedder] = Lazy(self.providers.embedder)
 
     @classmethod
     def open(cls, settings: Settings | None = None, progress: ProgressCallback | None = None, *,

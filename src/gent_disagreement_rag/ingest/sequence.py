@@ -1,4 +1,5 @@
-"""The one episode sequence: [download (audio, the publisher's transcript and chapters) ->] transcribe -> format -> export -> embed -> store.
+"""The one episode sequence:
+[download (audio, the publisher's transcript and chapters) ->] transcribe -> format -> export -> embed -> store.
 
 Written once, here. `process_episode` calls each stage through `run_stage`: directly by default (a
 shell, the bench), or as a cached, retried Prefect task (the orchestration passes its own runner), so
@@ -11,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .reformat import parsed_again
 from . import stages
+from .config import stage_keys
 from .context import RunContext
-from .keys import stage_keys
 from .plan import EpisodeJob
+from .reformat import parsed_again
 
 STAGE_NAMES = ("download", "transcribe", "format", "export", "embed", "store")
 
@@ -55,7 +56,8 @@ def _sequence(ctx: RunContext, job: EpisodeJob, run_id: str, run_stage: StageRun
         job = run_stage("download", stages.download, ctx, job)
     keys = stage_keys(ctx, job)
     # A cached transcription holds the transcript as the version that made it parsed it: read again from its raw response.
-    transcription = parsed_again(run_stage("transcribe", stages.transcribe, ctx, job, run_id, cache_key=keys.transcribe))
+    transcription = parsed_again(run_stage("transcribe", stages.transcribe, ctx, job, run_id, cache_key=keys.transcribe),
+                                 ctx.settings)
     episode = run_stage("format", stages.format_episode, ctx, job, transcription.transcript, cache_key=keys.format)
     run_stage("export", stages.export, ctx, job, transcription, episode, cache_key=keys.export)
     batch = run_stage("embed", stages.embed, ctx, job, episode, run_id, cache_key=keys.embed)

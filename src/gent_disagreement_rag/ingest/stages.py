@@ -19,11 +19,16 @@ from ..errors import ConfigError, UndecodableAudioError
 from ..files import write_all_atomic, write_atomic
 from ..providers import audio
 from ..providers.embedders import EmbeddingBatch
-from ..providers.pricing import estimate_cost
 from ..sources.catalogue import catalogue_entries
 from ..sources.feeds import download_enclosure, fetch, is_enclosure_file, parse_feed, safe_url
 from ..sources.publisher import (
-    MAX_PUBLISHER_BYTES, PUBLISHER, SUFFIXES, Chapter, PublisherFileError, TranscriptLink, parse_chapters,
+    MAX_PUBLISHER_BYTES,
+    PUBLISHER,
+    SUFFIXES,
+    Chapter,
+    PublisherFileError,
+    TranscriptLink,
+    parse_chapters,
     parse_transcript,
 )
 from ..storage import costs, episodes, segments
@@ -32,8 +37,9 @@ from ..text.chunking import Chunk, chunk_transcript
 from ..text.exports import render_exports
 from ..text.quality import QualityReport, check_transcript, enforce
 from ..transcript import Transcript, TranscriptionResult
+from .config import FormatConfig
 from .context import RunContext
-from .plan import EpisodeJob, chunker_config, segments_config
+from .plan import EpisodeJob
 from .retry import is_transient, with_db_retries
 
 log = logging.getLogger(__name__)
@@ -158,7 +164,7 @@ def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> Transcript
     if job.transcript_file is not None:  # the publisher's: no provider request; the ledger records the saving
         result = read_publisher_transcript(job)
         t = result.transcript
-        saved = estimate_cost(ctx.settings, ctx.settings.resolved_transcriber, t.duration, 0)
+        saved = ctx.providers.cost(ctx.settings.resolved_transcriber, audio_seconds=t.duration)
         ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": f"{PUBLISHER} ({t.model})", **noted})
         record_cost(ctx, run_id, job.episode_id, "transcribe", PUBLISHER, t.model, 0, 0.0, 0, saved_usd=saved)
         return result
@@ -183,7 +189,8 @@ def format_episode(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> 
     report = check_transcript(transcript, transcript.duration)
     if not ctx.settings.skip_quality_gate:
         enforce(report, f"episode {job.episode_id}:")
-    chunks = chunk_transcript(transcript, job.speakers_map, config=chunker_config(ctx.settings))
+    config = FormatConfig.from_settings(ctx.settings, job.speakers_map)
+    chunks = chunk_transcript(transcript, config.speakers_map, config=config.chunker)
     return FormattedEpisode(chunks=chunks, quality=report)
 
 
@@ -213,7 +220,7 @@ def store(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, batch: Em
     segments.store_episode(
         ctx.db, job.episode_id, episode.chunks, model_id=batch.model_id, provider=batch.provider, model=batch.model,
         vectors=batch.vectors, audio_sha256=job.audio_sha256, duration_seconds=episode.quality.duration,
-        processed_by=processed_by(ctx), segments_config=segments_config(ctx.settings, job.speakers_map),
+        processed_by=processed_by(ctx), segments_config=FormatConfig.from_settings(ctx.settings, job.speakers_map).stored(),
         chapters=episode_chapters(job), origin=transcript_origin(job),
     )
     return len(episode.chunks)
@@ -231,7 +238,7 @@ def record_cost(
     """Write a call that was paid for (or, with `saved_usd`, one a publisher's transcript made unnecessary) to
     the cost ledger. Database hiccups are retried, and in the end only logged: failing the stage would make
     its retry pay for the same call again."""
-    cost = estimate_cost(ctx.settings, provider, audio_seconds, tokens)
+    cost = ctx.providers.cost(provider, audio_seconds=audio_seconds, tokens=tokens)
     try:
         with_db_retries(
             lambda: costs.record_call(

@@ -79,7 +79,7 @@ def publish(settings: Settings) -> list[str]:
         block_id = storage.save(STAGE_CACHE_BLOCK, overwrite=True)
         storage_block = f"local-file-system/{STAGE_CACHE_BLOCK}"
         with get_client(sync_client=True) as client:
-            client.update_server_default_result_storage(block_id)
+            client.update_server_default_result_storage(block_id)  # type: ignore[arg-type]  # Prefect types its sync-or-async functions as returning either
         written.append(storage_block + " (also the server's default result storage)")
     shared = settings.model_dump(mode="json", exclude=set(LOCAL_ONLY))
     Variable.set(SETTINGS_VARIABLE, {**shared, "result_storage_block": storage_block}, overwrite=True)
@@ -102,7 +102,7 @@ def fleet_settings(**overrides: Any) -> Settings:
     for field, block in SECRET_BLOCKS.items():
         if field not in local.model_fields_set:
             try:
-                values[field] = Secret.load(block).get()
+                values[field] = Secret.load(block).get()  # type: ignore[union-attr]  # Prefect types its sync-or-async functions as returning either
             except ValueError:  # no such block: that provider's key is not shared
                 continue
     if local.external_database_url() is None and "database_block" not in values:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import queue
-from concurrent.futures import CancelledError
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import CancelledError
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -219,14 +220,16 @@ def _ingest(ctx: RunContext, episode_ids: list[str] | None, max_parallel: int | 
         local = ctx.transcribing_at_once(max(1, min(parallel, len(jobs))))
         local = local.with_progress(RunProgress([job.episode_id for job in jobs], ctx.progress))
         for job in jobs:
-            local.progress(job.episode_id, EpisodeStatus.QUEUED, asdict(EpisodeSummary(job.episode_id, EpisodeStatus.QUEUED, title=job.title)))
+            queued = EpisodeSummary(job.episode_id, EpisodeStatus.QUEUED, title=job.title)
+            local.progress(job.episode_id, EpisodeStatus.QUEUED, asdict(queued))
         with episode_runner(settings, parallel, in_deployment=deployment.get_id() is not None) as (runner, where), \
                 local.activated():
             logger.info("%d episodes to process (%d up to date, %d invalid) %s", len(jobs), len(plan.up_to_date),
                         len(plan.invalid), where.description)
             if where.warm_up_here:  # the providers this process's threads will use, built while the first episodes start
                 threading.Thread(target=local.warm_up, name="gdr-warm-up", daemon=True).start()
-            futures = runner.map(episode_task, {"episode_id": [j.episode_id for j in jobs],
+            # (TaskRunner.map's signature is typed for async tasks too: a sync task's return type does not match it)
+            futures = runner.map(episode_task, {"episode_id": [j.episode_id for j in jobs],  # type: ignore[arg-type]
                                                 "job": [j.as_json() for j in jobs], "run_id": unmapped(run_id)})
             for job, outcome in _as_they_end(jobs, futures, stop, local):
                 summary = _summary(local, run_id, job, outcome)
@@ -304,16 +307,17 @@ def _outcome_of(wrapped: Any, settings: Any) -> _Outcome:
         return _Outcome(EpisodeStatus.BUSY if state.message == ELSEWHERE else EpisodeStatus.PROCESSED)
     if state.is_cancelled():
         return _Outcome(EpisodeStatus.SKIPPED)
-    exc = state.result(raise_on_failure=False) if state.is_failed() else None
+    error = state.result(raise_on_failure=False) if state.is_failed() else None
     return _Outcome(EpisodeStatus.FAILED, state.message or state.name,
-                    stops_the_run=isinstance(exc, AuthenticationError | QuotaExhaustedError))
+                    stops_the_run=isinstance(error, AuthenticationError | QuotaExhaustedError))
 
 
 def _summary(ctx: RunContext, run_id: str, job: EpisodeJob, outcome: _Outcome) -> EpisodeSummary:
     """The episode's row of the summary, from the database: the record, wherever the episode ran."""
     summary = EpisodeSummary(job.episode_id, outcome.status, error=outcome.error, title=job.title)
     if outcome.status == EpisodeStatus.SKIPPED:
-        summary.error = "not started: the run was interrupted" if ctx.interrupted.is_set() else "not started: the run stopped first"
+        summary.error = ("not started: the run was interrupted" if ctx.interrupted.is_set()
+                         else "not started: the run stopped first")
         return summary
     tried = attempts.attempts_of(ctx.db, run_id, job.episode_id)
     summary.workers = ", ".join(a.worker + (" (died)" if a.died else "") for a in tried)
@@ -335,7 +339,7 @@ def _crash_abandoned_task_runs(run_id: str) -> None:
     Crashed, so that the UI shows each episode's earlier try as ended (its work resumes under a new task run)."""
     with get_client(sync_client=True) as client:
         left = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),  # type: ignore[list-item]
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)])),
             task_run_filter=TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING,
                                                                                      StateType.PENDING]))),
         )

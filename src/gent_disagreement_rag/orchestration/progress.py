@@ -46,7 +46,7 @@ class RunProgress:
                 self._updated = time.monotonic()
                 percent = self.percent
         if due:
-            update_progress_artifact(self.artifact_id, percent)
+            update_progress_artifact(self.artifact_id, percent)  # type: ignore[arg-type]  # Prefect types its sync-or-async functions as returning either
 
 
 def _fraction(status: str, info: dict[str, Any]) -> float:
@@ -55,4 +55,4 @@ def _fraction(status: str, info: dict[str, Any]) -> float:
     stage = info.get("stage")
     if stage == "transcribe" and info.get("audio_total"):
         return STAGE_START["transcribe"] + TRANSCRIBE_SHARE * min(1.0, info["audio_done"] / info["audio_total"])
-    return STAGE_START.get(stage, 0.0)
+    return STAGE_START.get(stage, 0.0) if isinstance(stage, str) else 0.0

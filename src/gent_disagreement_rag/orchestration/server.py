@@ -124,7 +124,8 @@ def start(settings: Settings, project_dir: Path, *, port: int = 4200, worker_pol
         if "server" in pids and not _alive(pids["server"]):
             raise GdrError(f"the Prefect server exited; see {_logs_dir(settings) / 'server.log'}")
         if time.monotonic() > deadline:
-            raise GdrError(f"the Prefect server did not answer on {url} within {timeout:.0f} s; see {_logs_dir(settings) / 'server.log'}")
+            raise GdrError(f"the Prefect server did not answer on {url} within {timeout:.0f} s; "
+                           f"see {_logs_dir(settings) / 'server.log'}")
         time.sleep(0.5)
     client_env = {**env, "PREFECT_API_URL": url}
     pools = subprocess.run([_prefect(), "work-pool", "inspect", WORK_POOL], env=client_env, cwd=project_dir,

@@ -27,9 +27,10 @@ import psycopg
 from psycopg import sql
 
 from ..errors import ConfigError, DatabaseUnavailableError
+from ..providers.embedders import CHAT_SERVER_MODEL
 from ..settings import Settings
 
-CHAT_MODEL_ID = "openai/text-embedding-3-small@1536"  # the model of the chat server's questions (migration 0004)
+CHAT_MODEL_ID = str(CHAT_SERVER_MODEL)  # the model of the chat server's questions (migration 0004)
 READER_ROLE = "gdr_reader"
 PASSWORD_FILE = "reader-password"
 CHAT_VIEWS = ("episodes", "speakers", "transcript_segments")
