@@ -32,7 +32,7 @@ from gent_disagreement_rag.sources.catalogue import load_catalogue
 from gent_disagreement_rag.sources.feeds import FeedItem
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage import segments as segment_store
-from gent_disagreement_rag.storage.chat_access import PASSWORD_FILE, READER_ROLE
+from gent_disagreement_rag.storage.reader import PASSWORD_FILE, READER_ROLE
 from gent_disagreement_rag.storage.database import Database
 from gent_disagreement_rag.storage.embedded import stop_embedded
 from gent_disagreement_rag.text.chunking import Chunk
