@@ -97,7 +97,7 @@ def chat() -> Iterator[Chat]:
     try:
         with api:
             embedder = OpenAIEmbedder.from_settings(settings)
-            with Database.from_settings(settings) as db:
+            with Database.from_settings(settings, migrate_schema=True) as db:
                 episode_store.sync_catalogue(db, CATALOGUE.values())
                 for episode_id in ("1", "2", "3"):
                     store_openai(db, embedder, episode_id, segments_of(script(episode_id)["turns"]))

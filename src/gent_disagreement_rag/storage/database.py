@@ -46,17 +46,13 @@ class Database:
             url = database_url(settings)
             if migrate_schema:
                 migrate(url)
+            else:  # before the pool: its connections need the schema's `vector` type
+                with psycopg.connect(url) as conn:
+                    require_current_schema(conn)
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailableError(f"cannot connect to Postgres: {first_line(exc)}") from None
         db = cls(url, max_size=max_size or settings.pool_size, timeout=settings.db_pool_timeout)
         db.open()
-        if not migrate_schema:
-            try:
-                with db.connection() as conn:
-                    require_current_schema(conn)
-            except BaseException:
-                db.close()
-                raise
         return db
 
     def open(self) -> None:

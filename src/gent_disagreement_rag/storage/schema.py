@@ -56,7 +56,7 @@ def require_current_schema(conn: psycopg.Connection) -> None:
     The commands that only read call this instead of migrating: a read is a read."""
     exists = conn.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL").fetchone()[0]
     applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")} if exists else set()
-    conn.commit()  # the pool's connections are not autocommit: leave no transaction open
+    conn.commit()  # leave no transaction open on a connection that goes on being used
     if {version for version, _, _ in _migration_files()} <= applied:
         return
     raise SchemaOutOfDateError(
