@@ -133,7 +133,7 @@ class Settings(BaseSettings):
 
     @property
     def uses_embedded_postgres(self) -> bool:
-        return self.database_url is None and self.db_host is None
+        return self.database_url is None and self.db_host is None and self.database_block is None
 
     def external_database_url(self) -> str | None:
         """The URL of the server the user named (DATABASE_URL, else legacy DB_*), or None for the embedded one."""

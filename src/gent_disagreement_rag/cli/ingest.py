@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..ingest.plan import EpisodePlan
     from .progress import IngestProgress
 
-from .common import app, console, counted, err_console, friendly_errors, open_database
+from .common import app, console, counted, err_console, friendly_errors, load_settings
 
 
 @app.command("status")
@@ -36,10 +36,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     from ..ingest.plan import stale_reason, undecodable_note
     from ..sources.catalogue import catalogue_entries
 
-    settings = Settings()
+    settings = load_settings()
     entries = catalogue_entries(settings)
     names = {e.episode_id: e.speakers_map for e in entries}
-    with open_database(settings) as db:
+    with Database.from_settings(settings) as db:
         rows = [r.as_json() | {"stale": stale_reason(settings, r, names.get(r.episode_id, r.speakers_map)),
                                "undecodable": undecodable_note(settings, r)}
                 for r in episodes.list_episodes(db)]
@@ -71,7 +71,7 @@ def costs_command(
 ) -> None:
     """What the provider calls cost (estimated at the configured prices), per episode and in total."""
     day = since.date() if since else None
-    with open_database(Settings()) as db:
+    with Database.from_settings(load_settings()) as db:
         by_episode = costs.cost_by_episode(db, since=day)
         total = costs.cost_totals(db, since=day)
     if as_json:
@@ -106,7 +106,7 @@ def ingest_command(
     """Run the `ingest` flow in this process: discover feed episodes; download, transcribe, format, export, embed, store."""
     from .progress import IngestProgress
 
-    settings = Settings(max_parallel_episodes=max_parallel) if max_parallel else Settings()
+    settings = load_settings(max_parallel_episodes=max_parallel) if max_parallel else load_settings()
     from ..orchestration.runner import EXIT_INTERRUPTED
 
     with IngestProgress(console) as progress:

@@ -59,9 +59,10 @@ class RunContext:
     @classmethod
     def open(cls, settings: Settings | None = None, progress: ProgressCallback | None = None, *,
              fleet: bool = False) -> RunContext:
-        """A context on the settings' database, with a pool for MAX_PARALLEL_EPISODES workers; close() it."""
+        """A context on the settings' database (its schema migrated: a run writes), with a pool for
+        MAX_PARALLEL_EPISODES workers; close() it."""
         settings = settings or Settings()
-        return cls(settings, Database.from_settings(settings), progress, fleet=fleet)
+        return cls(settings, Database.from_settings(settings, migrate_schema=True), progress, fleet=fleet)
 
     @staticmethod
     def active() -> RunContext | None:
