@@ -30,7 +30,7 @@ import psycopg
 import pytest
 
 from gent_disagreement_rag.ingest.context import RunContext
-from gent_disagreement_rag.ingest.config import stage_keys
+from gent_disagreement_rag.ingest.sequence import stage_keys
 from gent_disagreement_rag.ingest.plan import plan_episodes
 from gent_disagreement_rag.ingest.stages import register_catalogue
 from gent_disagreement_rag.settings import Settings

@@ -133,7 +133,7 @@ def _report(settings: Settings, progress: IngestProgress, state: Any) -> None:
     for episode_id, note in progress.transcript_notes():  # why a publisher's transcript was not read
         console.print(f"{episode_id}: {settings.scrub(note)}", markup=False, highlight=False, soft_wrap=True)
     if state is None:
-        running = [e for e, info in progress.episodes.items() if info.get("status") == "running"]
+        running = progress.running()
         verdict = f"run interrupted; {len(running)} episodes cut short ({', '.join(running)}): pending for the next run"
     else:
         verdict = (state.message or state.name).splitlines()[0].removesuffix(":")

@@ -18,15 +18,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..settings import Settings
 from ..text.chunking import ChunkerConfig
-from ..text.exports import EXPORT_SUFFIXES
-
-if TYPE_CHECKING:
-    from .context import RunContext
-    from .plan import EpisodeJob
 
 TRANSCRIBE_VERSION = "1"
 PUBLISHER_TRANSCRIPT_VERSION = "1"  # how a publisher's transcript becomes a Transcript (sources/publisher.py)
@@ -179,27 +174,8 @@ class EpisodeConfig:
     export: ExportConfig
     embed: EmbedConfig
 
-    @classmethod
-    def of(cls, ctx: RunContext, job: EpisodeJob) -> EpisodeConfig:
-        transcribe: TranscribeConfig
-        if job.transcript_file is not None:
-            transcribe = PublisherTranscriptConfig(job.transcript_file.name, job.transcript_type)
-        else:
-            t = ctx.transcriber
-            transcribe = TranscriberConfig(t.provider, t.model, t.options(),
-                                           len(job.speakers_map) if t.uses_speaker_count else None)
-        folder = ctx.settings.transcripts_dir.resolve()
-        present = all((folder / f"{job.stem}{suffix}").exists() for suffix in EXPORT_SUFFIXES.values())
-        return cls(transcribe, FormatConfig.from_settings(ctx.settings, job.speakers_map),
-                   ExportConfig(str(folder), job.title, present), EmbedConfig(ctx.embedder.model_id))
-
     def keys(self, audio_sha256: str | None) -> StageKeys:
         transcribe = self.transcribe.cache_key(audio_sha256)
         transcribed_by = self.transcribe.provider if isinstance(self.transcribe, TranscriberConfig) else None
         fmt = self.format.cache_key(transcribe, transcribed_by)
         return StageKeys(transcribe, fmt, self.export.cache_key(fmt), self.embed.cache_key(fmt))
-
-
-def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
-    """The keys of an episode whose audio is known (after its download)."""
-    return EpisodeConfig.of(ctx, job).keys(job.audio_sha256)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any
 
 from ..providers.embedders import Embedder
 from ..providers.lazy import Lazy
@@ -14,14 +13,7 @@ from ..providers.registry import Registry, provider_registry
 from ..providers.transcribers import Transcriber
 from ..settings import Settings
 from ..storage.database import Database
-
-# (episode_id, status, details): how a run reports each episode's progress to whoever watches it.
-ProgressCallback = Callable[[str, str, dict[str, Any]], None]
-
-
-def _ignore_progress(episode_id: str, status: str, details: dict[str, Any]) -> None:
-    return None
-
+from .events import ProgressCallback, ignore_progress
 
 # The context a caller opened for the code it calls (`gdr ingest` for its in-process flow run, the flow for
 # the episodes its threads run). Context-local, not process-wide: a thread or process it was not handed to
@@ -43,7 +35,7 @@ class RunContext:
                  transcriptions_at_once: int = 1, *, fleet: bool = False):
         self.settings = settings
         self.db = db
-        self.progress = progress or _ignore_progress
+        self.progress = progress or ignore_progress
         self.transcriptions_at_once = transcriptions_at_once
         # Opened from the fleet's shared settings (a deployment run, an episode on a cluster worker): its
         # Deepgram requests also count against the fleet-wide limit every machine shares.

@@ -12,9 +12,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..text.exports import EXPORT_SUFFIXES
 from . import stages
-from .config import stage_keys
+from .config import (
+    EmbedConfig,
+    EpisodeConfig,
+    ExportConfig,
+    FormatConfig,
+    PublisherTranscriptConfig,
+    StageKeys,
+    TranscribeConfig,
+    TranscriberConfig,
+)
 from .context import RunContext
+from .events import EpisodeStatus, ProgressEvent
 from .plan import EpisodeJob
 from .reformat import parsed_again
 
@@ -38,12 +49,31 @@ class EpisodeOutcome:
     audio_seconds: float
 
 
+def episode_config(ctx: RunContext, job: EpisodeJob) -> EpisodeConfig:
+    """Every stage's configuration for an episode whose audio is known (after its download)."""
+    transcribe: TranscribeConfig
+    if job.transcript_file is not None:
+        transcribe = PublisherTranscriptConfig(job.transcript_file.name, job.transcript_type)
+    else:
+        t = ctx.transcriber
+        transcribe = TranscriberConfig(t.provider, t.model, t.options(), len(job.speakers_map) if t.uses_speaker_count else None)
+    folder = ctx.settings.transcripts_dir.resolve()
+    present = all((folder / f"{job.stem}{suffix}").exists() for suffix in EXPORT_SUFFIXES.values())
+    return EpisodeConfig(transcribe, FormatConfig.from_settings(ctx.settings, job.speakers_map),
+                         ExportConfig(str(folder), job.title, present), EmbedConfig(ctx.embedder.model_id))
+
+
+def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
+    """The cache keys of an episode whose audio is known (after its download)."""
+    return episode_config(ctx, job).keys(job.audio_sha256)
+
+
 def process_episode(ctx: RunContext, job: EpisodeJob, run_id: str = "", run_stage: StageRunner = call_stage) -> EpisodeOutcome:
     """Every stage of one episode, in order; raises the first stage's error that is not retried away.
     Each stage is reported to the run's progress callback as it starts."""
 
     def run_reported(name: str, func: Callable[..., Any], *args: Any, cache_key: str | None = None) -> Any:
-        ctx.progress(job.episode_id, "running", {"stage": name})
+        ctx.progress(ProgressEvent(job.episode_id, EpisodeStatus.RUNNING, stage=name))
         return run_stage(name, func, *args, cache_key=cache_key)
 
     return _sequence(ctx, job, run_id, run_reported)

@@ -14,6 +14,7 @@ import logging
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError, UndecodableAudioError
 from ..files import write_all_atomic, write_atomic
@@ -39,6 +40,7 @@ from ..text.quality import QualityReport, check_transcript, enforce
 from ..transcript import Transcript, TranscriptionResult
 from .config import FormatConfig
 from .context import RunContext
+from .events import EpisodeStatus, ProgressEvent
 from .plan import EpisodeJob
 from .retry import is_transient, with_db_retries
 
@@ -160,20 +162,21 @@ def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> Transcript
     """Audio -> provider-neutral transcript plus the raw response (one provider request), recorded in the ledger;
     the audio seconds done go to the run's progress callback."""
 
-    noted = {"transcript_note": job.transcript_note} if job.transcript_note else {}  # shown after the run's summary
+    def report(**known: Any) -> None:  # the note is shown after the run's summary
+        ctx.progress(ProgressEvent(job.episode_id, EpisodeStatus.RUNNING, stage="transcribe", **known))
+
     if job.transcript_file is not None:  # the publisher's: no provider request; the ledger records the saving
         result = read_publisher_transcript(job)
         t = result.transcript
         saved = ctx.providers.cost(ctx.settings.resolved_transcriber, audio_seconds=t.duration)
-        ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": f"{PUBLISHER} ({t.model})", **noted})
+        report(transcript=f"{PUBLISHER} ({t.model})", transcript_note=job.transcript_note)
         record_cost(ctx, run_id, job.episode_id, "transcribe", PUBLISHER, t.model, 0, 0.0, 0, saved_usd=saved)
         return result
 
     def progress(done: float, total: float) -> None:
-        ctx.progress(job.episode_id, "running", {"stage": "transcribe", "audio_done": round(done, 1),
-                                                 "audio_total": round(total, 1)})
+        report(audio_done=round(done, 1), audio_total=round(total, 1))
 
-    ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": ctx.transcriber.provider, **noted})
+    report(transcript=ctx.transcriber.provider, transcript_note=job.transcript_note)
     try:
         result = ctx.transcriber.transcribe(job.audio_path, progress, speakers=len(job.speakers_map) or None)
     except UndecodableAudioError:

@@ -22,7 +22,6 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
@@ -47,6 +46,7 @@ from prefect.utilities.annotations import unmapped
 from ..errors import AuthenticationError, QuotaExhaustedError
 from ..ingest import stages
 from ..ingest.context import RunContext
+from ..ingest.events import EpisodeStatus, EpisodeSummary, ProgressEvent
 from ..ingest.plan import EpisodeJob, plan_episodes
 from ..ingest.retry import RETRIES, RETRY_DELAYS, RETRY_JITTER, with_db_retries
 from ..ingest.sequence import process_episode
@@ -61,35 +61,6 @@ ELSEWHERE = "processed by another run while this one waited for it"
 # A run that crashed (its machine died) is resumed by the server's automation (server.py); one that crashes
 # again and again is stopped here instead, with a reason.
 MAX_RUN_ATTEMPTS = 4
-
-
-class EpisodeStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    PROCESSED = "processed"
-    BUSY = "busy"  # another run processed it (this one waited for it): not a failure
-    FAILED = "failed"
-    SKIPPED = "skipped"  # not started: the run stopped first
-
-
-FINISHED = frozenset({EpisodeStatus.PROCESSED, EpisodeStatus.BUSY, EpisodeStatus.FAILED, EpisodeStatus.SKIPPED})
-
-
-@dataclass(slots=True)
-class EpisodeSummary:
-    """One row of the run's `ingest-summary` artifact: what a person looks for first, first."""
-
-    episode: str
-    status: str
-    error: str = ""
-    title: str = ""
-    workers: str = ""  # every worker that took it in this run, oldest first; "(died)" after one that went away
-    processed_by: str = ""
-    seconds: float = 0.0
-    segments: int = 0
-    audio_minutes: float = 0.0
-    tokens: int = 0
-    cost_usd: float = 0.0
 
 
 def describe(exc: object, settings: Any) -> str:
@@ -132,7 +103,7 @@ def episode_task(episode_id: str, job: dict[str, Any], run_id: str) -> State:
         # In this process the parent cannot cancel a task its thread has already picked up: the task checks.
         if ctx.interrupted.is_set() or ctx.halted.is_set():
             return Cancelled(message="not started: the run stopped first")
-        ctx.progress(episode_id, EpisodeStatus.RUNNING, {"status": EpisodeStatus.RUNNING})
+        ctx.progress(ProgressEvent(episode_id, EpisodeStatus.RUNNING))
         claim = with_db_retries(episodes.wait_for_claim, ctx.db.url, episode_id)
         try:
             if claim.done_meanwhile:
@@ -221,7 +192,7 @@ def _ingest(ctx: RunContext, episode_ids: list[str] | None, max_parallel: int | 
         local = local.with_progress(RunProgress([job.episode_id for job in jobs], ctx.progress))
         for job in jobs:
             queued = EpisodeSummary(job.episode_id, EpisodeStatus.QUEUED, title=job.title)
-            local.progress(job.episode_id, EpisodeStatus.QUEUED, asdict(queued))
+            local.progress(ProgressEvent(job.episode_id, EpisodeStatus.QUEUED, summary=queued))
         with episode_runner(settings, parallel, in_deployment=deployment.get_id() is not None) as (runner, where), \
                 local.activated():
             logger.info("%d episodes to process (%d up to date, %d invalid) %s", len(jobs), len(plan.up_to_date),
@@ -234,11 +205,11 @@ def _ingest(ctx: RunContext, episode_ids: list[str] | None, max_parallel: int | 
             for job, outcome in _as_they_end(jobs, futures, stop, local):
                 summary = _summary(local, run_id, job, outcome)
                 summaries[job.episode_id] = summary
-                local.progress(job.episode_id, summary.status, asdict(summary))
+                local.progress(ProgressEvent(job.episode_id, summary.status, summary=summary))
     ordered = [summaries[job.episode_id] for job in jobs]
     for episode_id, error in plan.invalid.items():
         ordered.append(EpisodeSummary(episode_id, EpisodeStatus.FAILED, error=error))
-        ctx.progress(episode_id, EpisodeStatus.FAILED, asdict(ordered[-1]))
+        ctx.progress(ProgressEvent(episode_id, EpisodeStatus.FAILED, summary=ordered[-1]))
     if any(s.status == EpisodeStatus.PROCESSED for s in ordered):
         segments.refresh_statistics(ctx.db)
     create_table_artifact(key="ingest-summary", table=[asdict(s) for s in ordered],
