@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .models import Hit, Mode
+from .types import Hit, Mode
 
 LOCAL_MINILM = "local/all-MiniLM-L6-v2@384"
 

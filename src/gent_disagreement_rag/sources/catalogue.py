@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import CatalogueError
 from ..settings import Settings
+from . import display_title
 
 
 class CatalogueEntry(BaseModel):
@@ -44,7 +45,7 @@ class CatalogueEntry(BaseModel):
 
     @property
     def display_title(self) -> str:
-        return self.title or (Path(self.file_name).stem if self.file_name else f"Episode {self.episode_id}")
+        return display_title(self.title, self.file_name, self.episode_id)
 
 
 def speaker_numbers(speakers_map: dict[str, object]) -> dict[str, object]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psycopg import sql
@@ -23,28 +23,18 @@ from .database import Database
 
 if TYPE_CHECKING:
     from ..sources.publisher import Chapter
+    from ..text.chunking import Chunk
     from .episodes import TranscriptOrigin
 
 EPISODE_LOCK_NAMESPACE = 7_413_002  # first key of pg_advisory_xact_lock(int, int) for episode writes
 MODEL_REGISTRATION_LOCK = 7_413_003
 
 
-class Segment(Protocol):
-    """What the store needs of a segment (the chunker's Chunk is one)."""
-
-    position: int
-    speaker: str
-    start: float
-    end: float
-    text: str
-    token_count: int
-
-
 def index_name(model_id: str) -> str:
     return "embeddings_hnsw_" + hashlib.sha1(model_id.encode()).hexdigest()[:12]
 
 
-def segments_fingerprint(segments: Sequence[Segment], chapters: Sequence[str | None] = ()) -> str:
+def segments_fingerprint(segments: Sequence[Chunk], chapters: Sequence[str | None] = ()) -> str:
     """Content hash of an episode's segments (and their chapters' titles, when there are any: without,
     the hash is what it was before chapters): unchanged segments keep other models' vectors."""
     digest = hashlib.sha256()
@@ -55,7 +45,7 @@ def segments_fingerprint(segments: Sequence[Segment], chapters: Sequence[str | N
     return digest.hexdigest()
 
 
-def segment_chapters(segments: Sequence[Segment], chapters: Sequence[Chapter]) -> list[str | None]:
+def segment_chapters(segments: Sequence[Chunk], chapters: Sequence[Chapter]) -> list[str | None]:
     """Each segment's chapter title: the chapter playing at the segment's middle (a chunk straddling a
     boundary belongs where most of it is)."""
     ordered = sorted(chapters, key=lambda c: c.start)
@@ -93,7 +83,7 @@ def ensure_model(db: Database, model_id: str, provider: str, model: str, dimensi
 def store_episode(
     db: Database,
     episode_id: str,
-    segments: Sequence[Segment],
+    segments: Sequence[Chunk],
     *,
     model_id: str,
     provider: str,
