@@ -11,10 +11,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import BaseRowFactory, RowMaker, no_result
 
+from .types import Filters, FilterShape, Mode, StoredModel
+
 if TYPE_CHECKING:
     from psycopg.cursor import BaseCursor
-
-from .types import Filters, FilterShape, Mode, StoredModel
 
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 CANDIDATES = 50  # rows each side of a hybrid search contributes to the fusion
@@ -186,10 +186,10 @@ class SearchRow(NamedTuple):
     vector_candidates: int | None  # rows the vector side found (None in text mode): short means a starved walk
 
 
-def _named_rows(cls: type[_Row]) -> BaseRowFactory[_Row]:
+def named_rows(cls: type[_Row]) -> BaseRowFactory[_Row]:
     """A row factory for a NamedTuple whose fields are the statement's columns in the same order: the names are
-    checked once per result, then each row is built from its values (class_row's keyword call per row costs more
-    than the rest of assembling a search with context windows, which reads hundreds of rows)."""
+    checked once per result, then each row is built from its values (class_row's keyword call per row would cost
+    about as much as assembling the hits of a search with context windows, which reads hundreds of rows)."""
     fields = list(cls._fields)  # type: ignore[attr-defined]
 
     def factory(cursor: BaseCursor[Any, Any]) -> RowMaker[_Row]:
@@ -198,12 +198,13 @@ def _named_rows(cls: type[_Row]) -> BaseRowFactory[_Row]:
         names = [column.name for column in cursor.description]
         if names != fields:
             raise psycopg.ProgrammingError(f"the statement's columns {names} are not {cls.__name__}'s fields {fields}")
-        return cls._make  # type: ignore[attr-defined,no-any-return]
+        # The names matched, so the count did: the values go straight in (NamedTuple._make checks the length again).
+        return functools.partial(tuple.__new__, cls)  # type: ignore[return-value]
 
     return factory
 
 
-search_row = _named_rows(SearchRow)
+search_row = named_rows(SearchRow)
 
 
 def scan_settings(conn: psycopg.Connection) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from psycopg.rows import class_row
+from .statements import named_rows
 
 TEXT_ROW_BUDGET = 1_000  # estimated rows the text side may rank (see plan_text_query)
 
@@ -35,7 +35,7 @@ TEXT_STATS_SQL = """SELECT l.lexeme, st.freqs[array_position(st.elems, l.lexeme)
     FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS l(lexeme)
     LEFT JOIN (SELECT most_common_elems::text::text[] AS elems, most_common_elem_freqs AS freqs FROM pg_stats
                WHERE schemaname = current_schema() AND tablename = 'segments' AND attname = 'tsv') st ON true"""
-lexeme_stats = class_row(LexemeStats)
+lexeme_stats = named_rows(LexemeStats)
 
 
 def plan_text_query(rows: Sequence[LexemeStats]) -> str | None:

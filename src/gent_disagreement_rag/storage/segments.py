@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from psycopg import sql
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from ..sources.publisher import chapter_at
@@ -158,11 +159,17 @@ def store_episode(
             )
 
 
-def embedding_model_counts(db: Database) -> list[tuple[str, int, int]]:
-    """(model_id, dimensions, vectors) for every registered model."""
+class ModelCount(NamedTuple):
+    model_id: str
+    dimensions: int
+    vectors: int
+
+
+def embedding_model_counts(db: Database) -> list[ModelCount]:
+    """Every registered model with its stored vectors."""
     with db.connection() as conn:
-        return conn.execute(
-            """SELECT m.model_id, m.dimensions, count(e.model_id)
+        return conn.cursor(row_factory=class_row(ModelCount)).execute(
+            """SELECT m.model_id, m.dimensions, count(e.model_id) AS vectors
                FROM embedding_models m LEFT JOIN embeddings e USING (model_id)
                GROUP BY m.model_id, m.dimensions ORDER BY m.model_id"""
         ).fetchall()
