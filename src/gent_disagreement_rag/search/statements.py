@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import ExecStatus
 from psycopg.rows import BaseRowFactory, RowMaker, no_result
 
 from .types import Filters, FilterShape, Mode, StoredModel
@@ -160,6 +161,7 @@ def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, webs
 
 
 _Row = TypeVar("_Row")
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 class SearchRow(NamedTuple):
@@ -193,9 +195,11 @@ def named_rows(cls: type[_Row]) -> BaseRowFactory[_Row]:
     fields = list(cls._fields)  # type: ignore[attr-defined]
 
     def factory(cursor: BaseCursor[Any, Any]) -> RowMaker[_Row]:
-        if cursor.description is None:
+        result = cursor.pgresult
+        if result is None or result.status != TUPLES_OK:
             return no_result
-        names = [column.name for column in cursor.description]
+        # From the result's field names (cursor.description would build a Column per field for each result).
+        names = [result.fname(i).decode() for i in range(result.nfields)]  # type: ignore[union-attr]
         if names != fields:
             raise psycopg.ProgrammingError(f"the statement's columns {names} are not {cls.__name__}'s fields {fields}")
         # The names matched, so the count did: the values go straight in (NamedTuple._make checks the length again).
