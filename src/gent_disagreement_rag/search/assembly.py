@@ -32,10 +32,10 @@ def assemble(rows: Sequence[SearchRow], k: int, context: int, audio_dir: Path, s
     speaker filter, which a credited reply must pass too."""
     candidates: dict[tuple[str, int], SearchRow] = {}
     chunks: dict[tuple[str, int], Segment] = {}
-    for row in rows:
-        candidates.setdefault((row.episode_id, row.position), row)
-        chunks[(row.episode_id, row.chunk_position)] = Segment(row.chunk_position, row.speaker, float(row.start_seconds),
-                                                               float(row.end_seconds), row.text, row.chapter)
+    for each in rows:
+        candidates.setdefault((each.episode_id, each.position), each)
+        chunks[(each.episode_id, each.chunk_position)] = Segment(each.chunk_position, each.speaker, float(each.start_seconds),
+                                                               float(each.end_seconds), each.text, each.chapter)
     windows: list[_Window] = []
 
     def allowed(reply: Segment) -> bool:
@@ -55,7 +55,8 @@ def assemble(rows: Sequence[SearchRow], k: int, context: int, audio_dir: Path, s
                 row = asked._replace(position=position, vscore=None, vrank=None, tscore=None, trank=None)
             else:
                 row = row._replace(score=asked.score)
-        assert row is not None
+        if row is None:
+            raise AssertionError(f"hit {episode_id}/{position} is neither a candidate nor a credited reply")
         lo, hi = position - context, position + context
         segs = {p: chunks[(episode_id, p)] for p in range(lo, hi + 1) if (episode_id, p) in chunks}
         overlapping = [w for w in windows if w.episode_id == episode_id and w.lo <= hi and lo <= w.hi]

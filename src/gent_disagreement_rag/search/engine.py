@@ -49,6 +49,7 @@ from ..providers.embedders import Embedder
 from ..providers.registry import ModelId, provider_registry
 from ..settings import Settings
 from ..storage.database import Database
+from ..storage.rows import first_value
 from .assembly import assemble, empty_notice
 from .relevance import relevance_basis, with_relevance
 from .statements import (
@@ -96,7 +97,7 @@ def choose_model(conn: psycopg.Connection, settings: Settings, requested: str | 
     for m in models:
         if m.model_id == preferred:
             return m
-    counts = dict(conn.execute("SELECT model_id, count(*) FROM embeddings GROUP BY model_id").fetchall())
+    counts: dict[str, int] = dict(conn.execute("SELECT model_id, count(*) FROM embeddings GROUP BY model_id").fetchall())
     return max(models, key=lambda m: (counts.get(m.model_id, 0), m.model_id))
 
 
@@ -244,7 +245,7 @@ class Searcher:
             if estimate:
                 estimate_cur = conn.execute(estimate_sql(filters.shape), params, prepare=False)
                 chunks_cur = conn.execute(CHUNKS_SQL)
-        if episode_cur is not None and not episode_cur.fetchone()[0]:
+        if episode_cur is not None and not first_value(episode_cur):
             known = [r[0] for r in conn.execute("SELECT episode_id FROM episodes ORDER BY episode_id LIMIT 21")]
             listing = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
             raise SearchError(
@@ -252,7 +253,7 @@ class Searcher:
             )
         model = None
         if mode is Mode.text:
-            if not any_chunk_cur.fetchone()[0]:
+            if not first_value(any_chunk_cur):
                 raise SearchError("the database has no transcript chunks yet: run `gdr ingest` first")
         else:
             models = models_cur.fetchall()
@@ -263,8 +264,8 @@ class Searcher:
         params.update(q=request.query, tsq=plan_text_query(stats_cur.fetchall()) if stats_cur else None,
                       cand=max(CANDIDATES, fetch) if mode is Mode.hybrid else fetch, fetch=fetch,
                       ctx=request.context, rrf_k=RRF_K)
-        exact = estimate and exact_is_cheaper(estimate_cur.fetchone()[0][0]["Plan"]["Plan Rows"], params["cand"],
-                                              chunks_cur.fetchone()[0] or 0.0)
+        exact = estimate and exact_is_cheaper(first_value(estimate_cur)[0]["Plan"]["Plan Rows"], params["cand"],
+                                              first_value(chunks_cur) or 0.0)
         return _Prepared(request, model, build_sql(mode, model, filters, websearch=request.websearch, exact=exact),
                          params, exact)
 

@@ -63,7 +63,7 @@ def _vector_cte(model: StoredModel, filters: FilterShape, *, exact: bool) -> sql
 def _filter_conditions(filters: FilterShape, table: str) -> list[sql.Composable]:
     """The filters as SQL conditions: episode and date on `table`'s episode_id (`e` for the vector side,
     `s` for the text side and the speaker estimate), the speaker on `segments s`."""
-    where = []
+    where: list[sql.Composable] = []
     if filters.episode:
         where.append(sql.SQL(table + ".episode_id = %(episode)s"))
     dates = [c for c, on in (("x.published >= %(since)s", filters.since), ("x.published <= %(until)s", filters.until)) if on]
@@ -125,9 +125,11 @@ def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, webs
     if mode in (Mode.text, Mode.hybrid):
         ctes.append(_text_cte(filters, websearch=websearch))
     if mode is Mode.vector:
-        fused = "SELECT episode_id, position, vscore AS score, vscore, vrank, NULL::real AS tscore, NULL::bigint AS trank FROM vr"
+        fused = ("SELECT episode_id, position, vscore AS score, vscore, vrank, "
+                 "NULL::real AS tscore, NULL::bigint AS trank FROM vr")
     elif mode is Mode.text:
-        fused = "SELECT episode_id, position, tscore AS score, NULL::float8 AS vscore, NULL::bigint AS vrank, tscore, trank FROM tr"
+        fused = ("SELECT episode_id, position, tscore AS score, NULL::float8 AS vscore, NULL::bigint AS vrank, "
+                 "tscore, trank FROM tr")
     else:
         fused = (
             "SELECT episode_id, position, "
@@ -155,7 +157,8 @@ def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, webs
         "s.position AS chunk_position, s.speaker, s.start_seconds, s.end_seconds, s.text, s.chapter, "
         + vec_count + " AS vector_candidates\n"
         "FROM hits h JOIN episodes ep ON ep.episode_id = h.episode_id "
-        "JOIN segments s ON s.episode_id = h.episode_id AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s + 1\n"
+        "JOIN segments s ON s.episode_id = h.episode_id "
+        "AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s + 1\n"
         "ORDER BY h.score DESC, h.vscore DESC NULLS LAST, h.tscore DESC NULLS LAST, h.episode_id, h.position, s.position"
     ).format(ctes=sql.SQL(",\n").join(ctes), vscore=sql.SQL(vscore)).as_string(None)
 
@@ -203,7 +206,7 @@ def named_rows(cls: type[_Row]) -> BaseRowFactory[_Row]:
         if names != fields:
             raise psycopg.ProgrammingError(f"the statement's columns {names} are not {cls.__name__}'s fields {fields}")
         # The names matched, so the count did: the values go straight in (NamedTuple._make checks the length again).
-        return functools.partial(tuple.__new__, cls)  # type: ignore[return-value]
+        return functools.partial(tuple.__new__, cls)  # type: ignore[type-var]
 
     return factory
 

@@ -56,7 +56,8 @@ def plan_text_query(rows: Sequence[LexemeStats]) -> str | None:
     reltuples = rows[0].chunks or 0
     if reltuples <= 0 or rows[0].min_frequency is None:  # no statistics yet
         return _tsquery_literal(lexemes, "|")
-    estimate = {r.lexeme: (r.frequency if r.frequency is not None else r.min_frequency) * reltuples for r in rows}
+    floor = rows[0].min_frequency  # every row carries the column's statistics
+    estimate = {r.lexeme: (r.frequency if r.frequency is not None else floor) * reltuples for r in rows}
     kept, total = [], 0.0
     for lex in sorted(lexemes, key=lambda x: estimate[x]):
         if total + estimate[lex] > TEXT_ROW_BUDGET:

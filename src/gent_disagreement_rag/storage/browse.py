@@ -66,7 +66,7 @@ def catalogue_version(db: Database) -> tuple:
     transaction that sets its updated_at, and registering or failing one sets it too (one index-free scan of
     the episodes table, ~0.1 ms at 500 episodes, against ~30 ms for the summaries below at 100k chunks)."""
     with db.connection() as conn:
-        return tuple(conn.execute("SELECT count(*), max(updated_at) FROM episodes").fetchone())
+        return tuple(conn.execute("SELECT count(*), max(updated_at) FROM episodes").fetchone() or ())
 
 
 def episode_summaries(db: Database, episode_id: str | None = None) -> list[EpisodeSummary]:

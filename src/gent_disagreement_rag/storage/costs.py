@@ -50,7 +50,8 @@ def record_call(
         )
 
 
-def cost_totals(db: Database, *, run_id: str | None = None, episode_id: str | None = None, since: date | None = None) -> CostTotals:
+def cost_totals(db: Database, *, run_id: str | None = None, episode_id: str | None = None,
+                since: date | None = None) -> CostTotals:
     with db.connection() as conn:
         row = conn.cursor(row_factory=class_row(CostTotals)).execute(
             f"""SELECT {_TOTALS.format(p="")}

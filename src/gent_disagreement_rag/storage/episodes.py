@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from .database import Database
+from .rows import first_value
 
 if TYPE_CHECKING:  # annotations only: a search would otherwise import the catalogue's models and the feed reader
     from ..sources.catalogue import CatalogueEntry
@@ -222,7 +223,7 @@ def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> lis
 def table_counts(db: Database) -> dict[str, int]:
     with db.connection() as conn:
         return {
-            table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+            table: first_value(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))))
             for table in ("episodes", "segments", "embeddings", "embedding_models", "provider_calls")
         }
 
@@ -249,8 +250,9 @@ def wait_for_claim(url: str, episode_id: str) -> Claim:
     an episode claimed. Close the claim to release it."""
     conn = psycopg.connect(url, autocommit=True)
     try:
-        since = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-        if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (EPISODE_CLAIM_NAMESPACE, episode_id)).fetchone()[0]:
+        since = first_value(conn.execute("SELECT clock_timestamp()"))
+        locked = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (EPISODE_CLAIM_NAMESPACE, episode_id))
+        if not first_value(locked):
             conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (EPISODE_CLAIM_NAMESPACE, episode_id))
             row = conn.execute("SELECT status = 'processed' AND processed_at >= %s FROM episodes WHERE episode_id = %s",
                                (since, episode_id)).fetchone()
