@@ -62,7 +62,9 @@ def test_one_bad_episode_fails_alone_and_the_run_is_failed(settings, catalogue, 
     fake_api.enqueue(LISTEN, deepgram_error(400, "Bad Request", "corrupt or unsupported data"), when=for_audio(bad))
     state = run_ingest(episode_ids=["EP-3", "EP-4"], max_parallel=1)
     assert state.is_failed()
-    assert "1/2 episodes processed" in state.message
+    # One line (the UI shows a newline as a literal \n): the verdict, then the failed episode with its reason.
+    assert state.message.startswith("1/2 episodes processed; 1 failed or skipped — EP-3: "), state.message
+    assert "corrupt or unsupported data" in state.message and "\n" not in state.message
     result = statuses(settings)
     assert result["EP-3"][0] == "failed" and "corrupt or unsupported data" in result["EP-3"][2]
     assert result["EP-4"][0] == "processed"

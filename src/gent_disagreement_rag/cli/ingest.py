@@ -18,6 +18,7 @@ from ..settings import Settings
 from ..sources.publisher import PUBLISHER
 from ..storage import costs, episodes
 from ..storage.database import Database
+from ..storage.episodes import EpisodeState
 
 if TYPE_CHECKING:
     from ..ingest.plan import EpisodePlan
@@ -50,7 +51,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         return
     table = Table("episode", "title", "status", "segments", "cost $", "transcript", "error / stale because / note",
                   title=counted(len(rows), "episode"))
-    colours = {"processed": "green", "failed": "red", "pending": "yellow"}
+    colours = {EpisodeState.PROCESSED: "green", EpisodeState.FAILED: "red", EpisodeState.PENDING: "yellow"}
     for r in rows:
         status = f"[{colours[r['status']]}]{r['status']}[/]" + (" [yellow](stale)[/]" if r["stale"] else "")
         why = "; ".join(x for x in (r["error"] and r["error"][:160], r["undecodable"], r["stale"], r["transcript_note"]) if x)
@@ -136,7 +137,9 @@ def _report(settings: Settings, progress: IngestProgress, state: Any) -> None:
         running = progress.running()
         verdict = f"run interrupted; {len(running)} episodes cut short ({', '.join(running)}): pending for the next run"
     else:
-        verdict = (state.message or state.name).splitlines()[0].removesuffix(":")
+        from ..orchestration.flows import REASONS_AFTER
+
+        verdict = (state.message or state.name).split(REASONS_AFTER)[0]
     console.print(settings.scrub(verdict), markup=False, highlight=False, soft_wrap=True)
 
 

@@ -19,6 +19,7 @@ from ..sources.catalogue import CatalogueEntry, catalogue_entries
 from ..sources.publisher import TranscriptChoice, TranscriptLink, choose_transcript
 from ..storage import episodes
 from ..storage.database import Database
+from ..storage.episodes import EpisodeState
 from .config import EmbedConfig, FormatConfig
 
 
@@ -88,7 +89,7 @@ def stale_reason(settings: Settings, row: episodes.EpisodeRow, speakers_map: dic
     (None: they are). An episode processed before segments_config was recorded is judged by its vectors
     only: re-chunking it could cost a transcription if the stage cache is gone. The exception is text an older
     parser read from a local transcript: made again, it costs no more than CPU time."""
-    if row.status != "processed":
+    if row.status is not EpisodeState.PROCESSED:
         return None
     reasons = FormatConfig.from_settings(settings, speakers_map).stale_reasons(row.segments_config, row.transcribed_by)
     reasons += _transcript_stale(settings, row)
@@ -111,7 +112,7 @@ def undecodable_reason(settings: Settings, row: episodes.EpisodeRow, audio_sha25
 def undecodable_note(settings: Settings, row: episodes.EpisodeRow) -> str | None:
     """What `gdr status` says of an episode whose audio the settings' transcriber could not decode (reads no file)."""
     marker = row.undecodable_audio
-    if row.status != "failed" or marker is None or marker.get("transcriber") != settings.resolved_transcriber:
+    if row.status is not EpisodeState.FAILED or marker is None or marker.get("transcriber") != settings.resolved_transcriber:
         return None
     return "not retried while its audio file stays the same (--force tries again)"
 
@@ -210,7 +211,7 @@ def plan_episodes(
             plan.invalid[episode_id] = str(exc)
             continue
         row = known.get(episode_id)
-        current = row is not None and row.status == "processed" and row.processed_sha256 == job.audio_sha256
+        current = row is not None and row.status is EpisodeState.PROCESSED and row.processed_sha256 == job.audio_sha256
         stale = stale_reason(settings, row, job.speakers_map) if row is not None and current else None
         if current and not stale and not force:  # named or not: --force runs an up-to-date episode again
             plan.up_to_date.append(job.episode_id)

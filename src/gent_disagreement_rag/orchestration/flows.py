@@ -319,6 +319,9 @@ def _crash_abandoned_task_runs(run_id: str) -> None:
                                                               "machine died; the run was resumed"), force=True)
 
 
+REASONS_AFTER = " — "  # in a failed run's state message, between the verdict and the episodes' reasons
+
+
 def _final_state(summaries: list[EpisodeSummary], stop: _Stop, feed_error: str) -> State:
     failed = [s for s in summaries if s.status not in (EpisodeStatus.PROCESSED, EpisodeStatus.BUSY)]
     busy = sum(s.status == EpisodeStatus.BUSY for s in summaries)
@@ -333,8 +336,10 @@ def _final_state(summaries: list[EpisodeSummary], stop: _Stop, feed_error: str) 
     if feed_error:
         message = f"feed discovery failed: {feed_error}; {message}"
     if failed:
-        # Each reason in full, one line per episode: the message is what a notification of the run shows.
-        message = f"{message}; {len(failed)} failed or skipped:\n" + "\n".join(f"- {s.episode}: {s.error}" for s in failed)
+        # Each reason in full: the message is what a notification of the run shows. One line (the UI shows a
+        # newline as a literal \n): the verdict, REASONS_AFTER, then each episode's reason.
+        message = f"{message}; {len(failed)} failed or skipped{REASONS_AFTER}" + "; ".join(
+            f"{s.episode}: {s.error}" for s in failed)
     if failed or feed_error:
         return Failed(message=message)
     return Completed(message=message, data=[asdict(s) for s in summaries])

@@ -30,12 +30,13 @@ from ..storage.browse import (
 )
 from ..storage.database import Database
 from ..storage.embedded import first_line
+from ..storage.episodes import EpisodeState
 from ..storage.reader import reader_url
 
 MAX_K = 50  # results one search may ask for: more is never a citation, only a slower answer
 MAX_TRANSCRIPT_SECONDS = 900.0  # one transcript call: 15 minutes of conversation is already ~2,500 words
 DEFAULT_TRANSCRIPT_SECONDS = 120.0
-STATUSES = ("processed", "pending", "failed")  # episodes.status (migration 0001's CHECK)
+STATUSES = tuple(EpisodeState)
 SERVER_POOL_SIZE = 4  # connections of one server process: requests are short, a few at a time
 
 

@@ -42,6 +42,15 @@ class TranscriptOrigin:
     note: str | None = None
 
 
+class EpisodeState(StrEnum):
+    """An episode's status between runs (episodes.status; migration 0001's CHECK). Within a run it has the
+    run's own statuses (ingest/events.py EpisodeStatus)."""
+
+    PENDING = "pending"
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True, slots=True)
 class EpisodeRow:
     episode_id: str
@@ -50,7 +59,7 @@ class EpisodeRow:
     file_name: str | None
     audio_url: str | None
     speakers_map: dict[str, str]
-    status: str
+    status: EpisodeState
     last_error: str | None
     audio_sha256: str | None
     processed_sha256: str | None
@@ -96,7 +105,7 @@ class EpisodeRow:
 def new_entry_json(entry: CatalogueEntry) -> dict[str, Any]:
     """`EpisodeRow.as_json` of a catalogue entry the database does not know yet: pending, nothing stored."""
     return {
-        "episode_id": entry.episode_id, "title": entry.title, "status": "pending", "segments": 0, "error": None,
+        "episode_id": entry.episode_id, "title": entry.title, "status": EpisodeState.PENDING, "segments": 0, "error": None,
         "published": entry.published.isoformat() if entry.published else None, "file_name": entry.file_name,
         "audio_url": entry.audio_url, "duration_seconds": None, "audio_sha256": None, "updated_at": None,
         "source": "catalogue", "cost_usd": 0.0, "processed_by": None, "transcript_source": None,
@@ -217,7 +226,7 @@ def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> lis
                ORDER BY e.published NULLS LAST, e.episode_id""",
             {"ids": list(episode_ids) if episode_ids is not None else None},
         ).fetchall()
-    return [EpisodeRow(**{**r, "model_ids": tuple(r["model_ids"])}) for r in rows]
+    return [EpisodeRow(**{**r, "status": EpisodeState(r["status"]), "model_ids": tuple(r["model_ids"])}) for r in rows]
 
 
 def table_counts(db: Database) -> dict[str, int]:
