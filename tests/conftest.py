@@ -17,8 +17,7 @@ from gent_disagreement_rag.storage.database import Database
 from gent_disagreement_rag.storage.schema import migrate
 from tests.support.fakeapi import FakeAPI
 from tests.support.prefect_server import drain_prefect_clients, prefect_server
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.world import one_episode, world  # noqa: F401  (fixtures: pytest finds them here)
 
 # Tests never read a developer's .env, keys or caches.
 for _var in ("DEEPGRAM_API_KEY", "OPENAI_API_KEY", "DATABASE_URL", "DB_HOST", "TRANSCRIBER", "EMBEDDER"):

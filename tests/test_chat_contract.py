@@ -36,10 +36,10 @@ from gent_disagreement_rag.storage.chat_access import PASSWORD_FILE, READER_ROLE
 from gent_disagreement_rag.storage.database import Database
 from gent_disagreement_rag.storage.embedded import stop_embedded
 from gent_disagreement_rag.text.chunking import Chunk
-from tests.conftest import REPO_ROOT
 from tests.support.builders import free_port, segment
 from tests.support.chat_server import QUERY, THRESHOLD
 from tests.support.fakeapi import FakeAPI
+from tests.support.paths import REPO_ROOT
 
 LOCAL_ONLY_EPISODE = "4"  # stored with local vectors only: the chat views leave it out
 CATALOGUE = {str(e.episode_id): e for e in load_catalogue(REPO_ROOT / "data" / "episodes.json")}

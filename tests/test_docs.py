@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gent_disagreement_rag.settings import settings_table
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
 

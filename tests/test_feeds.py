@@ -25,9 +25,9 @@ from gent_disagreement_rag.storage import costs as cost_store
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
 from tests.support.builders import app_environment, make_audio, run_ingest
-from tests.support.feed_server import FeedServer, Item, feed_server
 from tests.support.fakeapi import LISTEN, FakeAPI
-from tests.test_flows import statuses
+from tests.support.feed_server import FeedServer, Item, feed_server
+from tests.support.world import statuses
 
 SPEAKERS = {"0": "Ann", "1": "Bob"}
 

@@ -43,4 +43,3 @@ def test_phone_call_subset_holds_its_figures() -> None:
     assert today["hit@1"] >= HIT1_FLOOR
     assert today["hit@3"] >= HIT3_FLOOR
     assert (today["hit@1"] - cosine_alone["hit@1"]) * 16 >= 3
-
