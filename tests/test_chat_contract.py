@@ -270,3 +270,15 @@ def test_episode_numbers_catalogue_feed_and_reserved_are_unique_and_stable(db: D
     rerun = episode_store.sync_feed(db, [feed_item("d", 12), feed_item("e", 13)], {})  # a rerun of the feed, one new item
     again = numbers()
     assert rerun["d"] == ids["d"] and {k: again[k] for k in first} == first and again[rerun["e"]] == 13
+
+
+def test_a_catalogue_episode_keeps_its_number_when_a_feed_item_claimed_it_first(db: Database) -> None:
+    # The feed is registered before the catalogue: the feed item holds the lower reserved number, so only the
+    # rule "a catalogue episode's own number wins over a feed's" decides who is shown as 7.
+    ids = episode_store.sync_feed(db, [feed_item("early", 7), feed_item("other", 8)], {})
+    episode_store.sync_catalogue(db, [CATALOGUE["1"].model_copy(update={"episode_id": "7"})])
+    with db.connection() as conn:
+        numbers = dict(conn.execute("SELECT gdr_episode_id, episode_number FROM chat.episodes").fetchall())
+    assert numbers["7"] == 7
+    assert numbers[ids["early"]] > 1_000_000 and numbers[ids["other"]] == 8
+    assert len(set(numbers.values())) == len(numbers)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import stat
 from itertools import pairwise
 from pathlib import Path
 
@@ -97,6 +99,24 @@ def test_export_writes_five_files_and_no_temp_files(phone_export) -> None:
     out_dir = paths["raw"].parent
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(p.name for p in paths.values())
     assert json.loads(paths["raw"].read_text(encoding="utf-8")) == json.loads(PHONE.read_text(encoding="utf-8"))
+
+
+def test_exports_are_readable_by_others_as_the_umask_allows(tmp_path: Path) -> None:
+    """A user's umask 022 makes new files 0644: the exports (served by `gdr serve`, read by other tools and users)
+    must be too, though they are staged in a temporary file that mkstemp creates 0600."""
+    raw = json.loads(PHONE.read_text(encoding="utf-8"))
+    transcript = load_fixture(PHONE)
+    chunks = chunk_transcript(transcript, SPEAKERS)
+    previous = os.umask(0o022)
+    try:
+        paths = export_episode(tmp_path / "out", "call", raw, transcript, chunks, "A phone call", SPEAKERS)
+        reformatted = reformat_raw(paths["raw"], out_dir=tmp_path / "again")
+    finally:
+        os.umask(previous)
+    written = [*paths.values(), *reformatted.values()]
+    assert len(written) == 10
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
+    assert modes == {name: "0o644" for name in modes}
 
 
 def test_chunks_json_extends_the_speaker_text_shape(phone_export) -> None:
