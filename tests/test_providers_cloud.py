@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+import traceback
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,8 +49,10 @@ def make_settings(api: FakeAPI, tmp_path: Path, **overrides: Any) -> Settings:
 
 
 def assert_no_key(exc: BaseException) -> None:
+    """Neither key in the error as printed, logged (its traceback) or stored (its attributes)."""
+    shown = [str(exc), repr(exc), "".join(traceback.format_exception(exc)), repr(vars(exc))]
     for key in (DEEPGRAM_KEY, OPENAI_KEY):
-        assert key not in str(exc) and key not in repr(exc)
+        assert not [text for text in shown if key in text]
 
 
 @pytest.fixture
@@ -128,11 +131,16 @@ def test_deepgram_2xx_without_transcript_is_permanent(
 @pytest.mark.parametrize(
     ("reply", "error", "status", "retry_after"),
     [
-        (deepgram_error(400, "Bad Request", "corrupt or unsupported data"), PermanentProviderError, 400, None),
-        (deepgram_error(401, "INVALID_AUTH", "Invalid credentials."), AuthenticationError, 401, None),
-        (deepgram_error(402, "ASR_PAYMENT_REQUIRED", "Project balance is 0."), QuotaExhaustedError, 402, None),
-        (deepgram_error(429, "TOO_MANY_REQUESTS", retry_after=3), TransientProviderError, 429, 3.0),
-        (deepgram_error(503, "SERVICE_UNAVAILABLE"), TransientProviderError, 503, None),
+        # Each error quotes the key back (body and header): the key must still reach no error of ours.
+        (deepgram_error(400, "Bad Request", "corrupt or unsupported data sent with key {key}", echo_key=True),
+         PermanentProviderError, 400, None),
+        (deepgram_error(401, "INVALID_AUTH", "Invalid credentials: {key}", echo_key=True), AuthenticationError, 401, None),
+        (deepgram_error(402, "ASR_PAYMENT_REQUIRED", "Project of key {key}: balance is 0.", echo_key=True),
+         QuotaExhaustedError, 402, None),
+        (deepgram_error(429, "TOO_MANY_REQUESTS", "{key} is over its rate", retry_after=3, echo_key=True),
+         TransientProviderError, 429, 3.0),
+        (deepgram_error(503, "SERVICE_UNAVAILABLE", "unavailable for {key}", echo_key=True),
+         TransientProviderError, 503, None),
         (dropped(), TransientProviderError, None, None),
     ],
     ids=["400", "401", "402", "429", "503", "dropped"],
@@ -154,7 +162,7 @@ def test_deepgram_errors_map_to_classes_without_sdk_retries(
     assert len(fake_api.requests) == 1  # retries belong to the orchestration
     assert_no_key(caught.value)
     if status == 400:
-        assert "corrupt or unsupported data" in str(caught.value)
+        assert "corrupt or unsupported data sent with key ***" in str(caught.value)  # masked, the rest kept
 
 
 def test_deepgram_slow_answer_times_out_as_transient(fake_api: FakeAPI, audio: Path) -> None:
