@@ -28,6 +28,8 @@ from gent_disagreement_rag.transcript import Transcript, Word
 from tests.support.builders import cl100k_count
 from tests.support.transcripts import FIXTURE_FILES, FIXTURES, load_fixture, transcripts
 
+pytestmark = pytest.mark.fast  # no Postgres, no Prefect, no Whisper, no subprocess (TESTING.md)
+
 SPACE_NEXT_TO_CJK = re.compile(r"[\u4e00-\u9fff。？！] | [\u4e00-\u9fff。？！]")
 _CJK_CHARS = frozenset("我你他是的不了在有人這中大為上個國。？")  # every CJK character the generator and fixtures' checks use
 

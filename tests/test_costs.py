@@ -110,6 +110,7 @@ def test_the_ingest_summary_artifact_tells_each_episodes_outcome_and_cost(settin
     assert refused["error"] == "PermanentProviderError: Deepgram answered HTTP 400 (Bad Request): corrupt or unsupported data"
 
 
+@pytest.mark.fast
 def test_estimate_cost_at_the_configured_list_prices() -> None:
     s = Settings(_env_file=None, deepgram_price_per_minute=0.5, openai_price_per_million_tokens=2.0)
     assert estimate_cost(s, "deepgram", 90.0, 1_000) == 0.75  # 1.5 audio minutes at 0.5 a minute; tokens are free
@@ -117,6 +118,7 @@ def test_estimate_cost_at_the_configured_list_prices() -> None:
     assert estimate_cost(s, "local", 3600.0, 10**6) == 0.0
 
 
+@pytest.mark.fast
 def test_cost_totals_json_shows_minutes_and_rounded_dollars() -> None:
     totals = CostTotals(requests=3, audio_seconds=100.0, tokens=1_200, cost_usd=0.0012345678, saved_usd=0.00432109,
                         publisher_transcripts=2)

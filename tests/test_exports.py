@@ -34,6 +34,8 @@ from gent_disagreement_rag.transcript import Transcript, Word
 from tests.support.builders import segment
 from tests.support.transcripts import FIXTURE_FILES, FIXTURES, load_fixture, transcripts
 
+pytestmark = pytest.mark.fast  # no Postgres, no Prefect, no Whisper, no subprocess (TESTING.md)
+
 PHONE = FIXTURES / "phone_call_463s_2spk_nova3_utterances.json"
 SPEAKERS = {"0": "Tom", "1": "Beth"}
 SRT_TIME = r"(\d\d):(\d\d):(\d\d),(\d{3})"

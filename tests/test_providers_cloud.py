@@ -43,6 +43,8 @@ from tests.support.fakeapi import (
     slow,
 )
 
+pytestmark = pytest.mark.fast  # no Postgres, no Prefect, no Whisper, no subprocess (TESTING.md)
+
 
 def make_settings(api: FakeAPI, tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(_env_file=None, gdr_home=tmp_path / "home", **api.settings_fields(), **overrides)

@@ -26,6 +26,7 @@ from tests.support.world import stored_texts, truncated_transcript
 fixture_ids = [p.name.split("_")[0] for p in FIXTURE_FILES]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("path", FIXTURE_FILES, ids=fixture_ids)
 def test_real_fixtures_pass(path: Path) -> None:
     """Against the provider's own duration (None: what a caller without a probed duration passes)."""
@@ -38,11 +39,13 @@ def test_real_fixtures_pass(path: Path) -> None:
     enforce(report)
 
 
+@pytest.mark.fast
 def test_nasa_radio_loop_has_long_silences_but_passes() -> None:
     report = check_transcript(load_fixture(next(p for p in FIXTURE_FILES if p.name.startswith("nasa"))), None)
     assert report.passed and report.longest_gap > 20 and report.speech_ratio is not None and report.speech_ratio < 0.5
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("path", FIXTURE_FILES, ids=fixture_ids)
 def test_transcript_cut_to_its_first_30_percent_fails(path: Path) -> None:
     transcript = load_fixture(path)
@@ -53,6 +56,7 @@ def test_transcript_cut_to_its_first_30_percent_fails(path: Path) -> None:
         enforce(report)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", ["phone_call_463s_2spk_nova3_utterances", "zh_podcast_1418s_4spk_base_diarized"])
 def test_transcript_missing_its_middle_fails(name: str) -> None:
     """30% of the audio without words; the NASA loop is too short for that to exceed 120 s."""
@@ -63,6 +67,7 @@ def test_transcript_missing_its_middle_fails(name: str) -> None:
     assert not report.passed and report.flags == ["long_gap"]
 
 
+@pytest.mark.fast
 def test_empty_transcript_of_real_audio_fails() -> None:
     report = check_transcript(Transcript("deepgram", "nova-3", 0.0, []), 1800.0)
     assert not report.passed and report.flags == ["empty"] and report.word_count == 0
@@ -70,28 +75,33 @@ def test_empty_transcript_of_real_audio_fails() -> None:
         enforce(report)
 
 
+@pytest.mark.fast
 def test_empty_transcript_of_a_blip_passes_with_a_flag() -> None:
     report = check_transcript(Transcript("deepgram", "nova-3", 2.0, []), None)
     assert report.passed and report.flags == ["empty"]
 
 
+@pytest.mark.fast
 def test_empty_transcript_of_unknown_length_fails() -> None:
     report = check_transcript(Transcript("local", "base", 0.0, []), None)
     assert not report.passed and report.flags == ["duration_unknown", "empty"]
 
 
+@pytest.mark.fast
 def test_words_beyond_the_audio_mean_another_file() -> None:
     words = [Word("hi", t, t + 0.5) for t in range(0, 600, 2)]
     report = check_transcript(Transcript("deepgram", "nova-3", 600.0, words), 300.0)
     assert not report.passed and "overrun" in report.flags
 
 
+@pytest.mark.fast
 def test_leading_silence_counts_as_a_gap() -> None:
     words = [Word("hi", t, t + 0.5) for t in range(500, 600)]
     report = check_transcript(Transcript("deepgram", "nova-3", 600.0, words), None)
     assert report.longest_gap == 500 and report.flags == ["long_gap", "low_speech"]
 
 
+@pytest.mark.fast
 def test_short_clip_is_not_held_to_coverage() -> None:
     report = check_transcript(Transcript("deepgram", "nova-3", 50.0, [Word("hi", 1.0, 1.5)]), None)
     assert report.passed and report.flags == ["low_speech"]
@@ -103,6 +113,7 @@ def words_until(seconds: float) -> list[Word]:
         [Word("last", seconds - 0.5, seconds)] if seconds % 1 else [])
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("last_end", "passed"), [(79.5, False), (80.5, True)])
 def test_coverage_just_under_80_percent_fails_and_just_over_passes(last_end: float, passed: bool) -> None:
     transcript = Transcript("deepgram", "nova-3", 100.0, words_until(last_end))
@@ -146,6 +157,7 @@ def _every_second(start: int, stop: int) -> list[tuple[float, float]]:
     return [(float(t), t + 1.0) for t in range(start, stop)]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("duration", "spans", "flags"),
     [
@@ -167,6 +179,7 @@ def test_quality_gate_passes_at_its_thresholds(duration, spans, flags) -> None:
     assert report.duration == duration
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("duration", "spans", "reason"),
     [
@@ -184,11 +197,13 @@ def test_quality_gate_says_why_it_fails(duration, spans, reason) -> None:
     assert not report.passed and report.reasons == [reason]
 
 
+@pytest.mark.fast
 def test_empty_transcript_report_measures_nothing_covered() -> None:
     report = _report(30.0, [])
     assert (report.coverage, report.speech_ratio, report.longest_gap, report.word_count) == (0.0, 0.0, 0.0, 0)
 
 
+@pytest.mark.fast
 def test_quality_gate_error_lists_every_failed_rule_and_the_way_out() -> None:
     report = _report(400.0, _every_second(0, 100) + _every_second(221, 300))
     with pytest.raises(QualityGateError) as raised:

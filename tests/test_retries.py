@@ -59,6 +59,7 @@ def test_retries_wait_retry_after_then_1_2_4_8_seconds_less_jitter(one_episode, 
     assert [g >= least for g, least in zip(gaps[1:], (1.0, 2.0, 4.0))] == [True] * 3, gaps
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("exc", "transient"),
     [
@@ -102,6 +103,7 @@ def sleeps(monkeypatch) -> list[float]:
     return waited
 
 
+@pytest.mark.fast
 def test_db_retries_wait_1_2_4_8_seconds_then_give_up_with_the_last_error(sleeps, caplog) -> None:
     errors = [psycopg.OperationalError(f"drop {i}") for i in range(5)]
     flaky = _Flaky(*errors)
@@ -114,6 +116,7 @@ def test_db_retries_wait_1_2_4_8_seconds_then_give_up_with_the_last_error(sleeps
     ]
 
 
+@pytest.mark.fast
 def test_db_retries_return_the_answer_of_the_first_try_that_succeeds(sleeps) -> None:
     flaky = _Flaky(DatabaseUnavailableError("restarting"), psycopg.OperationalError("dropped"))
     assert with_db_retries(flaky, 21) == 42
@@ -121,6 +124,7 @@ def test_db_retries_return_the_answer_of_the_first_try_that_succeeds(sleeps) -> 
     assert with_db_retries(_Flaky(), 5) == 10 and sleeps == [1.0, 2.0]  # no failure, no wait
 
 
+@pytest.mark.fast
 def test_db_retries_raise_a_permanent_error_at_once(sleeps) -> None:
     flaky = _Flaky(psycopg.errors.UniqueViolation("duplicate key"))
     with pytest.raises(psycopg.errors.UniqueViolation):
@@ -128,6 +132,7 @@ def test_db_retries_raise_a_permanent_error_at_once(sleeps) -> None:
     assert len(flaky.calls) == 1 and sleeps == []
 
 
+@pytest.mark.fast
 def test_db_retries_of_a_callable_without_a_name_log_what_it_is(sleeps, caplog) -> None:
     flaky = _Flaky(psycopg.OperationalError("dropped"))
     call = functools.partial(flaky, 4)

@@ -12,6 +12,8 @@ from gent_disagreement_rag.search.assembly import assemble, speaker_matches
 from gent_disagreement_rag.search.models import Credit, Hit, Segment
 from gent_disagreement_rag.search.replies import is_question, replies_first
 
+pytestmark = pytest.mark.fast  # no Postgres, no Prefect, no Whisper, no subprocess (TESTING.md)
+
 # --- search: relevance (search/relevance.py) and hits from the fused rows (search/assembly.py) ---
 
 

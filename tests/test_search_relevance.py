@@ -10,6 +10,8 @@ import pytest
 from gent_disagreement_rag.search.models import Credit, Hit, Mode
 from gent_disagreement_rag.search.relevance import LOCAL_MINILM, Calibration, relevance_basis, with_relevance
 
+pytestmark = pytest.mark.fast  # no Postgres, no Prefect, no Whisper, no subprocess (TESTING.md)
+
 
 def _hit(rank: int, score: float, *, vector: float | None = None, text: float | None = None,
          reply_to: Credit | None = None) -> Hit:

@@ -91,6 +91,7 @@ def test_secrets_appear_in_no_output_log_artifact_export_or_error(world: World) 
         assert leaks == [], f"{secret} found in {leaks}"
 
 
+@pytest.mark.fast
 def test_scrub_replaces_every_secret_value() -> None:
     settings = Settings(_env_file=None, deepgram_api_key="dg-secret-1", openai_api_key="sk-secret-2",
                         db_host="db.example", db_password="pw-secret-3")
@@ -112,12 +113,14 @@ def test_a_mistyped_database_url_is_one_line_without_its_password(tmp_path: Path
             'string\n'), (command, result.stderr)
 
 
+@pytest.mark.fast
 def test_scrub_leaves_text_without_secrets_alone_and_settings_without_secrets_scrub_nothing() -> None:
     assert Settings(_env_file=None, openai_api_key="sk-x1").scrub("no secret here") == "no secret here"
     assert Settings(_env_file=None).scrub("sk-x1") == "sk-x1"
     assert Settings(_env_file=None, openai_api_key="").scrub("a b") == "a b"  # an empty key would match everywhere
 
 
+@pytest.mark.fast
 def test_scrub_replaces_every_secret_by_three_stars() -> None:
     s = Settings(_env_file=None, openai_api_key="sk-x1", db_password="hunter2", db_host="h")
     assert s.scrub("key sk-x1, password hunter2, again sk-x1") == "key ***, password ***, again ***"

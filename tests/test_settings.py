@@ -40,6 +40,7 @@ def test_legacy_db_variables_in_a_dotenv_file_connect_to_the_server_they_name(tm
             stop_embedded(Settings(_env_file=None, gdr_home=home))
 
 
+@pytest.mark.fast
 def test_legacy_db_variables_make_the_url_and_their_password_is_a_secret() -> None:
     s = Settings(_env_file=None, db_host="db.example", db_port=6543, db_user="ann marie", db_password="p@ss/1",
                  db_name="gent")
@@ -49,11 +50,13 @@ def test_legacy_db_variables_make_the_url_and_their_password_is_a_secret() -> No
     assert Settings(_env_file=None).external_database_url() is None and Settings(_env_file=None).uses_embedded_postgres
 
 
+@pytest.mark.fast
 def test_database_url_wins_over_the_legacy_variables() -> None:
     s = Settings(_env_file=None, database_url="postgresql://x@y/z", db_host="h")
     assert s.external_database_url() == "postgresql://x@y/z" and s.secrets == ["postgresql://x@y/z"]
 
 
+@pytest.mark.fast
 def test_auto_providers_follow_the_keys() -> None:
     assert (Settings(_env_file=None).resolved_transcriber, Settings(_env_file=None).resolved_embedder) == ("local", "local")
     keyed = Settings(_env_file=None, deepgram_api_key="d", openai_api_key="o")
@@ -63,11 +66,13 @@ def test_auto_providers_follow_the_keys() -> None:
     assert Settings(_env_file=None, max_parallel_episodes=5).pool_size == 7
 
 
+@pytest.mark.fast
 def test_feed_urls_are_a_json_list_or_comma_separated() -> None:
     assert Settings(_env_file=None, feed_url="https://a/x, https://b/y,").feed_url == ["https://a/x", "https://b/y"]
     assert Settings(_env_file=None, feed_url='["https://a/x"]').feed_url == ["https://a/x"]
 
 
+@pytest.mark.fast
 def test_env_file_and_environment_are_read(tmp_path, monkeypatch) -> None:
     """A developer's `.env` is read; the environment wins over it."""
     env = tmp_path / ".env"
@@ -77,6 +82,7 @@ def test_env_file_and_environment_are_read(tmp_path, monkeypatch) -> None:
     assert (s.db_host, s.chunk_max_tokens, s.skip_quality_gate) == ("from-dotenv", 120, True)
 
 
+@pytest.mark.fast
 def test_require_secret_names_the_variable() -> None:
     from gent_disagreement_rag.errors import ConfigError
 
@@ -85,6 +91,7 @@ def test_require_secret_names_the_variable() -> None:
     assert Settings(_env_file=None, openai_api_key="k").require_secret("openai_api_key", "x") == "k"
 
 
+@pytest.mark.fast
 def test_legacy_db_url_quotes_a_slash_in_the_user_and_the_database_name() -> None:
     s = Settings(_env_file=None, db_host="h", db_user="team/ann", db_password="pw", db_name="gent/prod")
     assert s.external_database_url() == "postgresql://team%2Fann:pw@h:5432/gent%2Fprod"
