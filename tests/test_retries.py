@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from datetime import datetime, timezone
 
 import psycopg
 import pytest
@@ -34,6 +35,7 @@ def test_a_quality_gate_failure_is_not_retried(settings, one_episode, fake_api) 
     truncated = deepgram_response([(0, "words " * 60), (1, "more words " * 30)], duration=50.0)
     truncated["metadata"]["duration"] = 100.0
     fake_api.add_audio(one_episode, response=truncated)
+    started = datetime.now(timezone.utc)
 
     state = run_ingest()
 
@@ -41,7 +43,7 @@ def test_a_quality_gate_failure_is_not_retried(settings, one_episode, fake_api) 
     with Database.from_settings(settings) as db:
         [row] = episode_store.list_episodes(db)
     assert row.status == "failed" and row.last_error.startswith("QualityGateError: ")
-    assert task_run_counts("format-Q-0") == [1]
+    assert task_run_counts("format-Q-0", started) == [1]
     assert len(fake_api.requests_to(LISTEN)) == 1 and fake_api.requests_to(EMBEDDINGS) == []
 
 

@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -223,13 +224,15 @@ def one_episode(settings: Settings, fake_api: FakeAPI, monkeypatch: pytest.Monke
     return audio
 
 
-def task_run_counts(name: str) -> list[int]:
-    """How many times each task run of this name ran, as the Prefect API recorded it."""
+def task_run_counts(name: str, since: datetime) -> list[int]:
+    """How many times each task run of this name that started after `since` ran, as the Prefect API recorded it
+    (the session's server also holds other tests' runs, which may share the name)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[name])))
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(any_=[name]), start_time=TaskRunFilterStartTime(after_=since)))
     return [r.run_count for r in runs]
 
 
