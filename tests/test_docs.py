@@ -1,6 +1,9 @@
-"""The README stays true to the code: every setting documented, the quickstart is the two commands."""
+"""The docs stay true to the code: every setting documented, the quickstart is the two commands, and README's
+benchmark figures and BENCHMARKS.md are what bench/report.py makes from bench/results.json."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -30,11 +33,28 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def test_the_mcp_configuration_snippet_is_json_that_runs_gdr_mcp_and_the_page_screenshot_exists() -> None:
-    import json
-
     serving = README.split("## Serving the archive", 1)[1].split("\n## ", 1)[0]
     config = json.loads(serving.split("```json", 1)[1].split("```", 1)[0])
     server = config["mcpServers"]["podcast-archive"]
     assert server["command"] == "uv" and server["args"][0] == "run" and server["args"][-2:] == ["gdr", "mcp"]
     screenshot = serving.split("](", 1)[1].split(")", 1)[0]
     assert (REPO_ROOT / screenshot).stat().st_size > 10_000
+
+
+def test_the_readme_benchmark_figures_are_generated_from_the_results() -> None:
+    """Regenerate with `uv run python -m bench.run_all --report-only` (it rewrites BENCHMARKS.md too)."""
+    from bench.report import readme_figures
+
+    results = json.loads((REPO_ROOT / "bench" / "results.json").read_text())
+    benchmarks = README.split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    assert readme_figures(results) in benchmarks
+
+
+def test_benchmarks_md_is_the_template_filled_from_the_results() -> None:
+    """A change to bench/BENCHMARKS.template.md goes through the generator, never into BENCHMARKS.md by hand.
+    Regenerate with `uv run python -m bench.run_all --report-only`."""
+    from bench.report import TEMPLATE, figures, fill
+
+    results = json.loads((REPO_ROOT / "bench" / "results.json").read_text())
+    expected = fill(TEMPLATE.read_text(), figures(results)).rstrip() + "\n"
+    assert (REPO_ROOT / "BENCHMARKS.md").read_text() == expected

@@ -261,6 +261,6 @@ def _audio_bytes(job: EpisodeJob) -> int:
     """How long an episode will take, by proxy: its audio's size (the feed's declared size until downloaded).
 
     Longest first, so that a pool of workers finishes together: in catalogue order the last long
-    episode can start when the others are nearly done (BENCHMARKS.md section 1).
+    episode can start when the others are nearly done (BENCHMARKS.md, "Parallel scaling").
     """
     return job.audio_path.stat().st_size if job.audio_path.is_file() else (job.audio_size or 0)

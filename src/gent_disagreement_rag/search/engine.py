@@ -9,7 +9,7 @@ neighbouring chunks asked for with `context`, plus the chunk after each hit. The
 on one pooled connection: the pool's connection check, the lookups (episode, stored models, lexeme
 statistics; pipelined), and the statement with its transaction-local HNSW settings (pipelined with the
 commit).
-BENCHMARKS.md section 4 and "Design figures" have where the time goes at 100k chunks.
+BENCHMARKS.md, "Search latency and recall" and "Design figures", has where the time goes at 100k chunks.
 
 Filters are applied inside the HNSW scan, with pgvector 0.8's iterative scan
 (`hnsw.iterative_scan = relaxed_order`, up to `hnsw.max_scan_tuples`) so a selective filter keeps

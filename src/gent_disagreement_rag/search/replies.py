@@ -8,7 +8,7 @@ unless it already ranked higher. The question stays in the list, right after its
 only reorders candidates, so it is the same in every mode (cosine, ts_rank_cd, RRF) and adds no
 model and no round trip: the search statement fetches each candidate's next chunk with its window.
 
-Measured on the retrieval evaluation (BENCHMARKS.md section 6).
+Measured on the retrieval evaluation (BENCHMARKS.md, "Retrieval evaluation").
 """
 
 from __future__ import annotations

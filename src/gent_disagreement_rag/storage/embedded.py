@@ -5,7 +5,7 @@ running, so the CLI, the Prefect server, the workers and the tests all share one
 
 Its buffer cache (`shared_buffers`) is sized here: Postgres's default 128 MB holds about a third of what a
 search touches at 100,000 chunks, so the rest was read from the OS's cache on every query (BENCHMARKS.md
-section 4). The size goes on the server's command line, where postmaster.opts records it, so any process
+"Search latency and recall"). The size goes on the server's command line, where postmaster.opts records it, so any process
 can tell from the data folder alone whether the running server has the size asked for.
 """
 

@@ -10,7 +10,7 @@ time: faster than sequential decoding and no worse on our samples; batches of 4 
 8 and less memory (BENCHMARKS.md "Design figures"). A run that transcribes several episodes at the
 same time gives each its own core (`at_once`): one transcription on every core keeps them only ~80% busy
 (parts of its work run on one thread), two on one thread each keep them nearly full, with the same words
-and times (BENCHMARKS.md section 5, "Offline speed").
+and times (BENCHMARKS.md, "Offline speed").
 
 `raw` keeps whisper's own output (segments with words, detected language, durations, options, plus
 the speaker given to each word) so `parse_local_response` can rebuild the Transcript offline.

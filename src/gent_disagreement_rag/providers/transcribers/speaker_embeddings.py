@@ -20,7 +20,7 @@ clearly, and espeak-ng's voices all look alike to ECAPA (cosine 0.4-0.8 across s
 keeps the mixed-gender samples at 100%. Shorter stretches ("Right.") take the most similar cluster of their pitch
 group, not their neighbour's: a back-channel is usually the other person. Speakers are numbered by first
 appearance, like speakers_map. More voices than names: the most alike voices share a name; more names than
-voices: clusters of one voice stay apart unless more alike than MERGE_SIMILARITY (see BENCHMARKS.md).
+voices: clusters of one voice stay apart unless more alike than MERGE_SIMILARITY (BENCHMARKS.md, "Speaker accuracy").
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def _ecapa_graph(weights: dict[str, np.ndarray]) -> bytes:
 def _quantized(graph: bytes) -> bytes:
     """The graph with int8 convolutions (static QDQ: weights per channel, activations by ranges calibrated once,
     on CALIBRATION_SECONDS windows of the shipped audio). Dynamic quantization (ConvInteger) was slower than
-    float here; this is faster and its embeddings stay close to the float graph's (BENCHMARKS.md section 5)."""
+    float here; this is faster and its embeddings stay close to the float graph's (BENCHMARKS.md, "Offline speed")."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
