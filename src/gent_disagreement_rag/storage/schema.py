@@ -17,7 +17,7 @@ def _migration_files() -> list[tuple[int, str, str]]:
 
 def migrate(url: str) -> list[str]:
     """Apply pending migrations in order, each in its own transaction; safe to run concurrently."""
-    applied: list[str] = []
+    applied = []
     with psycopg.connect(url, autocommit=True) as conn:
         if _up_to_date(conn):  # read first: a command that only reads (gdr status) writes nothing, not even DDL
             return applied
