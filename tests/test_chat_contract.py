@@ -32,9 +32,9 @@ from gent_disagreement_rag.sources.catalogue import load_catalogue
 from gent_disagreement_rag.sources.feeds import FeedItem
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage import segments as segment_store
-from gent_disagreement_rag.storage.chat_access import PASSWORD_FILE, READER_ROLE
 from gent_disagreement_rag.storage.database import Database
 from gent_disagreement_rag.storage.embedded import stop_embedded
+from gent_disagreement_rag.storage.reader import PASSWORD_FILE, READER_ROLE
 from gent_disagreement_rag.text.chunking import Chunk
 from tests.support.builders import free_port, segment
 from tests.support.chat_server import QUERY, THRESHOLD
@@ -97,7 +97,7 @@ def chat() -> Iterator[Chat]:
     try:
         with api:
             embedder = OpenAIEmbedder.from_settings(settings)
-            with Database.from_settings(settings) as db:
+            with Database.from_settings(settings, migrate_schema=True) as db:
                 episode_store.sync_catalogue(db, CATALOGUE.values())
                 for episode_id in ("1", "2", "3"):
                     store_openai(db, embedder, episode_id, segments_of(script(episode_id)["turns"]))

@@ -8,7 +8,8 @@ import json
 import psycopg
 import pytest
 
-from gent_disagreement_rag.providers.pricing import estimate_cost
+from gent_disagreement_rag.providers.pricing import deepgram_cost, openai_cost
+from gent_disagreement_rag.providers.registry import provider_registry
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage.costs import CostTotals
 from tests.support.builders import (
@@ -111,11 +112,13 @@ def test_the_ingest_summary_artifact_tells_each_episodes_outcome_and_cost(settin
 
 
 @pytest.mark.fast
-def test_estimate_cost_at_the_configured_list_prices() -> None:
+def test_each_provider_costs_its_configured_list_price() -> None:
     s = Settings(_env_file=None, deepgram_price_per_minute=0.5, openai_price_per_million_tokens=2.0)
-    assert estimate_cost(s, "deepgram", 90.0, 1_000) == 0.75  # 1.5 audio minutes at 0.5 a minute; tokens are free
-    assert estimate_cost(s, "openai", 90.0, 250_000) == 0.5  # a quarter of a million tokens at 2.0; audio is free
-    assert estimate_cost(s, "local", 3600.0, 10**6) == 0.0
+    providers = provider_registry(s)
+    assert providers.cost("deepgram", audio_seconds=90.0, tokens=1_000) == 0.75  # 1.5 minutes at 0.5; tokens are free
+    assert providers.cost("openai", audio_seconds=90.0, tokens=250_000) == 0.5  # a quarter of a million tokens at 2.0
+    assert providers.cost("local", audio_seconds=3600.0, tokens=10**6) == 0.0
+    assert deepgram_cost(s, 60.0) == 0.5 and openai_cost(s, 10**6) == 2.0
 
 
 @pytest.mark.fast

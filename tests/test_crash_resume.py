@@ -20,8 +20,8 @@ import psycopg
 import pytest
 
 from gent_disagreement_rag.ingest.context import RunContext
-from gent_disagreement_rag.ingest.keys import stage_keys
 from gent_disagreement_rag.ingest.plan import plan_episodes
+from gent_disagreement_rag.ingest.sequence import stage_keys
 from gent_disagreement_rag.ingest.stages import register_catalogue
 from gent_disagreement_rag.storage import segments as segment_store
 from gent_disagreement_rag.storage.database import Database

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,9 @@ def restart_postgres(settings: Settings, down_seconds: float) -> tuple[datetime,
 
     assert stop_embedded(settings)
     time.sleep(down_seconds)
-    still_down = datetime.now(timezone.utc)
+    still_down = datetime.now(UTC)
     embedded_server(settings.pgdata)
-    return still_down, datetime.now(timezone.utc)
+    return still_down, datetime.now(UTC)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from gent_disagreement_rag import files
 from gent_disagreement_rag.files import write_atomic
 from gent_disagreement_rag.ingest.reformat import reformat_raw
 from gent_disagreement_rag.ingest.stages import write_exports
+from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.text.chunking import (
     chunk_transcript,
 )
@@ -112,7 +113,7 @@ def test_exports_are_readable_by_others_as_the_umask_allows(tmp_path: Path) -> N
     previous = os.umask(0o022)
     try:
         paths = export_episode(tmp_path / "out", "call", raw, transcript, chunks, "A phone call", SPEAKERS)
-        reformatted = reformat_raw(paths["raw"], out_dir=tmp_path / "again")
+        reformatted = reformat_raw(paths["raw"], Settings(_env_file=None), out_dir=tmp_path / "again")
     finally:
         os.umask(previous)
     written = [*paths.values(), *reformatted.values()]
@@ -242,7 +243,7 @@ def test_a_set_whose_last_file_cannot_be_written_replaces_none_of_them(tmp_path:
 def test_reformat_raw_rebuilds_every_file_offline(tmp_path: Path) -> None:
     raw_path = tmp_path / "ep42.raw.json"
     shutil.copyfile(PHONE, raw_path)
-    paths = reformat_raw(raw_path, SPEAKERS, max_tokens=60)
+    paths = reformat_raw(raw_path, Settings(_env_file=None, chunk_max_tokens=60), SPEAKERS)
     assert all(p.parent == tmp_path and p.exists() for p in paths.values())
     assert paths["chunks"].name == "ep42.chunks.json"
     chunks = json.loads(paths["chunks"].read_text(encoding="utf-8"))
@@ -252,7 +253,7 @@ def test_reformat_raw_rebuilds_every_file_offline(tmp_path: Path) -> None:
 
 
 def test_reformat_raw_writes_into_another_directory(tmp_path: Path) -> None:
-    paths = reformat_raw(PHONE, None, tmp_path / "out")
+    paths = reformat_raw(PHONE, Settings(_env_file=None), None, tmp_path / "out")
     assert paths["raw"] == tmp_path / "out" / f"{PHONE.stem}.raw.json"
     assert json.loads(paths["chunks"].read_text(encoding="utf-8"))[0]["speaker"] == "Speaker 0"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 
 import psycopg
 import pytest
@@ -35,7 +35,7 @@ def test_a_quality_gate_failure_is_not_retried(settings, one_episode, fake_api) 
     truncated = deepgram_response([(0, "words " * 60), (1, "more words " * 30)], duration=50.0)
     truncated["metadata"]["duration"] = 100.0
     fake_api.add_audio(one_episode, response=truncated)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
 
     state = run_ingest()
 

@@ -18,6 +18,7 @@ from bench.retrieval_eval import (
     load_questions,
     metrics,
 )
+
 from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
 from gent_disagreement_rag.providers.transcribers.deepgram import parse_deepgram_response
 

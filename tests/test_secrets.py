@@ -4,7 +4,7 @@ password, and end to end no key or password reaches output, logs, artifacts, exp
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def test_secrets_appear_in_no_output_log_artifact_export_or_error(world: World) 
                       when=for_audio(world.audio("X-1")))
     world.api.enqueue(EMBEDDINGS, openai_error(401, "invalid_api_key", message=f"Incorrect API key provided: {OPENAI_KEY}"),
                       when=containing("markerx2x"))
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
 
     ingest = world.gdr("ingest", "-j", "1", DATABASE_URL=url)
     status = world.gdr("status", "--json", DATABASE_URL=url)

@@ -14,16 +14,22 @@ import logging
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError, UndecodableAudioError
 from ..files import write_all_atomic, write_atomic
 from ..providers import audio
 from ..providers.embedders import EmbeddingBatch
-from ..providers.pricing import estimate_cost
 from ..sources.catalogue import catalogue_entries
 from ..sources.feeds import download_enclosure, fetch, is_enclosure_file, parse_feed, safe_url
 from ..sources.publisher import (
-    MAX_PUBLISHER_BYTES, PUBLISHER, SUFFIXES, Chapter, PublisherFileError, TranscriptLink, parse_chapters,
+    MAX_PUBLISHER_BYTES,
+    PUBLISHER,
+    SUFFIXES,
+    Chapter,
+    PublisherFileError,
+    TranscriptLink,
+    parse_chapters,
     parse_transcript,
 )
 from ..storage import costs, episodes, segments
@@ -32,8 +38,10 @@ from ..text.chunking import Chunk, chunk_transcript
 from ..text.exports import render_exports
 from ..text.quality import QualityReport, check_transcript, enforce
 from ..transcript import Transcript, TranscriptionResult
+from .config import FormatConfig
 from .context import RunContext
-from .plan import EpisodeJob, chunker_config, segments_config
+from .events import EpisodeStatus, ProgressEvent
+from .plan import EpisodeJob
 from .retry import is_transient, with_db_retries
 
 log = logging.getLogger(__name__)
@@ -154,20 +162,21 @@ def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> Transcript
     """Audio -> provider-neutral transcript plus the raw response (one provider request), recorded in the ledger;
     the audio seconds done go to the run's progress callback."""
 
-    noted = {"transcript_note": job.transcript_note} if job.transcript_note else {}  # shown after the run's summary
+    def report(**known: Any) -> None:  # the note is shown after the run's summary
+        ctx.progress(ProgressEvent(job.episode_id, EpisodeStatus.RUNNING, stage="transcribe", **known))
+
     if job.transcript_file is not None:  # the publisher's: no provider request; the ledger records the saving
         result = read_publisher_transcript(job)
         t = result.transcript
-        saved = estimate_cost(ctx.settings, ctx.settings.resolved_transcriber, t.duration, 0)
-        ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": f"{PUBLISHER} ({t.model})", **noted})
+        saved = ctx.providers.cost(ctx.settings.resolved_transcriber, audio_seconds=t.duration)
+        report(transcript=f"{PUBLISHER} ({t.model})", transcript_note=job.transcript_note)
         record_cost(ctx, run_id, job.episode_id, "transcribe", PUBLISHER, t.model, 0, 0.0, 0, saved_usd=saved)
         return result
 
     def progress(done: float, total: float) -> None:
-        ctx.progress(job.episode_id, "running", {"stage": "transcribe", "audio_done": round(done, 1),
-                                                 "audio_total": round(total, 1)})
+        report(audio_done=round(done, 1), audio_total=round(total, 1))
 
-    ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": ctx.transcriber.provider, **noted})
+    report(transcript=ctx.transcriber.provider, transcript_note=job.transcript_note)
     try:
         result = ctx.transcriber.transcribe(job.audio_path, progress, speakers=len(job.speakers_map) or None)
     except UndecodableAudioError:
@@ -183,7 +192,8 @@ def format_episode(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> 
     report = check_transcript(transcript, transcript.duration)
     if not ctx.settings.skip_quality_gate:
         enforce(report, f"episode {job.episode_id}:")
-    chunks = chunk_transcript(transcript, job.speakers_map, config=chunker_config(ctx.settings))
+    config = FormatConfig.from_settings(ctx.settings, job.speakers_map)
+    chunks = chunk_transcript(transcript, config.speakers_map, config=config.chunker)
     return FormattedEpisode(chunks=chunks, quality=report)
 
 
@@ -213,7 +223,7 @@ def store(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, batch: Em
     segments.store_episode(
         ctx.db, job.episode_id, episode.chunks, model_id=batch.model_id, provider=batch.provider, model=batch.model,
         vectors=batch.vectors, audio_sha256=job.audio_sha256, duration_seconds=episode.quality.duration,
-        processed_by=processed_by(ctx), segments_config=segments_config(ctx.settings, job.speakers_map),
+        processed_by=processed_by(ctx), segments_config=FormatConfig.from_settings(ctx.settings, job.speakers_map).stored(),
         chapters=episode_chapters(job), origin=transcript_origin(job),
     )
     return len(episode.chunks)
@@ -231,7 +241,7 @@ def record_cost(
     """Write a call that was paid for (or, with `saved_usd`, one a publisher's transcript made unnecessary) to
     the cost ledger. Database hiccups are retried, and in the end only logged: failing the stage would make
     its retry pay for the same call again."""
-    cost = estimate_cost(ctx.settings, provider, audio_seconds, tokens)
+    cost = ctx.providers.cost(provider, audio_seconds=audio_seconds, tokens=tokens)
     try:
         with_db_retries(
             lambda: costs.record_call(

@@ -43,8 +43,10 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from ..providers.embedders import Embedder, settings_model_id
-from ..settings import DEFAULT_LOCAL_MODEL, Settings
+from ..errors import ConfigError
+from ..providers.embedders import Embedder
+from ..providers.registry import ModelId, provider_registry
+from ..settings import Settings
 from ..storage.database import Database
 from .assembly import assemble, empty_notice
 from .models import DEFAULT_MODE, Filters, Mode, SearchError, SearchResults, StoredModel, parse_mode, parse_since
@@ -86,7 +88,7 @@ def choose_model(conn: psycopg.Connection, settings: Settings, requested: str | 
         )
     if len(models) == 1:
         return models[0]
-    preferred = settings_model_id(settings)
+    preferred = str(provider_registry(settings).settings_model())
     for m in models:
         if m.model_id == preferred:
             return m
@@ -95,25 +97,12 @@ def choose_model(conn: psycopg.Connection, settings: Settings, requested: str | 
 
 
 def query_embedder(model: StoredModel, settings: Settings) -> Embedder:
-    """A new embedder of queries comparable with `model`'s vectors, or a SearchError saying what is missing
-    (local vectors: MiniLM on int8 kernels, see providers/embedders/local_minilm.py)."""
-    if model.provider == "local":
-        from ..providers.embedders.local_minilm import DIMENSIONS, LocalMiniLMQueryEmbedder
-
-        if model.model != DEFAULT_LOCAL_MODEL or model.dimensions != DIMENSIONS:
-            raise SearchError(f"the stored vectors were made with {model.model_id}, which is not available locally")
-        return LocalMiniLMQueryEmbedder(settings.home)
-    if model.provider == "openai":
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-        if not key:
-            raise SearchError(
-                f"the stored vectors were made with {model.model_id}; set OPENAI_API_KEY to embed the query "
-                "with the same model, or re-ingest with EMBEDDER=local (or search with --mode text)"
-            )
-        from ..providers.embedders.openai import OpenAIEmbedder
-
-        return OpenAIEmbedder(key, base_url=settings.openai_base_url, model=model.model, dimensions=model.dimensions)
-    raise SearchError(f"the stored vectors were made with {model.model_id}, which this version cannot embed queries for")
+    """A new embedder of queries comparable with `model`'s vectors (the registry's), or a SearchError saying what
+    is missing (local vectors: MiniLM on int8 kernels, see providers/embedders/local_minilm.py)."""
+    try:
+        return provider_registry(settings).embedder_for(ModelId(model.provider, model.model, model.dimensions))
+    except ConfigError as exc:
+        raise SearchError(str(exc)) from None
 
 
 def embed_query(embedder: Embedder, query: str, dimensions: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The archive as the read-only servers see it: the library's search, the catalogue, the speakers, a transcript
 around a moment and an episode's audio, with every bad input refused by an ArchiveError that names it.
 
-It reads as the reader role (storage/chat_access.reader_url): SELECT only, read-only transactions, so
+It reads as the reader role (storage/reader.reader_url): SELECT only, read-only transactions, so
 nothing asked of `gdr mcp` or `gdr web` can write.
 """
 
@@ -27,9 +27,9 @@ from ..storage.browse import (
     episode_summaries,
     speaker_summaries,
 )
-from ..storage.chat_access import reader_url
 from ..storage.database import Database
 from ..storage.embedded import first_line
+from ..storage.reader import reader_url
 
 MAX_K = 50  # results one search may ask for: more is never a citation, only a slower answer
 MAX_TRANSCRIPT_SECONDS = 900.0  # one transcript call: 15 minutes of conversation is already ~2,500 words

@@ -1,6 +1,6 @@
 """What the read-only servers (`gdr mcp`, `gdr web`) show besides search results: the catalogue with its
 speakers, and the speakers. Reads only the tables the reader
-role may read (chat_access.SEARCH_TABLES)."""
+role may read (reader.SEARCH_TABLES)."""
 
 from __future__ import annotations
 

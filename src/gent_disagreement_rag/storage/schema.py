@@ -6,6 +6,8 @@ from importlib import resources
 
 import psycopg
 
+from ..errors import SchemaOutOfDateError
+
 MIGRATION_LOCK_KEY = 7_413_001  # pg_advisory_lock key serialising concurrent `db init`s
 
 
@@ -16,7 +18,8 @@ def _migration_files() -> list[tuple[int, str, str]]:
 
 
 def migrate(url: str) -> list[str]:
-    """Apply pending migrations in order, each in its own transaction; safe to run concurrently."""
+    """Apply pending migrations in order, each in its own transaction; safe to run concurrently. Only the
+    commands that write (`gdr db init`, `gdr ingest`, `gdr db env`, runs) migrate; the others check."""
     applied = []
     with psycopg.connect(url, autocommit=True) as conn:
         if _up_to_date(conn):  # read first: a command that only reads (gdr status) writes nothing, not even DDL
@@ -55,3 +58,17 @@ def latest_schema_version() -> int:
 def schema_version(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
     return int(row[0])
+
+
+def require_current_schema(conn: psycopg.Connection) -> None:
+    """SchemaOutOfDateError unless every migration of this version is applied (reads nothing else, writes nothing).
+
+    The commands that only read call this instead of migrating: a read is a read."""
+    exists = conn.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL").fetchone()[0]
+    applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")} if exists else set()
+    conn.commit()  # leave no transaction open on a connection that goes on being used
+    if {version for version, _, _ in _migration_files()} <= applied:
+        return
+    raise SchemaOutOfDateError(
+        f"the database schema is at version {max(applied, default=0)} and this gdr needs version "
+        f"{latest_schema_version()}: run `gdr db init` (or `gdr ingest`) to migrate it")

@@ -18,8 +18,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ..sources.publisher import chapter_at
-from .chat_access import register_speakers
 from .database import Database
+from .speakers import register_speakers
 
 if TYPE_CHECKING:
     from ..sources.publisher import Chapter
