@@ -30,9 +30,9 @@ import numpy as np
 from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
 from gent_disagreement_rag.providers.registry import provider_registry
 from gent_disagreement_rag.providers.transcribers.deepgram import parse_deepgram_response
-from gent_disagreement_rag.search.models import Segment
 from gent_disagreement_rag.search.replies import replies_first
 from gent_disagreement_rag.settings import Settings
+from gent_disagreement_rag.search.types import Segment
 from gent_disagreement_rag.text.chunking import Chunk, ChunkerConfig, chunk_transcript
 from gent_disagreement_rag.transcript import Transcript
 

@@ -3,7 +3,6 @@
     uv run python -m bench.run_all                 # everything (`make bench`), ~40 min on 2 cores
     uv run python -m bench.run_all --quick         # every section, smaller, ~3-4 min
     uv run python -m bench.run_all --only search   # one section; the others keep their last results
-    uv run python -m bench.flow_shape              # old vs new flow shape (section 1's subsection), ~15 min
 
 Sections: parallel, api, store, search, local, fleet (the three engines compared), serve (gdr web and gdr mcp). Not tests: nothing here
 asserts on time; targets are reported as met or missed. Every section notes the machine's load, which the figures depend on.
@@ -70,7 +69,7 @@ def main() -> None:
         return
     sections = args.only or SECTIONS
     started = time.perf_counter()
-    # Sections not run here (with --only; bench.flow_shape's, which runs alone) keep their last results.
+    # Sections not run here (with --only) keep their last results.
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results.setdefault("sections", {})
 

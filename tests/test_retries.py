@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 import pytest

@@ -387,7 +387,8 @@ def test_selective_speaker_filter_still_returns_k(large_synthetic) -> None:
         assert not prepared.exact
         statements.scan_settings(conn)
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'off', true), set_config('hnsw.ef_search', '10', true)")
-        rows = conn.execute(prepared.statement, prepared.params, prepare=False).fetchall()
+        rows = conn.cursor(row_factory=statements.search_row).execute(prepared.statement, prepared.params,
+                                                                      prepare=False).fetchall()
     assert len(assemble(rows, 5, 0, settings.audio_dir.resolve(), RARE)) < 5  # (a hit's rows: its chunk and the next)
 
 
@@ -421,9 +422,11 @@ def test_selective_speaker_is_ranked_exactly_with_the_graph_walks_results(synthe
             other = statements.build_sql(request.mode, prepared.model, request.filters, exact=walks)
             every = statements.build_sql(Mode.vector, prepared.model, request.filters, exact=True)
             statements.scan_settings(conn)
-            rows = conn.execute(other, prepared.params, prepare=False).fetchall()
+            rows = conn.cursor(row_factory=statements.search_row).execute(other, prepared.params,
+                                                                          prepare=False).fetchall()
             everything = dict(prepared.params, fetch=2 * LARGE_EPISODES, cand=2 * LARGE_EPISODES)
-            all_rows = conn.execute(every, everything, prepare=False).fetchall()
+            all_rows = conn.cursor(row_factory=statements.search_row).execute(every, everything,
+                                                                              prepare=False).fetchall()
         audio = settings.audio_dir.resolve()
         other_hits = assemble(rows, 5, 0, audio, RARE)
         walk, exact = (found, other_hits) if walks else (other_hits, found)
@@ -559,8 +562,8 @@ def test_model_choice_prefers_the_settings_embedder_then_the_most_vectors(db: Da
 
 
 def test_text_query_ors_rare_terms_and_ands_the_informative_common_ones() -> None:
-    def stats(*freqs: tuple[str, float]) -> list[tuple]:  # TEXT_STATS_SQL's rows at 100k chunks
-        return [(lexeme, freq, 0.0001, 100_000.0) for lexeme, freq in freqs]
+    def stats(*freqs: tuple[str, float]) -> list[text_query.LexemeStats]:  # TEXT_STATS_SQL's rows at 100k chunks
+        return [text_query.LexemeStats(lexeme, freq, 0.0001, 100_000.0) for lexeme, freq in freqs]
 
     # Within TEXT_ROW_BUDGET: the rare terms ORed, rarest first; the common one left out.
     assert text_query.plan_text_query(stats(("mite", 0.001), ("varroa", 0.0005), ("bee", 0.2))) == "'varroa' | 'mite'"

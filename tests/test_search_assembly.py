@@ -9,8 +9,9 @@ from datetime import date
 import pytest
 
 from gent_disagreement_rag.search.assembly import assemble, speaker_matches
-from gent_disagreement_rag.search.models import Credit, Hit, Segment
 from gent_disagreement_rag.search.replies import is_question, replies_first
+from gent_disagreement_rag.search.statements import SearchRow
+from gent_disagreement_rag.search.types import Credit, Hit, Segment
 
 pytestmark = pytest.mark.fast  # no Postgres, no Prefect, no Whisper, no subprocess (TESTING.md)
 
@@ -28,7 +29,7 @@ def _chunk(position: int) -> tuple:
 
 
 def _fused_rows(hits: list[tuple[str, int, float]], context: int,
-                questions: frozenset[tuple[str, int]] = frozenset()) -> list[tuple]:
+                questions: frozenset[tuple[str, int]] = frozenset()) -> list[SearchRow]:
     """The statement's rows for `hits` (episode, position, score; best first): one per chunk of each hit's window
     and the chunk after it (a question's reply, replies.py). The chunks at `questions` end with "?"."""
     rows = []
@@ -37,8 +38,10 @@ def _fused_rows(hits: list[tuple[str, int, float]], context: int,
         for p in range(max(0, position - context), min(9, position + context + 1) + 1):
             _, speaker, start, end = _chunk(p)
             text = f"{episode.lower()}-{p}" + ("?" if (episode, p) in questions else "")
-            rows.append((episode, position, score, score - 0.5, n, score / 10, n + 1, title, published, file_name,
-                         audio_url, p, speaker, start, end, text, 50))
+            rows.append(SearchRow(episode, position, score, vscore=score - 0.5, vrank=n, tscore=score / 10, trank=n + 1,
+                                  title=title, published=published, file_name=file_name, audio_url=audio_url,
+                                  chunk_position=p, speaker=speaker, start_seconds=start, end_seconds=end, text=text,
+                                  chapter=None, vector_candidates=50))
     return rows
 
 

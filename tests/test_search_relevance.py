@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from gent_disagreement_rag.search.models import Credit, Hit, Mode
 from gent_disagreement_rag.search.relevance import LOCAL_MINILM, Calibration, relevance_basis, with_relevance
+from gent_disagreement_rag.search.types import Credit, Hit, Mode
 
 pytestmark = pytest.mark.fast  # no Postgres, no Prefect, no Whisper, no subprocess (TESTING.md)
 

@@ -4,7 +4,7 @@ password, and end to end no key or password reaches output, logs, artifacts, exp
 from __future__ import annotations
 
 import subprocess
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 

@@ -80,8 +80,8 @@ def db_status() -> None:
     console.print(table)
     if models:
         mt = Table("embedding model", "dimensions", "vectors")
-        for model_id, dims, rows in models:
-            mt.add_row(model_id, str(dims), str(rows))
+        for m in models:
+            mt.add_row(m.model_id, str(m.dimensions), str(m.vectors))
         console.print(mt)
 
 

@@ -75,7 +75,7 @@ def costs_command(
         by_episode = costs.cost_by_episode(db, since=day)
         total = costs.cost_totals(db, since=day)
     if as_json:
-        rows = [{"episode_id": episode_id, "title": title, **cost.as_json()} for episode_id, title, cost in by_episode]
+        rows = [{"episode_id": e.episode_id, "title": e.title, **e.totals.as_json()} for e in by_episode]
         print(json.dumps({"since": day.isoformat() if day else None, "episodes": rows, "total": total.as_json()},
                          indent=2, ensure_ascii=False))
         return
@@ -86,8 +86,8 @@ def costs_command(
         table.add_row(label, escape(title or ""), str(cost.requests), f"{cost.audio_seconds / 60:.2f}", str(cost.tokens),
                       f"{cost.cost_usd:.4f}", str(cost.publisher_transcripts), f"{cost.saved_usd:.4f}")
 
-    for episode_id, title, cost in by_episode:
-        add(episode_id or "(deleted episode)", title, cost)
+    for e in by_episode:
+        add(e.episode_id or "(deleted episode)", e.title, e.totals)
     table.add_section()
     add("total", None, total)
     console.print(table)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..search.models import DEFAULT_MODE, Mode
+from ..search.types import DEFAULT_MODE, Mode
 from .common import app, console, err_console, friendly_errors, load_settings
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..providers.embedders import LOCAL_MINILM_MODEL
-from .models import Hit, Mode
+from .types import Hit, Mode
 
 LOCAL_MINILM = str(LOCAL_MINILM_MODEL)
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 
 from ..errors import DatabaseUnavailableError, GdrError
 from ..search import Hit, Searcher
-from ..search.models import Segment, format_time
+from ..search.types import Segment, format_time
 from ..settings import Settings
 from ..storage.browse import (
     EpisodeSummary,
@@ -192,11 +193,11 @@ class Archive:
             raise ArchiveError(f"start {start:g} s is outside episode {episode.episode_id!r}, which is {length:.0f} s long "
                                f"({format_time(length)})")
         with self.db.connection() as conn:
-            rows = conn.execute(
-                """SELECT position, speaker, start_seconds, end_seconds, text FROM segments
+            turns = conn.cursor(row_factory=class_row(Segment)).execute(
+                """SELECT position, speaker, start_seconds AS start, end_seconds AS "end", text FROM segments
                    WHERE episode_id = %s AND end_seconds > %s AND start_seconds < %s ORDER BY position""",
                 (episode.episode_id, start, end)).fetchall()
-        return Transcript(episode, start, min(end, length), [Segment(*r) for r in rows])
+        return Transcript(episode, start, min(end, length), turns)
 
     def audio_file(self, episode: EpisodeSummary) -> Path | None:
         """The local audio of a catalogue episode, only if it is a file inside AUDIO_DIR (a file_name with `..`

@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from ..errors import ConfigError, GdrError
-from ..search.models import format_time
+from ..search.types import format_time
 from ..settings import Settings
 from ..storage.browse import EpisodeSummary
 from .archive import DEFAULT_TRANSCRIPT_SECONDS, Answer, Archive, Transcript, opened_archive

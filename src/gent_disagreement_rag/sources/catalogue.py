@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import CatalogueError
 from ..settings import Settings
+from . import display_title
 
 V = TypeVar("V")
 
@@ -47,7 +48,7 @@ class CatalogueEntry(BaseModel):
 
     @property
     def display_title(self) -> str:
-        return self.title or (Path(self.file_name).stem if self.file_name else f"Episode {self.episode_id}")
+        return display_title(self.title, self.file_name, self.episode_id)
 
 
 def speaker_numbers(speakers_map: dict[str, V]) -> dict[str, V]:

