@@ -15,6 +15,7 @@ from gent_disagreement_rag.storage import segments as segment_store
 from gent_disagreement_rag.storage.database import Database
 from tests.support.builders import run_ingest, tone_catalogue
 from tests.support.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_error, for_audio, sha256_of
+from tests.support.world import statuses
 
 
 @pytest.fixture
@@ -22,13 +23,6 @@ def catalogue(settings: Settings, fake_api: FakeAPI, monkeypatch: pytest.MonkeyP
     """Six episodes with distinct audio, and the environment pointing every setting at the test's world."""
     return tone_catalogue(settings, fake_api, monkeypatch, {f"EP-{i}": (20 + i, 300 + 40 * i) for i in range(6)},
                           {"0": "Ann", "1": "Bob"})
-
-
-
-
-def statuses(settings: Settings) -> dict[str, tuple[str, int, str | None]]:
-    with Database.from_settings(settings) as db:
-        return {e.episode_id: (e.status, e.segments, e.last_error) for e in episode_store.list_episodes(db)}
 
 
 def test_six_episodes_three_at_a_time_then_a_rerun_costs_nothing(settings, catalogue, fake_api) -> None:

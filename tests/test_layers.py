@@ -6,6 +6,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.fast  # no Postgres, no Prefect, no Whisper, no subprocess (TESTING.md)
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "gent_disagreement_rag"
 # Lowest first. The ground modules are the package's top-level files.
 # serve (gdr mcp, gdr web) sits right above search: it reads, so it may not import ingest or orchestration.

@@ -21,8 +21,8 @@ from mcp.client.stdio import StdioServerParameters
 
 from gent_disagreement_rag.serve.archive import MAX_K, opened_archive
 from gent_disagreement_rag.settings import Settings
-from gent_disagreement_rag.storage.roles import READER_ROLE
 from gent_disagreement_rag.storage.embedded import stop_embedded
+from gent_disagreement_rag.storage.roles import READER_ROLE
 from tests.support.builders import free_port
 from tests.support.samples import REPO_ROOT, sample_archive, sample_script
 from tests.support.servers import gdr_executable, gdr_server, server_environment

@@ -15,8 +15,8 @@ from gent_disagreement_rag.providers.embedders import LOCAL_MINILM_MODEL
 from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMQueryEmbedder
 from gent_disagreement_rag.providers.registry import ModelId, embedder_for, provider_registry, transcriber_for
 from gent_disagreement_rag.settings import Settings
-from tests.conftest import REPO_ROOT
 from tests.support import scripted_providers
+from tests.support.paths import REPO_ROOT
 from tests.support.servers import gdr_executable, server_environment
 
 

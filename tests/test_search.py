@@ -37,8 +37,6 @@ from gent_disagreement_rag.search import (
     text_query,
 )
 from gent_disagreement_rag.search.assembly import assemble
-from gent_disagreement_rag.search.replies import replies_first
-from gent_disagreement_rag.search.types import Segment
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.sources.catalogue import CatalogueEntry
 from gent_disagreement_rag.storage import episodes as episode_store
@@ -46,9 +44,9 @@ from gent_disagreement_rag.storage import segments as segment_store
 from gent_disagreement_rag.storage.database import Database
 from gent_disagreement_rag.text.chunking import Chunk
 from tests.support.builders import segment
+from tests.support.paths import REPO_ROOT
 from tests.support.samples import module_database, store_sample_episodes
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_MODEL = "local/all-MiniLM-L6-v2@384"
 OPENAI_MODEL = "openai/text-embedding-3-small@1536"
 
@@ -611,27 +609,6 @@ def test_gdr_search_shows_the_cited_reply_with_its_question_around_it(samples) -
     assert f"{format_time(answer['start'])}–{format_time(answer['end'])}" in cells  # the answer is what is cited
     assert f"GDR-001.mp3#t={math.floor(answer['start'])}" in cells
     assert re.sub(r"\s+", "", question["text"]) in cells  # and the question is shown as its context
-
-
-def reply_order(ranked: list[tuple[str, int]], turns: dict[tuple[str, int], tuple[str, str]]) -> list[tuple]:
-    def chunk(episode_id: str, position: int) -> Segment | None:
-        turn = turns.get((episode_id, position))
-        return None if turn is None else Segment(position, turn[0], 0.0, 1.0, turn[1])
-
-    return [tuple(r) for r in replies_first(ranked, chunk)]
-
-
-def test_only_another_speakers_statement_after_a_question_is_credited() -> None:
-    turns = {("a", 0): ("Host", "Who led the group?"), ("a", 1): ("Guest", "Shockley did."),
-             ("a", 2): ("Host", "Was he hard to work for?"), ("a", 3): ("Host", "I've read he was."),
-             ("a", 4): ("Guest", "Why do you ask?"), ("a", 5): ("Host", "Because of the Nobel? “Really?”"),
-             ("a", 6): ("Guest", "Yes."), ("a", 7): ("Host", "Last question?")}
-    assert reply_order([("a", 0)], turns) == [("a", 1, 0), ("a", 0, None)]
-    assert reply_order([("a", 2)], turns) == [("a", 2, None)]  # the same speaker goes on: no reply
-    assert reply_order([("a", 4)], turns) == [("a", 4, None)]  # answered by a question (closing quote too)
-    assert reply_order([("a", 7)], turns) == [("a", 7, None)]  # nothing after the last chunk
-    assert reply_order([("a", 1), ("a", 0)], turns) == [("a", 1, None), ("a", 0, None)]  # already above it
-    assert reply_order([("a", 0), ("b", 1), ("a", 1)], turns) == [("a", 1, 0), ("a", 0, None), ("b", 1, None)]
 
 
 # --- the exact scan, against a brute-force cosine ranking -------------------------------------------------

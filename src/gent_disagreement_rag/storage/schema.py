@@ -23,6 +23,8 @@ def migrate(url: str) -> list[str]:
     commands that write (`gdr db init`, `gdr ingest`, `gdr db env`, runs) migrate; the others check."""
     applied = []
     with psycopg.connect(url, autocommit=True) as conn:
+        if _up_to_date(conn):  # read first: a command that only reads (gdr status) writes nothing, not even DDL
+            return applied
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
             conn.execute(
@@ -40,6 +42,14 @@ def migrate(url: str) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return applied
+
+
+def _up_to_date(conn: psycopg.Connection) -> bool:
+    """Every migration file is applied (read only; a database without the table is not up to date)."""
+    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+        return False
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    return all(version in done for version, _, _ in _migration_files())
 
 
 def latest_schema_version() -> int:
