@@ -20,6 +20,7 @@ from tests.support.paths import REPO_ROOT
 from tests.support.servers import gdr_executable, server_environment
 
 
+@pytest.mark.fast
 def test_a_model_id_names_its_provider_model_and_size() -> None:
     parsed = ModelId.parse("openai/text-embedding-3-small@512")
     assert parsed == ModelId("openai", "text-embedding-3-small", 512)
@@ -28,6 +29,7 @@ def test_a_model_id_names_its_provider_model_and_size() -> None:
         ModelId.parse("text-embedding-3-small")
 
 
+@pytest.mark.fast
 def test_the_query_embedder_is_the_one_of_the_stored_vectors_provider(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, gdr_home=tmp_path, embedder="openai", openai_api_key="sk-test")
     # The settings say OpenAI, but vectors made by MiniLM are searched with MiniLM.
@@ -40,6 +42,7 @@ def test_the_query_embedder_is_the_one_of_the_stored_vectors_provider(tmp_path: 
         embedder_for("local/all-mpnet-base-v2@768", settings)
 
 
+@pytest.mark.fast
 def test_an_unknown_provider_name_is_an_error_naming_the_setting() -> None:
     with pytest.raises(ConfigError, match="TRANSCRIBER='whisperx' is not a known transcriber"):
         transcriber_for(Settings(_env_file=None, transcriber="whisperx"))
@@ -49,6 +52,7 @@ def test_an_unknown_provider_name_is_an_error_naming_the_setting() -> None:
         provider_registry(Settings(_env_file=None, provider_plugins=["no.such.module"]))
 
 
+@pytest.mark.fast
 def test_a_plugin_adds_providers_and_reads_its_own_raw_responses() -> None:
     settings = Settings(_env_file=None, provider_plugins=[scripted_providers.PLUGIN], transcriber="scripted",
                         embedder="hashed")
