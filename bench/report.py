@@ -395,4 +395,9 @@ def write_report(results: dict[str, Any], path: Path, chart: Path) -> None:
         from bench.fleet import figures
 
         values |= figures(fleet)
+    values["scale"] = "scale" in s
+    if sc := s.get("scale"):
+        from bench.scale import figures as scale_figures
+
+        values |= scale_figures(sc, TEMPLATE.read_text())
     path.write_text(fill(TEMPLATE.read_text(), values).rstrip() + "\n")

@@ -367,7 +367,7 @@ def buffer_cache(pg: Postgres, url: str, queries: list[str], sizes_mb: list[int]
     embedded_server(pg.home / "pgdata", shared_buffers=shared_buffers_mb(None))
     out = {}
     for size, runs in per.items():
-        out[str(size)] = {key: float(np.median([r[key] for r in runs])) for key in runs[0]} | {"rounds": len(runs)}
+        out[str(size)] = {key: round(float(np.median([r[key] for r in runs])), 4) for key in runs[0]} | {"rounds": len(runs)}
     return out
 
 
@@ -657,3 +657,102 @@ def run(pg: Postgres, *, quick: bool = False) -> dict[str, Any]:
     _step(results, "build_settings", build_settings, pg, c, 10_000 if quick else 100_000, 3 if not quick else 1)
     results["load_at_end"] = load()
     return results
+
+
+# --- the report (bench/report.py fills the template's section 9 with these) ----------------------------
+
+
+def _row_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(x) for x in row) + " |" for row in rows])
+
+
+def _get(d: dict[str, Any] | None, *keys: str, default: Any = "—") -> Any:
+    for key in keys:
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    return d
+
+
+def figures(sc: dict[str, Any], template: str = "") -> dict[str, Any]:
+    """The template's values for section 9 (a figure whose step did not run or failed shows as —)."""
+    import re
+
+    values: dict[str, Any] = dict.fromkeys(re.findall(r"\$(sc_\w+)", template), "—")
+    values |= {"sc_chunks": f"{sc['chunks']:,}", "sc_episodes": f"{sc['chunks'] // EPISODE_CHUNKS:,}", "sc_seed": sc["seed"], "sc_unseen": sc["unseen_seed"]}
+    bulk = sc.get("bulk_load") or {}
+    if "total_seconds" in bulk:
+        total_min = bulk["total_seconds"] / 60
+        values |= {"sc_load_s": bulk["load"]["seconds"], "sc_load_rate": f"{bulk['load']['rows_per_second']:,}",
+                   "sc_load_segments_s": bulk["load"]["segments_seconds"], "sc_load_load": bulk["load"]["load"],
+                   "sc_index_s": bulk["index"]["seconds"], "sc_index_mwm": f"{bulk['index']['maintenance_work_mem_mb']:,}",
+                   "sc_index_workers": bulk["index"]["workers"], "sc_index_load": bulk["index"]["load"],
+                   "sc_index_notices": "; ".join(bulk["index"]["notices"]) or "none",
+                   "sc_vacuum_s": bulk["vacuum_analyze_seconds"], "sc_total_min": f"{total_min:.1f}",
+                   "sc_total_mark": "met" if total_min <= 15 else "**missed**",
+                   "sc_pss": f"{bulk['postgres_peak_pss_mb']:,}", "sc_rss": f"{bulk['bench_peak_rss_mb']:,}",
+                   "sc_sizes_table": _row_table(["relation", "MB on disk"], [[k, f"{v:,}"] for k, v in bulk["sizes"].items()])}
+    cases = ["vector", "hybrid", "vector + speaker filter", "hybrid + speaker filter", "vector + episode filter",
+             "hybrid + episode filter"]
+    lib, unseen = sc.get("library") or {}, sc.get("library_unseen_queries") or {}
+    if "vector" in lib:
+        rows = []
+        for case in cases:
+            a, b = lib.get(case, {}), unseen.get(case, {})
+            p95 = max(a.get("p95_ms", 0), b.get("p95_ms", 0))
+            rows.append([case, f"{_get(a, 'p50_ms')} / {_get(b, 'p50_ms')}", f"{_get(a, 'p95_ms')} / {_get(b, 'p95_ms')}",
+                         "met" if p95 < 20 else "**missed**", f"{_get(a, 'min_results')} / {_get(b, 'min_results')}",
+                         f"{_get(a, 'recall_at_10', default='')} / {_get(b, 'recall_at_10', default='')}".strip(" /"),
+                         f"{_get(a, 'load')} / {_get(b, 'load')}"])
+        rows.append(["query embedding alone", "", f"{_get(lib, 'query embedding only', 'p95_ms')} / "
+                     f"{_get(unseen, 'query embedding only', 'p95_ms')}", "", "", "", ""])
+        for key in lib:
+            if key.startswith("raw SQL HNSW scan"):
+                rows.append([key, f"{lib[key]['p50_ms']} / {_get(unseen, key, 'p50_ms')}",
+                             f"{lib[key]['p95_ms']} / {_get(unseen, key, 'p95_ms')}", "", "",
+                             f"{lib[key]['recall_at_10']} / {_get(unseen, key, 'recall_at_10')}",
+                             f"{lib[key]['load']} / {_get(unseen, key, 'load')}"])
+        values["sc_search_table"] = _row_table(
+            ["library call, k = 10", "p50 ms", "p95 ms", "p95 < 20 ms", "fewest results", "recall@10", "load"], rows)
+        recall = min(lib["vector"].get("recall_at_10", 0), _get(unseen, "vector", "recall_at_10", default=1))
+        values |= {"sc_recall": recall, "sc_recall_mark": "met" if recall >= 0.95 else "**missed**"}
+    if text := sc.get("text"):
+        if "text" in text:
+            values |= {"sc_text_p95": text["text"]["p95_ms"], "sc_text_p50": text["text"]["p50_ms"],
+                       "sc_text_vector_p95": text["vector"]["p95_ms"], "sc_text_hybrid_p95": text["hybrid"]["p95_ms"],
+                       "sc_text_load": text["text"]["load"], "sc_text_queries": text["text"]["queries"]}
+    t100 = sc.get("text_100k") or {}
+    values |= {"sc_text100_p95": t100.get("p95_ms", "—"), "sc_text100_p50": t100.get("p50_ms", "—"),
+               "sc_text100_load": t100.get("load", "—")}
+    if cli := sc.get("cli"):
+        values |= {"sc_cli": _get(cli, "gdr search", "p50_s"), "sc_cli_load": _get(cli, "gdr search", "load"),
+                   "sc_cli_import": _get(cli, "import gent_disagreement_rag.cli", "seconds")}
+    if (inc := sc.get("incremental")) and "seconds_median" in inc:
+        values |= {"sc_inc_s": inc["seconds_median"], "sc_inc_all": ", ".join(f"{s:g}" for s in inc["seconds"]),
+                   "sc_inc_searches": inc["searches_during"], "sc_inc_p95": inc["search_p95_ms_during"],
+                   "sc_inc_before": inc["search_p95_ms_before"], "sc_inc_min": inc["min_results_during"],
+                   "sc_inc_load": inc["load"]}
+    if (buf := sc.get("buffer_cache")) and "error" not in buf:
+        values["sc_buffer_table"] = _row_table(
+            ["EMBEDDED_SHARED_BUFFERS_MB", "pages found in the cache", "vector p95 ms", "hybrid p95 ms",
+             "first search after a restart", "rounds", "load"],
+            [[size, f"{b['hit_ratio']:.1%}", f"{b['vector_p95_ms']:.1f}", f"{b['hybrid_p95_ms']:.1f}", f"{b['first_query_s']:.2f} s",
+              int(b["rounds"]), f"{b['load']:.1f}"] for size, b in buf.items()])
+    if (oa := sc.get("openai_load")) and "seconds" in oa:
+        values |= {"sc_oa_s": oa["seconds"], "sc_oa_rate": f"{oa['rows_per_second']:,}", "sc_oa_mb": f"{oa['embeddings_growth_mb']:,}",
+                   "sc_oa_pss": f"{oa['postgres_peak_pss_mb']:,}", "sc_oa_load": oa["load"]}
+    if (ch := sc.get("chat")) and "verbatim" in ch:
+        values |= {"sc_chat_p50": f"{ch['verbatim']['p50_ms']:,}", "sc_chat_p95": f"{ch['verbatim']['p95_ms']:,}",
+                   "sc_chat_serial_p95": f"{ch['no parallel workers']['p95_ms']:,}", "sc_chat_n": ch["verbatim"]["queries"],
+                   "sc_chat_load": ch["verbatim"]["load"]}
+    if (hv := sc.get("halfvec")) and "kinds" in hv:
+        values["sc_half_table"] = _row_table(
+            [f"1536-d index at {hv['chunks']:,} chunks", "build s", "index MB", "recall@10", "scan p95 ms", "load"],
+            [[kind, k["build_s"], f"{k['index_mb']:,.0f}", k["recall_at_10"], k["scan_p95_ms"], k["load"]]
+             for kind, k in hv["kinds"].items()]) + f"\n\n(median of {hv['rounds']} alternating rounds)"
+    if (bs := sc.get("build_settings")) and "settings" in bs:
+        values["sc_build_table"] = _row_table(
+            [f"384-d HNSW build at {bs['chunks']:,} chunks", "seconds", "load"],
+            [[name, s["seconds"], s["load"]] for name, s in bs["settings"].items()]) + f"\n\n(median of {bs['rounds']} alternating rounds)"
+    return values
