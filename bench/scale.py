@@ -594,6 +594,46 @@ def build_settings(pg: Postgres, c: dict[str, Any], n: int, rounds: int) -> dict
                                                        for name, v in per.items()}}
 
 
+def gin_after(pg: Postgres, c: dict[str, Any], n: int, rounds: int) -> dict[str, Any]:
+    """The segments' COPY at n chunks with the full-text GIN index in place (as the schema has it; fastupdate off,
+    so every row's ~40 lexemes go into the tree as it arrives) against the index dropped and built after the COPY
+    (CREATE INDEX sorts the entries in maintenance_work_mem), alternating, each in a fresh database."""
+    vocab = vocabulary()
+    per: dict[str, list[float]] = {"GIN in place": [], "GIN built after": []}
+    loads: dict[str, list[float]] = {name: [] for name in per}
+    for _ in range(rounds):
+        for name in per:
+            url = pg.create_database("gin")
+            try:
+                with psycopg.connect(url) as conn:
+                    conn.cursor().executemany("INSERT INTO episodes (episode_id, title) VALUES (%s, %s)",
+                                              [(f"E{e:04d}", "x") for e in range(n // EPISODE_CHUNKS)])
+                    conn.commit()
+                    started = time.perf_counter()
+                    if name == "GIN built after":
+                        conn.execute("DROP INDEX segments_tsv_idx")
+                    with conn.cursor() as cur, cur.copy("COPY segments (episode_id, position, speaker, start_seconds, "
+                                                        "end_seconds, text, token_count) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                        copy.set_types(["text", "int4", "text", "float8", "float8", "text", "int4"])
+                        texts = vocab[c["words"][:n]]
+                        for i in range(n):
+                            e, p = divmod(i, EPISODE_CHUNKS)
+                            copy.write_row((f"E{e:04d}", p, speaker_name(c["speaker_of"][i]), p * 22.0, p * 22.0 + 21.5,
+                                            c["names"][c["topic_of"][i]] + " " + " ".join(texts[i]), 60))
+                    if name == "GIN built after":
+                        conn.execute("SET maintenance_work_mem = '512MB'")
+                        conn.execute("CREATE INDEX segments_tsv_idx ON segments USING gin (tsv) WITH (fastupdate = off)")
+                    conn.commit()
+                    per[name].append(time.perf_counter() - started)
+                    loads[name].append(load())
+                log(f"    segments COPY {n:,}, {name}: {per[name][-1]:.1f} s")
+            finally:
+                pg.drop_database(url)
+    return {"chunks": n, "rounds": rounds, "ways": {name: {"seconds": round(float(np.median(v)), 1),
+                                                          "load": round(float(np.median(loads[name])), 2)}
+                                                   for name, v in per.items()}}
+
+
 def _save(results: dict[str, Any]) -> None:
     PARTIAL.parent.mkdir(parents=True, exist_ok=True)
     PARTIAL.write_text(json.dumps(results, indent=1, default=str))
@@ -653,6 +693,8 @@ def run(pg: Postgres, *, quick: bool = False) -> dict[str, Any]:
     if not quick:
         log("  scale: the text side at 100k")
         _step(results, "text_100k", text_side_100k, pg, c, queries)
+    log("  scale: the full-text index during a bulk load")
+    _step(results, "gin_after", gin_after, pg, c, 10_000 if quick else 100_000, 3)
     log("  scale: index build settings")
     _step(results, "build_settings", build_settings, pg, c, 10_000 if quick else 100_000, 3 if not quick else 1)
     results["load_at_end"] = load()
@@ -751,6 +793,10 @@ def figures(sc: dict[str, Any], template: str = "") -> dict[str, Any]:
             [f"1536-d index at {hv['chunks']:,} chunks", "build s", "index MB", "recall@10", "scan p95 ms", "load"],
             [[kind, k["build_s"], f"{k['index_mb']:,.0f}", k["recall_at_10"], k["scan_p95_ms"], k["load"]]
              for kind, k in hv["kinds"].items()]) + f"\n\n(median of {hv['rounds']} alternating rounds)"
+    if (ga := sc.get("gin_after")) and "ways" in ga:
+        values["sc_gin_table"] = _row_table(
+            [f"segments COPY at {ga['chunks']:,} chunks", "seconds", "load"],
+            [[name, w["seconds"], w["load"]] for name, w in ga["ways"].items()]) + f"\n\n(median of {ga['rounds']} alternating rounds)"
     if (bs := sc.get("build_settings")) and "settings" in bs:
         values["sc_build_table"] = _row_table(
             [f"384-d HNSW build at {bs['chunks']:,} chunks", "seconds", "load"],
