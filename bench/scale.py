@@ -801,4 +801,11 @@ def figures(sc: dict[str, Any], template: str = "") -> dict[str, Any]:
         values["sc_build_table"] = _row_table(
             [f"384-d HNSW build at {bs['chunks']:,} chunks", "seconds", "load"],
             [[name, s["seconds"], s["load"]] for name, s in bs["settings"].items()]) + f"\n\n(median of {bs['rounds']} alternating rounds)"
+    steps = {"sc_has_cli": "cli", "sc_has_inc": "incremental", "sc_has_buf": "buffer_cache", "sc_has_oa": "openai_load",
+             "sc_has_chat": "chat", "sc_has_text100": "text_100k"}
+    for flag, step in steps.items():
+        values[flag] = isinstance(sc.get(step), dict) and "error" not in sc[step]
+    missing = [step for step in ("library", "text", "cli", "incremental", "buffer_cache", "openai_load", "chat", "text_100k",
+                                 "halfvec", "gin_after", "build_settings") if not isinstance(sc.get(step), dict) or "error" in sc[step]]
+    values["sc_not_run"] = (f"Not measured in this run (stopped for time, or failed): {', '.join(missing)}.\n" if missing else "")
     return values
