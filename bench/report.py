@@ -348,6 +348,11 @@ def figures(results: dict[str, Any]) -> dict[str, Any]:
         from bench.fleet import figures as fleet_figures
 
         values |= fleet_figures(fleet)
+    values["scale"] = "scale" in s
+    if sc := s.get("scale"):
+        from bench.scale import figures as scale_figures
+
+        values |= scale_figures(sc, TEMPLATE.read_text())
     return values
 
 

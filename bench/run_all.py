@@ -4,7 +4,8 @@
     uv run python -m bench.run_all --quick         # every section, smaller, ~3-4 min
     uv run python -m bench.run_all --only search   # one section; the others keep their last results
 
-Sections: parallel, api, store, search, local, fleet (the three engines compared), serve (gdr web and gdr mcp). Not tests: nothing here
+Sections: parallel, api, store, search, local, fleet (the three engines compared), serve (gdr web and gdr mcp),
+scale (a million chunks, ~40 min alone). Not tests: nothing here
 asserts on time; targets are reported as met or missed. Every section notes the machine's load, which the figures depend on.
 """
 
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ["parallel", "api", "store", "search", "local", "fleet", "serve"]
+SECTIONS = ["parallel", "api", "store", "search", "local", "fleet", "serve", "scale"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results.json"
 CHART = REPO_ROOT / "bench" / "speedup.png"
@@ -31,7 +32,7 @@ WARM_IMPORTS = (
     "gent_disagreement_rag.providers.transcribers.deepgram", "gent_disagreement_rag.providers.transcribers.local_whisper",
     "prefect.flow_engine", "prefect.task_engine", "prefect.server.api.server", "prefect.cli", "uvicorn", "asyncpg",
     "tests.support.fakeapi", "bench.parallel", "bench.search_latency", "bench.local_pipeline",
-    "bench.serve_latency", "gent_disagreement_rag.serve.web", "gent_disagreement_rag.serve.mcp_server", "mcp",
+    "bench.serve_latency", "bench.scale", "gent_disagreement_rag.serve.web", "gent_disagreement_rag.serve.mcp_server", "mcp",
 )
 
 
@@ -105,7 +106,7 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
         results["sections"][name] = value
         RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")  # partial results survive a crash
 
-    needs_db = any(s in sections for s in ("parallel", "api", "store", "search", "fleet", "serve"))
+    needs_db = any(s in sections for s in ("parallel", "api", "store", "search", "fleet", "serve", "scale"))
     if needs_db:
         with embedded_postgres() as pg:
             results["machine"].update(pg.versions())
@@ -144,6 +145,12 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
                 t0 = time.perf_counter()
                 log("== 8. gdr web and gdr mcp")
                 record("serve", serve_latency.run(pg, quick=quick), t0)
+            if "scale" in sections:
+                from bench import scale
+
+                t0 = time.perf_counter()
+                log("== 9. a million chunks")
+                record("scale", scale.run(pg, quick=quick), t0)
     if "local" in sections:
         from bench import local_pipeline
 
