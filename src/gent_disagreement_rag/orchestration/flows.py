@@ -214,7 +214,10 @@ def _ingest(ctx: RunContext, episode_ids: list[str] | None, max_parallel: int | 
         segments.refresh_statistics(ctx.db)
     create_table_artifact(key="ingest-summary", table=[asdict(s) for s in ordered],
                           description=f"{len(ordered)} episodes; {len(plan.up_to_date)} already up to date")
-    return _final_state(ordered, stop, feed_error)
+    final = _final_state(ordered, stop, feed_error)
+    if final.is_failed():  # in the run's log too: `prefect deployment run --watch` shows the logs, not the message
+        logger.error("%s", final.message)
+    return final
 
 
 @dataclass(slots=True)
