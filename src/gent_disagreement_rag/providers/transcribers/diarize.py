@@ -3,11 +3,11 @@
 This separates only voices whose pitch differs clearly (a man and a woman, say); speaker_embeddings.py
 tells voices of one pitch apart when the number of speakers is known, and uses these groups as a
 constraint. Each stretch of speech gets the median pitch (in semitones) of its voiced frames (YIN), the
-medians are clustered with optimal 1-D k-means for k = 2..max_speakers, and the largest k whose clusters
-are all clearly apart wins: neighbouring centres at least MIN_SEMITONES and MIN_SEPARATION pooled standard
-deviations apart, every cluster holding at least MIN_STRETCHES stretches and MIN_SHARE of them. Otherwise everything is speaker 0: a wrong split would
-put one person's words under another's name, which is worse than no split. So two voices of similar
-pitch (two men) stay one speaker.
+medians are clustered with optimal 1-D k-means for k = 2..max_speakers, and the largest k whose clusters are
+all clearly apart wins: neighbouring centres at least MIN_SEMITONES and MIN_SEPARATION pooled standard
+deviations apart, every cluster holding at least MIN_STRETCHES stretches and MIN_SHARE of them. Otherwise
+everything is speaker 0: a wrong split would put one person's words under another's name, which is worse
+than no split. So two voices of similar pitch (two men) stay one speaker.
 """
 
 from __future__ import annotations
