@@ -21,7 +21,7 @@ def _migration_files() -> list[tuple[int, str, str]]:
 def migrate(url: str) -> list[str]:
     """Apply pending migrations in order, each in its own transaction; safe to run concurrently. Only the
     commands that write (`gdr db init`, `gdr ingest`, `gdr db env`, runs) migrate; the others check."""
-    applied = []
+    applied: list[str] = []
     with psycopg.connect(url, autocommit=True) as conn:
         if _up_to_date(conn):  # read first: a command that only reads (gdr status) writes nothing, not even DDL
             return applied
@@ -46,7 +46,7 @@ def migrate(url: str) -> list[str]:
 
 def _up_to_date(conn: psycopg.Connection) -> bool:
     """Every migration file is applied (read only; a database without the table is not up to date)."""
-    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+    if first_value(conn.execute("SELECT to_regclass('schema_migrations')")) is None:
         return False
     done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
     return all(version in done for version, _, _ in _migration_files())
