@@ -46,8 +46,8 @@ class EpisodeState(StrEnum):
     """An episode's status between runs (episodes.status; migration 0001's CHECK). Within a run it has the
     run's own statuses (ingest/events.py EpisodeStatus)."""
 
-    PENDING = "pending"
     PROCESSED = "processed"
+    PENDING = "pending"
     FAILED = "failed"
 
 
