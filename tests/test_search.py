@@ -339,6 +339,9 @@ def load_synthetic(db: Database, topic_vectors: np.ndarray, episodes: int) -> No
                 conn.execute(f"DROP INDEX {index}")
     with db.connection() as conn:
         conn.execute("SET maintenance_work_mem = '256MB'")  # the graph built in memory, not on disk
+        # Built by one process: a parallel build's graph depends on how its workers interleave, which the
+        # machine's load decides (the filtered walk below then varied with the load, not with the code).
+        conn.execute("SET max_parallel_maintenance_workers = 0")
         conn.execute(definition)
         conn.execute("ANALYZE")
 
