@@ -58,6 +58,8 @@ def bytecode_cache(folder: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
+    parser.add_argument("--scale-steps", help="section 9: only these comma-separated steps (bench/scale.py run); "
+                        "the others keep their last figures")
     parser.add_argument("--quick", action="store_true", help="smaller runs of every section (development)")
     parser.add_argument("--report-only", action="store_true", help="rewrite BENCHMARKS.md and the chart from bench/results.json")
     args = parser.parse_args()
@@ -84,7 +86,8 @@ def main() -> None:
         results["machine"] = machine()
         results["machine"]["load_at_start"] = load()
         results["machine"]["quick"] = args.quick
-        run_sections(sections, folder, results, quick=args.quick)
+        scale_steps = set(args.scale_steps.split(",")) if args.scale_steps else None
+        run_sections(sections, folder, results, quick=args.quick, scale_steps=scale_steps)
     results["machine"]["total_minutes"] = round((time.perf_counter() - started) / 60, 1)
     results["machine"]["finished"] = time.strftime("%Y-%m-%d %H:%M")
     RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")
@@ -96,7 +99,8 @@ def main() -> None:
         f"{RESULTS.relative_to(REPO_ROOT)}")
 
 
-def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, quick: bool) -> None:
+def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, quick: bool,
+                 scale_steps: set[str] | None = None) -> None:
     from bench import api_efficiency, fleet, parallel, search_latency, store_throughput
     from bench.harness import RemoteFakeAPI, embedded_postgres, load, log, prefect_server
 
@@ -150,7 +154,8 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
 
                 t0 = time.perf_counter()
                 log("== 9. a million chunks")
-                record("scale", scale.run(pg, quick=quick), t0)
+                record("scale", scale.run(pg, quick=quick, steps=scale_steps,
+                                          previous=results["sections"].get("scale")), t0)
     if "local" in sections:
         from bench import local_pipeline
 

@@ -185,35 +185,34 @@ def sizes(url: str) -> dict[str, int]:
     return out
 
 
-def graph_mb(rows: int, dims: int, element_bytes: int = 4) -> int:
-    """maintenance_work_mem for pgvector to build the whole HNSW graph in memory: the vectors plus, per element,
-    its neighbour lists (2m at layer 0) and bookkeeping (~700 bytes at m = 16), with a fifth spare."""
-    return int(rows * (dims * element_bytes + 700) * 1.2 / 2**20) + 64
-
-
 def index_sql(model_id: str, dims: int, kind: str = "vector") -> str:
-    """The store's partial HNSW index (segment_store.ensure_model), or its halfvec form."""
+    """The store's partial HNSW index (storage/vector_index.create_sql), or its other kind under its own name."""
     from gent_disagreement_rag.storage import segments as segment_store
+    from gent_disagreement_rag.storage.vector_index import IndexKind, create_sql
 
     name = segment_store.index_name(model_id) + ("_half" if kind == "halfvec" else "")
-    return (f"CREATE INDEX {name} ON embeddings USING hnsw ((embedding::{kind}({dims})) {kind}_cosine_ops) "
-            f"WHERE model_id = '{model_id}'")
+    return create_sql(name, model_id, dims, IndexKind(kind)).as_string(None)
 
 
-def build_index(url: str, model_id: str, dims: int, rows: int, *, kind: str = "vector", workers: int = 1,
+def build_index(url: str, model_id: str, dims: int, rows: int, *, kind: str = "vector", workers: int | None = None,
                 memory_mb: int | None = None) -> dict[str, Any]:
-    """CREATE INDEX after the load, with maintenance_work_mem for the graph and `workers` parallel workers."""
-    memory_mb = memory_mb or graph_mb(rows, dims, 2 if kind == "halfvec" else 4)
+    """CREATE INDEX after the load with the store's build settings (vector_index.BuildSettings: memory for the
+    whole graph, a parallel worker per spare core), or the ones given."""
+    from gent_disagreement_rag.storage.vector_index import BuildSettings, IndexKind
+
+    wanted = BuildSettings.for_graph(rows, dims, IndexKind(kind))
+    settings = BuildSettings(memory_mb or wanted.maintenance_work_mem_mb,
+                             wanted.parallel_workers if workers is None else workers)
     notices: list[str] = []
     with psycopg.connect(url, autocommit=True) as conn:
         conn.add_notice_handler(lambda d: notices.append(d.message_primary))
-        conn.execute(f"SET maintenance_work_mem = '{memory_mb}MB'")
-        conn.execute(f"SET max_parallel_maintenance_workers = {workers}")
+        for statement in settings.statements():
+            conn.execute(statement)
         started = time.perf_counter()
         conn.execute(index_sql(model_id, dims, kind))
         seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 1), "maintenance_work_mem_mb": memory_mb, "workers": workers,
-            "notices": notices, "load": load()}
+    return {"seconds": round(seconds, 1), "maintenance_work_mem_mb": settings.maintenance_work_mem_mb,
+            "workers": settings.parallel_workers, "notices": notices, "load": load()}
 
 
 def load_local(pg: Postgres, c: dict[str, Any], n: int) -> tuple[str, dict[str, Any]]:
@@ -237,6 +236,9 @@ def load_local(pg: Postgres, c: dict[str, Any], n: int) -> tuple[str, dict[str, 
                              for e in range(n_episodes)])
             cur.execute("INSERT INTO embedding_models (model_id, provider, model, dimensions, index_name) "
                         "VALUES (%s, %s, %s, %s, %s)", (mid, *LOCAL, segment_store.index_name(mid)))
+            # README's import procedure: the full-text index dropped for the COPY and built after it.
+            [(gin,)] = cur.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'segments_tsv_idx'").fetchall()
+            cur.execute("DROP INDEX segments_tsv_idx")
             with cur.copy("COPY segments (episode_id, position, speaker, start_seconds, end_seconds, text, token_count) "
                           "FROM STDIN WITH (FORMAT BINARY)") as copy:
                 copy.set_types(["text", "int4", "text", "float8", "float8", "text", "int4"])
@@ -247,6 +249,10 @@ def load_local(pg: Postgres, c: dict[str, Any], n: int) -> tuple[str, dict[str, 
                         e, p = divmod(i, EPISODE_CHUNKS)
                         text = names[c["topic_of"][i]] + " " + " ".join(texts[i - start])
                         copy.write_row((f"E{e:04d}", p, speaker_name(c["speaker_of"][i]), p * 22.0, p * 22.0 + 21.5, text, 60))
+            copied = time.perf_counter() - started
+            cur.execute("SET maintenance_work_mem = '1GB'")
+            cur.execute(gin)
+            gin_seconds = time.perf_counter() - started - copied
             segments_seconds = time.perf_counter() - started
             with cur.copy("COPY embeddings (model_id, episode_id, position, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
                 copy.set_types(["text", "text", "int4", "vector"])
@@ -258,7 +264,7 @@ def load_local(pg: Postgres, c: dict[str, Any], n: int) -> tuple[str, dict[str, 
         conn.commit()
     seconds = time.perf_counter() - started
     return url, {"seconds": round(seconds, 1), "segments_seconds": round(segments_seconds, 1),
-                 "rows_per_second": round(n / seconds), "load": load()}
+                 "gin_after_seconds": round(gin_seconds, 1), "rows_per_second": round(n / seconds), "load": load()}
 
 
 def analyse(url: str) -> None:
@@ -284,7 +290,7 @@ def bulk_load(pg: Postgres, c: dict[str, Any], n: int) -> tuple[str, dict[str, A
     out = {"chunks": n, "load": loaded, "index": index, "vacuum_analyze_seconds": round(vacuum, 1),
            "total_seconds": round(total, 1), "postgres_peak_pss_mb": _mb(memory.peak),
            "bench_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "sizes": sizes(url),
-           "load_avg": load()}
+           "load_avg": load(), "when": time.strftime("%Y-%m-%d %H:%M")}
     log(f"  scale: bulk load total {total:.0f} s, Postgres peak Pss {out['postgres_peak_pss_mb']} MB, "
         f"database {out['sizes']['database']} MB")
     return url, out
@@ -441,6 +447,8 @@ def load_openai(pg: Postgres, url: str, c: dict[str, Any], n: int) -> dict[str, 
     from gent_disagreement_rag.providers.embedders import model_id
     from gent_disagreement_rag.storage import segments as segment_store
 
+    from gent_disagreement_rag.storage.vector_index import kind_for
+
     mid = model_id(*OPENAI)
     q = projection()
     rng = np.random.default_rng(SEED + 1536)
@@ -449,8 +457,8 @@ def load_openai(pg: Postgres, url: str, c: dict[str, Any], n: int) -> dict[str, 
         started = time.perf_counter()
         with psycopg.connect(url) as conn:
             register_vector(conn)
-            conn.execute("INSERT INTO embedding_models (model_id, provider, model, dimensions, index_name) VALUES (%s, %s, %s, %s, %s)",
-                         (mid, *OPENAI, segment_store.index_name(mid)))
+            conn.execute("INSERT INTO embedding_models (model_id, provider, model, dimensions, index_name, index_kind) "
+                         "VALUES (%s, %s, %s, %s, %s, %s)", (mid, *OPENAI, segment_store.index_name(mid), kind_for(OPENAI[2])))
             with conn.cursor() as cur, cur.copy("COPY embeddings (model_id, episode_id, position, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
                 copy.set_types(["text", "text", "int4", "vector"])
                 for start in range(0, n, 10_000):
@@ -472,7 +480,7 @@ def chat(pg: Postgres, url: str, c: dict[str, Any], count: int, rounds: int) -> 
     vectors, alternating with the same query without parallel workers."""
     import psycopg2
 
-    from gent_disagreement_rag.storage import chat_access
+    from gent_disagreement_rag.storage import reader as chat_access
     from tests.support.chat_server import QUERY
 
     reader = chat_access.ensure_reader(url, pg.home / "gdr")
@@ -574,6 +582,8 @@ def build_settings(pg: Postgres, c: dict[str, Any], n: int, rounds: int) -> dict
     (maintenance_work_mem 64 MB, 2 parallel workers), the graph's size with 1 worker, the graph's size with none."""
     from gent_disagreement_rag.providers.embedders import model_id
 
+    from gent_disagreement_rag.storage import segments as segment_store
+
     settings = {"defaults (64 MB, 2 workers)": {"memory_mb": 64, "workers": 2},
                 "graph-sized memory, 1 worker": {"workers": 1}, "graph-sized memory, no worker": {"workers": 0}}
     url, _ = load_local(pg, c, n)
@@ -587,7 +597,7 @@ def build_settings(pg: Postgres, c: dict[str, Any], n: int, rounds: int) -> dict
                 loads[name].append(built["load"])
                 log(f"    build {n:,} {name}: {built['seconds']} s {built['notices'][:1]}")
                 with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f"DROP INDEX {index_sql(model_id(*LOCAL), LOCAL[2]).split()[2]}")
+                    conn.execute(f"DROP INDEX {segment_store.index_name(model_id(*LOCAL))}")
     finally:
         pg.drop_database(url)
     return {"chunks": n, "rounds": rounds, "settings": {name: {"seconds": float(np.median(v)), "load": float(np.median(loads[name]))}
@@ -650,53 +660,66 @@ def _step(results: dict[str, Any], name: str, fn, *args, **kwargs) -> Any:
         value = None
     else:
         if isinstance(value, dict):
+            value.setdefault("when", time.strftime("%Y-%m-%d %H:%M"))
             results[name] = value
     results.setdefault("_minutes", {})[name] = round((time.perf_counter() - t) / 60, 1)
     _save(results)
     return value
 
 
-def run(pg: Postgres, *, quick: bool = False) -> dict[str, Any]:
+ON_THE_MILLION = ("library", "library_unseen_queries", "text", "cli", "incremental", "buffer_cache", "openai_load",
+                  "chat")  # the steps that search or grow the bulk-loaded store (bulk_load runs first for any of them)
+ON_THEIR_OWN = ("halfvec", "text_100k", "gin_after", "build_settings")
+
+
+def run(pg: Postgres, *, quick: bool = False, steps: set[str] | None = None,
+        previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every step, or only `steps` (the others keep their figures from `previous`, each with its own load and date)."""
     from bench.search_latency import cli, library
 
+    wanted = (lambda name: True) if steps is None else (lambda name: name in steps)
     n = 20_000 if quick else 1_000_000
     n_queries = 20 if quick else 100
-    results: dict[str, Any] = {"chunks": n, "seed": SEED, "unseen_seed": UNSEEN_SEED, "hnsw": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}}
+    results: dict[str, Any] = {k: v for k, v in (previous or {}).items() if steps is not None and k != "_meta"}
+    results.update({"chunks": n, "seed": SEED, "unseen_seed": UNSEEN_SEED,
+                    "hnsw": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}})
     t = time.perf_counter()
     c = corpus(n)
     results["corpus_seconds"] = round(time.perf_counter() - t, 1)
     log(f"  scale: corpus of {n:,} chunks ready ({len(c['centres']):,} topics)")
-    url, bulk = _step(results, "bulk_load", bulk_load, pg, c, n) or (None, None)
-    if url is None:
-        return results
-    results["bulk_load"] = bulk
     queries = queries_for(c, SEED, n_queries)
-    unseen = queries_for(c, UNSEEN_SEED, n_queries)
-    world = world_of(url, c, n)
-    log("  scale: the library's searches")
-    _step(results, "library", library, world, queries)
-    _step(results, "library_unseen_queries", library, world, unseen)
-    _step(results, "text", timed_searches, url, queries, {"text": {"mode": "text"}, "vector": {"mode": "vector"},
-                                                           "hybrid": {"mode": "hybrid"}}, 3)
-    _step(results, "cli", cli, world, queries, 3)
-    log("  scale: incremental episodes during searches")
-    _step(results, "incremental", incremental, url, c, queries, 3)
-    log("  scale: the buffer cache")
-    _step(results, "buffer_cache", buffer_cache, pg, url, queries, [128, 1024, 4096] if not quick else [128, 1024], 2)
-    log("  scale: 1536-d vectors for every chunk, and the chat server's query")
-    _step(results, "openai_load", load_openai, pg, url, c, n)
-    _step(results, "chat", chat, pg, url, c, 5 if quick else 3, 2)
-    results["sizes_after"] = sizes(url)
-    pg.drop_database(url)
-    log("  scale: 1536-d index, vector against halfvec")
-    _step(results, "halfvec", halfvec_vs_vector, pg, c, 10_000 if quick else 50_000, 3)
-    if not quick:
-        log("  scale: the text side at 100k")
-        _step(results, "text_100k", text_side_100k, pg, c, queries)
-    log("  scale: the full-text index during a bulk load")
-    _step(results, "gin_after", gin_after, pg, c, 10_000 if quick else 100_000, 3)
-    log("  scale: index build settings")
-    _step(results, "build_settings", build_settings, pg, c, 10_000 if quick else 100_000, 3 if not quick else 1)
+    if wanted("bulk_load") or any(wanted(step) for step in ON_THE_MILLION):
+        url, bulk = _step(results, "bulk_load", bulk_load, pg, c, n) or (None, None)
+        if url is None:
+            return results
+        results["bulk_load"] = bulk
+        unseen = queries_for(c, UNSEEN_SEED, n_queries)
+        world = world_of(url, c, n)
+        for name, fn, args in (
+            ("library", library, (world, queries)),
+            ("library_unseen_queries", library, (world, unseen)),
+            ("text", timed_searches, (url, queries, {"text": {"mode": "text"}, "vector": {"mode": "vector"},
+                                                     "hybrid": {"mode": "hybrid"}}, 3)),
+            ("cli", cli, (world, queries, 3)),
+            ("incremental", incremental, (url, c, queries, 3)),
+            ("buffer_cache", buffer_cache, (pg, url, queries, [128, 1024, 4096] if not quick else [128, 1024], 2)),
+            ("openai_load", load_openai, (pg, url, c, n)),
+            ("chat", chat, (pg, url, c, 5 if quick else 3, 2)),
+        ):
+            if wanted(name):
+                log(f"  scale: {name}")
+                _step(results, name, fn, *args)
+        results["sizes_after"] = sizes(url)
+        pg.drop_database(url)
+    for name, fn, args in (
+        ("halfvec", halfvec_vs_vector, (pg, c, 10_000 if quick else 50_000, 3)),
+        ("text_100k", text_side_100k, (pg, c, queries)),
+        ("gin_after", gin_after, (pg, c, 10_000 if quick else 100_000, 3)),
+        ("build_settings", build_settings, (pg, c, 10_000 if quick else 100_000, 3 if not quick else 1)),
+    ):
+        if wanted(name) and not (quick and name == "text_100k"):
+            log(f"  scale: {name}")
+            _step(results, name, fn, *args)
     results["load_at_end"] = load()
     return results
 

@@ -85,6 +85,27 @@ def db_status() -> None:
         console.print(mt)
 
 
+@db_app.command("reindex")
+@friendly_errors
+def db_reindex(model: str = typer.Option(None, "--model", help="One embedding model id (default: every model).")) -> None:
+    """Rebuild embedding models' HNSW indexes over their stored vectors (after a bulk import, or to move a
+    1536-d model's index to half precision), while searches go on."""
+    from ..storage.vector_index import rebuild_model_index
+
+    settings = load_settings()
+    migrate(database_url(settings))
+    with Database.from_settings(settings) as db:
+        ids = [model] if model else [m.model_id for m in segments.embedding_model_counts(db)]
+        if not ids:
+            raise GdrError("no embedding model is registered in this database: nothing to index")
+        for model_id in ids:
+            done = rebuild_model_index(db, model_id)
+            moved = f" (was {done.previous_kind})" if done.previous_kind is not done.kind else ""
+            console.print(f"{model_id}: HNSW index over {done.rows:,} vectors rebuilt as {done.kind}{moved}, "
+                          f"maintenance_work_mem {done.settings.maintenance_work_mem_mb} MB, "
+                          f"{done.settings.parallel_workers} parallel workers", highlight=False)
+
+
 @db_app.command("stop")
 @friendly_errors
 def db_stop() -> None:

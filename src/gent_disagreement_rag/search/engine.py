@@ -67,7 +67,7 @@ from .statements import (
 from .text_query import TEXT_STATS_SQL, lexeme_stats, plan_text_query, uses_websearch_syntax
 from .types import DEFAULT_MODE, Filters, Mode, SearchError, SearchResults, StoredModel, parse_mode, parse_since
 
-STORED_MODELS_SQL = """SELECT m.model_id, m.provider, m.model, m.dimensions FROM embedding_models m
+STORED_MODELS_SQL = """SELECT m.model_id, m.provider, m.model, m.dimensions, m.index_kind FROM embedding_models m
     WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.model_id) ORDER BY m.model_id"""
 stored_model = class_row(StoredModel)
 

@@ -12,6 +12,7 @@ from psycopg import sql
 from psycopg.pq import ExecStatus
 from psycopg.rows import BaseRowFactory, RowMaker, no_result
 
+from ..storage.vector_index import IndexKind, distance_sql
 from .types import Filters, FilterShape, Mode, StoredModel
 
 if TYPE_CHECKING:
@@ -37,13 +38,16 @@ SPEAKER_SQL = "(lower(s.speaker) = %(speaker)s OR lower(s.speaker) LIKE %(speake
 
 
 def _vector_cte(model: StoredModel, filters: FilterShape, *, exact: bool) -> sql.Composable:
-    """Top candidates by cosine distance. The index form keeps `embedding::vector(D) <=> q` with the
-    model id inlined, exactly as the partial HNSW index is defined, and tests the filters per row as the
-    graph walk goes (the iterative scan going on until enough rows pass). The exact form (`+ 0` hides
-    the index) ranks every chunk passing the filters, fetched by their own indexes: chosen up front for
-    a selective speaker (see exact_is_cheaper), and the rerun when a graph walk came back short."""
-    dims = sql.Literal(model.dimensions)
-    distance = sql.SQL("e.embedding::vector({d}) <=> %(qv)s::vector({d})").format(d=dims)
+    """Top candidates by cosine distance. The index form orders by the index's own distance expression
+    (vector_index.distance_sql) with the model id inlined, exactly as the partial HNSW index is defined, and
+    tests the filters per row as the graph walk goes (the iterative scan going on until enough rows pass). The
+    exact form (`+ 0` hides the index) ranks every chunk passing the filters, fetched by their own indexes:
+    chosen up front for a selective speaker (see exact_is_cheaper), and the rerun when a graph walk came back
+    short."""
+    # The walk orders by the index's own expression; the distance it reports is in full precision (the same
+    # expression when the index is over `vector`).
+    walk = sql.SQL(distance_sql(model.index_kind, model.dimensions))
+    distance = sql.SQL(distance_sql(IndexKind.VECTOR, model.dimensions))
     # Inlined, not a parameter: the planner matches the partial index's predicate against constants
     # only. (The statement is cached as text with %(name)s placeholders, hence the doubled %.)
     model_literal = sql.Literal(model.model_id).as_string(None).replace("%", "%%")
@@ -51,7 +55,7 @@ def _vector_cte(model: StoredModel, filters: FilterShape, *, exact: bool) -> sql
     joins: list[sql.Composable] = []
     if filters.speaker:
         joins.append(sql.SQL("JOIN segments s ON s.episode_id = e.episode_id AND s.position = e.position"))
-    order = sql.SQL("({}) + 0").format(distance) if exact else distance
+    order = sql.SQL("({}) + 0").format(distance) if exact else walk
     return sql.SQL(
         "vec AS MATERIALIZED (SELECT e.episode_id, e.position, {distance} AS distance FROM embeddings e {joins} "
         "WHERE {where} ORDER BY {order} LIMIT %(cand)s),\n"
@@ -147,8 +151,8 @@ def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, webs
         # relevance is read from it (see relevance.py).
         assert model is not None
         model_literal = sql.Literal(model.model_id).as_string(None).replace("%", "%%")
-        vscore = (f"coalesce(h.vscore, (SELECT 1 - (e.embedding::vector({model.dimensions}) <=> "
-                  f"%(qv)s::vector({model.dimensions})) FROM embeddings e WHERE e.model_id = {model_literal} "
+        vscore = (f"coalesce(h.vscore, (SELECT 1 - ({distance_sql(IndexKind.VECTOR, model.dimensions)}) "
+                  f"FROM embeddings e WHERE e.model_id = {model_literal} "
                   "AND e.episode_id = h.episode_id AND e.position = h.position))")
     return sql.SQL(
         "WITH {ctes}\n"

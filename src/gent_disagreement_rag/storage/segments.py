@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from ..sources.publisher import chapter_at
 from .database import Database
 from .speakers import register_speakers
+from .vector_index import create_sql, kind_for
 
 if TYPE_CHECKING:
     from ..sources.publisher import Chapter
@@ -62,20 +62,17 @@ def ensure_model(db: Database, model_id: str, provider: str, model: str, dimensi
     if model_id in db.registered_models:
         return
     name = index_name(model_id)
+    kind = kind_for(dimensions)
     with db.connection() as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MODEL_REGISTRATION_LOCK,))
         registered = conn.execute("SELECT dimensions FROM embedding_models WHERE model_id = %s", (model_id,)).fetchone()
         if registered is None:
             conn.execute(
-                "INSERT INTO embedding_models (model_id, provider, model, dimensions, index_name) VALUES (%s, %s, %s, %s, %s)",
-                (model_id, provider, model, dimensions, name),
+                "INSERT INTO embedding_models (model_id, provider, model, dimensions, index_name, index_kind) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (model_id, provider, model, dimensions, name, kind.value),
             )
-            conn.execute(
-                sql.SQL(
-                    "CREATE INDEX IF NOT EXISTS {name} ON embeddings "
-                    "USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE model_id = {model_id}"
-                ).format(name=sql.Identifier(name), dims=sql.Literal(dimensions), model_id=sql.Literal(model_id))
-            )
+            conn.execute(create_sql(name, model_id, dimensions, kind))
         elif registered[0] != dimensions:
             raise ValueError(f"embedding model {model_id} is registered with {registered[0]} dimensions, not {dimensions}")
     db.registered_models.add(model_id)
