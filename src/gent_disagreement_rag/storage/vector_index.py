@@ -112,6 +112,7 @@ def rebuild_model_index(db: Database, model_id: str) -> Rebuilt:
                 conn.execute("UPDATE embedding_models SET index_kind = %s WHERE model_id = %s", (kind.value, model_id))
                 conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
                 conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(building), sql.Identifier(name)))
+            conn.execute("ANALYZE embeddings")  # after a bulk import the planner's row counts are stale too
         finally:
             conn.execute("RESET maintenance_work_mem")
             conn.execute("RESET max_parallel_maintenance_workers")
