@@ -4,7 +4,7 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test bench mutate clean
+.PHONY: install run lint test test-fast bench mutate clean
 
 $(UV):
 	python3 -m pip install --quiet --user "uv==$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
@@ -21,8 +21,18 @@ run: install
 	$(UV) run gdr search "which mite spreads deformed wing virus" -k 3
 	$(UV) run gdr search "who coined the word transistor" -k 3
 
-test: install
+# The linter and the type checker on src/ (their settings: pyproject [tool.ruff], [tool.mypy]); part of `make test`.
+lint: install
+	$(UV) run ruff check src
+	$(UV) run mypy
+
+test: install lint
 	$(UV) run pytest
+
+# The everyday tier (pytest marker `fast`, TESTING.md): pure logic and the fake HTTP servers; no Postgres, no
+# Prefect server, no model, no child process. `make test` runs everything, these included.
+test-fast: install
+	$(UV) run pytest -m fast
 
 bench: install
 	$(UV) run python -m bench.run_all

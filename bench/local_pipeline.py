@@ -39,7 +39,7 @@ from gent_disagreement_rag.providers.transcribers.local_whisper import (
 )
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.text.chunking import chunk_transcript
-from tests.test_providers_local import DIALOGUE, speaker_at, synthesize_dialogue, word_error_rate
+from tests.support.speech import DIALOGUE, speaker_at, synthesize_dialogue, word_error_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 FIVE_VOICES = "GDR-005"  # five men within ~3 semitones: the one sample where pitch cannot do and ECAPA must run

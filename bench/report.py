@@ -167,39 +167,6 @@ def _parallel(par: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
-def _flow_shape(fs: dict[str, Any]) -> dict[str, Any]:
-    sides = {"old": f"old (gather, {fs['old_commit']})", "new": "new (ThreadPoolTaskRunner map)"}
-    rows = []
-    for w in fs["workers"]:
-        for side, label in sides.items():
-            for r in fs["per_round"][side]["scaling"][str(w)]:
-                rows.append([w, label, r["round"], f"{r['wall']:.1f}", f"{r['efficiency']:.3f}", f"{r['cpu_flow']:.1f}",
-                             f"{r['cpu_server']:.1f}", r["peak_listen_concurrency"], r["load_before"]])
-            m = fs["median"][side]["scaling"][str(w)]
-            rows.append([w, f"**{label}**", "**median**", f"**{m['wall']:.1f}**", f"**{m['efficiency']:.3f}**",
-                         f"{m['cpu_flow']:.1f}", f"{m['cpu_server']:.1f}", m["peak_listen_concurrency"], m["load_before"]])
-    overhead = []
-    for side, label in sides.items():
-        for r in [*fs["per_round"][side]["overhead"], {"round": "**median**", **fs["median"][side]["overhead"], "load": ""}]:
-            overhead.append([label, r["round"], f"{r['per_episode_flow']:.3f}", f"{r['per_episode_bare']:.3f}",
-                             f"{r['per_episode_overhead']:.3f}", f"{r['per_episode_overhead_cpu']:.3f}", r["load"]])
-    d = fs["efficiency_delta"]
-    return {
-        "flow_shape": True, "fs_old_commit": fs["old_commit"], "fs_rounds": fs["rounds"], "fs_episodes": fs["episodes"],
-        "fs_when": fs["_meta"]["when"], "fs_workers": " and ".join(str(w) for w in fs["workers"]),
-        "fs_old_flow": fs["imports"]["old"]["ingest flow"], "fs_new_flow": fs["imports"]["new"]["ingest flow"],
-        "fs_table": _table(["workers", "flow", "round", "wall s", "efficiency", "CPU flow s", "CPU server s",
-                            "peak Deepgram requests", "load"], rows),
-        "fs_overhead_table": _table(["flow", "round", "flow s / episode", "bare s / episode", "overhead wall s",
-                                     "overhead CPU s", "load"], overhead),
-        "fs_delta_workers": d["workers"], "fs_delta": f"{d['new_minus_old']:+.3f}", "fs_margin": d["margin"],
-        "fs_verdict": "within" if d["adopt_new"] else "**beyond**",
-        "fs_decision": "the new shape stays" if d["adopt_new"] else "see the profile below",
-        **{f"fs_{side}_overhead_{kind}": f"{fs['median'][side]['overhead'][f'per_episode_overhead{suffix}']:.2f}"
-           for side in sides for kind, suffix in (("wall", ""), ("cpu", "_cpu"))},
-    }
-
-
 def _summary_others(s: dict[str, Any]) -> dict[str, Any]:
     v: dict[str, Any] = {}
     if api := s.get("api"):
@@ -250,21 +217,6 @@ def _store(st: dict[str, Any]) -> dict[str, Any]:
     return {"store": True, "st_episodes": st["episodes"], "st_episode_rows": st["episode_rows"],
             "st_rounds": next(iter(st["rows"].values()))["store"].get("rounds", 1),
             "st_table": _table(["dims", "method", "chunks/s", "seconds", "load"], rows)}
-
-
-def _store_shape(ss: dict[str, Any]) -> dict[str, Any]:
-    labels = {"old": f"old `store.store_episode` ({ss['old_commit']})", "new": "new `storage.segments.store_episode`",
-              "raw COPY": "raw COPY (reference)"}
-    rows = []
-    for dims in ("384", "1536"):
-        for key, label in labels.items():
-            rounds = ss["per_round"][key][dims]
-            rows.append([dims, label, " / ".join(f"{r['rows_per_second']:,}" for r in rounds),
-                         f"**{ss['median'][key][dims]:,}**", " / ".join(str(r["load"]) for r in rounds)])
-        rows.append([dims, "new / old", "", f"{ss['new_vs_old'][dims]:.0%}", ""])
-    return {"store_shape": True, "ss_old_commit": ss["old_commit"], "ss_rounds": ss["rounds"], "ss_episodes": ss["episodes"],
-            "ss_when": ss["_meta"]["when"],
-            "ss_table": _table(["dims", "code", "chunks/s per round", "median", "load per round"], rows)}
 
 
 def _search(se: dict[str, Any]) -> dict[str, Any]:
@@ -421,9 +373,7 @@ def figures(results: dict[str, Any]) -> dict[str, Any]:
     values = _machine(results["machine"]) | _summary_others(s)
     if par := s.get("parallel"):
         values |= _parallel(par, results["machine"])
-    if fs := s.get("flow_shape"):
-        values |= _flow_shape(fs)
-    for name, figures in (("api", _api), ("store", _store), ("store_shape", _store_shape), ("search", _search), ("local", _local),
+    for name, figures in (("api", _api), ("store", _store), ("search", _search), ("local", _local),
                             ("serve", _serve), ("speakers", _speakers)):
         if name in s:
             values |= figures(s[name])
@@ -432,6 +382,11 @@ def figures(results: dict[str, Any]) -> dict[str, Any]:
         from bench.fleet import figures as fleet_figures
 
         values |= fleet_figures(fleet)
+    values["scale"] = "scale" in s
+    if sc := s.get("scale"):
+        from bench.scale import figures as scale_figures
+
+        values |= scale_figures(sc, TEMPLATE.read_text())
     return values
 
 

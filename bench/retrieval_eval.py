@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
-from gent_disagreement_rag.providers.transcribers import parse_raw
+from gent_disagreement_rag.providers.registry import provider_registry
 from gent_disagreement_rag.providers.transcribers.deepgram import parse_deepgram_response
-from gent_disagreement_rag.search.models import Segment
 from gent_disagreement_rag.search.replies import replies_first
+from gent_disagreement_rag.settings import Settings
+from gent_disagreement_rag.search.types import Segment
 from gent_disagreement_rag.text.chunking import Chunk, ChunkerConfig, chunk_transcript
 from gent_disagreement_rag.transcript import Transcript
 
@@ -90,7 +91,7 @@ def transcripts(cache: Path) -> dict[str, tuple[Transcript, dict[str, str]]]:
             whisper = LocalWhisperTranscriber(shipped_whisper_base(ROOT / ".gdr"), home=ROOT / ".gdr")
             result = whisper.transcribe(ROOT / "data" / "audio" / f"{stem}.mp3", speakers=len(speakers_map))
             path.write_text(json.dumps(result.raw))
-        out[stem] = (parse_raw(json.loads(path.read_text())), speakers_map)
+        out[stem] = (provider_registry(Settings(_env_file=None)).parse_raw(json.loads(path.read_text())), speakers_map)
     return out
 
 

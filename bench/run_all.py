@@ -3,10 +3,9 @@
     uv run python -m bench.run_all                 # everything (`make bench`), ~40 min on 2 cores
     uv run python -m bench.run_all --quick         # every section, smaller, ~3-4 min
     uv run python -m bench.run_all --only search   # one section; the others keep their last results
-    uv run python -m bench.flow_shape              # old vs new flow shape (section 1's subsection), ~15 min
 
 Sections: parallel, api, store, search, local, fleet (the three engines compared), serve (gdr web and gdr mcp),
-speakers (diarization on drawn espeak-ng voices). Not tests: nothing here
+scale (a million chunks, ~40 min alone), speakers (diarization on drawn espeak-ng voices). Not tests: nothing here
 asserts on time; targets are reported as met or missed. Every section notes the machine's load, which the figures depend on.
 """
 
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ["parallel", "api", "store", "search", "local", "fleet", "serve", "speakers"]
+SECTIONS = ["parallel", "api", "store", "search", "local", "fleet", "serve", "scale", "speakers"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results.json"
 CHART = REPO_ROOT / "bench" / "speedup.png"
@@ -33,7 +32,7 @@ WARM_IMPORTS = (
     "gent_disagreement_rag.providers.transcribers.deepgram", "gent_disagreement_rag.providers.transcribers.local_whisper",
     "prefect.flow_engine", "prefect.task_engine", "prefect.server.api.server", "prefect.cli", "uvicorn", "asyncpg",
     "tests.support.fakeapi", "bench.parallel", "bench.search_latency", "bench.local_pipeline",
-    "bench.serve_latency", "gent_disagreement_rag.serve.web", "gent_disagreement_rag.serve.mcp_server", "mcp",
+    "bench.serve_latency", "bench.scale", "gent_disagreement_rag.serve.web", "gent_disagreement_rag.serve.mcp_server", "mcp",
 )
 
 
@@ -59,6 +58,8 @@ def bytecode_cache(folder: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
+    parser.add_argument("--scale-steps", help="section 9: only these comma-separated steps (bench/scale.py run); "
+                        "the others keep their last figures")
     parser.add_argument("--quick", action="store_true", help="smaller runs of every section (development)")
     parser.add_argument("--report-only", action="store_true", help="rewrite BENCHMARKS.md and the chart from bench/results.json")
     args = parser.parse_args()
@@ -71,7 +72,7 @@ def main() -> None:
         return
     sections = args.only or SECTIONS
     started = time.perf_counter()
-    # Sections not run here (with --only; bench.flow_shape's, which runs alone) keep their last results.
+    # Sections not run here (with --only) keep their last results.
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results.setdefault("sections", {})
 
@@ -85,7 +86,8 @@ def main() -> None:
         results["machine"] = machine()
         results["machine"]["load_at_start"] = load()
         results["machine"]["quick"] = args.quick
-        run_sections(sections, folder, results, quick=args.quick)
+        scale_steps = set(args.scale_steps.split(",")) if args.scale_steps else None
+        run_sections(sections, folder, results, quick=args.quick, scale_steps=scale_steps)
     results["machine"]["total_minutes"] = round((time.perf_counter() - started) / 60, 1)
     results["machine"]["finished"] = time.strftime("%Y-%m-%d %H:%M")
     RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")
@@ -97,7 +99,8 @@ def main() -> None:
         f"{RESULTS.relative_to(REPO_ROOT)}")
 
 
-def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, quick: bool) -> None:
+def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, quick: bool,
+                 scale_steps: set[str] | None = None) -> None:
     from bench import api_efficiency, fleet, parallel, search_latency, store_throughput
     from bench.harness import RemoteFakeAPI, embedded_postgres, load, log, prefect_server
 
@@ -107,7 +110,7 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
         results["sections"][name] = value
         RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")  # partial results survive a crash
 
-    needs_db = any(s in sections for s in ("parallel", "api", "store", "search", "fleet", "serve"))
+    needs_db = any(s in sections for s in ("parallel", "api", "store", "search", "fleet", "serve", "scale"))
     if needs_db:
         with embedded_postgres() as pg:
             results["machine"].update(pg.versions())
@@ -146,6 +149,13 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
                 t0 = time.perf_counter()
                 log("== 8. gdr web and gdr mcp")
                 record("serve", serve_latency.run(pg, quick=quick), t0)
+            if "scale" in sections:
+                from bench import scale
+
+                t0 = time.perf_counter()
+                log("== 9. a million chunks")
+                record("scale", scale.run(pg, quick=quick, steps=scale_steps,
+                                          previous=results["sections"].get("scale")), t0)
     if "local" in sections:
         from bench import local_pipeline
 
@@ -156,7 +166,7 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
         from bench import speaker_draws
 
         t0 = time.perf_counter()
-        log("== 9. speakers on drawn voices (pitch, ECAPA, shipped)")
+        log("== 10. speakers on drawn voices (pitch, ECAPA, shipped)")
         record("speakers", speaker_draws.run(quick=quick), t0)
 
 

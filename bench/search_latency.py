@@ -265,7 +265,7 @@ def build_chat(pg: Postgres, n: int, rng: np.random.Generator) -> dict[str, Any]
     from pgvector.psycopg import register_vector
 
     from gent_disagreement_rag.providers.embedders import model_id
-    from gent_disagreement_rag.storage import chat_access
+    from gent_disagreement_rag.storage import reader as reader_role
     from gent_disagreement_rag.storage import segments as segment_store
 
     mid = model_id("openai", "text-embedding-3-small", OPENAI_DIMENSIONS)
@@ -307,7 +307,7 @@ def build_chat(pg: Postgres, n: int, rng: np.random.Generator) -> dict[str, Any]
         indexed = time.perf_counter() - started
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
-    reader = chat_access.ensure_reader(url, pg.home / "gdr")
+    reader = reader_role.ensure_reader(url, pg.home / "gdr")
     return {"url": url, "reader": reader, "centres": centres, "index_seconds": round(indexed, 1)}
 
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,7 @@ DURATION = (30.0, 90.0)  # an episode's length is drawn from this range (short: 
 PHRASE_PAUSE = 0.25  # a turn's silences at least this long split it into phrases (as a transcriber's phrases)
 TARGETS = {"median": 0.95, "p10": 0.85, "worst": 0.60}
 KNOWN_PROBES = 8  # enrolled episodes whose voices speak again (the library's known voices)
+PITCH_AGREE_SWEEP = (1.0, 1.5, 2.0, 3.0, float("inf"))  # semitones; inf: cosine alone
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,7 @@ def diarizers(home: Path) -> dict[str, Diarizer]:
 
 
 def run_draw(seed: int, episodes: int, methods: dict[str, Diarizer], rounds_log: Callable[[str], None] = print,
-             partial: Path | None = None) -> dict:
+             partial: Path | None = None, session: Any = None) -> dict:
     """Every method on every episode of the draw, methods alternating within each episode (A B C A B C ...).
     The shipped diarizer's voices are kept for the library's figures, and the first KNOWN_PROBES episodes' voices are
     heard again in another conversation (take 1, no count). With `partial`, what is done so far is written there
@@ -281,7 +283,7 @@ def run_draw(seed: int, episodes: int, methods: dict[str, Diarizer], rounds_log:
                 labels = method(episode.audio, SAMPLE_RATE, episode.spans, count if mode == "given" else None)
                 per_method[name]["cpu"].append((time.process_time() - started) / episode.seconds)
                 if not isinstance(labels, list):  # the shipped diarizer: its voices serve the library's figures
-                    voices_of[mode] = _voices(episode, labels)
+                    voices_of[mode] = _voices(episode, labels, session)
                     labels = labels.labels
                 per_method[name][mode].append(accuracy(episode.spans, labels, episode.speakers))
                 if mode == "estimated":
@@ -289,7 +291,7 @@ def run_draw(seed: int, episodes: int, methods: dict[str, Diarizer], rounds_log:
         raw["voices"].append(voices_of)
         if "shipped" in methods and index < KNOWN_PROBES:
             again = draw(seed, index, take=1)
-            raw["again"].append(_voices(again, methods["shipped"](again.audio, SAMPLE_RATE, again.spans, None)))
+            raw["again"].append(_voices(again, methods["shipped"](again.audio, SAMPLE_RATE, again.spans, None), session))
         rounds_log(f"seed {seed} episode {index}: {count} voices, {episode.seconds:.0f} s, {len(episode.spans)} phrases; "
                    + "; ".join(f"{m} {r['given'][-1]:.0%}/{r['estimated'][-1]:.0%} ({r['count_error'][-1]:+d})"
                                for m, r in per_method.items()))
@@ -298,11 +300,16 @@ def run_draw(seed: int, episodes: int, methods: dict[str, Diarizer], rounds_log:
     return figures(raw)
 
 
-def _voices(episode: Episode, result) -> dict:
-    """A diarization's voices: each label's true voice (by most speech time) and its embedding."""
+def _voices(episode: Episode, result, session) -> dict:
+    """A diarization's voices as the product's voices stage makes them (voices.speaker_voices over the labelled
+    stretches): each voice's true speaker (by most speech time), embedding and median pitch."""
+    from gent_disagreement_rag.providers.transcribers import voices
+
     truth_of = _majority(result.labels, episode.speakers, episode.spans)
-    return {"names": [episode.voices[truth_of[k]].name for k in range(len(result.embeddings))],
-            "embeddings": [[round(float(x), 5) for x in e] for e in result.embeddings]}
+    found = voices.speaker_voices(episode.audio, episode.spans, result.labels, lambda: session)
+    return {"names": [episode.voices[truth_of[v.speaker]].name for v in found],
+            "embeddings": [[round(float(x), 5) for x in v.embedding] for v in found],
+            "pitches": [None if v.pitch is None else round(v.pitch, 3) for v in found]}
 
 
 def figures(raw: dict) -> dict:
@@ -332,32 +339,37 @@ def library_figures(raw: dict) -> dict:
     from gent_disagreement_rag.providers.transcribers import voices
 
     k = min(KNOWN_PROBES, len(raw["voices"]) // 2, len(raw["again"]))
-    library: dict[str, list] = {}
+    library: dict[str, list[tuple[list[float], float | None]]] = {}
     for heard in raw["voices"][:k]:
-        for name, embedding in zip(heard["given"]["names"], heard["given"]["embeddings"], strict=True):
-            library.setdefault(name, []).append(embedding)
-    samples = {name: np.array(vectors, dtype=np.float32) for name, vectors in library.items()}
+        given = heard["given"]
+        for name, embedding, pitch in zip(given["names"], given["embeddings"], given["pitches"], strict=True):
+            library.setdefault(name, []).append((embedding, pitch))
+    known_voices = {name: voices.KnownVoice(np.array([e for e, _ in samples], dtype=np.float32),
+                                            np.array([np.nan if p is None else p for _, p in samples]))
+                    for name, samples in library.items()}
 
-    def best(embedding: list[float]) -> tuple[float, str]:
-        e = np.array(embedding, dtype=np.float32)
-        return max((float(np.max(s @ e)), name) for name, s in samples.items())
+    def heard_voice(embedding: list[float], pitch: float | None) -> voices.SpeakerVoice:
+        return voices.SpeakerVoice(0, np.array(embedding, dtype=np.float32), 0.0, pitch)
 
-    unknown = [best(e)[0] for heard in raw["voices"][k:] for e in heard["estimated"]["embeddings"]]
-    known = []  # (best score, whether the best is the right voice)
-    for heard in raw["again"][:k]:
-        for name, embedding in zip(heard["names"], heard["embeddings"], strict=True):
-            score, found = best(embedding)
-            known.append((score, found == name))
+    unknown = [heard_voice(e, p) for heard in raw["voices"][k:]
+               for e, p in zip(heard["estimated"]["embeddings"], heard["estimated"]["pitches"], strict=True)]
+    known = [(heard_voice(e, p), name) for heard in raw["again"][:k]
+             for name, e, p in zip(heard["names"], heard["embeddings"], heard["pitches"], strict=True)]
 
-    def at(threshold: float) -> dict[str, float]:
-        return {"threshold": round(threshold, 3),
-                "known_named_right": sum(s >= threshold and ok for s, ok in known) / max(1, len(known)),
-                "known_named_wrong": sum(s >= threshold and not ok for s, ok in known) / max(1, len(known)),
-                "unknown_false_name": sum(s >= threshold for s in unknown) / max(1, len(unknown))}
+    def best(voice: voices.SpeakerVoice, pitch_agree: float) -> tuple[float, str]:
+        return max((voices.likeness(voice, kv, pitch_agree), name) for name, kv in known_voices.items())
 
-    return {"enrolled_voices": len(samples), "known_speakers": len(known), "unknown_speakers": len(unknown),
-            "shipped": at(voices.SAME_PERSON), "sweep": [at(t) for t in np.arange(0.6, 0.96, 0.025).tolist()],
-            "known_scores": [round(x[0], 4) for x in known], "unknown_scores": [round(u, 4) for u in unknown]}
+    def at(threshold: float, pitch_agree: float) -> dict[str, float]:
+        found = [(best(v, pitch_agree), name) for v, name in known]
+        return {"threshold": round(threshold, 3), "pitch_agree": pitch_agree,
+                "known_named_right": sum(s >= threshold and f == name for (s, f), name in found) / max(1, len(found)),
+                "known_named_wrong": sum(s >= threshold and f != name for (s, f), name in found) / max(1, len(found)),
+                "unknown_false_name": sum(best(v, pitch_agree)[0] >= threshold for v in unknown) / max(1, len(unknown))}
+
+    sweep = [at(t, a) for a in PITCH_AGREE_SWEEP for t in np.arange(0.6, 0.96, 0.025).tolist()]
+    return {"enrolled_voices": len(known_voices), "known_speakers": len(known), "unknown_speakers": len(unknown),
+            "shipped": at(voices.SAME_PERSON, voices.PITCH_AGREE),
+            "cosine_only": at(voices.SAME_PERSON, float("inf")), "sweep": sweep}
 
 
 def _majority(labels: list[int], truth: list[int], spans: list[tuple[float, float]]) -> dict[int, int]:
@@ -372,11 +384,14 @@ def run(*, quick: bool = False) -> dict:
     """bench/run_all.py's section: both seeds, every method, the load beside each draw."""
     from bench.harness import load, log
 
+    from gent_disagreement_rag.providers.transcribers import speaker_embeddings
+
     home = Path(tempfile.mkdtemp(prefix="gdr-speaker-draws-"))
     methods = diarizers(home)
+    session = speaker_embeddings.load_session(home)
     out = {"targets": TARGETS, "draws": []}
     for seed, role in ((1, "tuned on"), (2, "unseen while tuning")):
-        result = run_draw(seed, 5 if quick else 30, methods, log)
+        result = run_draw(seed, 5 if quick else 30, methods, log, session=session)
         result |= {"role": role, "load": load()}
         out["draws"].append(result)
 
@@ -413,13 +428,16 @@ def main() -> None:
     if args.record:
         record([json.loads(p.read_text()) for p in args.record])
         return
+    from gent_disagreement_rag.providers.transcribers import speaker_embeddings
+
     home = Path(tempfile.mkdtemp(prefix="gdr-speaker-draws-"))
     methods = diarizers(home)
+    session = speaker_embeddings.load_session(home)
     if args.only:
         methods = {k: v for k, v in methods.items() if k in args.only}
     for seed in args.seed or [1, 2]:
         partial = Path(str(args.json).replace("SEED", str(seed))) if args.json else None
-        result = run_draw(seed, args.episodes, methods, partial=partial)
+        result = run_draw(seed, args.episodes, methods, partial=partial, session=session)
         for name, m in result["methods"].items():
             g, e = m["given"], m["estimated"]
             print(f"seed {seed} {name}: given median {g['median']:.1%} p10 {g['p10']:.1%} worst {g['worst']:.1%} | "
@@ -427,7 +445,7 @@ def main() -> None:
                   f"{m['count_exact']:.0%} (mean |error| {m['count_mean_abs_error']:.2f}) | "
                   f"{m['cpu_per_audio_second']:.4f} CPU s per audio s")
         if lib := result.get("library"):
-            print(json.dumps({k: v for k, v in lib.items() if k != "sweep"}))
+            print(json.dumps({k: v for k, v in lib.items() if k != "sweep"}, default=str))
             for row in lib["sweep"]:
                 print(row)
 

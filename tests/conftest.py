@@ -17,8 +17,7 @@ from gent_disagreement_rag.storage.database import Database
 from gent_disagreement_rag.storage.schema import migrate
 from tests.support.fakeapi import FakeAPI
 from tests.support.prefect_server import drain_prefect_clients, prefect_server
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.world import one_episode, world  # noqa: F401  (fixtures: pytest finds them here)
 
 # Tests never read a developer's .env, keys or caches.
 for _var in ("DEEPGRAM_API_KEY", "OPENAI_API_KEY", "DATABASE_URL", "DB_HOST", "TRANSCRIBER", "EMBEDDER"):
@@ -101,3 +100,15 @@ def prefect_api(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         with temporary_settings({PREFECT_API_URL: api_url, PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
             yield api_url
             drain_prefect_clients()
+
+
+# The `fast` tier (`make test-fast`, mutmut) starts no server: a test marked fast that needs one is a mistake
+# found at collection, not a tier that slowly stops being fast.
+_SERVERS = {"pg_server", "prefect_api"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wrong = [f"{item.nodeid} uses {', '.join(sorted(_SERVERS & set(item.fixturenames)))}" for item in items
+             if item.get_closest_marker("fast") and _SERVERS & set(getattr(item, "fixturenames", ()))]
+    if wrong:
+        raise pytest.UsageError("tests marked fast must start no server:\n" + "\n".join(wrong))

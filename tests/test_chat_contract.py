@@ -32,14 +32,14 @@ from gent_disagreement_rag.sources.catalogue import load_catalogue
 from gent_disagreement_rag.sources.feeds import FeedItem
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage import segments as segment_store
-from gent_disagreement_rag.storage.chat_access import PASSWORD_FILE, READER_ROLE
 from gent_disagreement_rag.storage.database import Database
 from gent_disagreement_rag.storage.embedded import stop_embedded
+from gent_disagreement_rag.storage.reader import PASSWORD_FILE, READER_ROLE
 from gent_disagreement_rag.text.chunking import Chunk
-from tests.conftest import REPO_ROOT
 from tests.support.builders import free_port, segment
 from tests.support.chat_server import QUERY, THRESHOLD
 from tests.support.fakeapi import FakeAPI
+from tests.support.paths import REPO_ROOT
 
 LOCAL_ONLY_EPISODE = "4"  # stored with local vectors only: the chat views leave it out
 CATALOGUE = {str(e.episode_id): e for e in load_catalogue(REPO_ROOT / "data" / "episodes.json")}
@@ -97,7 +97,7 @@ def chat() -> Iterator[Chat]:
     try:
         with api:
             embedder = OpenAIEmbedder.from_settings(settings)
-            with Database.from_settings(settings) as db:
+            with Database.from_settings(settings, migrate_schema=True) as db:
                 episode_store.sync_catalogue(db, CATALOGUE.values())
                 for episode_id in ("1", "2", "3"):
                     store_openai(db, embedder, episode_id, segments_of(script(episode_id)["turns"]))
@@ -270,3 +270,15 @@ def test_episode_numbers_catalogue_feed_and_reserved_are_unique_and_stable(db: D
     rerun = episode_store.sync_feed(db, [feed_item("d", 12), feed_item("e", 13)], {})  # a rerun of the feed, one new item
     again = numbers()
     assert rerun["d"] == ids["d"] and {k: again[k] for k in first} == first and again[rerun["e"]] == 13
+
+
+def test_a_catalogue_episode_keeps_its_number_when_a_feed_item_claimed_it_first(db: Database) -> None:
+    # The feed is registered before the catalogue: the feed item holds the lower reserved number, so only the
+    # rule "a catalogue episode's own number wins over a feed's" decides who is shown as 7.
+    ids = episode_store.sync_feed(db, [feed_item("early", 7), feed_item("other", 8)], {})
+    episode_store.sync_catalogue(db, [CATALOGUE["1"].model_copy(update={"episode_id": "7"})])
+    with db.connection() as conn:
+        numbers = dict(conn.execute("SELECT gdr_episode_id, episode_number FROM chat.episodes").fetchall())
+    assert numbers["7"] == 7
+    assert numbers[ids["early"]] > 1_000_000 and numbers[ids["other"]] == 8
+    assert len(set(numbers.values())) == len(numbers)

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gent_disagreement_rag.providers.transcribers.deepgram import parse_deepgram_response
 from gent_disagreement_rag.text.chunking import (
     CHUNKER_VERSION,
     DEFAULT_MAX_TOKENS,
     Chunk,
     ChunkerConfig,
+    WordJoiner,
     chunk_transcript,
     is_char_segmented,
     join_words,
@@ -25,45 +25,12 @@ from gent_disagreement_rag.text.chunking import (
     speaker_turns,
 )
 from gent_disagreement_rag.transcript import Transcript, Word
-from tests.support.builders import DEEPGRAM_FIXTURE_FILES, DEEPGRAM_FIXTURES_DIR, cl100k_count
+from tests.support.builders import cl100k_count
+from tests.support.transcripts import FIXTURE_FILES, FIXTURES, load_fixture, transcripts
 
-FIXTURES = DEEPGRAM_FIXTURES_DIR
-FIXTURE_FILES = DEEPGRAM_FIXTURE_FILES
+pytestmark = pytest.mark.fast  # no Postgres, no Prefect, no Whisper, no subprocess (TESTING.md)
+
 SPACE_NEXT_TO_CJK = re.compile(r"[\u4e00-\u9fff。？！] | [\u4e00-\u9fff。？！]")
-
-_LATIN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz'", min_size=1, max_size=8)
-_HAN = st.sampled_from("我你他是的不了在有人這中大為上個國")
-_WORD = st.tuples(
-    st.one_of(_LATIN, _HAN),
-    st.sampled_from(["", "", "", ".", "?", "!", ",", "…", "。", "？"]),  # punctuation, when punctuated
-    st.sampled_from([0.0, 0.0, 0.05, 0.2, 0.7, 1.5, -0.2]),  # gap before the word (< 0: overlap)
-    st.sampled_from([0.0, 0.1, 0.3, 0.8]),  # duration
-    st.sampled_from([None, None, None, None, 0, 1, 2, 3]),  # switch to this speaker
-)
-
-
-@st.composite
-def transcripts(draw: st.DrawFn, max_words: int = 80) -> Transcript:
-    """Random word sequences: Latin and CJK, punctuated or not, labelled or not, gaps and overlaps."""
-    items = draw(st.lists(_WORD, max_size=max_words))
-    punctuated, labelled = draw(st.booleans()), draw(st.booleans())
-    words, clock, speaker = [], draw(st.sampled_from([0.0, 3.0])), 0
-    for text, punct, gap, duration, switch in items:
-        start = max(words[-1].start if words else 0.0, clock + gap)
-        speaker = speaker if switch is None else switch
-        words.append(
-            Word(
-                text=text,
-                start=start,
-                end=start + duration,
-                speaker=speaker if labelled else None,
-                punctuated=(text.capitalize() + punct) if punctuated else None,
-            )
-        )
-        clock = start + duration
-    return Transcript(provider="test", model="random", duration=clock, words=words)
-
-
 _CJK_CHARS = frozenset("我你他是的不了在有人這中大為上個國。？")  # every CJK character the generator and fixtures' checks use
 
 
@@ -78,10 +45,6 @@ def expected_text(words: list[Word], all_words: list[Word]) -> str:
         glued = before[-1] in _CJK_CHARS or word[0] in _CJK_CHARS or (segmented and len(before) == len(word) == 1)
         text += ("" if glued else " ") + word
     return text
-
-
-def load_fixture(path: Path) -> Transcript:
-    return parse_deepgram_response(json.loads(path.read_text(encoding="utf-8")))
 
 
 def assert_invariants(
@@ -347,3 +310,129 @@ def test_a_monologue_is_cut_into_citable_chunks_of_at_most_30_seconds() -> None:
     assert max(lengths) <= 30 and sum(lengths) / len(lengths) > 20  # cut by time, not into slivers
     by_tokens = chunk_transcript(monologue, config=ChunkerConfig(max_seconds=3600))
     assert max(c.end - c.start for c in by_tokens) > 60
+
+
+_NAMES = {"0": "Ann", "1": "Bo"}
+
+
+def _turn(speaker: int | None, texts: str, start: float, gaps: dict[int, float] | None = None,
+          seconds: float = 1.0) -> list[Word]:
+    """One speaker's words (`texts` split on spaces), each `seconds` long from `start`, with gaps[i] s of silence
+    after word i."""
+    words, clock = [], start
+    for i, text in enumerate(texts.split()):
+        words.append(Word(text, clock, clock + seconds, speaker=speaker))
+        clock += seconds + (gaps or {}).get(i, 0.0)
+    return words
+
+
+def _chunked(words: list[Word], max_tokens: int = 100, max_seconds: float = 1000.0) -> list[Chunk]:
+    """Chunks under a budget of `max_tokens` words (a token is a word here) and `max_seconds`."""
+    return chunk_transcript(Transcript("deepgram", "nova-3", 60.0, words), _NAMES,
+                            config=ChunkerConfig(max_tokens=max_tokens, max_seconds=max_seconds),
+                            count_tokens=lambda text: len(text.split()))
+
+
+def _texts(chunks: list[Chunk]) -> list[tuple[str, str]]:
+    return [(c.speaker, c.text) for c in chunks]
+
+
+def _turns(words: list[Word]) -> list[tuple[str, str]]:
+    return [(t.speaker, t.text) for t in speaker_turns(Transcript("deepgram", "nova-3", 60.0, words), _NAMES)]
+
+
+def test_an_unlabelled_word_belongs_to_the_speaker_before_it() -> None:
+    words = _turn(0, "Hello", 0.0) + _turn(1, "there", 1.0) + _turn(None, "friend", 2.0)
+    assert _turns(words) == [("Ann", "Hello"), ("Bo", "there friend")]
+
+
+def test_spelled_out_digits_join_only_in_a_transcript_of_mostly_single_cjk_characters() -> None:
+    assert _turns(_turn(0, "一 共 2 0 个", 0.0) + _turn(1, "对", 5.0)) == [("Ann", "一共20个"), ("Bo", "对")]
+    assert _turns(_turn(0, "我 是 A B", 0.0)) == [("Ann", "我是A B")]  # half the words: not most
+    assert _turns(_turn(0, "안녕하세요 여러분", 0.0)) == [("Ann", "안녕하세요 여러분")]  # Hangul is spaced
+    assert join_words(["A", "B"]) == "A B" and join_words(["a", "\u2e80"]) == "a\u2e80"  # the first CJK radical
+    joiner = WordJoiner()
+    assert joiner.text == ""
+    joiner.add("A")
+    joiner.add("B")
+    assert joiner.text == "A B"
+
+
+def test_a_chunk_ends_at_a_sentence_end_inside_closing_quotes() -> None:
+    assert _texts(_chunked(_turn(0, "He said “no.” and left", 0.0), max_tokens=4)) == [
+        ("Ann", "He said “no.”"), ("Ann", "and left")]
+
+
+def test_a_chunk_spans_at_most_max_seconds_of_audio() -> None:
+    chunks = _chunked(_turn(0, " ".join(f"w{i}" for i in range(11)), 0.0), max_seconds=10.0)
+    assert [(c.start, c.end, c.first_word, c.last_word) for c in chunks] == [(0.0, 10.0, 0, 9), (10.0, 11.0, 10, 10)]
+
+
+def test_a_back_channel_is_at_most_3_words_lasting_at_most_2_s_and_chunks_list_who_is_heard() -> None:
+    backchannel = _turn(1, "yeah yeah", 4.0, seconds=0.5) + [Word("right", 5.0, 6.0, speaker=1)]  # 4.0 to 6.0 s
+    words = _turn(0, "so we tried it", 0.0) + backchannel + _turn(0, "and it worked", 6.0)
+    assert [(c.speaker, c.speakers, c.text) for c in _chunked(words)] == [
+        ("Ann", ("Ann", "Bo"), "so we tried it yeah yeah right and it worked")]
+    two = _chunked(_turn(0, "so we tried it", 0.0) + _turn(1, "well it did not work", 4.0))
+    assert [(c.speaker, c.speakers, c.start, c.end) for c in two] == [("Ann", ("Ann",), 0.0, 4.0),
+                                                                      ("Bo", ("Bo",), 4.0, 9.0)]
+
+
+def test_a_back_channel_at_the_start_joins_the_next_turn_whose_speaker_wins_a_tie() -> None:
+    words = (_turn(1, "Yeah, yeah.", 0.0, seconds=0.5) + _turn(0, "I agree", 1.0, seconds=1.25)
+             + _turn(1, "well I disagree with that", 3.5))
+    assert [(c.speaker, c.speakers, c.text) for c in _chunked(words)] == [
+        ("Ann", ("Bo", "Ann"), "Yeah, yeah. I agree"), ("Bo", ("Bo",), "well I disagree with that")]
+
+
+def test_no_chunk_ends_between_a_back_channel_and_the_turn_it_starts() -> None:
+    words = _turn(1, "Yeah.", 0.0, seconds=0.5) + _turn(0, "I think that is right", 0.5)
+    assert _texts(_chunked(words, max_tokens=4)) == [("Ann", "Yeah. I think that"), ("Ann", "is right")]
+
+
+@pytest.mark.parametrize(
+    ("before", "first_turn", "chunks"),
+    [
+        ([], "a b c.", [("Ann", "a b c. yeah d"), ("Ann", "e f g")]),
+        (_turn(1, "so what happened", 0.0), "a b c.",
+         [("Bo", "so what happened"), ("Ann", "a b c. yeah d"), ("Ann", "e f g")]),
+        ([], "a b. c", [("Ann", "a b."), ("Ann", "c yeah d e f"), ("Ann", "g")]),  # "b." is no glued word
+    ],
+    ids=["first-turn", "later-turn", "sentence-end-before"],
+)
+def test_a_turn_interrupted_by_a_back_channel_goes_on_and_keeps_the_back_channel_after_its_sentence(
+        before, first_turn, chunks) -> None:
+    """Ann's turn, Bo's "yeah", Ann again: one turn of Ann's, cut within 5 words, never right before "yeah"."""
+    t = len(before)  # seconds: 1 a word
+    words = before + _turn(0, first_turn, t) + _turn(1, "yeah", t + 3.0, seconds=0.5) + _turn(0, "d e f g", t + 3.5)
+    assert _texts(_chunked(words, max_tokens=5)) == chunks
+
+
+def test_without_a_sentence_end_a_chunk_ends_at_its_last_pause_of_0_6_s() -> None:
+    words = _turn(0, "w0", 0.0, seconds=0.4) + _turn(0, "w1 w2 w3 w4 w5", 1.0, gaps={2: 0.5})  # 1.0 - 0.4 = 0.6 s
+    assert _texts(_chunked(words, max_tokens=5)) == [("Ann", "w0"), ("Ann", "w1 w2 w3 w4 w5")]
+
+
+@pytest.mark.parametrize(
+    ("gaps", "cut_after"),
+    [
+        ({1: 0.4, 2: 0.2, 3: 0.1}, 2),  # the larger gap after w1 is in the first half of the 6 words that fit
+        ({2: 0.104, 4: 0.101}, 4),  # gaps within 10 ms tie: the later one
+    ],
+    ids=["largest-in-second-half", "ties-within-10-ms"],
+)
+def test_without_a_sentence_end_or_pause_a_chunk_ends_at_the_largest_gap_in_its_second_half(gaps, cut_after) -> None:
+    words = _turn(1, "x y z w", 0.0) + _turn(0, "w0 w1 w2 w3 w4 w5 w6 w7", 4.0, gaps=gaps)
+    ann = " ".join(f"w{i}" for i in range(8)).split()
+    assert _texts(_chunked(words, max_tokens=6)) == [
+        ("Bo", "x y z w"), ("Ann", " ".join(ann[:cut_after + 1])), ("Ann", " ".join(ann[cut_after + 1:]))]
+
+
+def test_a_run_of_back_channels_is_cut_inside_when_there_is_no_other_place() -> None:
+    """Bo's and Ann's one-word back-channels glue every place to cut after "and": the cut goes there anyway,
+    never back before the chunk's start (after "see.")."""
+    backchannels = [Word(text, 4.0 + i / 2, 4.5 + i / 2, speaker=(i + 1) % 2) for i, text in
+                    enumerate(["yes", "ok", "sure", "right"])]  # Bo, Ann, Bo, Ann
+    words = _turn(0, "Well I see. and", 0.0) + backchannels
+    assert [(c.speaker, c.speakers, c.text) for c in _chunked(words, max_tokens=4)] == [
+        ("Ann", ("Ann",), "Well I see."), ("Ann", ("Ann", "Bo"), "and yes ok sure"), ("Ann", ("Ann",), "right")]

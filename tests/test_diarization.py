@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from bench.speaker_accuracy import speaker_accuracy
+
 from gent_disagreement_rag.providers.transcribers.local_whisper import LocalWhisperTranscriber, shipped_whisper_base
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gent_disagreement_rag.settings import settings_table
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
+
+pytestmark = pytest.mark.fast  # no Postgres, no Prefect, no Whisper, no subprocess (TESTING.md)
 
 README = (REPO_ROOT / "README.md").read_text()
 

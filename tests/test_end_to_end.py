@@ -16,7 +16,7 @@ import pytest
 from gent_disagreement_rag.search import search
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 QUESTIONS = json.loads((REPO_ROOT / "tests" / "search_questions.json").read_text())
 

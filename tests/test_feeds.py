@@ -25,9 +25,9 @@ from gent_disagreement_rag.storage import costs as cost_store
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
 from tests.support.builders import app_environment, make_audio, run_ingest
-from tests.support.feed_server import FeedServer, Item, feed_server
 from tests.support.fakeapi import LISTEN, FakeAPI
-from tests.test_flows import statuses
+from tests.support.feed_server import FeedServer, Item, feed_server
+from tests.support.world import statuses
 
 SPEAKERS = {"0": "Ann", "1": "Bob"}
 
@@ -45,6 +45,7 @@ def mp3(tmp_path: Path, name: str, seconds: float, frequency: int) -> bytes:
 # --- parsing ----------------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_parse_feed_reads_itunes_and_podcast_tags(host: FeedServer) -> None:
     host.files["/audio/ep1.mp3"] = b"x" * 5000
     host.items = [
@@ -71,6 +72,7 @@ def test_parse_feed_reads_itunes_and_podcast_tags(host: FeedServer) -> None:
     assert changed.readable_id == first.readable_id and changed.file_name("x") != first.file_name("x")
 
 
+@pytest.mark.fast
 def test_a_broken_feed_is_a_clear_permanent_error(host: FeedServer) -> None:
     with pytest.raises(PermanentProviderError, match=r"feed http://127\.0\.0\.1:\d+/nope\.xml: HTTP 404"):
         parse_feed(host.url + "/nope.xml")
@@ -81,6 +83,7 @@ def test_a_broken_feed_is_a_clear_permanent_error(host: FeedServer) -> None:
 # --- downloads --------------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_download_resumes_a_partial_file(host: FeedServer, tmp_path: Path) -> None:
     data = bytes(range(256)) * 400
     host.files["/audio/ep.mp3"] = data
@@ -96,6 +99,7 @@ def test_download_resumes_a_partial_file(host: FeedServer, tmp_path: Path) -> No
     assert second["range"] == "bytes=30000-" and second["if-range"].startswith('"')
 
 
+@pytest.mark.fast
 def test_download_starts_again_when_the_server_ignores_range_or_the_file_changed(host: FeedServer, tmp_path: Path) -> None:
     url, dest = host.url + "/audio/ep.mp3", tmp_path / "ep.mp3"
     host.files["/audio/ep.mp3"] = b"old" * 10_000
@@ -114,6 +118,7 @@ def test_download_starts_again_when_the_server_ignores_range_or_the_file_changed
     assert download_enclosure(url, dest, max_bytes=10**6).size == len(new) and dest.read_bytes() == new
 
 
+@pytest.mark.fast
 def test_download_rejects_oversize_files(host: FeedServer, tmp_path: Path) -> None:
     host.files["/audio/big.mp3"] = b"x" * 50_000
     url, dest = host.url + "/audio/big.mp3", tmp_path / "big.mp3"
@@ -128,6 +133,7 @@ def test_download_rejects_oversize_files(host: FeedServer, tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.fast
 def test_download_errors_are_classified_and_name_the_url_without_secrets(host: FeedServer, tmp_path: Path) -> None:
     secret_url = host.url.replace("http://", "http://user:hunter2@") + "/audio/gone.mp3?token=s3cr3t"
     with pytest.raises(PermanentProviderError) as permanent:

@@ -15,6 +15,19 @@ from gent_disagreement_rag.storage import segments as segment_store
 from gent_disagreement_rag.storage.database import Database
 from tests.support.builders import run_ingest, tone_catalogue
 from tests.support.fakeapi import EMBEDDINGS, LISTEN, FakeAPI, deepgram_error, for_audio, sha256_of
+from tests.support.waiting import wait_for
+from tests.support.world import statuses
+
+
+def run_log(state) -> list[str]:
+    """The ERROR lines the flow run of `state` sent to the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
+
+    wanted = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+                       level=LogFilterLevel(ge_=40))
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(log_filter=wanted)]
 
 
 @pytest.fixture
@@ -22,13 +35,6 @@ def catalogue(settings: Settings, fake_api: FakeAPI, monkeypatch: pytest.MonkeyP
     """Six episodes with distinct audio, and the environment pointing every setting at the test's world."""
     return tone_catalogue(settings, fake_api, monkeypatch, {f"EP-{i}": (20 + i, 300 + 40 * i) for i in range(6)},
                           {"0": "Ann", "1": "Bob"})
-
-
-
-
-def statuses(settings: Settings) -> dict[str, tuple[str, int, str | None]]:
-    with Database.from_settings(settings) as db:
-        return {e.episode_id: (e.status, e.segments, e.last_error) for e in episode_store.list_episodes(db)}
 
 
 def test_six_episodes_three_at_a_time_then_a_rerun_costs_nothing(settings, catalogue, fake_api) -> None:
@@ -62,7 +68,12 @@ def test_one_bad_episode_fails_alone_and_the_run_is_failed(settings, catalogue, 
     fake_api.enqueue(LISTEN, deepgram_error(400, "Bad Request", "corrupt or unsupported data"), when=for_audio(bad))
     state = run_ingest(episode_ids=["EP-3", "EP-4"], max_parallel=1)
     assert state.is_failed()
-    assert "1/2 episodes processed" in state.message
+    # One line (the UI shows a newline as a literal \n): the verdict, then the failed episode with its reason.
+    assert state.message.startswith("1/2 episodes processed; 1 failed or skipped — EP-3: "), state.message
+    assert "corrupt or unsupported data" in state.message and "\n" not in state.message
+    # And in the run's log, where `prefect deployment run --watch` shows it before "finished in state 'Failed'".
+    assert state.message in wait_for(lambda: [line for line in run_log(state) if "EP-3: " in line],
+                                     what="the run's failure in its log")
     result = statuses(settings)
     assert result["EP-3"][0] == "failed" and "corrupt or unsupported data" in result["EP-3"][2]
     assert result["EP-4"][0] == "processed"

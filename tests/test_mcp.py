@@ -21,8 +21,8 @@ from mcp.client.stdio import StdioServerParameters
 
 from gent_disagreement_rag.serve.archive import MAX_K, opened_archive
 from gent_disagreement_rag.settings import Settings
-from gent_disagreement_rag.storage.chat_access import READER_ROLE
 from gent_disagreement_rag.storage.embedded import stop_embedded
+from gent_disagreement_rag.storage.roles import READER_ROLE
 from tests.support.builders import free_port
 from tests.support.samples import REPO_ROOT, sample_archive, sample_script
 from tests.support.servers import gdr_executable, gdr_server, server_environment
@@ -252,10 +252,15 @@ def test_a_changed_episode_shows_at_once_though_the_lists_are_cached(archive: Se
 def test_on_its_own_embedded_postgres_it_starts_the_server_and_stdout_stays_the_protocols() -> None:
     """No DATABASE_URL: `gdr mcp` starts the embedded Postgres itself (pg_ctl runs while stdout is the protocol's
     channel, so anything it printed there would break the client's connection), creates the reader role, and
-    answers."""
+    answers. The schema is there (`gdr db init` made it, then the server was stopped): a read never migrates."""
+    from gent_disagreement_rag.storage.embedded import database_url
+    from gent_disagreement_rag.storage.schema import migrate
+
     home = Path(tempfile.mkdtemp(prefix="gdr-test-mcp-embedded-"))
     home.chmod(0o755)  # postgres runs as another OS user when we are root
     settings = Settings(_env_file=None, gdr_home=home / "gdr")
+    migrate(database_url(settings))
+    assert stop_embedded(settings)
     server = StdioServerParameters(command=str(gdr_executable()), args=["mcp"], env={"GDR_HOME": str(settings.gdr_home)},
                                    cwd=str(REPO_ROOT))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+import traceback
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,11 +22,12 @@ from gent_disagreement_rag.errors import (
     TransientProviderError,
 )
 from gent_disagreement_rag.providers.audio import audio_seconds
-from gent_disagreement_rag.providers.embedders.openai import OpenAIEmbedder
+from gent_disagreement_rag.providers.embedders.openai import OpenAIEmbedder, pack
 from gent_disagreement_rag.providers.http import retry_after_seconds
 from gent_disagreement_rag.providers.transcribers.deepgram import DeepgramTranscriber
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.text.tokens import count_tokens, decode, encode
+from tests.support.builders import cl100k_count
 from tests.support.fakeapi import (
     DEEPGRAM_KEY,
     EMBEDDINGS,
@@ -41,14 +43,18 @@ from tests.support.fakeapi import (
     slow,
 )
 
+pytestmark = pytest.mark.fast  # no Postgres, no Prefect, no Whisper, no subprocess (TESTING.md)
+
 
 def make_settings(api: FakeAPI, tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(_env_file=None, gdr_home=tmp_path / "home", **api.settings_fields(), **overrides)
 
 
 def assert_no_key(exc: BaseException) -> None:
+    """Neither key in the error as printed, logged (its traceback) or stored (its attributes)."""
+    shown = [str(exc), repr(exc), "".join(traceback.format_exception(exc)), repr(vars(exc))]
     for key in (DEEPGRAM_KEY, OPENAI_KEY):
-        assert key not in str(exc) and key not in repr(exc)
+        assert not [text for text in shown if key in text]
 
 
 @pytest.fixture
@@ -127,11 +133,16 @@ def test_deepgram_2xx_without_transcript_is_permanent(
 @pytest.mark.parametrize(
     ("reply", "error", "status", "retry_after"),
     [
-        (deepgram_error(400, "Bad Request", "corrupt or unsupported data"), PermanentProviderError, 400, None),
-        (deepgram_error(401, "INVALID_AUTH", "Invalid credentials."), AuthenticationError, 401, None),
-        (deepgram_error(402, "ASR_PAYMENT_REQUIRED", "Project balance is 0."), QuotaExhaustedError, 402, None),
-        (deepgram_error(429, "TOO_MANY_REQUESTS", retry_after=3), TransientProviderError, 429, 3.0),
-        (deepgram_error(503, "SERVICE_UNAVAILABLE"), TransientProviderError, 503, None),
+        # Each error quotes the key back (body and header): the key must still reach no error of ours.
+        (deepgram_error(400, "Bad Request", "corrupt or unsupported data sent with key {key}", echo_key=True),
+         PermanentProviderError, 400, None),
+        (deepgram_error(401, "INVALID_AUTH", "Invalid credentials: {key}", echo_key=True), AuthenticationError, 401, None),
+        (deepgram_error(402, "ASR_PAYMENT_REQUIRED", "Project of key {key}: balance is 0.", echo_key=True),
+         QuotaExhaustedError, 402, None),
+        (deepgram_error(429, "TOO_MANY_REQUESTS", "{key} is over its rate", retry_after=3, echo_key=True),
+         TransientProviderError, 429, 3.0),
+        (deepgram_error(503, "SERVICE_UNAVAILABLE", "unavailable for {key}", echo_key=True),
+         TransientProviderError, 503, None),
         (dropped(), TransientProviderError, None, None),
     ],
     ids=["400", "401", "402", "429", "503", "dropped"],
@@ -153,7 +164,7 @@ def test_deepgram_errors_map_to_classes_without_sdk_retries(
     assert len(fake_api.requests) == 1  # retries belong to the orchestration
     assert_no_key(caught.value)
     if status == 400:
-        assert "corrupt or unsupported data" in str(caught.value)
+        assert "corrupt or unsupported data sent with key ***" in str(caught.value)  # masked, the rest kept
 
 
 def test_deepgram_slow_answer_times_out_as_transient(fake_api: FakeAPI, audio: Path) -> None:
@@ -329,3 +340,48 @@ def test_openai_slow_answer_times_out_as_transient(fake_api: FakeAPI) -> None:
     fake_api.enqueue(EMBEDDINGS, slow(3))
     with pytest.raises(TransientProviderError, match="timed out"):
         embedder.embed(["late"])
+
+
+def test_600_inputs_of_1001_tokens_go_out_in_3_requests(fake_api: FakeAPI) -> None:
+    """300,000 tokens per request: 299 inputs of 1,001 tokens fit, so 299 + 299 + 2."""
+    texts = [f"{i}" + " hello" * 1000 for i in range(600)]  # distinct; a number below 1000 is one token
+    assert {cl100k_count(t) for t in texts} == {1001}
+    embedder = OpenAIEmbedder(OPENAI_KEY, base_url=fake_api.openai_url, dimensions=8)
+
+    batch = embedder.embed(texts)
+
+    sent = [r.json["input"] for r in fake_api.requests_to(EMBEDDINGS)]
+    assert [len(inputs) for inputs in sent] == [299, 299, 2]
+    assert [text for inputs in sent for text in inputs] == texts
+    assert (batch.requests, batch.tokens, batch.vectors.shape) == (3, 600 * 1001, (600, 8))
+
+
+@pytest.mark.parametrize(
+    ("counts", "ranges"),
+    [
+        ([], []),
+        ([5], [(0, 1)]),
+        ([1001] * 600, [(0, 299), (299, 598), (598, 600)]),
+        ([300_000, 1], [(0, 1), (1, 2)]),  # a request exactly at the limit
+        ([299_999, 1], [(0, 2)]),
+        ([299_999, 2], [(0, 1), (1, 2)]),
+        ([1] * 2049, [(0, 2048), (2048, 2049)]),  # 2048 inputs at most
+        ([1] * 2048, [(0, 2048)]),
+        ([400_000, 5], [(0, 1), (1, 2)]),  # one oversized input alone (the embedder rejects it before)
+    ],
+)
+def test_pack_keeps_each_request_within_2048_inputs_and_300k_tokens(counts, ranges) -> None:
+    assert [(r.start, r.stop) for r in pack(counts)] == ranges
+
+
+@pytest.mark.parametrize(
+    ("counts", "ranges"),
+    [
+        # After a cut by tokens, the next request is cut at 2048 inputs counted from its own start.
+        ([300_000] + [1] * 2049, [(0, 1), (1, 2049), (2049, 2050)]),
+        # After a cut, the next request's token total starts from nothing: 299,999 + 1 fits exactly.
+        ([300_000, 299_999, 1], [(0, 1), (1, 3)]),
+    ],
+)
+def test_pack_starts_each_request_afresh(counts, ranges) -> None:
+    assert [(r.start, r.stop) for r in pack(counts)] == ranges

@@ -18,6 +18,7 @@ from bench.retrieval_eval import (
     load_questions,
     metrics,
 )
+
 from gent_disagreement_rag.providers.embedders.local_minilm import LocalMiniLMEmbedder
 from gent_disagreement_rag.providers.transcribers.deepgram import parse_deepgram_response
 
@@ -43,4 +44,3 @@ def test_phone_call_subset_holds_its_figures() -> None:
     assert today["hit@1"] >= HIT1_FLOOR
     assert today["hit@3"] >= HIT3_FLOOR
     assert (today["hit@1"] - cosine_alone["hit@1"]) * 16 >= 3
-

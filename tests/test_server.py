@@ -21,9 +21,9 @@ import pytest
 
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
-from tests.conftest import REPO_ROOT
 from tests.support.builders import app_environment, free_port, make_audio
 from tests.support.fakeapi import LISTEN, deepgram_error, for_audio
+from tests.support.paths import REPO_ROOT
 
 BIN = Path(sys.executable).parent
 

@@ -146,6 +146,7 @@ def test_pool_exhaustion_waits_then_fails_clearly(fresh_db_url: str) -> None:
                     pass
 
 
+@pytest.mark.fast
 def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     from gent_disagreement_rag.settings import Settings
 
@@ -154,6 +155,7 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
         Database.from_settings(bad)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -177,6 +179,7 @@ def test_catalogue_errors_name_file_entry_and_field(tmp_path: Path, content: str
     assert str(path) in str(err.value) and message in str(err.value)
 
 
+@pytest.mark.fast
 def test_catalogue_in_the_users_format_loads(tmp_path: Path) -> None:
     path = tmp_path / "episodes.json"
     path.write_text(json.dumps([

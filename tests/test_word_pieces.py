@@ -19,7 +19,7 @@ from gent_disagreement_rag.ingest.context import RunContext
 from gent_disagreement_rag.ingest.plan import plan_episodes
 from gent_disagreement_rag.ingest.sequence import process_episode
 from gent_disagreement_rag.ingest.stages import register_catalogue
-from gent_disagreement_rag.providers.transcribers import parse_raw
+from gent_disagreement_rag.providers.registry import provider_registry
 from gent_disagreement_rag.providers.transcribers.local_whisper import LocalWhisperTranscriber, shipped_whisper_base
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage import costs
@@ -55,7 +55,7 @@ def test_the_recording_gives_word_pieces(whisper_result: TranscriptionResult) ->
 
 
 def test_every_text_of_a_local_transcript_joins_the_pieces(whisper_result: TranscriptionResult) -> None:
-    transcript = parse_raw(whisper_result.raw)
+    transcript = provider_registry(Settings(_env_file=None)).parse_raw(whisper_result.raw)
     chunks = chunk_transcript(transcript, SPEAKERS)
     rendered = render_exports("pieces", whisper_result.raw, transcript, chunks, "Pieces", SPEAKERS)
     texts = {kind: text for kind, (_, text) in rendered.items() if kind != "raw"}

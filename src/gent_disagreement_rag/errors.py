@@ -24,6 +24,10 @@ class DatabaseUnavailableError(GdrError):
     """Postgres cannot be reached, or the pool had no free connection within its timeout."""
 
 
+class SchemaOutOfDateError(GdrError):
+    """A command that only reads found the database's schema behind this version's migrations (reads never migrate)."""
+
+
 class ProviderError(GdrError):
     """A transcription or embedding provider call failed."""
 

@@ -10,7 +10,7 @@ import json
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 from urllib.parse import quote
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -40,14 +40,19 @@ class Settings(BaseSettings):
 
     # Storage
     database_url: SecretStr | None = Field(None, description="Postgres URL; unset = embedded Postgres under GDR_HOME")
-    database_block: str | None = Field(None, description="Name of a prefect-sqlalchemy SqlAlchemyConnector block; preferred over DATABASE_URL/DB_* when set")
+    database_block: str | None = Field(None, description=
+        "Name of a prefect-sqlalchemy SqlAlchemyConnector block; preferred over DATABASE_URL/DB_* when set")
     db_host: str | None = Field(None, description="Legacy: host of an existing Postgres (used when DATABASE_URL is unset)")
     db_port: int = Field(5432, description="Legacy: port, with DB_HOST")
     db_user: str = Field("postgres", description="Legacy: user, with DB_HOST")
     db_password: SecretStr | None = Field(None, description="Legacy: password, with DB_HOST")
     db_name: str = Field("gent_disagreement", description="Legacy: database name, with DB_HOST")
-    embedded_tcp_port: int | None = Field(None, ge=1, le=65535, description="Opt-in: the embedded Postgres also listens on 127.0.0.1:PORT, for the read-only role of `gdr db env` only, with its password; unset = Unix socket only")
-    embedded_shared_buffers_mb: int | None = Field(None, ge=16, description="The embedded Postgres's buffer cache in MB (a running server is restarted to apply a change); unset = a quarter of the RAM, from 128 up to 1024")
+    embedded_tcp_port: int | None = Field(None, ge=1, le=65535, description=
+        "Opt-in: the embedded Postgres also listens on 127.0.0.1:PORT, for the read-only role of `gdr db env` "
+        "only, with its password; unset = Unix socket only")
+    embedded_shared_buffers_mb: int | None = Field(None, ge=16, description=
+        "The embedded Postgres's buffer cache in MB (a running server is restarted to apply a change); unset = a "
+        "quarter of the RAM, from 128 up to 1024")
     db_pool_timeout: float = Field(30.0, description="Seconds a worker waits for a free pooled connection")
 
     # Files
@@ -55,20 +60,34 @@ class Settings(BaseSettings):
     episodes_file: Path = Field(Path("data/episodes.json"), description="The episode catalogue (JSON list)")
     audio_dir: Path = Field(Path("data/audio"), description="Where catalogue file_names are found")
     transcripts_dir: Path = Field(Path("data/transcripts"), description="Exports: raw response, chunks, Markdown, SRT, VTT")
-    cache_dir: Path | None = Field(None, description="Prefect result/cache storage; default GDR_HOME/cache. Share it between workers")
+    cache_dir: Path | None = Field(None, description=
+        "Prefect result/cache storage; default GDR_HOME/cache. Share it between workers")
 
     # Orchestration
-    result_storage_block: str | None = Field(None, description="Prefect storage block slug for the stage cache (e.g. s3-bucket/gdr-cache); overrides CACHE_DIR")
-    max_parallel_episodes: int = Field(3, ge=1, le=64, description="Episodes processed at once (per run, and per worker with `gdr worker start`)")
-    fan_out: FanOut = Field(FanOut.AUTO, description="Where a run's episodes run: threads (of the run's own process), cluster (the fleet's Dask workers, every machine's), or auto = cluster for deployment runs when DASK_SCHEDULER_ADDRESS is known, else threads")
-    dask_scheduler_address: str | None = Field(None, description="The fleet's Dask scheduler, e.g. tcp://10.0.0.5:8786; `gdr server start` starts one there (default tcp://127.0.0.1:8786) and publishes it to the workers")
+    result_storage_block: str | None = Field(None, description=
+        "Prefect storage block slug for the stage cache (e.g. s3-bucket/gdr-cache); overrides CACHE_DIR")
+    max_parallel_episodes: int = Field(3, ge=1, le=64, description=
+        "Episodes processed at once (per run, and per worker with `gdr worker start`)")
+    fan_out: FanOut = Field(FanOut.AUTO, description=
+        "Where a run's episodes run: threads (of the run's own process), cluster (the fleet's Dask workers, every "
+        "machine's), or auto = cluster for deployment runs when DASK_SCHEDULER_ADDRESS is known, else threads")
+    dask_scheduler_address: str | None = Field(None, description=
+        "The fleet's Dask scheduler, e.g. tcp://10.0.0.5:8786; `gdr server start` starts one there (default "
+        "tcp://127.0.0.1:8786) and publishes it to the workers")
     worker_name: str | None = Field(None, description="This worker's name in `processed_by` (set by `gdr worker start`)")
     skip_quality_gate: bool = Field(False, description="Embed transcripts even if they fail the coverage check")
-    notify_url: SecretStr | None = Field(None, description="Where `gdr server start` sends failed, crashed and late ingest runs: a Slack incoming webhook, or any URL taking a JSON POST")
+    notify_url: SecretStr | None = Field(None, description=
+        "Where `gdr server start` sends failed, crashed and late ingest runs: a Slack incoming webhook, or any URL "
+        "taking a JSON POST")
 
     # Providers
-    transcriber: Literal["auto", "deepgram", "local"] = Field("auto", description="auto = deepgram when DEEPGRAM_API_KEY is set, else local")
-    embedder: Literal["auto", "openai", "local"] = Field("auto", description="auto = openai when OPENAI_API_KEY is set, else local")
+    transcriber: str = Field("auto", description=
+        "deepgram, local, or one PROVIDER_PLUGINS registers; auto = deepgram when DEEPGRAM_API_KEY is set, else local")
+    embedder: str = Field("auto", description=
+        "openai, local, or one PROVIDER_PLUGINS registers; auto = openai when OPENAI_API_KEY is set, else local")
+    provider_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list, description=
+        "Python modules, comma-separated, whose register(registry) adds transcribers or embedders "
+        "(providers/registry.py; the tests' fakes are registered this way)")
     deepgram_api_key: SecretStr | None = Field(None, description="Deepgram key")
     deepgram_base_url: str = Field("https://api.deepgram.com", description="Deepgram host (proxy, self-hosted, tests)")
     deepgram_model: str = Field("nova-3", description="Deepgram model")
@@ -78,24 +97,32 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = Field(None, description="OpenAI key")
     openai_base_url: str = Field("https://api.openai.com/v1", description="OpenAI base URL (must end in /v1)")
     openai_timeout: float = Field(60.0, gt=0, description="Seconds an OpenAI embeddings request may take")
-    embedding_model: str | None = Field(None, description="Embedding model; default text-embedding-3-small (openai) or all-MiniLM-L6-v2 (local)")
-    embedding_dimensions: int | None = Field(None, ge=1, description="Vector size (text-embedding-3-* only); default the model's own")
-    local_whisper_model: Path | None = Field(None, description="Folder of a CTranslate2 Whisper model; default: the base model shipped in pip packages")
+    embedding_model: str | None = Field(None, description=
+        "Embedding model; default text-embedding-3-small (openai) or all-MiniLM-L6-v2 (local)")
+    embedding_dimensions: int | None = Field(None, ge=1, description=
+        "Vector size (text-embedding-3-* only); default the model's own")
+    local_whisper_model: Path | None = Field(None, description=
+        "Folder of a CTranslate2 Whisper model; default: the base model shipped in pip packages")
     chunk_max_tokens: int = Field(250, ge=20, le=8000, description="Token budget of one retrieval chunk")
-    chunk_max_seconds: float = Field(30.0, ge=5, le=3600, description="Longest stretch of audio one retrieval chunk spans (a citation's precision)")
+    chunk_max_seconds: float = Field(30.0, ge=5, le=3600, description=
+        "Longest stretch of audio one retrieval chunk spans (a citation's precision)")
 
     # Prices for the cost estimates (USD)
     deepgram_price_per_minute: float = Field(0.0043, description="Deepgram nova-3 pre-recorded, USD per audio minute")
     openai_price_per_million_tokens: float = Field(0.02, description="text-embedding-3-small, USD per 1M tokens")
 
     # Feeds
-    feed_url: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Podcast RSS feed URL(s), JSON list or comma-separated")
-    default_speakers_map: dict[str, str] = Field(default_factory=dict, description='Speaker names for feed episodes, JSON like {"0": "Host"}')
+    feed_url: Annotated[list[str], NoDecode] = Field(default_factory=list, description=
+        "Podcast RSS feed URL(s), JSON list or comma-separated")
+    default_speakers_map: dict[str, str] = Field(default_factory=dict, description=
+        'Speaker names for feed episodes, JSON like {"0": "Host"}')
     max_audio_bytes: int = Field(1 << 30, ge=1, description="Largest enclosure downloaded from a feed, in bytes (default 1 GiB)")
     feed_audio_dir: Path | None = Field(None, description="Where feed enclosures are downloaded; default GDR_HOME/audio")
-    feed_transcripts: TranscriptPolicy = Field(TranscriptPolicy.PREFER, description="prefer = a feed episode whose feed links the publisher's transcript (podcast:transcript: JSON, WebVTT or SRT) is read from it, not transcribed; transcribe = transcribe every episode")
+    feed_transcripts: TranscriptPolicy = Field(TranscriptPolicy.PREFER, description=
+        "prefer = a feed episode whose feed links the publisher's transcript (podcast:transcript: JSON, WebVTT or "
+        "SRT) is read from it, not transcribed; transcribe = transcribe every episode")
 
-    @field_validator("feed_url", mode="before")
+    @field_validator("feed_url", "provider_plugins", mode="before")
     @classmethod
     def _split_feed_urls(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
@@ -106,7 +133,7 @@ class Settings(BaseSettings):
 
     @property
     def uses_embedded_postgres(self) -> bool:
-        return self.database_url is None and self.db_host is None
+        return self.database_url is None and self.db_host is None and self.database_block is None
 
     def external_database_url(self) -> str | None:
         """The URL of the server the user named (DATABASE_URL, else legacy DB_*), or None for the embedded one."""
@@ -148,13 +175,13 @@ class Settings(BaseSettings):
         return self.max_parallel_episodes + 2
 
     @property
-    def resolved_transcriber(self) -> Literal["deepgram", "local"]:
+    def resolved_transcriber(self) -> str:
         if self.transcriber == "auto":
             return "deepgram" if self.deepgram_api_key else "local"
         return self.transcriber
 
     @property
-    def resolved_embedder(self) -> Literal["openai", "local"]:
+    def resolved_embedder(self) -> str:
         if self.embedder == "auto":
             return "openai" if self.openai_api_key else "local"
         return self.embedder
@@ -192,7 +219,7 @@ def settings_table() -> str:
     """The README's configuration table, generated from the fields above (`python -m gent_disagreement_rag.settings`)."""
     rows = ["| variable | default | what it does |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
-        default = field.default_factory() if field.default_factory else field.default
+        default = field.get_default(call_default_factory=True)
         shown = "" if default in (None, [], {}) else f"`{default}`"
         rows.append(f"| `{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(rows)

@@ -102,3 +102,10 @@ def run_ingest(**parameters: Any):
     from gent_disagreement_rag.orchestration.flows import ingest
 
     return ingest(**parameters, return_state=True)
+
+
+def decoded_seconds(path: Path) -> float:
+    """The audio's length by decoding it with ffmpeg and counting samples (mp3 gapless info trims the padding)."""
+    pcm = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-ar", "16000", "-"],
+                         check=True, capture_output=True).stdout
+    return len(pcm) / 2 / 16_000

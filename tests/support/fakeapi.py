@@ -89,6 +89,9 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False
+    # As a careless provider does: "{key}" in the body's strings becomes the key the request authenticated
+    # with, and the key is sent back in an X-Echo-Key header (a test of masking can then fail).
+    echo_key: bool = False
 
 
 def slow(seconds: float) -> Reply:
@@ -100,12 +103,25 @@ def dropped() -> Reply:
     return Reply(drop=True)
 
 
-def deepgram_error(status: int, err_code: str, err_msg: str = "", *, retry_after: float | None = None) -> Reply:
+def deepgram_error(status: int, err_code: str, err_msg: str = "", *, retry_after: float | None = None,
+                   echo_key: bool = False) -> Reply:
     """An error in Deepgram's format, e.g. (400, "Bad Request", "corrupt or unsupported data"),
-    (401, "INVALID_AUTH"), (402, "ASR_PAYMENT_REQUIRED"), (429, "TOO_MANY_REQUESTS", retry_after=3)."""
+    (401, "INVALID_AUTH"), (402, "ASR_PAYMENT_REQUIRED"), (429, "TOO_MANY_REQUESTS", retry_after=3).
+    `echo_key`: see Reply (put "{key}" in `err_msg` where the key should appear)."""
     headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
     body = {"err_code": err_code, "err_msg": err_msg or err_code, "request_id": "00000000-fake-request"}
-    return Reply(status=status, body=body, headers=headers)
+    return Reply(status=status, body=body, headers=headers, echo_key=echo_key)
+
+
+def _with_key(body: Any, key: str) -> Any:
+    """`body` with "{key}" replaced by `key` in every string in it."""
+    if isinstance(body, str):
+        return body.replace("{key}", key)
+    if isinstance(body, dict):
+        return {k: _with_key(v, key) for k, v in body.items()}
+    if isinstance(body, list):
+        return [_with_key(v, key) for v in body]
+    return body
 
 
 def openai_error(
@@ -425,6 +441,10 @@ class FakeAPI:
             status, payload, latency = self._answer(record)
         else:
             status, payload, latency = reply.status, reply.body, 0.0
+        headers = dict(reply.headers)
+        if reply.echo_key:
+            key = record.headers.get("authorization", "").split(" ", 1)[-1]
+            payload, headers["X-Echo-Key"] = _with_key(payload, key), key
         # Latencies count from the request's arrival: the time spent reading and answering it is part of them.
         if self._stopping.wait(max(0.0, latency + reply.delay - (time.monotonic() - started))):
             return
@@ -433,7 +453,7 @@ class FakeAPI:
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(content)))
-        for name, value in reply.headers.items():
+        for name, value in headers.items():
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(content)

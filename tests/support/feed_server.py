@@ -10,7 +10,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -79,7 +79,7 @@ class FeedServer:
 
     def _item(self, i: Item) -> str:
         length = len(self.files.get(i.audio, b"")) or 123456
-        published = format_datetime(datetime(i.published.year, i.published.month, i.published.day, 9, tzinfo=timezone.utc))
+        published = format_datetime(datetime(i.published.year, i.published.month, i.published.day, 9, tzinfo=UTC))
         tags = [
             f"<title>{escape(i.title)}</title>",
             f'<guid isPermaLink="false">{escape(i.guid)}</guid>',

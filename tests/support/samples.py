@@ -19,8 +19,8 @@ from gent_disagreement_rag.storage import segments as segment_store
 from gent_disagreement_rag.storage.database import Database
 from gent_disagreement_rag.storage.schema import migrate
 from tests.support.builders import segment
+from tests.support.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = REPO_ROOT / "data" / "samples"
 LOCAL_MODEL = "local/all-MiniLM-L6-v2@384"
 

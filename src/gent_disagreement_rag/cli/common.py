@@ -13,7 +13,6 @@ from rich.markup import escape
 
 from ..errors import GdrError
 from ..settings import Settings, invalid_settings
-from ..storage.database import Database
 
 app = typer.Typer(help="Podcast episodes -> transcripts -> searchable knowledge base.", no_args_is_help=True)
 db_app = typer.Typer(help="The database: create/migrate the schema, show where it is.", no_args_is_help=True)
@@ -60,5 +59,13 @@ def _safe_settings() -> Settings | None:
         return None
 
 
-def open_database(settings: Settings) -> Database:
-    return Database.from_settings(settings)
+def load_settings(**fields: Any) -> Settings:
+    """The settings of a command (the environment and .env, then `fields`), with DATABASE_BLOCK read into a URL
+    (orchestration.fleet.with_database_block): every command that reaches the database loads them here, so a
+    block names the same database for `gdr status`, `gdr search`, `gdr ingest` as for a deployment's run."""
+    settings = Settings(**fields)
+    if not settings.database_block:
+        return settings
+    from ..orchestration.fleet import with_database_block  # only then: it imports Prefect
+
+    return with_database_block(settings)

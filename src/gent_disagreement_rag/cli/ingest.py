@@ -18,12 +18,13 @@ from ..settings import Settings
 from ..sources.publisher import PUBLISHER
 from ..storage import costs, episodes
 from ..storage.database import Database
+from ..storage.episodes import EpisodeState
 
 if TYPE_CHECKING:
     from ..ingest.plan import EpisodePlan
     from .progress import IngestProgress
 
-from .common import app, console, counted, err_console, friendly_errors, open_database
+from .common import app, console, counted, err_console, friendly_errors, load_settings
 
 
 @app.command("status")
@@ -36,10 +37,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     from ..ingest.plan import stale_reason, undecodable_note
     from ..sources.catalogue import catalogue_entries
 
-    settings = Settings()
+    settings = load_settings()
     entries = catalogue_entries(settings)
     names = {e.episode_id: e.speakers_map for e in entries}
-    with open_database(settings) as db:
+    with Database.from_settings(settings) as db:
         rows = [r.as_json() | {"stale": stale_reason(settings, r, names.get(r.episode_id, r.speakers_map)),
                                "undecodable": undecodable_note(settings, r)}
                 for r in episodes.list_episodes(db)]
@@ -50,7 +51,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         return
     table = Table("episode", "title", "status", "segments", "cost $", "transcript", "error / stale because / note",
                   title=counted(len(rows), "episode"))
-    colours = {"processed": "green", "failed": "red", "pending": "yellow"}
+    colours = {EpisodeState.PROCESSED: "green", EpisodeState.FAILED: "red", EpisodeState.PENDING: "yellow"}
     for r in rows:
         status = f"[{colours[r['status']]}]{r['status']}[/]" + (" [yellow](stale)[/]" if r["stale"] else "")
         why = "; ".join(x for x in (r["error"] and r["error"][:160], r["undecodable"], r["stale"], r["transcript_note"]) if x)
@@ -71,11 +72,11 @@ def costs_command(
 ) -> None:
     """What the provider calls cost (estimated at the configured prices), per episode and in total."""
     day = since.date() if since else None
-    with open_database(Settings()) as db:
+    with Database.from_settings(load_settings()) as db:
         by_episode = costs.cost_by_episode(db, since=day)
         total = costs.cost_totals(db, since=day)
     if as_json:
-        rows = [{"episode_id": episode_id, "title": title, **cost.as_json()} for episode_id, title, cost in by_episode]
+        rows = [{"episode_id": e.episode_id, "title": e.title, **e.totals.as_json()} for e in by_episode]
         print(json.dumps({"since": day.isoformat() if day else None, "episodes": rows, "total": total.as_json()},
                          indent=2, ensure_ascii=False))
         return
@@ -86,8 +87,8 @@ def costs_command(
         table.add_row(label, escape(title or ""), str(cost.requests), f"{cost.audio_seconds / 60:.2f}", str(cost.tokens),
                       f"{cost.cost_usd:.4f}", str(cost.publisher_transcripts), f"{cost.saved_usd:.4f}")
 
-    for episode_id, title, cost in by_episode:
-        add(episode_id or "(deleted episode)", title, cost)
+    for e in by_episode:
+        add(e.episode_id or "(deleted episode)", e.title, e.totals)
     table.add_section()
     add("total", None, total)
     console.print(table)
@@ -106,7 +107,7 @@ def ingest_command(
     """Run the `ingest` flow in this process: discover feed episodes; download, transcribe, format, export, embed, store."""
     from .progress import IngestProgress
 
-    settings = Settings(max_parallel_episodes=max_parallel) if max_parallel else Settings()
+    settings = load_settings(max_parallel_episodes=max_parallel) if max_parallel else load_settings()
     from ..orchestration.runner import EXIT_INTERRUPTED
 
     with IngestProgress(console) as progress:
@@ -133,10 +134,12 @@ def _report(settings: Settings, progress: IngestProgress, state: Any) -> None:
     for episode_id, note in progress.transcript_notes():  # why a publisher's transcript was not read
         console.print(f"{episode_id}: {settings.scrub(note)}", markup=False, highlight=False, soft_wrap=True)
     if state is None:
-        running = [e for e, info in progress.episodes.items() if info.get("status") == "running"]
+        running = progress.running()
         verdict = f"run interrupted; {len(running)} episodes cut short ({', '.join(running)}): pending for the next run"
     else:
-        verdict = (state.message or state.name).splitlines()[0].removesuffix(":")
+        from ..orchestration.flows import REASONS_AFTER
+
+        verdict = (state.message or state.name).split(REASONS_AFTER)[0]
     console.print(settings.scrub(verdict), markup=False, highlight=False, soft_wrap=True)
 
 
@@ -216,16 +219,22 @@ def format_command(
     raw_path: Annotated[Path, typer.Argument(help="A saved raw Deepgram (or local Whisper) response, e.g. X.raw.json")],
     speakers_map: Annotated[str | None, typer.Option("--speakers-map", help='JSON like {"0": "Ann", "1": "Bob"}')] = None,
     out_dir: Annotated[Path | None, typer.Option("-o", "--out-dir", help="Folder for the exports (default: beside RAW)")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Token budget of a chunk (default CHUNK_MAX_TOKENS)")] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        "--max-tokens", help="Token budget of a chunk (default CHUNK_MAX_TOKENS)")] = None,
+    max_seconds: Annotated[float | None, typer.Option(
+        "--max-seconds", help="Longest audio stretch of a chunk (default CHUNK_MAX_SECONDS)")] = None,
 ) -> None:
-    """Re-format a saved raw response into chunks and exports, with no network: tune chunking for free."""
+    """Re-format a saved raw response into chunks and exports, with no network: tune chunking for free. The chunks
+    are the ones `gdr ingest` makes with the same settings."""
     from ..ingest.reformat import reformat_raw
 
     names = _parse_speakers_map(speakers_map)
+    overrides: dict[str, Any] = {"chunk_max_tokens": max_tokens, "chunk_max_seconds": max_seconds}
+    settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
     if not raw_path.is_file():
         raise GdrError(f"{raw_path}: no such file")
     try:
-        paths = reformat_raw(raw_path, names, out_dir, max_tokens or Settings().chunk_max_tokens)
+        paths = reformat_raw(raw_path, settings, names, out_dir)
     except json.JSONDecodeError as exc:
         raise GdrError(f"{raw_path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
     chunks = json.loads(paths["chunks"].read_text(encoding="utf-8"))

@@ -6,19 +6,45 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, replace
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ..ingest.events import EpisodeStatus, EpisodeSummary, ProgressEvent
+
 STATUS_STYLE = {
-    "queued": "dim", "running": "cyan", "processed": "green", "failed": "red", "skipped": "yellow", "busy": "blue",
+    EpisodeStatus.QUEUED: "dim", EpisodeStatus.RUNNING: "cyan", EpisodeStatus.PROCESSED: "green",
+    EpisodeStatus.FAILED: "red", EpisodeStatus.SKIPPED: "yellow", EpisodeStatus.BUSY: "blue",
 }
-FINISHED = frozenset({"processed", "failed", "skipped", "busy"})
 STARTING_EPISODES = "starting the episodes (loading the models)"
 AUDIO_LINE_STEP = 0.25  # without a terminal, a line each time an episode's transcription passes another quarter
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeView:
+    """What the display knows of one episode: the latest of each thing its events said."""
+
+    status: EpisodeStatus
+    stage: str | None = None
+    audio_done: float = 0.0
+    audio_total: float | None = None
+    transcript: str = ""
+    transcript_note: str | None = None
+    summary: EpisodeSummary | None = None
+
+    def after(self, event: ProgressEvent) -> EpisodeView:
+        """This view updated by `event` (a field the event leaves None keeps its value)."""
+        known = {name: getattr(event, name) for name in ("stage", "audio_done", "audio_total", "transcript",
+                                                          "transcript_note", "summary")}
+        return replace(self, status=event.status, **{k: v for k, v in known.items() if v is not None})
+
+    @property
+    def error(self) -> str:
+        return self.summary.error if self.summary else ""
 
 
 class IngestProgress:
@@ -26,7 +52,7 @@ class IngestProgress:
 
     def __init__(self, console: Console):
         self.console = console
-        self.episodes: dict[str, dict[str, Any]] = {}
+        self.episodes: dict[str, EpisodeView] = {}
         self.phase = "starting"  # what the run is doing while no episode has started a stage
         self.live = console.is_terminal
         self._since = time.monotonic()
@@ -40,7 +66,7 @@ class IngestProgress:
             self._live.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self._live is not None:
             self._live.__exit__(*exc)
 
@@ -53,16 +79,16 @@ class IngestProgress:
         elif line:
             self._print(phase)
 
-    def on_progress(self, episode_id: str, status: str, info: dict[str, Any]) -> None:
+    def on_progress(self, event: ProgressEvent) -> None:
         with self._lock:
-            episode = self.episodes.setdefault(episode_id, {})
-            before = dict(episode)
-            episode.update(info, status=status)
-            line = _event_line(episode_id, before, episode)
-            if self.phase and status == "queued":
+            before = self.episodes.get(event.episode_id)
+            now = (before or EpisodeView(event.status)).after(event)
+            self.episodes[event.episode_id] = now
+            line = _event_line(event.episode_id, before, now)
+            if self.phase and event.status is EpisodeStatus.QUEUED:
                 if self.phase != STARTING_EPISODES:
                     self.phase, self._since = STARTING_EPISODES, time.monotonic()
-            elif info.get("stage") not in (None, "download") or status in FINISHED:
+            elif event.stage not in (None, "download") or event.status.finished:
                 self.phase = ""
         if line and not self.live:  # the live table redraws itself (get_renderable)
             self._print(line)
@@ -75,10 +101,11 @@ class IngestProgress:
 
     def _render(self) -> RenderableType:
         table = Table("episode", "status", "stage", "", title=f"ingest  {self._counts()}", title_justify="left")
-        for episode_id, info in list(self.episodes.items()):
-            if info["status"] in ("running", "failed"):
-                table.add_row(episode_id, f"[{STATUS_STYLE[info['status']]}]{info['status']}[/]",
-                              info.get("stage", "") if info["status"] == "running" else "", _audio_bar(info))
+        for episode_id, view in list(self.episodes.items()):
+            if view.status in (EpisodeStatus.RUNNING, EpisodeStatus.FAILED):
+                running = view.status is EpisodeStatus.RUNNING
+                table.add_row(episode_id, f"[{STATUS_STYLE[view.status]}]{view.status}[/]",
+                              (view.stage or "") if running else "", _audio_bar(view))
         if not self.phase:
             return table
         doing = Text(f"{self.phase}… {time.monotonic() - self._since:.0f} s", style="cyan", no_wrap=True)
@@ -86,15 +113,17 @@ class IngestProgress:
 
     def summary_table(self) -> Table:
         table = Table(title=f"ingest summary  {self._counts()}", title_justify="left")
-        for name, justify in (("episode", "left"), ("status", "left"), ("s", "right"), ("segments", "right"),
-                              ("audio min", "right"), ("tokens", "right"), ("cost $", "right"), ("transcript", "left")):
+        columns: tuple[tuple[str, JustifyMethod], ...] = (
+            ("episode", "left"), ("status", "left"), ("s", "right"), ("segments", "right"),
+            ("audio min", "right"), ("tokens", "right"), ("cost $", "right"), ("transcript", "left"))
+        for name, justify in columns:
             table.add_column(name, justify=justify, no_wrap=True)
-        for episode_id, info in self.episodes.items():
-            status = info["status"]
+        for episode_id, view in self.episodes.items():
+            ended = view.summary or EpisodeSummary(episode_id, view.status)
             table.add_row(
-                episode_id, f"[{STATUS_STYLE.get(status, '')}]{status}[/]", f"{info.get('seconds', 0):.1f}",
-                str(info.get("segments", 0)), f"{info.get('audio_minutes', 0):.2f}", str(info.get("tokens", 0)),
-                f"{info.get('cost_usd', 0):.4f}", info.get("transcript", ""),
+                episode_id, f"[{STATUS_STYLE[view.status]}]{view.status}[/]", f"{ended.seconds:.1f}",
+                str(ended.segments), f"{ended.audio_minutes:.2f}", str(ended.tokens), f"{ended.cost_usd:.4f}",
+                view.transcript,
             )
         return table
 
@@ -103,49 +132,52 @@ class IngestProgress:
         none: each was printed as its own event line already."""
         if not self.live:
             return []
-        return [(e, info.get("error", "")) for e, info in self.episodes.items()
-                if info["status"] in ("failed", "skipped", "busy") and info.get("error")]
+        ended = (EpisodeStatus.FAILED, EpisodeStatus.SKIPPED, EpisodeStatus.BUSY)
+        return [(e, view.error) for e, view in self.episodes.items() if view.status in ended and view.error]
+
+    def running(self) -> list[str]:
+        """The episodes still running (cut short when the run is interrupted)."""
+        return [e for e, view in self.episodes.items() if view.status is EpisodeStatus.RUNNING]
 
     def transcript_notes(self) -> list[tuple[str, str]]:
         """(episode, why the publisher's transcript was not read) of every episode transcribed instead."""
-        return [(e, info["transcript_note"]) for e, info in self.episodes.items() if info.get("transcript_note")]
+        return [(e, view.transcript_note) for e, view in self.episodes.items() if view.transcript_note]
 
-    def _count_by_status(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for info in self.episodes.values():
-            counts[info["status"]] = counts.get(info["status"], 0) + 1
+    def _count_by_status(self) -> dict[EpisodeStatus, int]:
+        counts: dict[EpisodeStatus, int] = {}
+        for view in self.episodes.values():
+            counts[view.status] = counts.get(view.status, 0) + 1
         return counts
 
 
-def _event_line(episode_id: str, before: dict[str, Any], now: dict[str, Any]) -> str | None:
+def _event_line(episode_id: str, before: EpisodeView | None, now: EpisodeView) -> str | None:
     """The plain line for an episode's report (None: nothing new worth a line): a new status, a new stage, or
     its transcription past another AUDIO_LINE_STEP of the audio."""
-    status = now["status"]
-    if status != before.get("status"):
-        if status in FINISHED and now.get("error"):
-            return f"{episode_id} {status}: {now['error']}"
-        if status == "processed":
-            return f"{episode_id} processed: {now.get('segments', 0)} segments in {now.get('seconds', 0):.1f} s"
-        return f"{episode_id} {status}"
-    stage = now.get("stage")
-    if stage and stage != before.get("stage"):
-        return f"{episode_id} {stage}"
-    total = now.get("audio_total")
-    if stage == "transcribe" and total:
-        step = int(min(now.get("audio_done", 0.0), total) / total / AUDIO_LINE_STEP)
-        if step > int(min(before.get("audio_done", 0.0), total) / total / AUDIO_LINE_STEP):
-            return f"{episode_id} transcribe: {now['audio_done']:.0f}/{total:.0f} s of audio"
+    if before is None or now.status != before.status:
+        if now.status.finished and now.error:
+            return f"{episode_id} {now.status}: {now.error}"
+        if now.status is EpisodeStatus.PROCESSED:
+            ended = now.summary or EpisodeSummary(episode_id, now.status)
+            return f"{episode_id} processed: {ended.segments} segments in {ended.seconds:.1f} s"
+        return f"{episode_id} {now.status}"
+    if now.stage and now.stage != before.stage:
+        return f"{episode_id} {now.stage}"
+    total = now.audio_total
+    if now.stage == "transcribe" and total:
+        step = int(min(now.audio_done, total) / total / AUDIO_LINE_STEP)
+        if step > int(min(before.audio_done, total) / total / AUDIO_LINE_STEP):
+            return f"{episode_id} transcribe: {now.audio_done:.0f}/{total:.0f} s of audio"
     return None
 
 
 BAR_WIDTH = 20
 
 
-def _audio_bar(info: dict[str, Any]) -> str:
+def _audio_bar(view: EpisodeView) -> str:
     """Transcription's audio seconds done of the episode's total, as a bar."""
-    total = info.get("audio_total")
-    if info.get("stage") != "transcribe" or not total:
+    total = view.audio_total
+    if view.stage != "transcribe" or not total:
         return ""
-    done = min(info.get("audio_done", 0.0), total)
+    done = min(view.audio_done, total)
     filled = round(BAR_WIDTH * done / total)
     return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {done:.0f}/{total:.0f} s"

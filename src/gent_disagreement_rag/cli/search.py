@@ -9,9 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..search.models import DEFAULT_MODE, Mode
-from ..settings import Settings
-from .common import app, console, err_console, friendly_errors
+from ..search.types import DEFAULT_MODE, Mode
+from .common import app, console, err_console, friendly_errors, load_settings
 
 
 @app.command("search")
@@ -38,7 +37,7 @@ def search_command(
     from ..search import search
 
     results = search(query, k, episode=episode, speaker=speaker, since=since, until=until, mode=mode, context=context,
-                     model_id=model, min_score=min_score, settings=Settings())
+                     model_id=model, min_score=min_score, settings=load_settings())
     if results.notice:
         err_console.print(f"[yellow]{escape(results.notice)}[/]", highlight=False)
     if as_json:

@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..settings import Settings
-from .common import app, err_console, friendly_errors
+from .common import app, err_console, friendly_errors, load_settings
 
 DEFAULT_MCP_PORT = 8765
 DEFAULT_WEB_PORT = 8766
@@ -22,7 +21,7 @@ def mcp_command(
     """An MCP server for AI assistants: tools search, transcript, episodes, speakers (read-only)."""
     from ..serve.mcp_server import serve_mcp_http, serve_mcp_stdio
 
-    settings = Settings()
+    settings = load_settings()
     if not http:
         serve_mcp_stdio(settings)
         return
@@ -42,5 +41,5 @@ def web_command(
     """A search page that plays the cited moment, on http://127.0.0.1:PORT (read-only)."""
     from ..serve.web import serve_web
 
-    serve_web(Settings(), host, port, token=token,
+    serve_web(load_settings(), host, port, token=token,
               on_listening=lambda url: err_console.print(f"gdr web on {url}", highlight=False))

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..settings import Settings
-from .common import app, console, counted, friendly_errors, open_database
+from ..storage.database import Database
+from .common import app, console, counted, friendly_errors, load_settings
 
 speakers_app = typer.Typer(help="The voice library: name a speaker once, recognised by voice in other episodes.",
                            no_args_is_help=True)
@@ -27,8 +27,8 @@ def speakers_name(
     transcribed again), kept in the voice library, and recognised in every episode without a speakers_map."""
     from ..ingest.speakers import name_speaker
 
-    settings = Settings()
-    with open_database(settings) as db:
+    settings = load_settings()
+    with Database.from_settings(settings, migrate_schema=True) as db:
         result = name_speaker(settings, db, episode, speaker, name)
     for episode_id, renames in result.episodes.items():
         for old, new in renames.items():
@@ -43,7 +43,7 @@ def speakers_list() -> None:
     """The voice library: each named voice, its samples, and the episodes and minutes its name has."""
     from ..storage import voices
 
-    with open_database(Settings()) as db:
+    with Database.from_settings(load_settings()) as db:
         rows = voices.list_voices(db)
     if not rows:
         console.print('no named voices yet: a speakers_map, or `gdr speakers name EPISODE 0 "Name"`, adds one')

@@ -4,28 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
-from ..providers.embedders import Embedder, make_embedder
+from ..providers.embedders import Embedder
 from ..providers.lazy import Lazy
-from ..providers.transcribers import Transcriber, make_transcriber
+from ..providers.registry import Registry, provider_registry
+from ..providers.transcribers import Transcriber
 from ..settings import Settings
 from ..storage.database import Database
-
-# (episode_id, status, details): how a run reports each episode's progress to whoever watches it.
-ProgressCallback = Callable[[str, str, dict[str, Any]], None]
-
-
-def _ignore_progress(episode_id: str, status: str, details: dict[str, Any]) -> None:
-    return None
-
+from .events import ProgressCallback, ignore_progress
 
 # The context a caller opened for the code it calls (`gdr ingest` for its in-process flow run, the flow for
 # the episodes its threads run). Context-local, not process-wide: a thread or process it was not handed to
 # (an episode on another machine's worker) sees none and opens its own.
 _ACTIVE: ContextVar[RunContext | None] = ContextVar("gdr_run_context", default=None)
+
+
+def _load_speaker_model(settings: Settings) -> Any:
+    from ..providers.transcribers.speaker_embeddings import load_session  # onnxruntime: only when a stage needs it
+
+    return load_session(settings.home)
 
 
 class RunContext:
@@ -36,13 +36,13 @@ class RunContext:
     """
 
     __slots__ = ("settings", "db", "progress", "transcriptions_at_once", "fleet", "interrupted", "halted",
-                 "_transcriber", "_embedder")
+                 "providers", "_transcriber", "_embedder", "_speaker_model")
 
     def __init__(self, settings: Settings, db: Database, progress: ProgressCallback | None = None,
                  transcriptions_at_once: int = 1, *, fleet: bool = False):
         self.settings = settings
         self.db = db
-        self.progress = progress or _ignore_progress
+        self.progress = progress or ignore_progress
         self.transcriptions_at_once = transcriptions_at_once
         # Opened from the fleet's shared settings (a deployment run, an episode on a cluster worker): its
         # Deepgram requests also count against the fleet-wide limit every machine shares.
@@ -51,15 +51,19 @@ class RunContext:
         self.interrupted = threading.Event()
         # Set by an episode that failed in a way every episode would (a bad key, no credit): no new one starts.
         self.halted = threading.Event()
-        self._transcriber: Lazy[Transcriber] = Lazy(lambda: make_transcriber(settings, transcriptions_at_once))
-        self._embedder: Lazy[Embedder] = Lazy(lambda: make_embedder(settings))
+        self.providers: Registry = provider_registry(settings)
+        self._transcriber: Lazy[Transcriber] = Lazy(lambda: self.providers.transcriber(transcriptions_at_once))
+        self._embedder: Lazy[Embedder] = Lazy(self.providers.embedder)
+        # The ECAPA session of the voices stage, loaded by the first episode that needs it, shared by the run's.
+        self._speaker_model: Lazy[Any] = Lazy(lambda: _load_speaker_model(settings))
 
     @classmethod
     def open(cls, settings: Settings | None = None, progress: ProgressCallback | None = None, *,
              fleet: bool = False) -> RunContext:
-        """A context on the settings' database, with a pool for MAX_PARALLEL_EPISODES workers; close() it."""
+        """A context on the settings' database (its schema migrated: a run writes), with a pool for
+        MAX_PARALLEL_EPISODES workers; close() it."""
         settings = settings or Settings()
-        return cls(settings, Database.from_settings(settings), progress, fleet=fleet)
+        return cls(settings, Database.from_settings(settings, migrate_schema=True), progress, fleet=fleet)
 
     @staticmethod
     def active() -> RunContext | None:
@@ -79,7 +83,7 @@ class RunContext:
         """The same run (settings, pool, providers) reporting to `progress` instead."""
         other = RunContext(self.settings, self.db, progress, self.transcriptions_at_once, fleet=self.fleet)
         other.interrupted, other.halted = self.interrupted, self.halted
-        other._transcriber, other._embedder = self._transcriber, self._embedder
+        other._transcriber, other._embedder, other._speaker_model = self._transcriber, self._embedder, self._speaker_model
         return other
 
     def transcribing_at_once(self, count: int) -> RunContext:
@@ -90,7 +94,7 @@ class RunContext:
             return self
         other = RunContext(self.settings, self.db, self.progress, count, fleet=self.fleet)
         other.interrupted, other.halted = self.interrupted, self.halted
-        other._embedder = self._embedder
+        other._embedder, other._speaker_model = self._embedder, self._speaker_model
         return other
 
     @property
@@ -100,6 +104,10 @@ class RunContext:
     @property
     def embedder(self) -> Embedder:
         return self._embedder.get()
+
+    def speaker_model(self) -> Any:
+        """The speaker-embedding model (an onnxruntime session), loaded on first use."""
+        return self._speaker_model.get()
 
     def warm_up(self) -> None:
         """Build the providers and load the tokenizer now, while the first transcriptions are in flight,

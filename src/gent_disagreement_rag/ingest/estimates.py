@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..providers.audio import audio_seconds, undecodable
-from ..providers.pricing import estimate_cost
+from ..providers.registry import provider_registry
 from ..settings import Settings
 from ..sources.catalogue import catalogue_entries
 from ..sources.publisher import PUBLISHER
@@ -50,8 +50,9 @@ def estimate_plan(settings: Settings, db: Database, plan: EpisodePlan) -> list[E
 def _estimate(settings: Settings, job: EpisodeJob, feed_seconds: float | None) -> EpisodeEstimate:
     seconds = feed_seconds if job.needs_download else audio_seconds(job.audio_path)
     tokens = round((seconds or 0.0) * WORDS_PER_SECOND * TOKENS_PER_WORD)
-    transcription = estimate_cost(settings, settings.resolved_transcriber, seconds or 0.0, 0)
-    embedding = estimate_cost(settings, settings.resolved_embedder, 0.0, tokens)
+    providers = provider_registry(settings)
+    transcription = providers.cost(settings.resolved_transcriber, audio_seconds=seconds or 0.0)
+    embedding = providers.cost(settings.resolved_embedder, tokens=tokens)
     if job.transcript_url:
         return EpisodeEstimate(job.episode_id, job.title, seconds, tokens, embedding,
                                f"{PUBLISHER} ({job.transcript_type})", saved_usd=transcription)

@@ -5,28 +5,22 @@ its own."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from ..files import sha256_file
-from ..providers.embedders import settings_model_id
+from ..providers.registry import provider_registry
 from ..settings import Settings, TranscriptPolicy
 from ..sources.catalogue import CatalogueEntry, catalogue_entries
 from ..sources.publisher import TranscriptChoice, TranscriptLink, choose_transcript
 from ..storage import episodes
 from ..storage.database import Database
-from ..text.chunking import ChunkerConfig
-
-TOKEN_COUNTER = "cl100k"  # the chunker's token counts (text/chunking.py)
-# How a provider's raw response is read into words (providers/transcribers parse_raw). 2: Whisper's word pieces
-# are joined into the words they spell ("co-host", not "co -host"). Episodes whose stored text an older parser
-# made are stale, re-derived from their cached transcripts; the providers whose words the change touches:
-TRANSCRIPT_PARSER = 2
-REPARSED_PROVIDERS = frozenset({"local"})
+from ..storage.episodes import EpisodeState
+from .config import EmbedConfig, FormatConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,60 +84,17 @@ class EpisodePlan:
     skipped: dict[str, str] = field(default_factory=dict)  # not run although not up to date, and why (undecodable audio)
 
 
-def chunker_config(settings: Settings) -> ChunkerConfig:
-    return ChunkerConfig(max_tokens=settings.chunk_max_tokens, max_seconds=settings.chunk_max_seconds)
-
-
-def voice_naming() -> dict[str, Any]:
-    """What names an episode's speakers from the voice library when it has no speakers_map: a change makes those stale."""
-    from ..providers.transcribers import voices
-
-    return {"model": voices.MODEL, "same_person": voices.SAME_PERSON}
-
-
-def segments_config(settings: Settings, speakers_map: dict[str, str], names: dict[str, str] | None = None
-                    ) -> dict[str, Any]:
-    """What decides an episode's segments besides its transcript; stored with them (store stage). `names`: the
-    speaker names the segments were made with (the map, or the voice library's for an episode without one)."""
-    config = {"chunker": chunker_config(settings).cache_key(), "token_counter": TOKEN_COUNTER,
-              "speakers_map": speakers_map, "transcript_parser": TRANSCRIPT_PARSER}
-    if names is not None:
-        config["speaker_names"] = names
-        if not speakers_map:
-            config["voice_naming"] = voice_naming()
-    return config
-
-
 def stale_reason(settings: Settings, row: episodes.EpisodeRow, speakers_map: dict[str, str]) -> str | None:
     """Why a processed episode's stored segments or vectors are not what the settings would make now
     (None: they are). An episode processed before segments_config was recorded is judged by its vectors
     only: re-chunking it could cost a transcription if the stage cache is gone. The exception is text an older
     parser read from a local transcript: made again, it costs no more than CPU time."""
-    if row.status != "processed":
+    if row.status is not EpisodeState.PROCESSED:
         return None
-    reasons = []
-    parser = (row.segments_config or {}).get("transcript_parser", 1)
-    if row.transcribed_by in REPARSED_PROVIDERS and parser != TRANSCRIPT_PARSER:
-        reasons.append(f"text read from the {row.transcribed_by} transcript by parser {parser}, now {TRANSCRIPT_PARSER} "
-                       "(it joins Whisper's word pieces: 'co-host', not 'co -host')")
-    if row.segments_config is not None:
-        wanted = segments_config(settings, speakers_map)
-        stored_chunker, wanted_chunker = row.segments_config.get("chunker", {}), wanted["chunker"]
-        for name in sorted(stored_chunker.keys() | wanted_chunker.keys()):
-            if stored_chunker.get(name) != wanted_chunker.get(name):
-                reasons.append(f"chunked with {name} {stored_chunker.get(name)}, settings want {wanted_chunker.get(name)}")
-        if row.segments_config.get("token_counter") != wanted["token_counter"]:
-            reasons.append(f"tokens counted with {row.segments_config.get('token_counter')}, now {TOKEN_COUNTER}")
-        stored_naming = row.segments_config.get("voice_naming")
-        if stored_naming is not None and not speakers_map and stored_naming != voice_naming():
-            reasons.append(f"speakers named by voice with {json.dumps(stored_naming)}, now {json.dumps(voice_naming())}")
-        if row.segments_config.get("speakers_map") != speakers_map:
-            reasons.append(f"speakers named {json.dumps(row.segments_config.get('speakers_map'))}, "
-                           f"the catalogue now says {json.dumps(speakers_map)}")
+    reasons = FormatConfig.from_settings(settings, speakers_map).stale_reasons(row.segments_config, row.transcribed_by)
     reasons += _transcript_stale(settings, row)
-    model = settings_model_id(settings)
-    if row.segments and model not in row.model_ids:
-        reasons.append(f"embedded with {', '.join(row.model_ids) or 'no model'}, settings want {model}")
+    embed = EmbedConfig(str(provider_registry(settings).settings_model()))
+    reasons += embed.stale_reasons(row.model_ids, bool(row.segments))
     return "; ".join(reasons) or None
 
 
@@ -161,7 +112,7 @@ def undecodable_reason(settings: Settings, row: episodes.EpisodeRow, audio_sha25
 def undecodable_note(settings: Settings, row: episodes.EpisodeRow) -> str | None:
     """What `gdr status` says of an episode whose audio the settings' transcriber could not decode (reads no file)."""
     marker = row.undecodable_audio
-    if row.status != "failed" or marker is None or marker.get("transcriber") != settings.resolved_transcriber:
+    if row.status is not EpisodeState.FAILED or marker is None or marker.get("transcriber") != settings.resolved_transcriber:
         return None
     return "not retried while its audio file stays the same (--force tries again)"
 
@@ -238,13 +189,13 @@ def plan_episodes(
 
     Reads only. A malformed catalogue raises before any work; a missing audio file only affects its
     episode. An entry the database does not know yet is new. The embedding model wanted is the settings'
-    (settings_model_id), so planning builds no provider.
+    (the registry's settings_model), so planning builds no provider.
     """
     entries = catalogue_entries(settings)
     rows = episodes.list_episodes(db)
     known = {row.episode_id: row for row in rows}
-    candidates: dict[str, Callable[[], EpisodeJob]] = {e.episode_id: (lambda e=e: _job_for(settings, e)) for e in entries}
-    candidates |= {r.episode_id: (lambda r=r: _feed_job_for(settings, r)) for r in rows if r.source == "feed"}
+    candidates: dict[str, Callable[[], EpisodeJob]] = {e.episode_id: partial(_job_for, settings, e) for e in entries}
+    candidates |= {r.episode_id: partial(_feed_job_for, settings, r) for r in rows if r.source == "feed"}
     if episode_ids:
         unknown = sorted(set(episode_ids) - candidates.keys())
         if unknown:
@@ -260,8 +211,8 @@ def plan_episodes(
             plan.invalid[episode_id] = str(exc)
             continue
         row = known.get(episode_id)
-        current = row is not None and row.status == "processed" and row.processed_sha256 == job.audio_sha256
-        stale = stale_reason(settings, row, job.speakers_map) if current else None
+        current = row is not None and row.status is EpisodeState.PROCESSED and row.processed_sha256 == job.audio_sha256
+        stale = stale_reason(settings, row, job.speakers_map) if row is not None and current else None
         if current and not stale and not force:  # named or not: --force runs an up-to-date episode again
             plan.up_to_date.append(job.episode_id)
         elif not force and row is not None and (why := undecodable_reason(settings, row, job.audio_sha256)):

@@ -33,6 +33,7 @@ def with_db_retries(func: Callable[..., T], /, *args: object) -> T:
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log.info("database call %s failed (%s); retrying in %.0f s", getattr(func, "__name__", func), type(exc).__name__, delay)
+            log.info("database call %s failed (%s); retrying in %.0f s",
+                     getattr(func, "__name__", func), type(exc).__name__, delay)
             time.sleep(delay)
     return func(*args)

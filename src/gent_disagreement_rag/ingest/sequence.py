@@ -1,5 +1,6 @@
-"""The one episode sequence: [download (audio, the publisher's transcript and chapters) ->] transcribe -> voices -> name
--> format -> export -> embed -> store.
+"""The one episode sequence:
+[download (audio, the publisher's transcript and chapters) ->] transcribe -> voices -> name -> format -> export
+-> embed -> store.
 
 Written once, here. `process_episode` calls each stage through `run_stage`: directly by default (a
 shell, the bench), or as a cached, retried Prefect task (the orchestration passes its own runner), so
@@ -12,11 +13,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .reformat import parsed_again
+from ..text.exports import EXPORT_SUFFIXES
 from . import stages
+from .config import (
+    EmbedConfig,
+    EpisodeConfig,
+    ExportConfig,
+    FormatConfig,
+    PublisherTranscriptConfig,
+    StageKeys,
+    TranscribeConfig,
+    TranscriberConfig,
+    VoicesConfig,
+)
 from .context import RunContext
-from .keys import stage_keys
+from .events import EpisodeStatus, ProgressEvent
 from .plan import EpisodeJob
+from .reformat import parsed_again
 
 STAGE_NAMES = ("download", "transcribe", "voices", "name", "format", "export", "embed", "store")
 
@@ -38,12 +51,31 @@ class EpisodeOutcome:
     audio_seconds: float
 
 
+def episode_config(ctx: RunContext, job: EpisodeJob) -> EpisodeConfig:
+    """Every stage's configuration for an episode whose audio is known (after its download)."""
+    transcribe: TranscribeConfig
+    if job.transcript_file is not None:
+        transcribe = PublisherTranscriptConfig(job.transcript_file.name, job.transcript_type)
+    else:
+        t = ctx.transcriber
+        transcribe = TranscriberConfig(t.provider, t.model, t.options(), len(job.speakers_map) if t.uses_speaker_count else None)
+    folder = ctx.settings.transcripts_dir.resolve()
+    present = all((folder / f"{job.stem}{suffix}").exists() for suffix in EXPORT_SUFFIXES.values())
+    return EpisodeConfig(transcribe, VoicesConfig.current(), FormatConfig.from_settings(ctx.settings, job.speakers_map),
+                         ExportConfig(str(folder), job.title, present), EmbedConfig(ctx.embedder.model_id))
+
+
+def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
+    """The cache keys of an episode whose audio is known (after its download)."""
+    return episode_config(ctx, job).keys(job.audio_sha256)
+
+
 def process_episode(ctx: RunContext, job: EpisodeJob, run_id: str = "", run_stage: StageRunner = call_stage) -> EpisodeOutcome:
     """Every stage of one episode, in order; raises the first stage's error that is not retried away.
     Each stage is reported to the run's progress callback as it starts."""
 
     def run_reported(name: str, func: Callable[..., Any], *args: Any, cache_key: str | None = None) -> Any:
-        ctx.progress(job.episode_id, "running", {"stage": name})
+        ctx.progress(ProgressEvent(job.episode_id, EpisodeStatus.RUNNING, stage=name))
         return run_stage(name, func, *args, cache_key=cache_key)
 
     return _sequence(ctx, job, run_id, run_reported)
@@ -54,13 +86,15 @@ def _sequence(ctx: RunContext, job: EpisodeJob, run_id: str, run_stage: StageRun
     # transcribed at all is decided there, before the transcribe stage's cache key is computed.
     if job.needs_download or job.needs_publisher_files:
         job = run_stage("download", stages.download, ctx, job)
-    keys = stage_keys(ctx, job)
+    config = episode_config(ctx, job)
+    keys = config.keys(job.audio_sha256)
     # A cached transcription holds the transcript as the version that made it parsed it: read again from its raw response.
-    transcription = parsed_again(run_stage("transcribe", stages.transcribe, ctx, job, run_id, cache_key=keys.transcribe))
+    transcription = parsed_again(run_stage("transcribe", stages.transcribe, ctx, job, run_id, cache_key=keys.transcribe),
+                                 ctx.settings)
     # The speakers' voices (cached), then their names: the map's (its voices join the library) or the library's.
     found = run_stage("voices", stages.speaker_voices, ctx, job, transcription.transcript, cache_key=keys.voices)
     names = run_stage("name", stages.name_speakers, ctx, job, found)
-    keys = stage_keys(ctx, job, names)
+    keys = config.named(names).keys(job.audio_sha256)
     episode = run_stage("format", stages.format_episode, ctx, job, transcription.transcript, names, cache_key=keys.format)
     run_stage("export", stages.export, ctx, job, transcription, episode, names, cache_key=keys.export)
     batch = run_stage("embed", stages.embed, ctx, job, episode, run_id, cache_key=keys.embed)

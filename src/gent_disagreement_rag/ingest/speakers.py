@@ -14,6 +14,7 @@ from ..settings import Settings
 from ..storage import episodes
 from ..storage import voices as library
 from ..storage.database import Database
+from ..storage.episodes import EpisodeState
 from ..text.exports import EXPORT_SUFFIXES
 
 
@@ -45,7 +46,7 @@ def name_speaker(settings: Settings, db: Database, episode_id: str, speaker: int
         raise ConfigError("gdr speakers name: the name is empty")
     rows = {r.episode_id: r for r in episodes.list_episodes(db)}
     row = rows.get(episode_id)
-    if row is None or row.status != "processed":
+    if row is None or row.status != EpisodeState.PROCESSED:
         raise ConfigError(f"gdr speakers name: episode {episode_id!r} is not a processed episode (see `gdr status`)")
     heard = {v.speaker for v in library.episode_voices(db, episode_id, voices.MODEL)}
     out = Renamed()
@@ -57,10 +58,9 @@ def name_speaker(settings: Settings, db: Database, episode_id: str, speaker: int
     _rename(settings, db, row, speaker, name, out)
     for other in rows.values():
         config = other.segments_config or {}
-        if other.episode_id == episode_id or other.status != "processed" or "voice_naming" not in config:
+        if other.episode_id == episode_id or other.status != EpisodeState.PROCESSED or "voice_naming" not in config:
             continue
-        found = [voices.SpeakerVoice(v.speaker, v.embedding, v.seconds)
-                 for v in library.episode_voices(db, other.episode_id, voices.MODEL)]
+        found = library.episode_voices(db, other.episode_id, voices.MODEL)
         named = voices.name_voices(found, library.library(db, voices.MODEL, excluding_episode=other.episode_id))
         for s, new in sorted(named.items()):
             _rename(settings, db, other, s, new, out)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,11 +22,16 @@ from ..errors import ConfigError, UndecodableAudioError
 from ..files import write_all_atomic, write_atomic
 from ..providers import audio
 from ..providers.embedders import EmbeddingBatch
-from ..providers.pricing import estimate_cost
 from ..sources.catalogue import catalogue_entries
 from ..sources.feeds import download_enclosure, fetch, is_enclosure_file, parse_feed, safe_url
 from ..sources.publisher import (
-    MAX_PUBLISHER_BYTES, PUBLISHER, SUFFIXES, Chapter, PublisherFileError, TranscriptLink, parse_chapters,
+    MAX_PUBLISHER_BYTES,
+    PUBLISHER,
+    SUFFIXES,
+    Chapter,
+    PublisherFileError,
+    TranscriptLink,
+    parse_chapters,
     parse_transcript,
 )
 from ..storage import costs, episodes, segments
@@ -36,8 +41,10 @@ from ..text.chunking import Chunk, chunk_transcript
 from ..text.exports import render_exports
 from ..text.quality import QualityReport, check_transcript, enforce
 from ..transcript import Transcript, TranscriptionResult
+from .config import FormatConfig
 from .context import RunContext
-from .plan import EpisodeJob, chunker_config, segments_config
+from .events import EpisodeStatus, ProgressEvent
+from .plan import EpisodeJob
 from .retry import is_transient, with_db_retries
 
 log = logging.getLogger(__name__)
@@ -158,20 +165,21 @@ def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> Transcript
     """Audio -> provider-neutral transcript plus the raw response (one provider request), recorded in the ledger;
     the audio seconds done go to the run's progress callback."""
 
-    noted = {"transcript_note": job.transcript_note} if job.transcript_note else {}  # shown after the run's summary
+    def report(**known: Any) -> None:  # the note is shown after the run's summary
+        ctx.progress(ProgressEvent(job.episode_id, EpisodeStatus.RUNNING, stage="transcribe", **known))
+
     if job.transcript_file is not None:  # the publisher's: no provider request; the ledger records the saving
         result = read_publisher_transcript(job)
         t = result.transcript
-        saved = estimate_cost(ctx.settings, ctx.settings.resolved_transcriber, t.duration, 0)
-        ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": f"{PUBLISHER} ({t.model})", **noted})
+        saved = ctx.providers.cost(ctx.settings.resolved_transcriber, audio_seconds=t.duration)
+        report(transcript=f"{PUBLISHER} ({t.model})", transcript_note=job.transcript_note)
         record_cost(ctx, run_id, job.episode_id, "transcribe", PUBLISHER, t.model, 0, 0.0, 0, saved_usd=saved)
         return result
 
     def progress(done: float, total: float) -> None:
-        ctx.progress(job.episode_id, "running", {"stage": "transcribe", "audio_done": round(done, 1),
-                                                 "audio_total": round(total, 1)})
+        report(audio_done=round(done, 1), audio_total=round(total, 1))
 
-    ctx.progress(job.episode_id, "running", {"stage": "transcribe", "transcript": ctx.transcriber.provider, **noted})
+    report(transcript=ctx.transcriber.provider, transcript_note=job.transcript_note)
     try:
         result = ctx.transcriber.transcribe(job.audio_path, progress, speakers=len(job.speakers_map) or None)
     except UndecodableAudioError:
@@ -200,57 +208,51 @@ def speaker_stretches(transcript: Transcript) -> tuple[list[tuple[float, float]]
     return spans, labels
 
 
-def speaker_voices(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> list[dict]:
-    """The speaker stage: what each speaker of the transcript (the local diarizer's or Deepgram's) sounds like,
-    embedded from the cached audio over their own stretches of speech. Plain JSON, cached by its key."""
+def speaker_voices(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> list[dict[str, Any]]:
+    """The voices stage: what each speaker of the transcript (the local diarizer's, Deepgram's or the publisher's)
+    sounds like, embedded from the cached audio over their own stretches of speech. Plain JSON, cached by its key."""
     from ..providers.transcribers import voices
     from ..providers.transcribers.local_whisper import decode
 
     spans, labels = speaker_stretches(transcript)
     if not spans:
         return []
-    found = voices.speaker_voices(decode(job.audio_path), spans, labels, lambda: _speaker_model(ctx.settings.home))
-    return [{"speaker": v.speaker, "embedding": [round(float(x), 6) for x in v.embedding], "seconds": round(v.seconds, 2)}
-            for v in found]
+    found = voices.speaker_voices(decode(job.audio_path), spans, labels, ctx.speaker_model)
+    return [{"speaker": v.speaker, "embedding": [round(float(x), 6) for x in v.embedding], "seconds": round(v.seconds, 2),
+             "pitch": None if v.pitch is None else round(v.pitch, 3)} for v in found]
 
 
-def _speaker_model(home: Path):
-    from ..providers.transcribers import speaker_embeddings
-
-    with _SPEAKER_MODEL_LOCK:
-        if home not in _SPEAKER_MODELS:
-            _SPEAKER_MODELS[home] = speaker_embeddings.load_session(home)
-        return _SPEAKER_MODELS[home]
-
-
-_SPEAKER_MODELS: dict[Path, object] = {}  # one ECAPA session per GDR_HOME and process, shared by its episodes
-_SPEAKER_MODEL_LOCK = threading.Lock()
-
-
-def name_speakers(ctx: RunContext, job: EpisodeJob, found: list[dict]) -> dict[str, str]:
-    """The episode's speaker names: its speakers_map when it has one (whose voices then join the library), else each
+def name_speakers(ctx: RunContext, job: EpisodeJob, found: list[dict[str, Any]]) -> dict[str, str]:
+    """The name stage: the episode's speakers_map when it has one (whose voices then join the library), else each
     voice's nearest known voice above voices.SAME_PERSON; a speaker left out gets "Speaker N" from the chunker."""
     from ..providers.transcribers import voices
 
-    stored = [voice_library.StoredVoice(v["speaker"], np.asarray(v["embedding"], dtype=np.float32), v["seconds"]) for v in found]
+    stored = [voices.SpeakerVoice(v["speaker"], np.asarray(v["embedding"], dtype=np.float32), v["seconds"],
+                                  v.get("pitch")) for v in found]
     voice_library.save_episode_voices(ctx.db, job.episode_id, voices.MODEL, stored)
     if job.speakers_map:
         voice_library.enroll(ctx.db, job.episode_id, voices.MODEL,
                              {int(k): name for k, name in job.speakers_map.items() if k.isdigit()})
         return dict(job.speakers_map)
     known = voice_library.library(ctx.db, voices.MODEL, excluding_episode=job.episode_id)
-    heard = [voices.SpeakerVoice(v.speaker, v.embedding, v.seconds) for v in stored]
-    return {str(k): name for k, name in sorted(voices.name_voices(heard, known).items())}
+    return {str(k): name for k, name in sorted(voices.name_voices(stored, known).items())}
+
+
+def format_config(ctx: RunContext, job: EpisodeJob, names: dict[str, str] | None) -> FormatConfig:
+    """The format stage's configuration, with the name stage's names when it ran."""
+    config = FormatConfig.from_settings(ctx.settings, job.speakers_map)
+    return config if names is None else config.named(names)
 
 
 def format_episode(ctx: RunContext, job: EpisodeJob, transcript: Transcript, names: dict[str, str] | None = None
                    ) -> FormattedEpisode:
     """Quality gate, then speaker turns and retrieval chunks; a failing gate stops the episode. `names`: the
-    speakers' names (name_speakers), the episode's speakers_map by default."""
+    speakers' names (name_speakers), the episode's speakers_map without them."""
     report = check_transcript(transcript, transcript.duration)
     if not ctx.settings.skip_quality_gate:
         enforce(report, f"episode {job.episode_id}:")
-    chunks = chunk_transcript(transcript, job.speakers_map if names is None else names, config=chunker_config(ctx.settings))
+    config = format_config(ctx, job, names)
+    chunks = chunk_transcript(transcript, config.names, config=config.chunker)
     return FormattedEpisode(chunks=chunks, quality=report)
 
 
@@ -282,7 +284,7 @@ def store(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, batch: Em
     segments.store_episode(
         ctx.db, job.episode_id, episode.chunks, model_id=batch.model_id, provider=batch.provider, model=batch.model,
         vectors=batch.vectors, audio_sha256=job.audio_sha256, duration_seconds=episode.quality.duration,
-        processed_by=processed_by(ctx), segments_config=segments_config(ctx.settings, job.speakers_map, names),
+        processed_by=processed_by(ctx), segments_config=format_config(ctx, job, names).stored(),
         chapters=episode_chapters(job), origin=transcript_origin(job),
     )
     return len(episode.chunks)
@@ -300,7 +302,7 @@ def record_cost(
     """Write a call that was paid for (or, with `saved_usd`, one a publisher's transcript made unnecessary) to
     the cost ledger. Database hiccups are retried, and in the end only logged: failing the stage would make
     its retry pay for the same call again."""
-    cost = estimate_cost(ctx.settings, provider, audio_seconds, tokens)
+    cost = ctx.providers.cost(provider, audio_seconds=audio_seconds, tokens=tokens)
     try:
         with_db_retries(
             lambda: costs.record_call(

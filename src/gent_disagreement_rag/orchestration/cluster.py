@@ -14,6 +14,7 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from prefect.logging import get_run_logger
@@ -89,8 +90,9 @@ def episode_runner(settings: Settings, parallel: int, *, in_deployment: bool) ->
     if wanted:
         from prefect_dask import DaskTaskRunner
 
-        with DaskTaskRunner(address=address) as runner:
-            yield runner, Placement(f"on the Dask cluster at {address}", warm_up_here=False)
+        with DaskTaskRunner(address=address) as cluster:
+            yield cluster, Placement(f"on the Dask cluster at {address}", warm_up_here=False)
         return
-    with ThreadPoolTaskRunner(max_workers=parallel) as runner:
-        yield runner, Placement(f"in this process, {parallel} at a time", warm_up_here=True)
+    threads: ThreadPoolTaskRunner[Any]
+    with ThreadPoolTaskRunner(max_workers=parallel) as threads:
+        yield threads, Placement(f"in this process, {parallel} at a time", warm_up_here=True)

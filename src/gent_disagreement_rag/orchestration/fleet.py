@@ -14,8 +14,9 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy.engine import URL, make_url
 
+from ..errors import ConfigError
 from ..settings import Settings
-from ..storage.embedded import database_url
+from ..storage.embedded import database_url, first_line
 
 DATABASE_BLOCK = "gdr-database"
 SECRET_BLOCKS = {"deepgram_api_key": "gdr-deepgram-api-key", "openai_api_key": "gdr-openai-api-key"}
@@ -50,10 +51,31 @@ def block_database_url(name: str) -> str:
 
 
 def with_database_block(settings: Settings) -> Settings:
-    """The settings with DATABASE_BLOCK's URL as DATABASE_URL (the block wins over DATABASE_URL/DB_*)."""
-    if not settings.database_block:
+    """The settings with DATABASE_BLOCK's URL as DATABASE_URL (the block wins over DATABASE_URL/DB_*), and
+    DATABASE_BLOCK cleared: read. The one place a block name becomes a URL: every command (cli.common.load_settings)
+    and every flow run (fleet_settings) go through here, so storage only ever sees a plain URL.
+
+    The block is read from the Prefect server PREFECT_API_URL names (never a server started for the purpose);
+    a missing block, or no server, is a ConfigError naming DATABASE_BLOCK."""
+    name = settings.database_block
+    if not name:
         return settings
-    return settings.model_copy(update={"database_url": SecretStr(block_database_url(settings.database_block))})
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        raise ConfigError(f"DATABASE_BLOCK={name} names a block on a Prefect server, but PREFECT_API_URL is not set: "
+                          "set it to that server's API URL (or set DATABASE_URL instead)")
+    try:
+        url = block_database_url(name)
+    except ValueError:
+        raise ConfigError(f"DATABASE_BLOCK={name}: the Prefect server at {api_url} has no SqlAlchemyConnector block "
+                          f"of that name (`gdr server publish` writes {DATABASE_BLOCK!r}; or create it)") from None
+    except (httpx.HTTPError, OSError, RuntimeError) as exc:
+        raise ConfigError(f"DATABASE_BLOCK={name}: cannot read it from the Prefect server at {api_url}: "
+                          f"{type(exc).__name__}: {first_line(exc)}") from None
+    return settings.model_copy(update={"database_url": SecretStr(url), "database_block": None})
 
 
 def publish(settings: Settings) -> list[str]:
@@ -79,7 +101,7 @@ def publish(settings: Settings) -> list[str]:
         block_id = storage.save(STAGE_CACHE_BLOCK, overwrite=True)
         storage_block = f"local-file-system/{STAGE_CACHE_BLOCK}"
         with get_client(sync_client=True) as client:
-            client.update_server_default_result_storage(block_id)
+            client.update_server_default_result_storage(block_id)  # type: ignore[arg-type]  # Prefect types its sync-or-async functions as returning either
         written.append(storage_block + " (also the server's default result storage)")
     shared = settings.model_dump(mode="json", exclude=set(LOCAL_ONLY))
     Variable.set(SETTINGS_VARIABLE, {**shared, "result_storage_block": storage_block}, overwrite=True)
@@ -102,10 +124,10 @@ def fleet_settings(**overrides: Any) -> Settings:
     for field, block in SECRET_BLOCKS.items():
         if field not in local.model_fields_set:
             try:
-                values[field] = Secret.load(block).get()
+                values[field] = Secret.load(block).get()  # type: ignore[union-attr]  # Prefect types its sync-or-async functions as returning either
             except ValueError:  # no such block: that provider's key is not shared
                 continue
-    if local.external_database_url() is None and "database_block" not in values:
+    if local.uses_embedded_postgres:  # neither DATABASE_URL/DB_* nor DATABASE_BLOCK on this machine
         try:
             values["database_url"] = block_database_url(DATABASE_BLOCK)
         except ValueError:  # not published: this machine's own (embedded) database

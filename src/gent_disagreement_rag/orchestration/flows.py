@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import queue
-from concurrent.futures import CancelledError
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
+from concurrent.futures import CancelledError
+from dataclasses import asdict, dataclass
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -46,6 +46,7 @@ from prefect.utilities.annotations import unmapped
 from ..errors import AuthenticationError, QuotaExhaustedError
 from ..ingest import stages
 from ..ingest.context import RunContext
+from ..ingest.events import EpisodeStatus, EpisodeSummary, ProgressEvent
 from ..ingest.plan import EpisodeJob, plan_episodes
 from ..ingest.retry import RETRIES, RETRY_DELAYS, RETRY_JITTER, with_db_retries
 from ..ingest.sequence import process_episode
@@ -60,35 +61,6 @@ ELSEWHERE = "processed by another run while this one waited for it"
 # A run that crashed (its machine died) is resumed by the server's automation (server.py); one that crashes
 # again and again is stopped here instead, with a reason.
 MAX_RUN_ATTEMPTS = 4
-
-
-class EpisodeStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    PROCESSED = "processed"
-    BUSY = "busy"  # another run processed it (this one waited for it): not a failure
-    FAILED = "failed"
-    SKIPPED = "skipped"  # not started: the run stopped first
-
-
-FINISHED = frozenset({EpisodeStatus.PROCESSED, EpisodeStatus.BUSY, EpisodeStatus.FAILED, EpisodeStatus.SKIPPED})
-
-
-@dataclass(slots=True)
-class EpisodeSummary:
-    """One row of the run's `ingest-summary` artifact: what a person looks for first, first."""
-
-    episode: str
-    status: str
-    error: str = ""
-    title: str = ""
-    workers: str = ""  # every worker that took it in this run, oldest first; "(died)" after one that went away
-    processed_by: str = ""
-    seconds: float = 0.0
-    segments: int = 0
-    audio_minutes: float = 0.0
-    tokens: int = 0
-    cost_usd: float = 0.0
 
 
 def describe(exc: object, settings: Any) -> str:
@@ -131,7 +103,7 @@ def episode_task(episode_id: str, job: dict[str, Any], run_id: str) -> State:
         # In this process the parent cannot cancel a task its thread has already picked up: the task checks.
         if ctx.interrupted.is_set() or ctx.halted.is_set():
             return Cancelled(message="not started: the run stopped first")
-        ctx.progress(episode_id, EpisodeStatus.RUNNING, {"status": EpisodeStatus.RUNNING})
+        ctx.progress(ProgressEvent(episode_id, EpisodeStatus.RUNNING))
         claim = with_db_retries(episodes.wait_for_claim, ctx.db.url, episode_id)
         try:
             if claim.done_meanwhile:
@@ -219,28 +191,33 @@ def _ingest(ctx: RunContext, episode_ids: list[str] | None, max_parallel: int | 
         local = ctx.transcribing_at_once(max(1, min(parallel, len(jobs))))
         local = local.with_progress(RunProgress([job.episode_id for job in jobs], ctx.progress))
         for job in jobs:
-            local.progress(job.episode_id, EpisodeStatus.QUEUED, asdict(EpisodeSummary(job.episode_id, EpisodeStatus.QUEUED, title=job.title)))
+            queued = EpisodeSummary(job.episode_id, EpisodeStatus.QUEUED, title=job.title)
+            local.progress(ProgressEvent(job.episode_id, EpisodeStatus.QUEUED, summary=queued))
         with episode_runner(settings, parallel, in_deployment=deployment.get_id() is not None) as (runner, where), \
                 local.activated():
             logger.info("%d episodes to process (%d up to date, %d invalid) %s", len(jobs), len(plan.up_to_date),
                         len(plan.invalid), where.description)
             if where.warm_up_here:  # the providers this process's threads will use, built while the first episodes start
                 threading.Thread(target=local.warm_up, name="gdr-warm-up", daemon=True).start()
-            futures = runner.map(episode_task, {"episode_id": [j.episode_id for j in jobs],
+            # (TaskRunner.map's signature is typed for async tasks too: a sync task's return type does not match it)
+            futures = runner.map(episode_task, {"episode_id": [j.episode_id for j in jobs],  # type: ignore[arg-type]
                                                 "job": [j.as_json() for j in jobs], "run_id": unmapped(run_id)})
             for job, outcome in _as_they_end(jobs, futures, stop, local):
                 summary = _summary(local, run_id, job, outcome)
                 summaries[job.episode_id] = summary
-                local.progress(job.episode_id, summary.status, asdict(summary))
+                local.progress(ProgressEvent(job.episode_id, summary.status, summary=summary))
     ordered = [summaries[job.episode_id] for job in jobs]
     for episode_id, error in plan.invalid.items():
         ordered.append(EpisodeSummary(episode_id, EpisodeStatus.FAILED, error=error))
-        ctx.progress(episode_id, EpisodeStatus.FAILED, asdict(ordered[-1]))
+        ctx.progress(ProgressEvent(episode_id, EpisodeStatus.FAILED, summary=ordered[-1]))
     if any(s.status == EpisodeStatus.PROCESSED for s in ordered):
         segments.refresh_statistics(ctx.db)
     create_table_artifact(key="ingest-summary", table=[asdict(s) for s in ordered],
                           description=f"{len(ordered)} episodes; {len(plan.up_to_date)} already up to date")
-    return _final_state(ordered, stop, feed_error)
+    final = _final_state(ordered, stop, feed_error)
+    if final.is_failed():  # in the run's log too: `prefect deployment run --watch` shows the logs, not the message
+        logger.error("%s", final.message)
+    return final
 
 
 @dataclass(slots=True)
@@ -304,16 +281,17 @@ def _outcome_of(wrapped: Any, settings: Any) -> _Outcome:
         return _Outcome(EpisodeStatus.BUSY if state.message == ELSEWHERE else EpisodeStatus.PROCESSED)
     if state.is_cancelled():
         return _Outcome(EpisodeStatus.SKIPPED)
-    exc = state.result(raise_on_failure=False) if state.is_failed() else None
+    error = state.result(raise_on_failure=False) if state.is_failed() else None
     return _Outcome(EpisodeStatus.FAILED, state.message or state.name,
-                    stops_the_run=isinstance(exc, AuthenticationError | QuotaExhaustedError))
+                    stops_the_run=isinstance(error, AuthenticationError | QuotaExhaustedError))
 
 
 def _summary(ctx: RunContext, run_id: str, job: EpisodeJob, outcome: _Outcome) -> EpisodeSummary:
     """The episode's row of the summary, from the database: the record, wherever the episode ran."""
     summary = EpisodeSummary(job.episode_id, outcome.status, error=outcome.error, title=job.title)
     if outcome.status == EpisodeStatus.SKIPPED:
-        summary.error = "not started: the run was interrupted" if ctx.interrupted.is_set() else "not started: the run stopped first"
+        summary.error = ("not started: the run was interrupted" if ctx.interrupted.is_set()
+                         else "not started: the run stopped first")
         return summary
     tried = attempts.attempts_of(ctx.db, run_id, job.episode_id)
     summary.workers = ", ".join(a.worker + (" (died)" if a.died else "") for a in tried)
@@ -335,13 +313,16 @@ def _crash_abandoned_task_runs(run_id: str) -> None:
     Crashed, so that the UI shows each episode's earlier try as ended (its work resumes under a new task run)."""
     with get_client(sync_client=True) as client:
         left = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),  # type: ignore[list-item]
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)])),
             task_run_filter=TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING,
                                                                                      StateType.PENDING]))),
         )
         for run in left:
             client.set_task_run_state(run.id, Crashed(message=f"the run's process on {socket.gethostname()} or another "
                                                               "machine died; the run was resumed"), force=True)
+
+
+REASONS_AFTER = " — "  # in a failed run's state message, between the verdict and the episodes' reasons
 
 
 def _final_state(summaries: list[EpisodeSummary], stop: _Stop, feed_error: str) -> State:
@@ -358,8 +339,10 @@ def _final_state(summaries: list[EpisodeSummary], stop: _Stop, feed_error: str) 
     if feed_error:
         message = f"feed discovery failed: {feed_error}; {message}"
     if failed:
-        # Each reason in full, one line per episode: the message is what a notification of the run shows.
-        message = f"{message}; {len(failed)} failed or skipped:\n" + "\n".join(f"- {s.episode}: {s.error}" for s in failed)
+        # Each reason in full: the message is what a notification of the run shows. One line (the UI shows a
+        # newline as a literal \n): the verdict, REASONS_AFTER, then each episode's reason.
+        message = f"{message}; {len(failed)} failed or skipped{REASONS_AFTER}" + "; ".join(
+            f"{s.episode}: {s.error}" for s in failed)
     if failed or feed_error:
         return Failed(message=message)
     return Completed(message=message, data=[asdict(s) for s in summaries])

@@ -48,7 +48,7 @@ def ensure_automations(deployment_id: str) -> list[str]:
     for name, events in ((FAILED_AUTOMATION, {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}),
                          (LATE_AUTOMATION, {"prefect.flow-run.Late"})):
         try:
-            Automation.read(name=name).delete()
+            Automation.read(name=name).delete()  # type: ignore[attr-defined]  # Prefect types its sync-or-async functions as returning either
         except ValueError:
             pass
         Automation(

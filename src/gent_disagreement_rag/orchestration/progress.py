@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from ..ingest.context import ProgressCallback
+from ..ingest.events import ProgressCallback, ProgressEvent
 
 # How far into an episode each stage starts. Transcription is most of the time: its share grows with the
 # audio seconds done.
 STAGE_START = {"download": 0.0, "transcribe": 0.05, "format": 0.85, "export": 0.88, "embed": 0.9, "store": 0.97}
 TRANSCRIBE_SHARE = 0.8
-FINISHED = frozenset({"processed", "failed", "skipped", "busy"})
 UPDATE_SECONDS = 2.0  # at most one API update this often, and one whenever an episode finishes
 
 
@@ -35,24 +33,23 @@ class RunProgress:
     def percent(self) -> float:
         return round(100 * sum(self.done.values()) / len(self.done), 1) if self.done else 100.0
 
-    def __call__(self, episode_id: str, status: str, info: dict[str, Any]) -> None:
-        self.downstream(episode_id, status, info)
+    def __call__(self, event: ProgressEvent) -> None:
+        self.downstream(event)
         with self._lock:
-            if episode_id not in self.done:
+            if event.episode_id not in self.done:
                 return
-            self.done[episode_id] = max(self.done[episode_id], _fraction(status, info))
-            due = status in FINISHED or time.monotonic() - self._updated >= UPDATE_SECONDS
+            self.done[event.episode_id] = max(self.done[event.episode_id], _fraction(event))
+            due = event.status.finished or time.monotonic() - self._updated >= UPDATE_SECONDS
             if due:
                 self._updated = time.monotonic()
                 percent = self.percent
         if due:
-            update_progress_artifact(self.artifact_id, percent)
+            update_progress_artifact(self.artifact_id, percent)  # type: ignore[arg-type]  # Prefect types its sync-or-async functions as returning either
 
 
-def _fraction(status: str, info: dict[str, Any]) -> float:
-    if status in FINISHED:
+def _fraction(event: ProgressEvent) -> float:
+    if event.status.finished:
         return 1.0
-    stage = info.get("stage")
-    if stage == "transcribe" and info.get("audio_total"):
-        return STAGE_START["transcribe"] + TRANSCRIBE_SHARE * min(1.0, info["audio_done"] / info["audio_total"])
-    return STAGE_START.get(stage, 0.0)
+    if event.stage == "transcribe" and event.audio_total and event.audio_done is not None:
+        return STAGE_START["transcribe"] + TRANSCRIBE_SHARE * min(1.0, event.audio_done / event.audio_total)
+    return STAGE_START.get(event.stage, 0.0) if event.stage else 0.0

@@ -65,7 +65,7 @@ def ensure_recovery_automations(deployment_id: str) -> list[str]:
     ]
     for automation in automations:
         try:
-            Automation.read(name=automation.name).delete()
+            Automation.read(name=automation.name).delete()  # type: ignore[attr-defined]  # Prefect types its sync-or-async functions as returning either
         except ValueError:
             pass
         automation.create()

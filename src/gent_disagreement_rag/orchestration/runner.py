@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..ingest.context import RunContext
-from .environment import apply_prefect_environment
+from ..settings import Settings
+from ..storage.embedded import ensure_prefect_database
+from .environment import applied_prefect_environment
 
 if TYPE_CHECKING:
     from prefect.states import State
@@ -44,30 +46,28 @@ def run_ingest(ctx: RunContext, *, episode_ids: list[str] | None, max_parallel: 
 
     The first Ctrl-C or SIGTERM stops starting episodes and gives the running ones GRACE_SECONDS to end
     (`notify` tells the person so); a second one exits at once. Prefect reads its settings when first
-    imported, so the environment is applied before the flows are."""
-    apply_prefect_environment(ctx.settings)
+    imported, so the environment is applied (for the run only) before the flows are."""
     # The terminal shows the live table and one line per failure; the run's log lines, tracebacks included, go
     # to GDR_HOME/logs/ingest.log (and the run's logs in the Prefect API).
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    with applied_prefect_environment(ctx.settings, PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="CRITICAL"), \
+            _logger_disabled("prefect.server.services.task_run_recorder"):
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from .flows import ingest
+        from .flows import ingest
 
-    # The temporary API server cancels its event recorder on exit and logs the CancelledError: noise, not a failure.
-    logging.getLogger("prefect.server.services.task_run_recorder").disabled = True
-    with _api_server() as server, temporary_settings({PREFECT_API_URL: server.api_url}), \
-            _logged_to(ctx.settings.home / "logs" / "ingest.log"), ctx.activated():
-        outcome: list[State] = []
-        run = contextvars.copy_context()
-        thread = threading.Thread(target=run.run, name="gdr-ingest", daemon=True, args=(lambda: outcome.append(
-            ingest(episode_ids=episode_ids, max_parallel=max_parallel, force=force, return_state=True)),))
-        with _interruptible(ctx, notify, server.kill) as interrupted_at:
-            thread.start()
-            while thread.is_alive():
-                thread.join(0.2)
-                if interrupted_at and time.monotonic() - interrupted_at[0] > GRACE_SECONDS:
-                    return IngestResult(None, interrupted=True)
-        return IngestResult(outcome[0] if outcome else None, interrupted=bool(interrupted_at))
+        with _api_server(ctx.settings) as server, temporary_settings({PREFECT_API_URL: server.api_url}), \
+                _logged_to(ctx.settings.home / "logs" / "ingest.log"), ctx.activated():
+            outcome: list[State] = []
+            run = contextvars.copy_context()
+            thread = threading.Thread(target=run.run, name="gdr-ingest", daemon=True, args=(lambda: outcome.append(
+                ingest(episode_ids=episode_ids, max_parallel=max_parallel, force=force, return_state=True)),))
+            with _interruptible(ctx, notify, server.kill) as interrupted_at:
+                thread.start()
+                while thread.is_alive():
+                    thread.join(0.2)
+                    if interrupted_at and time.monotonic() - interrupted_at[0] > GRACE_SECONDS:
+                        return IngestResult(None, interrupted=True)
+            return IngestResult(outcome[0] if outcome else None, interrupted=bool(interrupted_at))
 
 
 @contextmanager
@@ -99,7 +99,7 @@ EXIT_INTERRUPTED = 130  # what a shell reports for a program stopped by Ctrl-C
 
 
 @contextmanager
-def _api_server() -> Iterator[TemporaryServer]:
+def _api_server(settings: Settings) -> Iterator[TemporaryServer]:
     """The Prefect API the run reports to: PREFECT_API_URL when the user set one (their server's UI shows the
     run), else a temporary server of this process's own. Either way the run's logs and events are sent before
     the end."""
@@ -109,7 +109,7 @@ def _api_server() -> Iterator[TemporaryServer]:
 
     configured = PREFECT_API_URL.value()
     if not configured:
-        with start_temporary_api_server() as server:  # it sends them itself, before it ends the server
+        with start_temporary_api_server(settings) as server:  # it sends them itself, before it ends the server
             yield server
         return
     try:
@@ -131,11 +131,12 @@ class TemporaryServer:
 
 
 @contextmanager
-def start_temporary_api_server() -> Iterator[TemporaryServer]:
+def start_temporary_api_server(settings: Settings) -> Iterator[TemporaryServer]:
     """A Prefect API server for this process's run (what Prefect would start by itself), started with SIGINT
     and SIGTERM blocked, which it inherits: Ctrl-C in a terminal (or a service manager's SIGTERM) reaches the
     whole process group, and the server must outlive it to record how the run ended. At the end the run's
-    logs and events are sent, then the server is killed (it ignores SIGTERM)."""
+    logs and events are sent, then the server is killed (it ignores SIGTERM). Its database is the settings'
+    Postgres's `prefect` database (ensure_prefect_database: created, and the embedded server started, if needed)."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
@@ -143,7 +144,8 @@ def start_temporary_api_server() -> Iterator[TemporaryServer]:
     server = SubprocessASGIServer()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        server.start()
+        with applied_prefect_environment(settings, ensure_prefect_database(settings)):
+            server.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     temporary = TemporaryServer(server.api_url, server.server_process)
@@ -171,3 +173,16 @@ def _logged_to(path: Path) -> Iterator[None]:
         for logger in loggers:
             logger.removeHandler(handler)
         handler.close()
+
+
+@contextmanager
+def _logger_disabled(name: str) -> Iterator[None]:
+    """The logger `name` off for the block, as it was after. The temporary API server cancels its event recorder
+    on exit and logs the CancelledError: noise, not a failure."""
+    logger = logging.getLogger(name)
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was

@@ -23,6 +23,7 @@ import httpx
 
 from ..errors import GdrError
 from ..settings import Settings
+from ..storage.embedded import ensure_prefect_database
 from . import cluster
 from .environment import prefect_environment
 from .recovery import HEARTBEAT_SECONDS, ensure_recovery_automations
@@ -112,7 +113,7 @@ def start(settings: Settings, project_dir: Path, *, port: int = 4200, worker_pol
     url = api_url(port)
     # The UI asks /ui-settings where its API is: without PREFECT_UI_API_URL it answers port 4200 whatever `--port` is.
     # The user's own PREFECT_* variables win over the derived ones (as for in-process runs).
-    env = {**prefect_environment(settings), **os.environ, "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
+    env = {**prefect_environment(settings, ensure_prefect_database(settings)), **os.environ, "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
            "PREFECT_UI_API_URL": url, "PREFECT_SERVER_API_PORT": str(port)}
     env.pop("PREFECT_API_URL", None)
     pids = _read_pids(settings)
@@ -124,7 +125,8 @@ def start(settings: Settings, project_dir: Path, *, port: int = 4200, worker_pol
         if "server" in pids and not _alive(pids["server"]):
             raise GdrError(f"the Prefect server exited; see {_logs_dir(settings) / 'server.log'}")
         if time.monotonic() > deadline:
-            raise GdrError(f"the Prefect server did not answer on {url} within {timeout:.0f} s; see {_logs_dir(settings) / 'server.log'}")
+            raise GdrError(f"the Prefect server did not answer on {url} within {timeout:.0f} s; "
+                           f"see {_logs_dir(settings) / 'server.log'}")
         time.sleep(0.5)
     client_env = {**env, "PREFECT_API_URL": url}
     pools = subprocess.run([_prefect(), "work-pool", "inspect", WORK_POOL], env=client_env, cwd=project_dir,

@@ -97,7 +97,8 @@ class PrefectStages:
         storage = settings.result_storage_block or settings.result_storage_path
         self.episode_id = episode_id
         self.tasks = {name: _stage_task(name, storage) for name in STAGE_NAMES}
-        self.limit_transcription = fleet_limits and settings.resolved_transcriber == "deepgram"
+        self.limit_transcription = (fleet_limits
+                                    and ctx.providers.transcriber_provider(settings.resolved_transcriber).fleet_limited)
 
     def __call__(self, name: str, func: Callable[..., Any], *args: Any, cache_key: str | None = None) -> Any:
         if name == "transcribe" and self.limit_transcription:

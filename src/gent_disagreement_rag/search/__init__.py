@@ -5,8 +5,8 @@
 
 from . import relevance
 from .engine import Searcher, choose_model, explain, opened_searcher, search
-from .models import DEFAULT_MODE, Hit, Mode, SearchError, SearchResults, Segment, deep_link, format_time
 from .statements import RRF_K
+from .types import DEFAULT_MODE, Hit, Mode, SearchError, SearchResults, Segment, deep_link, format_time
 
 __all__ = [
     "DEFAULT_MODE", "RRF_K", "Hit", "Mode", "SearchError", "SearchResults", "Searcher", "Segment", "choose_model", "deep_link",

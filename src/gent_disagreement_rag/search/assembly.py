@@ -3,13 +3,16 @@ merged."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
-from .models import Credit, Filters, Hit, Segment, deep_link
+from ..sources import display_title
 from .replies import replies_first
+from .statements import SearchRow
+from .types import Credit, Filters, Hit, Segment, deep_link
 
 
 @dataclass(slots=True)
@@ -17,21 +20,22 @@ class _Window:
     episode_id: str
     lo: int
     hi: int
-    best: tuple  # the best hit's row
+    best: SearchRow  # the best hit's row
     credit: Credit | None  # the best hit's, when it is a credited reply
     matched: list[int]
     segments: dict[int, Segment] = field(default_factory=dict)
 
 
-def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path, speaker: str | None = None) -> list[Hit]:
+def assemble(rows: Sequence[SearchRow], k: int, context: int, audio_dir: Path, speaker: str | None = None) -> list[Hit]:
     """Group the rows into candidates (score order), credit replies (replies.py), merge overlapping windows,
     keep the first k. Each candidate's rows hold its window and the chunk after it; `speaker` is the search's
     speaker filter, which a credited reply must pass too."""
-    candidates: dict[tuple[str, int], tuple] = {}
+    candidates: dict[tuple[str, int], SearchRow] = {}
     chunks: dict[tuple[str, int], Segment] = {}
-    for row in rows:
-        candidates.setdefault((row[0], row[1]), row)
-        chunks[(row[0], row[11])] = Segment(row[11], row[12], float(row[13]), float(row[14]), row[15], row[16])
+    for each in rows:
+        candidates.setdefault((each.episode_id, each.position), each)
+        chunks[(each.episode_id, each.chunk_position)] = Segment(each.chunk_position, each.speaker, float(each.start_seconds),
+                                                               float(each.end_seconds), each.text, each.chapter)
     windows: list[_Window] = []
 
     def allowed(reply: Segment) -> bool:
@@ -45,13 +49,14 @@ def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path, speaker: 
         row, credit = candidates.get((episode_id, position)), None
         if place.reply_to is not None:
             asked = candidates[(episode_id, place.reply_to)]
-            credit = Credit(place.reply_to, asked[3], asked[5])
+            credit = Credit(place.reply_to, asked.vscore, asked.tscore)
             # It ranks by the question's score (candidates come best first: never below its own score).
-            if row is None:  # not a candidate itself: its own scores are unknown
-                row = (episode_id, position, asked[2], None, None, None, None, *asked[7:11])
+            if row is None:  # not a candidate itself: its own scores are unknown (its episode is the question's)
+                row = asked._replace(position=position, vscore=None, vrank=None, tscore=None, trank=None)
             else:
-                row = (*row[:2], asked[2], *row[3:])
-        assert row is not None
+                row = row._replace(score=asked.score)
+        if row is None:
+            raise AssertionError(f"hit {episode_id}/{position} is neither a candidate nor a credited reply")
         lo, hi = position - context, position + context
         segs = {p: chunks[(episode_id, p)] for p in range(lo, hi + 1) if (episode_id, p) in chunks}
         overlapping = [w for w in windows if w.episode_id == episode_id and w.lo <= hi and lo <= w.hi]
@@ -71,19 +76,20 @@ def assemble(rows: list[tuple], k: int, context: int, audio_dir: Path, speaker: 
     for rank, w in enumerate(windows, 1):
         best = w.best
         segments = tuple(w.segments[p] for p in sorted(w.segments))
-        main = w.segments[best[1]]  # a hit's window always holds its own chunk (embeddings reference segments)
+        main = w.segments[best.position]  # a hit's window always holds its own chunk (embeddings reference segments)
         if len(segments) == 1:
             text = segments[0].text
         else:
             text = "\n".join(f"{s.speaker}: {s.text}" for s in segments)
-        title = best[7] or (Path(best[9]).stem if best[9] else f"Episode {best[0]}")
         start, end = segments[0].start, max(s.end for s in segments)
         hits.append(Hit(
-            rank=rank, score=float(best[2]), episode_id=best[0], title=title, published=best[8],
+            rank=rank, score=float(best.score), episode_id=best.episode_id,
+            title=display_title(best.title, best.file_name, best.episode_id), published=best.published,
             speaker=main.speaker, start=start, end=end, text=text, chapter=main.chapter,
-            link=deep_link(best[10], best[9], audio_dir, main.start),
-            position=best[1], positions=tuple(s.position for s in segments), matched_positions=tuple(w.matched),
-            segments=segments, vector_score=best[3], vector_rank=best[4], text_score=best[5], text_rank=best[6],
+            link=deep_link(best.audio_url, best.file_name, audio_dir, main.start),
+            position=best.position, positions=tuple(s.position for s in segments), matched_positions=tuple(w.matched),
+            segments=segments, vector_score=best.vscore, vector_rank=best.vrank, text_score=best.tscore,
+            text_rank=best.trank,
             reply_to=w.credit,
         ))
     return hits

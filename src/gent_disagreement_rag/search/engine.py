@@ -42,32 +42,39 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg.rows import class_row
 
-from ..providers.embedders import Embedder, settings_model_id
-from ..settings import DEFAULT_LOCAL_MODEL, Settings
+from ..errors import ConfigError
+from ..providers.embedders import Embedder
+from ..providers.registry import ModelId, provider_registry
+from ..settings import Settings
 from ..storage.database import Database
+from ..storage.rows import first_value
 from .assembly import assemble, empty_notice
-from .models import DEFAULT_MODE, Filters, Mode, SearchError, SearchResults, StoredModel, parse_mode, parse_since
 from .relevance import relevance_basis, with_relevance
 from .statements import (
     CANDIDATES,
     CHUNKS_SQL,
     MAX_FETCH,
     RRF_K,
+    SearchRow,
     build_sql,
     estimate_sql,
     exact_is_cheaper,
     scan_settings,
+    search_row,
 )
-from .text_query import TEXT_STATS_SQL, plan_text_query, uses_websearch_syntax
+from .text_query import TEXT_STATS_SQL, lexeme_stats, plan_text_query, uses_websearch_syntax
+from .types import DEFAULT_MODE, Filters, Mode, SearchError, SearchResults, StoredModel, parse_mode, parse_since
 
-STORED_MODELS_SQL = """SELECT m.model_id, m.provider, m.model, m.dimensions FROM embedding_models m
+STORED_MODELS_SQL = """SELECT m.model_id, m.provider, m.model, m.dimensions, m.index_kind FROM embedding_models m
     WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.model_id) ORDER BY m.model_id"""
+stored_model = class_row(StoredModel)
 
 
 def stored_models(conn: psycopg.Connection) -> list[StoredModel]:
     """Registered models that have at least one stored vector."""
-    return [StoredModel(*r) for r in conn.execute(STORED_MODELS_SQL).fetchall()]
+    return conn.cursor(row_factory=stored_model).execute(STORED_MODELS_SQL).fetchall()
 
 
 def choose_model(conn: psycopg.Connection, settings: Settings, requested: str | None = None,
@@ -86,34 +93,21 @@ def choose_model(conn: psycopg.Connection, settings: Settings, requested: str | 
         )
     if len(models) == 1:
         return models[0]
-    preferred = settings_model_id(settings)
+    preferred = str(provider_registry(settings).settings_model())
     for m in models:
         if m.model_id == preferred:
             return m
-    counts = dict(conn.execute("SELECT model_id, count(*) FROM embeddings GROUP BY model_id").fetchall())
+    counts: dict[str, int] = dict(conn.execute("SELECT model_id, count(*) FROM embeddings GROUP BY model_id").fetchall())
     return max(models, key=lambda m: (counts.get(m.model_id, 0), m.model_id))
 
 
 def query_embedder(model: StoredModel, settings: Settings) -> Embedder:
-    """A new embedder of queries comparable with `model`'s vectors, or a SearchError saying what is missing
-    (local vectors: MiniLM on int8 kernels, see providers/embedders/local_minilm.py)."""
-    if model.provider == "local":
-        from ..providers.embedders.local_minilm import DIMENSIONS, LocalMiniLMQueryEmbedder
-
-        if model.model != DEFAULT_LOCAL_MODEL or model.dimensions != DIMENSIONS:
-            raise SearchError(f"the stored vectors were made with {model.model_id}, which is not available locally")
-        return LocalMiniLMQueryEmbedder(settings.home)
-    if model.provider == "openai":
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-        if not key:
-            raise SearchError(
-                f"the stored vectors were made with {model.model_id}; set OPENAI_API_KEY to embed the query "
-                "with the same model, or re-ingest with EMBEDDER=local (or search with --mode text)"
-            )
-        from ..providers.embedders.openai import OpenAIEmbedder
-
-        return OpenAIEmbedder(key, base_url=settings.openai_base_url, model=model.model, dimensions=model.dimensions)
-    raise SearchError(f"the stored vectors were made with {model.model_id}, which this version cannot embed queries for")
+    """A new embedder of queries comparable with `model`'s vectors (the registry's), or a SearchError saying what
+    is missing (local vectors: MiniLM on int8 kernels, see providers/embedders/local_minilm.py)."""
+    try:
+        return provider_registry(settings).embedder_for(ModelId(model.provider, model.model, model.dimensions))
+    except ConfigError as exc:
+        raise SearchError(str(exc)) from None
 
 
 def embed_query(embedder: Embedder, query: str, dimensions: int) -> np.ndarray:
@@ -244,14 +238,14 @@ class Searcher:
             if filters.episode is not None:
                 episode_cur = conn.execute("SELECT EXISTS (SELECT 1 FROM episodes WHERE episode_id = %s)", (filters.episode,))
             if mode is Mode.text:
-                models_cur = conn.execute("SELECT EXISTS (SELECT 1 FROM segments)")
+                any_chunk_cur = conn.execute("SELECT EXISTS (SELECT 1 FROM segments)")
             else:
-                models_cur = conn.execute(STORED_MODELS_SQL)
-            stats_cur = conn.execute(TEXT_STATS_SQL, (request.query,)) if needs_text else None
+                models_cur = conn.cursor(row_factory=stored_model).execute(STORED_MODELS_SQL)
+            stats_cur = conn.cursor(row_factory=lexeme_stats).execute(TEXT_STATS_SQL, (request.query,)) if needs_text else None
             if estimate:
                 estimate_cur = conn.execute(estimate_sql(filters.shape), params, prepare=False)
                 chunks_cur = conn.execute(CHUNKS_SQL)
-        if episode_cur is not None and not episode_cur.fetchone()[0]:
+        if episode_cur is not None and not first_value(episode_cur):
             known = [r[0] for r in conn.execute("SELECT episode_id FROM episodes ORDER BY episode_id LIMIT 21")]
             listing = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
             raise SearchError(
@@ -259,10 +253,10 @@ class Searcher:
             )
         model = None
         if mode is Mode.text:
-            if not models_cur.fetchone()[0]:
+            if not first_value(any_chunk_cur):
                 raise SearchError("the database has no transcript chunks yet: run `gdr ingest` first")
         else:
-            models = [StoredModel(*r) for r in models_cur.fetchall()]
+            models = models_cur.fetchall()
             model = choose_model(conn, self.settings, request.model_id, models)
         if model is not None:
             params["qv"] = embed_query(self._query_embedder(model), request.query, model.dimensions)
@@ -270,8 +264,8 @@ class Searcher:
         params.update(q=request.query, tsq=plan_text_query(stats_cur.fetchall()) if stats_cur else None,
                       cand=max(CANDIDATES, fetch) if mode is Mode.hybrid else fetch, fetch=fetch,
                       ctx=request.context, rrf_k=RRF_K)
-        exact = estimate and exact_is_cheaper(estimate_cur.fetchone()[0][0]["Plan"]["Plan Rows"], params["cand"],
-                                              chunks_cur.fetchone()[0] or 0.0)
+        exact = estimate and exact_is_cheaper(first_value(estimate_cur)[0]["Plan"]["Plan Rows"], params["cand"],
+                                              first_value(chunks_cur) or 0.0)
         return _Prepared(request, model, build_sql(mode, model, filters, websearch=request.websearch, exact=exact),
                          params, exact)
 
@@ -293,7 +287,7 @@ class Searcher:
 
 
 
-def _run(conn: psycopg.Connection, p: _Prepared) -> tuple[list[tuple], bool]:
+def _run(conn: psycopg.Connection, p: _Prepared) -> tuple[list[SearchRow], bool]:
     """The rows, and whether the exact rerun was needed. The HNSW settings are transaction-local:
     they end with the commit that closes the pipeline."""
     request = p.request
@@ -302,13 +296,14 @@ def _run(conn: psycopg.Connection, p: _Prepared) -> tuple[list[tuple], bool]:
             scan_settings(conn)
         # prepare=False: never a prepared statement, so never a generic plan. A generic plan does not see
         # the LIMITs or the filter values and may trade the HNSW scan for a sequential scan and a sort.
-        cur = conn.execute(p.statement, p.params, prepare=False)
+        cur = conn.cursor(row_factory=search_row).execute(p.statement, p.params, prepare=False)
         conn.commit()
     rows = cur.fetchall()
-    if p.model is not None and request.filters.any and not p.exact and (rows[0][-1] if rows else 0) < request.fetch:
+    found = (rows[0].vector_candidates or 0) if rows else 0
+    if p.model is not None and request.filters.any and not p.exact and found < request.fetch:
         # The graph scan ran out of budget (HNSW_MAX_SCAN_TUPLES) before enough rows passed the filter.
         exact = build_sql(request.mode, p.model, request.filters, websearch=request.websearch, exact=True)
-        return conn.execute(exact, p.params, prepare=False).fetchall(), True
+        return conn.cursor(row_factory=search_row).execute(exact, p.params, prepare=False).fetchall(), True
     return rows, False
 
 

@@ -4,7 +4,8 @@ A hit's relevance is an estimate of the probability that it answers the question
 the cosine similarity between the query and the hit's chunk (vector and hybrid mode), or of its
 ts_rank_cd (text mode), or of the question's it answers when it is a credited reply and that is higher,
 fitted on the sample questions (tests/search_questions.json: 12 questions, their top 10 hits each, a hit
-"answers" when it overlaps the spoken answer; refitted and checked by tests/test_search.py). Measured with all-MiniLM-L6-v2: a cosine of 0.5 means ~0.11, 0.6 ~0.39,
+"answers" when it overlaps the spoken answer; refitted and checked by tests/test_search.py).
+Measured with all-MiniLM-L6-v2: a cosine of 0.5 means ~0.11, 0.6 ~0.39,
 0.7 ~0.77. For a model without a measured curve the relevance is the cosine similarity itself, and
 `SearchResults.relevance_basis` says so.
 
@@ -20,9 +21,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .models import Hit, Mode
+from ..providers.embedders import LOCAL_MINILM_MODEL
+from .types import Hit, Mode
 
-LOCAL_MINILM = "local/all-MiniLM-L6-v2@384"
+LOCAL_MINILM = str(LOCAL_MINILM_MODEL)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from ..transcript import QUESTION_ENDS, ends_with
-from .models import Segment
+from .types import Segment
 
 
 class Ranked(NamedTuple):

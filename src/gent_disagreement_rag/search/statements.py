@@ -4,11 +4,19 @@ the top hits, their neighbouring chunks and the chunk after each."""
 from __future__ import annotations
 
 import functools
+from datetime import date
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import ExecStatus
+from psycopg.rows import BaseRowFactory, RowMaker, no_result
 
-from .models import Filters, FilterShape, Mode, StoredModel
+from ..storage.vector_index import IndexKind, distance_sql
+from .types import Filters, FilterShape, Mode, StoredModel
+
+if TYPE_CHECKING:
+    from psycopg.cursor import BaseCursor
 
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 CANDIDATES = 50  # rows each side of a hybrid search contributes to the fusion
@@ -30,13 +38,16 @@ SPEAKER_SQL = "(lower(s.speaker) = %(speaker)s OR lower(s.speaker) LIKE %(speake
 
 
 def _vector_cte(model: StoredModel, filters: FilterShape, *, exact: bool) -> sql.Composable:
-    """Top candidates by cosine distance. The index form keeps `embedding::vector(D) <=> q` with the
-    model id inlined, exactly as the partial HNSW index is defined, and tests the filters per row as the
-    graph walk goes (the iterative scan going on until enough rows pass). The exact form (`+ 0` hides
-    the index) ranks every chunk passing the filters, fetched by their own indexes: chosen up front for
-    a selective speaker (see exact_is_cheaper), and the rerun when a graph walk came back short."""
-    dims = sql.Literal(model.dimensions)
-    distance = sql.SQL("e.embedding::vector({d}) <=> %(qv)s::vector({d})").format(d=dims)
+    """Top candidates by cosine distance. The index form orders by the index's own distance expression
+    (vector_index.distance_sql) with the model id inlined, exactly as the partial HNSW index is defined, and
+    tests the filters per row as the graph walk goes (the iterative scan going on until enough rows pass). The
+    exact form (`+ 0` hides the index) ranks every chunk passing the filters, fetched by their own indexes:
+    chosen up front for a selective speaker (see exact_is_cheaper), and the rerun when a graph walk came back
+    short."""
+    # The walk orders by the index's own expression; the distance it reports is in full precision (the same
+    # expression when the index is over `vector`).
+    walk = sql.SQL(distance_sql(model.index_kind, model.dimensions))
+    distance = sql.SQL(distance_sql(IndexKind.VECTOR, model.dimensions))
     # Inlined, not a parameter: the planner matches the partial index's predicate against constants
     # only. (The statement is cached as text with %(name)s placeholders, hence the doubled %.)
     model_literal = sql.Literal(model.model_id).as_string(None).replace("%", "%%")
@@ -44,7 +55,7 @@ def _vector_cte(model: StoredModel, filters: FilterShape, *, exact: bool) -> sql
     joins: list[sql.Composable] = []
     if filters.speaker:
         joins.append(sql.SQL("JOIN segments s ON s.episode_id = e.episode_id AND s.position = e.position"))
-    order = sql.SQL("({}) + 0").format(distance) if exact else distance
+    order = sql.SQL("({}) + 0").format(distance) if exact else walk
     return sql.SQL(
         "vec AS MATERIALIZED (SELECT e.episode_id, e.position, {distance} AS distance FROM embeddings e {joins} "
         "WHERE {where} ORDER BY {order} LIMIT %(cand)s),\n"
@@ -56,7 +67,7 @@ def _vector_cte(model: StoredModel, filters: FilterShape, *, exact: bool) -> sql
 def _filter_conditions(filters: FilterShape, table: str) -> list[sql.Composable]:
     """The filters as SQL conditions: episode and date on `table`'s episode_id (`e` for the vector side,
     `s` for the text side and the speaker estimate), the speaker on `segments s`."""
-    where = []
+    where: list[sql.Composable] = []
     if filters.episode:
         where.append(sql.SQL(table + ".episode_id = %(episode)s"))
     dates = [c for c, on in (("x.published >= %(since)s", filters.since), ("x.published <= %(until)s", filters.until)) if on]
@@ -118,9 +129,11 @@ def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, webs
     if mode in (Mode.text, Mode.hybrid):
         ctes.append(_text_cte(filters, websearch=websearch))
     if mode is Mode.vector:
-        fused = "SELECT episode_id, position, vscore AS score, vscore, vrank, NULL::real AS tscore, NULL::bigint AS trank FROM vr"
+        fused = ("SELECT episode_id, position, vscore AS score, vscore, vrank, "
+                 "NULL::real AS tscore, NULL::bigint AS trank FROM vr")
     elif mode is Mode.text:
-        fused = "SELECT episode_id, position, tscore AS score, NULL::float8 AS vscore, NULL::bigint AS vrank, tscore, trank FROM tr"
+        fused = ("SELECT episode_id, position, tscore AS score, NULL::float8 AS vscore, NULL::bigint AS vrank, "
+                 "tscore, trank FROM tr")
     else:
         fused = (
             "SELECT episode_id, position, "
@@ -138,18 +151,71 @@ def _build_sql(mode: Mode, model: StoredModel | None, filters: FilterShape, webs
         # relevance is read from it (see relevance.py).
         assert model is not None
         model_literal = sql.Literal(model.model_id).as_string(None).replace("%", "%%")
-        vscore = (f"coalesce(h.vscore, (SELECT 1 - (e.embedding::vector({model.dimensions}) <=> "
-                  f"%(qv)s::vector({model.dimensions})) FROM embeddings e WHERE e.model_id = {model_literal} "
+        vscore = (f"coalesce(h.vscore, (SELECT 1 - ({distance_sql(IndexKind.VECTOR, model.dimensions)}) "
+                  f"FROM embeddings e WHERE e.model_id = {model_literal} "
                   "AND e.episode_id = h.episode_id AND e.position = h.position))")
     return sql.SQL(
         "WITH {ctes}\n"
-        "SELECT h.episode_id, h.position, h.score::float8, {vscore}::float8, h.vrank::int, h.tscore::float8, h.trank::int, "
-        "ep.title, ep.published, ep.file_name, ep.audio_url, "
-        "s.position, s.speaker, s.start_seconds, s.end_seconds, s.text, s.chapter, " + vec_count + "\n"
+        "SELECT h.episode_id, h.position, h.score::float8 AS score, {vscore}::float8 AS vscore, h.vrank::int AS vrank, "
+        "h.tscore::float8 AS tscore, h.trank::int AS trank, ep.title, ep.published, ep.file_name, ep.audio_url, "
+        "s.position AS chunk_position, s.speaker, s.start_seconds, s.end_seconds, s.text, s.chapter, "
+        + vec_count + " AS vector_candidates\n"
         "FROM hits h JOIN episodes ep ON ep.episode_id = h.episode_id "
-        "JOIN segments s ON s.episode_id = h.episode_id AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s + 1\n"
+        "JOIN segments s ON s.episode_id = h.episode_id "
+        "AND s.position BETWEEN h.position - %(ctx)s AND h.position + %(ctx)s + 1\n"
         "ORDER BY h.score DESC, h.vscore DESC NULLS LAST, h.tscore DESC NULLS LAST, h.episode_id, h.position, s.position"
     ).format(ctes=sql.SQL(",\n").join(ctes), vscore=sql.SQL(vscore)).as_string(None)
+
+
+_Row = TypeVar("_Row")
+TUPLES_OK = ExecStatus.TUPLES_OK
+
+
+class SearchRow(NamedTuple):
+    """A row of build_sql's statement: a hit (its scores and episode), and one chunk of its window (or the chunk
+    after it). Its fields are the statement's columns, by name and in order (search_row checks both)."""
+
+    episode_id: str
+    position: int  # the hit's chunk
+    score: float  # the mode's ranking value (see engine's module docstring)
+    vscore: float | None  # cosine similarity of the hit's chunk (vector/hybrid)
+    vrank: int | None  # its rank on the vector side (None: not a vector candidate)
+    tscore: float | None  # ts_rank_cd (text/hybrid)
+    trank: int | None
+    title: str | None
+    published: date | None
+    file_name: str | None
+    audio_url: str | None
+    chunk_position: int  # this row's chunk: in the hit's window, or the one after it
+    speaker: str
+    start_seconds: float
+    end_seconds: float
+    text: str
+    chapter: str | None
+    vector_candidates: int | None  # rows the vector side found (None in text mode): short means a starved walk
+
+
+def named_rows(cls: type[_Row]) -> BaseRowFactory[_Row]:
+    """A row factory for a NamedTuple whose fields are the statement's columns in the same order: the names are
+    checked once per result, then each row is built from its values (class_row's keyword call per row would cost
+    about as much as assembling the hits of a search with context windows, which reads hundreds of rows)."""
+    fields = list(cls._fields)  # type: ignore[attr-defined]
+
+    def factory(cursor: BaseCursor[Any, Any]) -> RowMaker[_Row]:
+        result = cursor.pgresult
+        if result is None or result.status != TUPLES_OK:
+            return no_result
+        # From the result's field names (cursor.description would build a Column per field for each result).
+        names = [result.fname(i).decode() for i in range(result.nfields)]  # type: ignore[union-attr]
+        if names != fields:
+            raise psycopg.ProgrammingError(f"the statement's columns {names} are not {cls.__name__}'s fields {fields}")
+        # The names matched, so the count did: the values go straight in (NamedTuple._make checks the length again).
+        return functools.partial(tuple.__new__, cls)  # type: ignore[type-var]
+
+    return factory
+
+
+search_row = named_rows(SearchRow)
 
 
 def scan_settings(conn: psycopg.Connection) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
-import psycopg
+from .statements import named_rows
 
-TEXT_ROW_BUDGET = 1_000  # estimated rows the text side may rank (see text_query)
+TEXT_ROW_BUDGET = 1_000  # estimated rows the text side may rank (see plan_text_query)
 
 
 def uses_websearch_syntax(query: str) -> bool:
@@ -19,15 +20,27 @@ def _tsquery_literal(lexemes: Sequence[str], operator: str) -> str:
     return f" {operator} ".join("'" + x.replace("\\", "\\\\").replace("'", "''") + "'" for x in lexemes)
 
 
-TEXT_STATS_SQL = """SELECT l.lexeme, st.freqs[array_position(st.elems, l.lexeme)], st.freqs[cardinality(st.elems) + 1],
-       (SELECT reltuples FROM pg_class WHERE oid = 'segments'::regclass)
+class LexemeStats(NamedTuple):
+    """A row of TEXT_STATS_SQL: one lexeme of the query and the planner's statistics of `segments.tsv`."""
+
+    lexeme: str
+    frequency: float | None  # the share of chunks holding it, when it is among the most common elements
+    min_frequency: float | None  # the least common element's share (an upper bound for the others); None: no stats
+    chunks: float | None  # the planner's row count of segments
+
+
+TEXT_STATS_SQL = """SELECT l.lexeme, st.freqs[array_position(st.elems, l.lexeme)] AS frequency,
+       st.freqs[cardinality(st.elems) + 1] AS min_frequency,
+       (SELECT reltuples FROM pg_class WHERE oid = 'segments'::regclass) AS chunks
     FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS l(lexeme)
     LEFT JOIN (SELECT most_common_elems::text::text[] AS elems, most_common_elem_freqs AS freqs FROM pg_stats
                WHERE schemaname = current_schema() AND tablename = 'segments' AND attname = 'tsv') st ON true"""
+lexeme_stats = named_rows(LexemeStats)
 
 
-def text_query(conn: psycopg.Connection, query: str) -> str | None:
-    """The text side's tsquery (as tsquery text) for a plain-words query, or None for no lexemes.
+def plan_text_query(rows: Sequence[LexemeStats]) -> str | None:
+    """The text side's tsquery (as tsquery text) for a plain-words query, from TEXT_STATS_SQL's rows (one per
+    lexeme of the query), or None for no lexemes.
 
     websearch_to_tsquery alone ANDs every term, which almost no chunk matches for a natural
     question, so the terms are ORed and ranked by ts_rank_cd instead. Ranking reads every matching
@@ -37,18 +50,14 @@ def text_query(conn: psycopg.Connection, query: str) -> str | None:
     weighs such a term below zero: it narrows the match by little, drops the chunks that lack it, and
     its posting list is the longest to read). Without statistics (a never-analysed table) all are kept.
     """
-    return plan_text_query(conn.execute(TEXT_STATS_SQL, (query,)).fetchall())
-
-
-def plan_text_query(rows: list[tuple]) -> str | None:
-    """The tsquery for TEXT_STATS_SQL's rows (one per lexeme of the query), as `text_query` explains."""
     if not rows:
         return None
-    lexemes = [r[0] for r in rows]
-    reltuples = rows[0][3] or 0
-    if reltuples <= 0 or rows[0][2] is None:  # no statistics yet
+    lexemes = [r.lexeme for r in rows]
+    reltuples = rows[0].chunks or 0
+    if reltuples <= 0 or rows[0].min_frequency is None:  # no statistics yet
         return _tsquery_literal(lexemes, "|")
-    estimate = {lex: (freq if freq is not None else min_freq) * reltuples for lex, freq, min_freq, _ in rows}
+    floor = rows[0].min_frequency  # every row carries the column's statistics
+    estimate = {r.lexeme: (r.frequency if r.frequency is not None else floor) * reltuples for r in rows}
     kept, total = [], 0.0
     for lex in sorted(lexemes, key=lambda x: estimate[x]):
         if total + estimate[lex] > TEXT_ROW_BUDGET:

@@ -1,7 +1,7 @@
 """The archive as the read-only servers see it: the library's search, the catalogue, the speakers, a transcript
 around a moment and an episode's audio, with every bad input refused by an ArchiveError that names it.
 
-It reads as the reader role (storage/chat_access.reader_url): SELECT only, read-only transactions, so
+It reads as the reader role (storage/reader.reader_url): SELECT only, read-only transactions, so
 nothing asked of `gdr mcp` or `gdr web` can write.
 """
 
@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 
 from ..errors import DatabaseUnavailableError, GdrError
 from ..search import Hit, Searcher
-from ..search.models import Segment, format_time
+from ..search.types import Segment, format_time
 from ..settings import Settings
 from ..storage.browse import (
     EpisodeSummary,
@@ -27,14 +28,15 @@ from ..storage.browse import (
     episode_summaries,
     speaker_summaries,
 )
-from ..storage.chat_access import reader_url
 from ..storage.database import Database
 from ..storage.embedded import first_line
+from ..storage.episodes import EpisodeState
+from ..storage.reader import reader_url
 
 MAX_K = 50  # results one search may ask for: more is never a citation, only a slower answer
 MAX_TRANSCRIPT_SECONDS = 900.0  # one transcript call: 15 minutes of conversation is already ~2,500 words
 DEFAULT_TRANSCRIPT_SECONDS = 120.0
-STATUSES = ("processed", "pending", "failed")  # episodes.status (migration 0001's CHECK)
+STATUSES = tuple(EpisodeState)
 SERVER_POOL_SIZE = 4  # connections of one server process: requests are short, a few at a time
 
 
@@ -192,11 +194,11 @@ class Archive:
             raise ArchiveError(f"start {start:g} s is outside episode {episode.episode_id!r}, which is {length:.0f} s long "
                                f"({format_time(length)})")
         with self.db.connection() as conn:
-            rows = conn.execute(
-                """SELECT position, speaker, start_seconds, end_seconds, text FROM segments
+            turns = conn.cursor(row_factory=class_row(Segment)).execute(
+                """SELECT position, speaker, start_seconds AS start, end_seconds AS "end", text FROM segments
                    WHERE episode_id = %s AND end_seconds > %s AND start_seconds < %s ORDER BY position""",
                 (episode.episode_id, start, end)).fetchall()
-        return Transcript(episode, start, min(end, length), [Segment(*r) for r in rows])
+        return Transcript(episode, start, min(end, length), turns)
 
     def audio_file(self, episode: EpisodeSummary) -> Path | None:
         """The local audio of a catalogue episode, only if it is a file inside AUDIO_DIR (a file_name with `..`

@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from ..errors import ConfigError, GdrError
-from ..search.models import format_time
+from ..search.types import format_time
 from ..settings import Settings
 from ..storage.browse import EpisodeSummary
 from .archive import DEFAULT_TRANSCRIPT_SECONDS, Answer, Archive, Transcript, opened_archive
@@ -54,7 +54,8 @@ ol.results{list-style:none;padding:0;margin:0}
 .time{font-variant-numeric:tabular-nums}
 aside section{background:#fff;border:1px solid #dde1e8;border-radius:8px;padding:10px 14px;margin-bottom:14px}
 audio{width:100%}
-.turn{display:block;width:100%;text-align:left;background:none;border:0;border-radius:4px;padding:4px 6px;cursor:pointer;font:inherit}
+.turn{display:block;width:100%;text-align:left;background:none;border:0;border-radius:4px;padding:4px 6px;cursor:pointer;
+font:inherit}
 .turn:hover{background:#eef2fb}.turn.current{background:#e2eafc}
 table{border-collapse:collapse;width:100%;font-size:13px}td,th{padding:3px 6px;border-bottom:1px solid #eee;text-align:left}
 """
@@ -155,13 +156,13 @@ class WebPage:
                 items = "".join(self._result(a, self.audio_src(by_id[a.episode_id])) for a in found.answers)
                 notice = f"<p class=notice>{escape(found.notice)}</p>" if found.notice else ""
                 results = f"{notice}<ol class=results id=results>{items}</ol>"
+        episode_choices = [(e.episode_id, f"{e.episode_id} · {e.title or e.file_name}") for e in episodes]
         form = (
             "<form class=search method=get action='/'>"
             f"<input type=search name=q placeholder='Ask the archive…' value='{escape(query or '', quote=True)}' autofocus>"
             f"<select name=speaker aria-label=speaker>{_options([(s.name, s.name) for s in speakers], speaker, 'any speaker')}"
             "</select>"
-            f"<select name=episode aria-label=episode>"
-            f"{_options([(e.episode_id, f'{e.episode_id} · {e.title or e.file_name}') for e in episodes], episode, 'any episode')}"
+            f"<select name=episode aria-label=episode>{_options(episode_choices, episode, 'any episode')}"
             "</select><button type=submit>Search</button></form>"
         )
         rows = "".join(

@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 from datetime import date
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import CatalogueError
 from ..settings import Settings
+from . import display_title
+
+V = TypeVar("V")
 
 
 class CatalogueEntry(BaseModel):
@@ -44,10 +48,10 @@ class CatalogueEntry(BaseModel):
 
     @property
     def display_title(self) -> str:
-        return self.title or (Path(self.file_name).stem if self.file_name else f"Episode {self.episode_id}")
+        return display_title(self.title, self.file_name, self.episode_id)
 
 
-def speaker_numbers(speakers_map: dict[str, object]) -> dict[str, object]:
+def speaker_numbers(speakers_map: dict[str, V]) -> dict[str, V]:
     """`speakers_map` itself when its keys are speaker numbers ("0", "1"), as the transcriber numbers voices; a key
     like "speaker_1" would never match one, so it is an error (a ValueError naming the key)."""
     for key in speakers_map:
@@ -70,7 +74,8 @@ def load_catalogue(path: Path) -> list[CatalogueEntry]:
     entries: list[CatalogueEntry] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(data, 1):  # counted as a person counts them: the first entry is entry 1
-        label = f"entry {index}" + (f" (episode_id {item['episode_id']!r})" if isinstance(item, dict) and "episode_id" in item else "")
+        named = isinstance(item, dict) and "episode_id" in item
+        label = f"entry {index}" + (f" (episode_id {item['episode_id']!r})" if named else "")
         if not isinstance(item, dict):
             raise CatalogueError(f"{path}: {label}: expected an object, got {type(item).__name__}")
         try:

@@ -24,6 +24,7 @@ import hashlib
 import mimetypes
 import os
 import re
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,8 +32,6 @@ from datetime import date
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
-
-import xml.etree.ElementTree as ElementTree
 
 import feedparser
 import httpx
@@ -161,7 +160,8 @@ def download_enclosure(url: str, dest: Path, *, max_bytes: int, expected_size: i
             _remember_validator(response, validator_file)
         size = offset if resuming else 0
         with open(part, "r+b" if resuming else "wb") as f:
-            digest = hashlib.file_digest(f, "sha256") if resuming else hashlib.sha256()
+            # (file_digest reads the buffered file open() returns; typeshed wants a narrower type than BinaryIO)
+            digest = hashlib.file_digest(f, "sha256") if resuming else hashlib.sha256()  # type: ignore[arg-type]
             for chunk in response.iter_bytes():  # as received: a dropped connection keeps every byte so far
                 size += len(chunk)
                 if size > max_bytes:
@@ -202,7 +202,7 @@ def _podcast_links(source: bytes) -> dict[str, _PodcastLinks]:
         root = ElementTree.fromstring(source)
     except ElementTree.ParseError:
         return {}
-    links = {}
+    links: dict[str, _PodcastLinks] = {}
     for item in root.iter("item"):
         enclosure = item.find("enclosure")
         key = (item.findtext("guid") or "").strip() or (enclosure.get("url") if enclosure is not None else None)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import io
 import re
-from html.parser import HTMLParser
 from dataclasses import dataclass
 from enum import StrEnum
+from html.parser import HTMLParser
 from typing import Any, TypeVar
 
 import webvtt
@@ -93,7 +93,8 @@ HTML_NOTE = "the feed offers only an HTML transcript, which has no times: its wo
 def choose_transcript(links: list[TranscriptLink] | tuple[TranscriptLink, ...]) -> TranscriptChoice:
     """The best timed transcript the feed offers; an HTML one only when there is no other, with a note saying so."""
     rank = {fmt: i for i, fmt in enumerate(TIMED_FORMATS)}
-    timed = sorted((link for link in links if link.format in rank), key=lambda link: rank[link.format])
+    timed = sorted((link for link in links if link.format in rank),
+                   key=lambda link: rank[link.format] if link.format else len(rank))
     if timed:
         return TranscriptChoice(timed[0])
     html = [link for link in links if link.format is TranscriptFormat.HTML]

@@ -1,12 +1,14 @@
 """What the read-only servers (`gdr mcp`, `gdr web`) show besides search results: the catalogue with its
 speakers, and the speakers. Reads only the tables the reader
-role may read (chat_access.SEARCH_TABLES)."""
+role may read (reader.SEARCH_TABLES)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
+
+from psycopg.rows import class_row, dict_row
 
 from .database import Database
 
@@ -48,11 +50,12 @@ class SpeakerSummary:
 _EPISODES_SQL = """
 SELECT e.episode_id, e.title, e.published,
        coalesce(e.duration_seconds, e.feed_duration_seconds, (SELECT max(s.end_seconds) FROM segments s
-                                                              WHERE s.episode_id = e.episode_id)),
+                                                              WHERE s.episode_id = e.episode_id)) AS duration_seconds,
        e.status,
        ARRAY(SELECT s.speaker FROM segments s WHERE s.episode_id = e.episode_id
-             GROUP BY s.speaker ORDER BY count(*) DESC, s.speaker),
-       (SELECT count(*) FROM segments s WHERE s.episode_id = e.episode_id), e.audio_url, e.file_name, e.source
+             GROUP BY s.speaker ORDER BY count(*) DESC, s.speaker) AS speakers,
+       (SELECT count(*) FROM segments s WHERE s.episode_id = e.episode_id) AS segments, e.audio_url, e.file_name,
+       e.source
 FROM episodes e
 WHERE %(episode)s::text IS NULL OR e.episode_id = %(episode)s
 ORDER BY e.published NULLS LAST, e.episode_id"""
@@ -63,21 +66,21 @@ def catalogue_version(db: Database) -> tuple:
     transaction that sets its updated_at, and registering or failing one sets it too (one index-free scan of
     the episodes table, ~0.1 ms at 500 episodes, against ~30 ms for the summaries below at 100k chunks)."""
     with db.connection() as conn:
-        return tuple(conn.execute("SELECT count(*), max(updated_at) FROM episodes").fetchone())
+        return tuple(conn.execute("SELECT count(*), max(updated_at) FROM episodes").fetchone() or ())
 
 
 def episode_summaries(db: Database, episode_id: str | None = None) -> list[EpisodeSummary]:
     """Every episode (or the one asked for), oldest first."""
     with db.connection() as conn:
-        rows = conn.execute(_EPISODES_SQL, {"episode": episode_id}).fetchall()
-    return [EpisodeSummary(r[0], r[1], r[2], r[3], r[4], tuple(r[5]), r[6], r[7], r[8], r[9]) for r in rows]
+        rows = conn.cursor(row_factory=dict_row).execute(_EPISODES_SQL, {"episode": episode_id}).fetchall()
+    return [EpisodeSummary(**{**r, "speakers": tuple(r["speakers"])}) for r in rows]
 
 
 def speaker_summaries(db: Database, episode_id: str | None = None) -> list[SpeakerSummary]:
     """Every speaker named in a stored chunk (of one episode, when given), most chunks first."""
     with db.connection() as conn:
-        rows = conn.execute(
-            """SELECT speaker, count(DISTINCT episode_id), count(*), sum(end_seconds - start_seconds)::float8
+        return conn.cursor(row_factory=class_row(SpeakerSummary)).execute(
+            """SELECT speaker AS name, count(DISTINCT episode_id) AS episodes, count(*) AS segments,
+                      sum(end_seconds - start_seconds)::float8 AS seconds
                FROM segments WHERE %(episode)s::text IS NULL OR episode_id = %(episode)s
                GROUP BY speaker ORDER BY count(*) DESC, speaker""", {"episode": episode_id}).fetchall()
-    return [SpeakerSummary(*r) for r in rows]

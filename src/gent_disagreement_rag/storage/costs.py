@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
+
+from psycopg.rows import class_row, dict_row
 
 from .database import Database
 
@@ -26,6 +28,14 @@ class CostTotals:
 
 # The rest is SQL, tested against Postgres (not in `make mutate`'s fast tests):
 # pragma: no mutate block
+
+# CostTotals' columns (of provider_calls aliased `{p}`), as the Python types it holds: numeric sums as float8.
+_TOTALS = """coalesce(sum({p}requests), 0)::bigint AS requests, coalesce(sum({p}audio_seconds), 0)::float8 AS audio_seconds,
+                      coalesce(sum({p}tokens), 0)::bigint AS tokens, coalesce(sum({p}cost_usd), 0)::float8 AS cost_usd,
+                      coalesce(sum({p}saved_usd), 0)::float8 AS saved_usd,
+                      count(*) FILTER (WHERE {p}provider = 'publisher') AS publisher_transcripts"""
+
+
 def record_call(
     db: Database, *, run_id: str | None, episode_id: str | None, stage: str, provider: str, model: str,
     requests: int, audio_seconds: float, tokens: int, cost_usd: float, saved_usd: float = 0.0,
@@ -40,31 +50,35 @@ def record_call(
         )
 
 
-def cost_totals(db: Database, *, run_id: str | None = None, episode_id: str | None = None, since: date | None = None) -> CostTotals:
+def cost_totals(db: Database, *, run_id: str | None = None, episode_id: str | None = None,
+                since: date | None = None) -> CostTotals:
     with db.connection() as conn:
-        row = conn.execute(
-            """SELECT coalesce(sum(requests), 0), coalesce(sum(audio_seconds), 0), coalesce(sum(tokens), 0),
-                      coalesce(sum(cost_usd), 0), coalesce(sum(saved_usd), 0),
-                      count(*) FILTER (WHERE provider = 'publisher')
+        row = conn.cursor(row_factory=class_row(CostTotals)).execute(
+            f"""SELECT {_TOTALS.format(p="")}
                FROM provider_calls
                WHERE (%(run)s::text IS NULL OR run_id = %(run)s) AND (%(ep)s::text IS NULL OR episode_id = %(ep)s)
                  AND (%(since)s::date IS NULL OR created_at >= %(since)s::date)""",
             {"run": run_id, "ep": episode_id, "since": since},
         ).fetchone()
-    return CostTotals(int(row[0]), float(row[1]), int(row[2]), float(row[3]), float(row[4]), int(row[5]))
+    assert row is not None  # an aggregate without GROUP BY: always one row
+    return row
 
 
-def cost_by_episode(db: Database, *, since: date | None = None) -> list[tuple[str | None, str | None, CostTotals]]:
-    """(episode_id, title, totals) for every episode in the ledger; None for calls of deleted episodes."""
+class EpisodeCost(NamedTuple):
+    episode_id: str | None  # None: calls of a deleted episode
+    title: str | None
+    totals: CostTotals
+
+
+def cost_by_episode(db: Database, *, since: date | None = None) -> list[EpisodeCost]:
+    """The totals of every episode in the ledger."""
     with db.connection() as conn:
-        rows = conn.execute(
-            """SELECT p.episode_id, e.title, sum(p.requests), sum(p.audio_seconds), sum(p.tokens), sum(p.cost_usd),
-                      sum(p.saved_usd), count(*) FILTER (WHERE p.provider = 'publisher')
+        rows = conn.cursor(row_factory=dict_row).execute(
+            f"""SELECT p.episode_id, e.title, {_TOTALS.format(p="p.")}
                FROM provider_calls p LEFT JOIN episodes e USING (episode_id)
                WHERE %(since)s::date IS NULL OR p.created_at >= %(since)s::date
                GROUP BY p.episode_id, e.title, e.published
                ORDER BY e.published NULLS LAST, p.episode_id NULLS LAST""",
             {"since": since},
         ).fetchall()
-    return [(r[0], r[1], CostTotals(int(r[2]), float(r[3]), int(r[4]), float(r[5]), float(r[6]), int(r[7])))
-            for r in rows]
+    return [EpisodeCost(r.pop("episode_id"), r.pop("title"), CostTotals(**r)) for r in rows]

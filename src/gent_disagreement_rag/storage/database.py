@@ -12,7 +12,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..errors import DatabaseUnavailableError
 from ..settings import Settings
 from .embedded import database_url, first_line
-from .schema import migrate
+from .schema import migrate, require_current_schema
 
 
 def _configure(conn: psycopg.Connection) -> None:
@@ -38,12 +38,17 @@ class Database:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, migrate_schema: bool = True, max_size: int | None = None) -> Database:
-        """The settings' database, migrated, with a pool of `max_size` (default: MAX_PARALLEL_EPISODES + 2)."""
+    def from_settings(cls, settings: Settings, *, migrate_schema: bool = False, max_size: int | None = None) -> Database:
+        """The settings' database with a pool of `max_size` (default: MAX_PARALLEL_EPISODES + 2). Its schema is
+        migrated when `migrate_schema` (the commands that write), else checked: SchemaOutOfDateError when behind.
+        On the embedded Postgres this starts the server if it is not running (embedded.database_url)."""
         try:
             url = database_url(settings)
             if migrate_schema:
                 migrate(url)
+            else:  # before the pool: its connections need the schema's `vector` type
+                with psycopg.connect(url) as conn:
+                    require_current_schema(conn)
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailableError(f"cannot connect to Postgres: {first_line(exc)}") from None
         db = cls(url, max_size=max_size or settings.pool_size, timeout=settings.db_pool_timeout)

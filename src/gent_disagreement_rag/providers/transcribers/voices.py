@@ -8,7 +8,7 @@ it separated voices by pitch alone (diarize.py), up to 4. Here:
   be undone when the pitch tracker errs.
 - Without a count, clusters merge while they are more alike than SAME_VOICE.
 - Centring the embeddings on the episode (a cheap stand-in for a trained back-end) was tried and dropped: with
-  one dominant speaker the mean is that speaker, and the others' clusters fall apart (BENCHMARKS.md section 9).
+  one dominant speaker the mean is that speaker, and the others' clusters fall apart (BENCHMARKS.md section 10).
 Stretches of at least MIN_EMBED_SECONDS are clustered by average linkage: to the count when the episode's
 speakers_map gives it (no cap below it), else while the closest pair of clusters is more alike than
 SAME_VOICE (calibrated on the tuning seed of bench/speaker_draws.py). Shorter stretches ("yeah") take the most
@@ -139,11 +139,33 @@ SAME_PERSON = 0.85
 MAX_SPANS_PER_SPEAKER = 12  # a speaker's embedding averages at most this many of their longest stretches
 
 
+# A name is given only when the speaker's median pitch is within this many semitones of the named sample's: two
+# voices that ECAPA finds alike (two espeak-ng voices of one accent; two people of one region) mostly differ in
+# pitch, while one person's median pitch moves little between recordings. Chosen with SAME_PERSON on the tuning seed
+# (BENCHMARKS.md, "Speakers on voices nobody picked").
+PITCH_AGREE = 2.0
+
+
 @dataclass(frozen=True)
 class SpeakerVoice:
     speaker: int
     embedding: np.ndarray  # unit length, raw (uncentred) mean of the speaker's stretch embeddings
     seconds: float  # their speech time in the episode
+    pitch: float | None = None  # median pitch (semitones, 12 log2 Hz) of the embedded stretches; None: unvoiced
+
+
+@dataclass(frozen=True)
+class KnownVoice:
+    """A named voice's samples (one per episode it was named in): embeddings (n, dim) and median pitches (n,), NaN
+    where a sample has none."""
+
+    embeddings: np.ndarray
+    pitches: np.ndarray
+
+
+def _median_pitch(audio: np.ndarray, spans: Sequence[tuple[float, float]]) -> float | None:
+    pitches = _pitches(audio, spans)
+    return float(np.nanmedian(pitches)) if (~np.isnan(pitches)).any() else None
 
 
 def speaker_voices(
@@ -159,19 +181,28 @@ def speaker_voices(
         if not chosen:
             continue
         model = session()
-        vectors = np.stack([embed(_middle(audio, s, e), model) for _, s, e in chosen])
-        out.append(SpeakerVoice(speaker, _unit(vectors.mean(axis=0)), float(sum(m[0] for m in mine))))
+        pieces = [_middle(audio, s, e) for _, s, e in chosen]
+        vectors = np.stack([embed(piece, model) for piece in pieces])
+        pitch = _median_pitch(np.concatenate(pieces), [(0.0, sum(len(p) for p in pieces) / SAMPLE_RATE)])
+        out.append(SpeakerVoice(speaker, _unit(vectors.mean(axis=0)), float(sum(m[0] for m in mine)), pitch))
     return out
 
 
-def name_voices(voices: Sequence[SpeakerVoice], library: dict[str, np.ndarray], threshold: float = SAME_PERSON
-                ) -> dict[int, str]:
-    """Speaker number -> the name of the known voice whose nearest sample is most alike, when above `threshold`;
-    one name per speaker and one speaker per name (the most alike pair first). `library`: name -> (samples, dim)."""
-    pairs = []
-    for v in voices:
-        for name, samples in library.items():
-            pairs.append((float(np.max(samples @ v.embedding)), v.speaker, name))
+def likeness(voice: SpeakerVoice, known: KnownVoice, pitch_agree: float = PITCH_AGREE) -> float:
+    """Cosine of the voice to the known voice's nearest sample whose pitch agrees (a sample or a voice without a
+    pitch agrees); -1 when none does."""
+    scores = known.embeddings @ voice.embedding
+    if voice.pitch is not None:
+        gap = np.abs(known.pitches - voice.pitch)
+        scores = np.where(np.isnan(gap) | (gap <= pitch_agree), scores, -1.0)
+    return float(np.max(scores))
+
+
+def name_voices(voices: Sequence[SpeakerVoice], library: dict[str, KnownVoice], threshold: float = SAME_PERSON,
+                pitch_agree: float = PITCH_AGREE) -> dict[int, str]:
+    """Speaker number -> the name of the known voice most alike (likeness), when at least `threshold`; one name
+    per speaker and one speaker per name (the most alike pair first)."""
+    pairs = [(likeness(v, known, pitch_agree), v.speaker, name) for v in voices for name, known in library.items()]
     named: dict[int, str] = {}
     for score, speaker, name in sorted(pairs, reverse=True):
         if score < threshold:

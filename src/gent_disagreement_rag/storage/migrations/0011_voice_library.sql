@@ -9,6 +9,7 @@ CREATE TABLE episode_voices (
     speaker     integer NOT NULL,
     embedding   real[] NOT NULL,
     seconds     double precision NOT NULL,
+    pitch       real,  -- median pitch in semitones (12 log2 Hz) of the embedded speech; NULL: unvoiced
     PRIMARY KEY (episode_id, model, speaker)
 );
 
@@ -26,5 +27,6 @@ CREATE TABLE voice_samples (
     speaker     integer NOT NULL,
     embedding   real[] NOT NULL,
     seconds     double precision NOT NULL,
+    pitch       real,
     PRIMARY KEY (voice_id, episode_id, speaker)
 );

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import GdrError
+from ..storage.vector_index import IndexKind
 
 
 class SearchError(GdrError):
@@ -146,7 +147,10 @@ class StoredModel:
     provider: str
     model: str
     dimensions: int
+    index_kind: IndexKind  # which cast the model's HNSW index is over (storage/vector_index.py)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index_kind", IndexKind(self.index_kind))  # read from the database as text
 
 
 class FilterShape(NamedTuple):

