@@ -18,7 +18,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 
 from gent_disagreement_rag.providers.embedders import model_id
@@ -189,7 +188,15 @@ def build_in_progress(db: Database) -> bool:
         return conn.execute("SELECT count(*) FROM pg_stat_progress_create_index").fetchone()[0] > 0
 
 
-@pytest.mark.parametrize("moment", ["at start", "while the graph is built"])
+def new_index_built(db: Database, mid: str) -> bool:
+    """The rebuild's new index is complete (valid), under its building name or already swapped in."""
+    with db.connection() as conn:
+        return bool(conn.execute(
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indisvalid "
+            "AND c.relname = %s", (segment_store.index_name(mid) + "_new",)).fetchone()[0])
+
+
+@pytest.mark.parametrize("moment", ["at start", "while the graph is built", "once the new index is built"])
 def test_a_killed_reindex_leaves_search_answering_and_the_next_one_finishes(settings: Settings, fake_api: FakeAPI,
                                                                            tmp_path: Path, moment: str) -> None:
     model, dims = "text-embedding-3-small", 1536
@@ -201,9 +208,13 @@ def test_a_killed_reindex_leaves_search_answering_and_the_next_one_finishes(sett
         killed = reindex(settings, fake_api, tmp_path)
         if moment == "while the graph is built":
             wait_for(lambda: build_in_progress(db), timeout=300, what="the index build to start")
-        os.kill(killed.pid, signal.SIGKILL)
+        elif moment == "once the new index is built":  # before or during the swap; or, at worst, just after it
+            wait_for(lambda: new_index_built(db, mid) or killed.poll() is not None, timeout=300,
+                     what="the new index to be complete")
+        if killed.poll() is None:
+            os.kill(killed.pid, signal.SIGKILL)
         killed.wait(timeout=60)
-        assert killed.returncode == -signal.SIGKILL
+        assert killed.returncode == -signal.SIGKILL or moment == "once the new index is built"
         assert_exact(settings, db, exact)  # the old index (or a sequential scan) answers, as before
         done = reindex(settings, fake_api, tmp_path)
         out, _ = done.communicate(timeout=600)

@@ -19,6 +19,7 @@ core fights the leader (section 9's "Index build settings").
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -30,6 +31,8 @@ from .rows import first_value
 HALFVEC_ABOVE_DIMENSIONS = 2000  # vector's HNSW limit
 GRAPH_BYTES_PER_ELEMENT = 700  # an element's neighbour lists (2m at layer 0, m = 16) and bookkeeping
 GRAPH_SPARE = 1.2
+REINDEX_LOCK_NAMESPACE = 7_413_004  # first key of pg_advisory_lock(int, int); the second is hashtext(model_id)
+LOCK_POLL_SECONDS = 0.5
 
 
 class IndexKind(StrEnum):
@@ -103,6 +106,13 @@ def rebuild_model_index(db: Database, model_id: str) -> Rebuilt:
     building = name + "_new"
     with db.connection() as conn:
         conn.autocommit = True  # CONCURRENTLY cannot run inside a transaction
+        # One rebuild of a model at a time. A rebuild whose client was killed goes on building in its server
+        # process, holding this lock, until the statement ends: the next one waits for it instead of deadlocking
+        # on the half-built index it would drop. It polls: a statement waiting on the lock would hold a snapshot,
+        # which the other's CREATE INDEX CONCURRENTLY waits for in turn.
+        while not first_value(conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                                           (REINDEX_LOCK_NAMESPACE, model_id))):
+            time.sleep(LOCK_POLL_SECONDS)
         try:
             for statement in settings.statements():
                 conn.execute(statement)
@@ -114,6 +124,7 @@ def rebuild_model_index(db: Database, model_id: str) -> Rebuilt:
                 conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(building), sql.Identifier(name)))
             conn.execute("ANALYZE embeddings")  # after a bulk import the planner's row counts are stale too
         finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (REINDEX_LOCK_NAMESPACE, model_id))
             conn.execute("RESET maintenance_work_mem")
             conn.execute("RESET max_parallel_maintenance_workers")
             conn.autocommit = False
