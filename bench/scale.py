@@ -290,7 +290,7 @@ def bulk_load(pg: Postgres, c: dict[str, Any], n: int) -> tuple[str, dict[str, A
     out = {"chunks": n, "load": loaded, "index": index, "vacuum_analyze_seconds": round(vacuum, 1),
            "total_seconds": round(total, 1), "postgres_peak_pss_mb": _mb(memory.peak),
            "bench_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "sizes": sizes(url),
-           "load_avg": load(), "when": time.strftime("%Y-%m-%d %H:%M")}
+           "load_avg": load()}
     log(f"  scale: bulk load total {total:.0f} s, Postgres peak Pss {out['postgres_peak_pss_mb']} MB, "
         f"database {out['sizes']['database']} MB")
     return url, out
@@ -660,8 +660,8 @@ def _step(results: dict[str, Any], name: str, fn, *args, **kwargs) -> Any:
         value = None
     else:
         if isinstance(value, dict):
-            value.setdefault("when", time.strftime("%Y-%m-%d %H:%M"))
             results[name] = value
+        results.setdefault("_when", {})[name] = time.strftime("%Y-%m-%d %H:%M")
     results.setdefault("_minutes", {})[name] = round((time.perf_counter() - t) / 60, 1)
     _save(results)
     return value

@@ -1,8 +1,8 @@
-"""A model past 1,024 dimensions is indexed in half precision (storage/vector_index.py): its HNSW index is over
-`embedding::halfvec(D)`, search walks that index and still reports full-precision scores, and a 3,072-d model
-(beyond `vector`'s 2,000-dimension index limit) is stored and searched. `gdr db reindex` moves a store made before
-(a full-precision index) to half precision while searches go on, and a reindex killed at any moment leaves search
-answering from the old index and the next reindex finishing the move.
+"""A model past `vector`'s 2,000-dimension index limit (text-embedding-3-large's 3,072) is stored, indexed over
+`embedding::halfvec(D)` and searched through that index with full-precision scores; a 1536-d model keeps its
+`vector` index (the chat views' contract). `gdr db reindex` builds a model's index after a bulk load while searches
+go on, and a reindex killed at start or mid-build leaves search answering from the old index and the next reindex
+finishing.
 
 Vectors are the fake OpenAI server's (tests/support/fakeapi.py): the query's vector is what the real SDK gets back
 for the query, and each stored chunk is a known mixture of it and of another text's vector, so the exact ranking and
@@ -18,7 +18,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 
 from gent_disagreement_rag.providers.embedders import model_id
@@ -104,9 +103,11 @@ def assert_exact(settings: Settings, db: Database, exact: dict[tuple[str, int], 
     assert all(h.vector_score == pytest.approx(exact[h.episode_id, h.position], abs=1e-6) for h in hits)
 
 
-@pytest.mark.parametrize(("model", "dims"), [("text-embedding-3-small", 1536), ("text-embedding-3-large", 3072)])
-def test_a_wide_model_is_indexed_and_walked_in_half_precision(settings: Settings, fake_api: FakeAPI, tmp_path: Path,
-                                                              model: str, dims: int) -> None:
+@pytest.mark.parametrize(("model", "dims", "kind"), [("text-embedding-3-small", 1536, IndexKind.VECTOR),
+                                                     ("text-embedding-3-large", 3072, IndexKind.HALFVEC)])
+def test_each_model_is_indexed_in_its_kind_and_walked_through_it(settings: Settings, fake_api: FakeAPI,
+                                                                 tmp_path: Path, model: str, dims: int,
+                                                                 kind: IndexKind) -> None:
     settings = openai_settings(settings, fake_api, model, dims)
     mid = model_id("openai", model, dims)
     with Database.from_settings(settings) as db:
@@ -114,13 +115,13 @@ def test_a_wide_model_is_indexed_and_walked_in_half_precision(settings: Settings
         done = reindex(settings, fake_api, tmp_path)
         out, _ = done.communicate(timeout=300)
         assert done.returncode == 0, out
-        assert f"{mid}: HNSW index over 180 vectors rebuilt as halfvec" in " ".join(out.split())
+        assert f"{mid}: HNSW index over 180 vectors rebuilt as {kind}" in " ".join(out.split())
         [definition] = model_indexes(db, mid)
-        assert f"halfvec({dims})" in definition and "halfvec_cosine_ops" in definition
-        assert index_kind(db, mid) == IndexKind.HALFVEC
+        assert f"{kind}({dims})" in definition and f"{kind}_cosine_ops" in definition
+        assert index_kind(db, mid) == kind
         # What the user sees: the exact top 10, with full-precision scores (not half precision's ~1e-3).
         assert_exact(settings, db, exact)
-        # And the graph walk itself: with the other plans off, the statement runs on the halfvec index and finds
+        # And the graph walk itself: with the other plans off, the statement runs on the model's index and finds
         # the same ten.
         request = engine._validate(QUERY, K, episode=None, speaker=None, since=None, mode="vector", context=0,
                                    model_id=None)
@@ -139,22 +140,20 @@ def test_a_wide_model_is_indexed_and_walked_in_half_precision(settings: Settings
         assert [(h.episode_id, h.position) for h in hits] == best(exact)
 
 
-def old_store(db: Database, mid: str, dims: int) -> None:
-    """The store as a version before half precision left it: a full-precision index, registered as such."""
+def indexed(db: Database, mid: str, dims: int) -> None:
+    """The model's index as the store makes it (after store_corpus dropped it)."""
     with db.connection() as conn:
-        conn.execute("UPDATE embedding_models SET index_kind = 'vector' WHERE model_id = %s", (mid,))
-        conn.execute(f"DROP INDEX IF EXISTS {segment_store.index_name(mid)}")
         conn.execute(create_sql(segment_store.index_name(mid), mid, dims, IndexKind.VECTOR))
 
 
-def test_reindex_moves_an_old_store_to_half_precision_while_searches_go_on(settings: Settings, fake_api: FakeAPI,
-                                                                            tmp_path: Path) -> None:
+def test_reindex_builds_after_a_bulk_load_while_searches_go_on(settings: Settings, fake_api: FakeAPI,
+                                                               tmp_path: Path) -> None:
     model, dims = "text-embedding-3-small", 1536
     settings = openai_settings(settings, fake_api, model, dims)
     mid = model_id("openai", model, dims)
     with Database.from_settings(settings) as db:
         exact = store_corpus(db, model, dims, episodes=20, chunks=100)
-        old_store(db, mid, dims)
+        assert model_indexes(db, mid) == []
         assert_exact(settings, db, exact)
         answered, failures, stop = [0], [], threading.Event()
 
@@ -163,25 +162,25 @@ def test_reindex_moves_an_old_store_to_half_precision_while_searches_go_on(setti
                 try:
                     assert_exact(settings, db, exact)
                     answered[0] += 1
-                except Exception as exc:  # noqa: BLE001 - any failure during the rebuild is the finding
+                except Exception as exc:  # noqa: BLE001 - any failure during the build is the finding
                     failures.append(repr(exc))
 
         thread = threading.Thread(target=searcher)
         thread.start()
         try:
-            wait_for(lambda: answered[0] >= 1, what="a search before the rebuild")
+            wait_for(lambda: answered[0] >= 1, what="a search before the build")
             before = answered[0]
             done = reindex(settings, fake_api, tmp_path)
             out, _ = done.communicate(timeout=600)
-            wait_for(lambda: answered[0] >= before + 3, what="searches after the rebuild")
+            wait_for(lambda: answered[0] >= before + 3, what="searches after the build")
         finally:
             stop.set()
             thread.join()
         assert done.returncode == 0, out
-        assert "rebuilt as halfvec (was vector)" in " ".join(out.split())
+        assert f"{mid}: HNSW index over 2,000 vectors rebuilt as vector" in " ".join(out.split())
         assert not failures, failures[:3]
         [definition] = model_indexes(db, mid)
-        assert "halfvec(1536)" in definition and index_kind(db, mid) == IndexKind.HALFVEC
+        assert "vector(1536)" in definition and index_kind(db, mid) == IndexKind.VECTOR
 
 
 def build_in_progress(db: Database) -> bool:
@@ -189,7 +188,15 @@ def build_in_progress(db: Database) -> bool:
         return conn.execute("SELECT count(*) FROM pg_stat_progress_create_index").fetchone()[0] > 0
 
 
-@pytest.mark.parametrize("moment", ["at start", "while the graph is built"])
+def new_index_built(db: Database, mid: str) -> bool:
+    """The rebuild's new index is complete (valid), under its building name or already swapped in."""
+    with db.connection() as conn:
+        return bool(conn.execute(
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indisvalid "
+            "AND c.relname = %s", (segment_store.index_name(mid) + "_new",)).fetchone()[0])
+
+
+@pytest.mark.parametrize("moment", ["at start", "while the graph is built", "once the new index is built"])
 def test_a_killed_reindex_leaves_search_answering_and_the_next_one_finishes(settings: Settings, fake_api: FakeAPI,
                                                                            tmp_path: Path, moment: str) -> None:
     model, dims = "text-embedding-3-small", 1536
@@ -197,19 +204,23 @@ def test_a_killed_reindex_leaves_search_answering_and_the_next_one_finishes(sett
     mid = model_id("openai", model, dims)
     with Database.from_settings(settings) as db:
         exact = store_corpus(db, model, dims, episodes=30, chunks=100)
-        old_store(db, mid, dims)
+        indexed(db, mid, dims)
         killed = reindex(settings, fake_api, tmp_path)
         if moment == "while the graph is built":
             wait_for(lambda: build_in_progress(db), timeout=300, what="the index build to start")
-        os.kill(killed.pid, signal.SIGKILL)
+        elif moment == "once the new index is built":  # before or during the swap; or, at worst, just after it
+            wait_for(lambda: new_index_built(db, mid) or killed.poll() is not None, timeout=300,
+                     what="the new index to be complete")
+        if killed.poll() is None:
+            os.kill(killed.pid, signal.SIGKILL)
         killed.wait(timeout=60)
-        assert killed.returncode == -signal.SIGKILL
+        assert killed.returncode == -signal.SIGKILL or moment == "once the new index is built"
         assert_exact(settings, db, exact)  # the old index (or a sequential scan) answers, as before
         done = reindex(settings, fake_api, tmp_path)
         out, _ = done.communicate(timeout=600)
         assert done.returncode == 0, out
         [definition] = model_indexes(db, mid)
-        assert "halfvec(1536)" in definition and index_kind(db, mid) == IndexKind.HALFVEC
+        assert "vector(1536)" in definition and index_kind(db, mid) == IndexKind.VECTOR
         with db.connection() as conn:
             invalid = conn.execute("SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                                    "WHERE NOT i.indisvalid AND c.relname LIKE 'embeddings_hnsw_%%'").fetchone()[0]

@@ -88,8 +88,8 @@ def db_status() -> None:
 @db_app.command("reindex")
 @friendly_errors
 def db_reindex(model: str = typer.Option(None, "--model", help="One embedding model id (default: every model).")) -> None:
-    """Rebuild embedding models' HNSW indexes over their stored vectors (after a bulk import, or to move a
-    1536-d model's index to half precision), while searches go on."""
+    """Rebuild embedding models' HNSW indexes over their stored vectors (after a bulk import), with memory for the
+    whole graph, while searches go on."""
     from ..storage.vector_index import rebuild_model_index
 
     settings = load_settings()

@@ -4,11 +4,11 @@ Every model has one partial HNSW cosine index over a cast of the shared `embeddi
 Search must spell its distance exactly as the index does (search/statements.py asks `distance_sql`), or the
 planner cannot use it.
 
-Why the kind depends on the dimensions: past 1,024 dimensions the index holds half-precision copies
-(`halfvec`). At 1536-d (OpenAI) that halves the index (about 3.8 GB instead of 7.6 GB per million chunks, so it fits
-the buffer cache twice as long) at the same build time and recall@10 (BENCHMARKS.md section 9), and it indexes up
-to 4,000 dimensions where `vector` stops at 2,000 (text-embedding-3-large has 3,072). A 384-d index is mostly
-neighbour lists, so halving its vectors saves less, and full precision keeps its walk's order that of an exact scan.
+Why the kind depends on the dimensions: pgvector's HNSW indexes `vector` up to 2,000 dimensions and `halfvec` up to
+4,000, so a wider model (text-embedding-3-large's 3,072) is indexed over half-precision copies; recall@10 and build
+time were the same as full precision's at 1536-d, at half the index size (BENCHMARKS.md section 9). Up to 2,000
+dimensions the index stays `vector`: the chat views expose `embedding::vector(1536)`, and the user's chat server's
+`ORDER BY embedding <=> q::vector` is served only by an index over that same expression (tests/test_chat_contract.py).
 Scores are always computed in full precision: the half-precision distance only orders the walk.
 
 Why the build settings: pgvector builds a graph much faster when it fits `maintenance_work_mem` (a graph that did
@@ -19,6 +19,7 @@ core fights the leader (section 9's "Index build settings").
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -27,9 +28,11 @@ from psycopg import sql
 from .database import Database
 from .rows import first_value
 
-HALFVEC_ABOVE_DIMENSIONS = 1024
+HALFVEC_ABOVE_DIMENSIONS = 2000  # vector's HNSW limit
 GRAPH_BYTES_PER_ELEMENT = 700  # an element's neighbour lists (2m at layer 0, m = 16) and bookkeeping
 GRAPH_SPARE = 1.2
+REINDEX_LOCK_NAMESPACE = 7_413_004  # first key of pg_advisory_lock(int, int); the second is hashtext(model_id)
+LOCK_POLL_SECONDS = 0.5
 
 
 class IndexKind(StrEnum):
@@ -89,8 +92,8 @@ class Rebuilt:
 def rebuild_model_index(db: Database, model_id: str) -> Rebuilt:
     """Build a model's HNSW index afresh over its stored vectors, in the kind its dimensions call for, while
     searches and writers go on (CREATE INDEX CONCURRENTLY), then swap it in with the model's registered kind in
-    one short transaction. A build killed halfway leaves an invalid index under the new name, dropped by the
-    next try; the old index serves meanwhile. For after a bulk import, or to move a model to halfvec."""
+    one short transaction. A build killed halfway leaves an index under the new name, dropped by the next try;
+    the old index serves meanwhile. For after a bulk import (README "How far one machine goes")."""
     with db.connection() as conn:
         row = conn.execute("SELECT dimensions, index_kind, index_name FROM embedding_models WHERE model_id = %s",
                            (model_id,)).fetchone()
@@ -103,6 +106,13 @@ def rebuild_model_index(db: Database, model_id: str) -> Rebuilt:
     building = name + "_new"
     with db.connection() as conn:
         conn.autocommit = True  # CONCURRENTLY cannot run inside a transaction
+        # One rebuild of a model at a time. A rebuild whose client was killed goes on building in its server
+        # process, holding this lock, until the statement ends: the next one waits for it instead of deadlocking
+        # on the half-built index it would drop. It polls: a statement waiting on the lock would hold a snapshot,
+        # which the other's CREATE INDEX CONCURRENTLY waits for in turn.
+        while not first_value(conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                                           (REINDEX_LOCK_NAMESPACE, model_id))):
+            time.sleep(LOCK_POLL_SECONDS)
         try:
             for statement in settings.statements():
                 conn.execute(statement)
@@ -114,6 +124,7 @@ def rebuild_model_index(db: Database, model_id: str) -> Rebuilt:
                 conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(building), sql.Identifier(name)))
             conn.execute("ANALYZE embeddings")  # after a bulk import the planner's row counts are stale too
         finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (REINDEX_LOCK_NAMESPACE, model_id))
             conn.execute("RESET maintenance_work_mem")
             conn.execute("RESET max_parallel_maintenance_workers")
             conn.autocommit = False

@@ -1,6 +1,5 @@
--- Each model's HNSW index is over `embedding::vector(D)` or, past 1,024 dimensions, `embedding::halfvec(D)`
--- (storage/vector_index.py says why). Models registered before keep their full-precision index until
--- `gdr db reindex` rebuilds it; halfvec indexes up to 4,000 dimensions, where vector's stop at 2,000.
+-- Each model's HNSW index is over `embedding::vector(D)` or, past vector's 2,000-dimension index limit,
+-- `embedding::halfvec(D)` (storage/vector_index.py says why): models up to 4,000 dimensions can be stored and searched.
 ALTER TABLE embedding_models ADD COLUMN index_kind text NOT NULL DEFAULT 'vector'
     CHECK (index_kind IN ('vector', 'halfvec'));
 ALTER TABLE embedding_models DROP CONSTRAINT embedding_models_dimensions_check;
