@@ -352,15 +352,21 @@ def _speakers(sk: dict[str, Any]) -> dict[str, Any]:
                f"{m['given']['worst']:.1%}" for d in sk["draws"] if (m := d["methods"].get("shipped"))]
     summary = ("shipped diarizer, count given: " + "; ".join(shipped) + " (targets 95% / 85% / 60%); "
                "pitch-only and ECAPA beside it in the section's table.")
-    library_rows = [[f"{d['seed']} ({d['role']})", lib["enrolled_voices"], lib["known_speakers"],
-                     f"{lib['shipped']['known_named_right']:.0%}", f"{lib['shipped']['known_named_wrong']:.0%}",
-                     lib["unknown_speakers"], f"{lib['shipped']['unknown_false_name']:.1%}",
-                     _mark(lib['shipped']['unknown_false_name'] <= 0.02), d["load"]]
-                    for d in sk["draws"] if (lib := d.get("library"))]
+    def rule(r: dict[str, Any]) -> str:
+        pitch = "cosine alone" if r.get("pitch_agree", float("inf")) == float("inf") else f"pitch within {r['pitch_agree']:g}"
+        return f"{r['threshold']:g}, {pitch}"
+
+    library_rows = [[f"{d['seed']} ({d['role']})", label + rule(r), lib["enrolled_voices"], lib["known_speakers"],
+                     f"{r['known_named_right']:.0%}", f"{r['known_named_wrong']:.0%}",
+                     lib["unknown_speakers"], f"{r['unknown_false_name']:.1%}",
+                     _mark(r['unknown_false_name'] <= 0.02), lib.get("load", d["load"])]
+                    for d in sk["draws"] if (lib := d.get("library"))
+                    for label, r in (("shipped: ", lib["shipped"]), ("before: ", lib.get("before"))) if r]
     threshold = next((d["library"]["shipped"]["threshold"] for d in sk["draws"] if d.get("library")), "?")
     return {"speakers": True, "sk_summary": summary, "sk_episodes": " / ".join(str(d["episodes"]) for d in sk["draws"]),
             "sk_wanted": first.get("episodes_wanted", first["episodes"]), "sk_threshold": threshold,
-            "sk_library_table": _table(["seed", "voices enrolled", "known voices heard again", "named right", "named wrong",
+            "sk_library_table": _table(["seed", "rule (SAME_PERSON, PITCH_AGREE)", "voices enrolled",
+                                        "known voices heard again", "named right", "named wrong",
                                         "unknown voices heard", "given a name (false)", "target <= 2%", "load"], library_rows),
             "sk_audio": f"{sum(d['audio_seconds'] for d in sk['draws']) / 60:.0f}",
             "sk_table": _table(["seed", "diarizer", "median", "p10", "worst", "targets", "no count: median / p10 / worst",

@@ -63,6 +63,7 @@ PHRASE_PAUSE = 0.25  # a turn's silences at least this long split it into phrase
 TARGETS = {"median": 0.95, "p10": 0.85, "worst": 0.60}
 KNOWN_PROBES = 8  # enrolled episodes whose voices speak again (the library's known voices)
 PITCH_AGREE_SWEEP = (1.0, 1.5, 2.0, 3.0, float("inf"))  # semitones; inf: cosine alone
+BEFORE = (0.85, float("inf"))  # the library's rule before the pitch gate: cosine alone, at 0.85
 
 
 @dataclass(frozen=True)
@@ -368,8 +369,7 @@ def library_figures(raw: dict) -> dict:
 
     sweep = [at(t, a) for a in PITCH_AGREE_SWEEP for t in np.arange(0.6, 0.96, 0.025).tolist()]
     return {"enrolled_voices": len(known_voices), "known_speakers": len(known), "unknown_speakers": len(unknown),
-            "shipped": at(voices.SAME_PERSON, voices.PITCH_AGREE),
-            "cosine_only": at(voices.SAME_PERSON, float("inf")), "sweep": sweep}
+            "shipped": at(voices.SAME_PERSON, voices.PITCH_AGREE), "before": at(*BEFORE), "sweep": sweep}
 
 
 def _majority(labels: list[int], truth: list[int], spans: list[tuple[float, float]]) -> dict[int, int]:

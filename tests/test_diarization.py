@@ -23,7 +23,7 @@ SAME_GENDER_FLOOR = 0.90
 @pytest.fixture(scope="module")
 def transcriber(tmp_path_factory: pytest.TempPathFactory) -> LocalWhisperTranscriber:
     home = tmp_path_factory.mktemp("gdr-home")
-    return LocalWhisperTranscriber(shipped_whisper_base(home), home=home)
+    return LocalWhisperTranscriber(shipped_whisper_base(home / "models"), models=home / "models")
 
 
 def accuracy(transcriber: LocalWhisperTranscriber, stem: str) -> tuple[float, int]:

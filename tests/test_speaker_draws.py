@@ -8,13 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.speaker_draws import SAMPLE_RATE, TARGETS, accuracy, draw, summary
+
 from gent_disagreement_rag.providers.transcribers import speaker_embeddings, voices
 
 SEED, EPISODES = 3, 4
 
 
-def test_smallest_draw_reaches_the_p10_target(tmp_path: Path) -> None:
-    session = speaker_embeddings.load_session(tmp_path)
+def test_smallest_draw_reaches_the_p10_target(models_dir: Path) -> None:
+    session = speaker_embeddings.load_session(models_dir)
     scores = []
     for index in range(EPISODES):
         episode = draw(SEED, index)

@@ -5,7 +5,6 @@ library lists the new voice."""
 from __future__ import annotations
 
 import pytest
-
 from typer.testing import CliRunner
 
 from gent_disagreement_rag.cli import app

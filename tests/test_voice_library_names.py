@@ -4,9 +4,9 @@ of them and a voice never named keeps "Speaker N" for the stranger (never someon
 
 from __future__ import annotations
 
-import pytest
-
 import json
+
+import pytest
 
 from gent_disagreement_rag.storage import voices as library
 from gent_disagreement_rag.storage.database import Database

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from bench.speaker_draws import SAMPLE_RATE, Voice, synthesise
+
 from gent_disagreement_rag.settings import Settings
 from tests.support.builders import app_environment
 from tests.support.fakeapi import FakeAPI, deepgram_response

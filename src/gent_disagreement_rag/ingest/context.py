@@ -25,7 +25,7 @@ _ACTIVE: ContextVar[RunContext | None] = ContextVar("gdr_run_context", default=N
 def _load_speaker_model(settings: Settings) -> Any:
     from ..providers.transcribers.speaker_embeddings import load_session  # onnxruntime: only when a stage needs it
 
-    return load_session(settings.home)
+    return load_session(settings.models)
 
 
 class RunContext:

@@ -52,13 +52,13 @@ UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 PHRASE_PAUSE_SECONDS = 0.3  # speakers are assigned per phrase: words up to a sentence end or such a pause
 
 
-def shipped_whisper_base(home: Path) -> Path:
-    """The Whisper base folder under `home`, joined from the two wheels on first use.
+def shipped_whisper_base(models: Path) -> Path:
+    """The Whisper base folder in the `models` folder, joined from the two wheels on first use.
 
     The folder is built under a temporary name and renamed into place, so a reader never sees a
     partial model and two processes racing here both end up with one complete copy.
     """
-    target = home / "models" / "whisper-base"
+    target = models / "whisper-base"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".whisper-base-", dir=target.parent))
@@ -144,7 +144,7 @@ class LocalWhisperTranscriber:
         diarize: bool = True,
         cpu_threads: int | None = None,
         at_once: int = 1,
-        home: Path = Path(".gdr"),
+        models: Path = Path(".gdr/models"),
     ):
         self.model_folder = model_folder
         self.model = f"{model_folder.name}-int8"
@@ -162,19 +162,19 @@ class LocalWhisperTranscriber:
                                                 cpu_threads=self.cpu_threads, num_workers=self.at_once,
                                                 local_files_only=True))
         self._inference = threading.Semaphore(self.at_once)
-        self._speaker_model = Lazy(lambda: speaker_embeddings.load_session(home))  # built under `home` on first use
+        self._speaker_model = Lazy(lambda: speaker_embeddings.load_session(models))  # built there on first use
 
     @classmethod
     def from_settings(cls, settings: Settings, at_once: int = 1) -> LocalWhisperTranscriber:
         """`at_once`: how many episodes the run transcribes at the same time."""
         folder = settings.local_whisper_model
         if folder is None:
-            return cls(shipped_whisper_base(settings.home), at_once=at_once, home=settings.home)
+            return cls(shipped_whisper_base(settings.models), at_once=at_once, models=settings.models)
         if not (folder / "model.bin").is_file():
             raise ConfigError(
                 f"LOCAL_WHISPER_MODEL={folder}: no model.bin there (expected the folder of a CTranslate2 Whisper model)"
             )
-        return cls(folder.resolve(), at_once=at_once, home=settings.home)
+        return cls(folder.resolve(), at_once=at_once, models=settings.models)
 
     def options(self) -> dict[str, Any]:
         """Everything besides the audio that shapes the output (not cpu_threads or at_once: they only change the speed)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from .diarize import HOP_SECONDS, pitch_track
+from .diarize import span_pitches
 from .speaker_embeddings import MODEL_VERSION, SAMPLE_RATE, embed
 
 MODEL = f"ecapa-tdnn-v{MODEL_VERSION}"  # the name voice embeddings are stored under (a new model: a new name)
@@ -49,13 +49,7 @@ class Diarization:
 
 
 def _pitches(audio: np.ndarray, spans: Sequence[tuple[float, float]]) -> np.ndarray:
-    track = pitch_track(audio, SAMPLE_RATE)
-    out = np.full(len(spans), np.nan)
-    for i, (start, end) in enumerate(spans):
-        values = track[int(start / HOP_SECONDS) : int(end / HOP_SECONDS) + 1]
-        if (~np.isnan(values)).any():
-            out[i] = np.nanmedian(values)
-    return out
+    return span_pitches(audio, SAMPLE_RATE, spans)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -132,18 +126,19 @@ def _middle(audio: np.ndarray, start: float, end: float) -> np.ndarray:
 
 # --- the voice library: what each speaker of a transcript sounds like, and whose voice it is -------------------
 
-# Cosine to a known voice's nearest sample from which a speaker gets its name. On the tuning seed's sweep
-# (BENCHMARKS.md, "Speakers on voices nobody picked") 0.85 was the lowest naming no known voice wrongly; 0.925 named
-# fewer strangers but missed a host heard in two clean 25-second dialogues (cosine 0.92-0.93).
-SAME_PERSON = 0.85
+# Cosine to a known voice's nearest sample (whose pitch agrees, PITCH_AGREE) from which a speaker gets its name. On
+# the tuning seed's sweep (BENCHMARKS.md, "Speakers on voices nobody picked") 0.9 with 1 semitone was the pair that
+# named no known voice wrongly and at most 2% of strangers; lower thresholds named more known voices and more
+# strangers. A known host heard in two clean 25-second dialogues scores 0.92-0.93.
+SAME_PERSON = 0.9
 MAX_SPANS_PER_SPEAKER = 12  # a speaker's embedding averages at most this many of their longest stretches
 
 
 # A name is given only when the speaker's median pitch is within this many semitones of the named sample's: two
 # voices that ECAPA finds alike (two espeak-ng voices of one accent; two people of one region) mostly differ in
-# pitch, while one person's median pitch moves little between recordings. Chosen with SAME_PERSON on the tuning seed
-# (BENCHMARKS.md, "Speakers on voices nobody picked").
-PITCH_AGREE = 2.0
+# pitch, while one voice's median pitch moves little between recordings. With cosine alone, the threshold that named
+# no known voice wrongly on the tuning seed still gave a name to 20% of strangers; with pitch, 1%.
+PITCH_AGREE = 1.0
 
 
 @dataclass(frozen=True)
@@ -178,10 +173,11 @@ def speaker_voices(
     for speaker in sorted(set(speakers)):
         mine = [(e - s, s, e) for (s, e), k in zip(spans, speakers, strict=True) if k == speaker]
         chosen = sorted((m for m in mine if m[0] >= MIN_EMBED_SECONDS), reverse=True)[:MAX_SPANS_PER_SPEAKER]
-        if not chosen:
+        # The audio itself must hold the stretch: a transcript's times can run past a shorter file's end.
+        pieces = [p for _, s, e in chosen if len(p := _middle(audio, s, e)) >= MIN_EMBED_SECONDS * SAMPLE_RATE]
+        if not pieces:
             continue
         model = session()
-        pieces = [_middle(audio, s, e) for _, s, e in chosen]
         vectors = np.stack([embed(piece, model) for piece in pieces])
         pitch = _median_pitch(np.concatenate(pieces), [(0.0, sum(len(p) for p in pieces) / SAMPLE_RATE)])
         out.append(SpeakerVoice(speaker, _unit(vectors.mean(axis=0)), float(sum(m[0] for m in mine)), pitch))
