@@ -336,8 +336,9 @@ def _local(lo: dict[str, Any]) -> dict[str, Any]:
 def _speakers(sk: dict[str, Any]) -> dict[str, Any]:
     """bench/speaker_draws.py: every method on both seeds, count given and estimated."""
     t = sk["targets"]
-    labels = {"pitch": "pitch only (diarize.py)", "ecapa": "ECAPA + pitch groups (speaker_embeddings.py)",
-              "shipped": "shipped (voices.py)"}
+    labels = {"pitch": "pitch only (diarize.py)", "ecapa": "ECAPA in pitch groups (speaker_embeddings.py)",
+              "voices": "ECAPA + soft pitch (voices.py)",
+              "shipped": "shipped: speaker_embeddings.py with a count, voices.py without"}
     rows = []
     for d in sk["draws"]:
         for name, m in d["methods"].items():

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -253,6 +254,7 @@ Diarizer = Callable[[np.ndarray, int, list[tuple[float, float]], int | None], li
 def diarizers(home: Path) -> dict[str, Diarizer]:
     """The alternatives compared: `speakers` is the count when a map gives it, None when it must be estimated."""
     from gent_disagreement_rag.providers.transcribers import diarize, speaker_embeddings, voices
+    from gent_disagreement_rag.providers.transcribers.local_whisper import diarize_spans
 
     session = speaker_embeddings.load_session(home)
     return {
@@ -260,7 +262,10 @@ def diarizers(home: Path) -> dict[str, Diarizer]:
         "ecapa": lambda audio, sr, spans, speakers: (
             speaker_embeddings.assign_speakers(audio, sr, spans, speakers, lambda: session) if speakers
             else diarize.assign_speakers(audio, sr, spans, 4)),  # today's transcriber without a map: pitch, up to 4
-        "shipped": lambda audio, sr, spans, speakers: voices.diarize(audio, spans, speakers, lambda: session),
+        # What the local transcriber runs (local_whisper.diarize_spans): ECAPA in pitch groups with a count,
+        # voices.py without one.
+        "shipped": lambda audio, sr, spans, speakers: SimpleNamespace(
+            labels=diarize_spans(audio, spans, speakers, lambda: session)),
     }
 
 

@@ -25,6 +25,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from itertools import groupby
 from pathlib import Path
@@ -125,6 +126,16 @@ def _bare(word: str) -> str:
     return re.sub(r"^\W+|\W+$", "", word).lower() or word
 
 
+def diarize_spans(audio: np.ndarray, spans: Sequence[tuple[float, float]], speakers: int | None,
+                  session: Callable[[], Any]) -> list[int]:
+    """A speaker per span. With the count a speakers_map gives: ECAPA embeddings clustered within pitch groups
+    (speaker_embeddings.py), exact on the sample episodes and a quarter of the CPU, as right as voices.py on drawn
+    voices (BENCHMARKS.md section 10). Without one: voices.py, which estimates the count."""
+    if speakers:
+        return speaker_embeddings.assign_speakers(audio, SAMPLE_RATE, spans, speakers, session)
+    return voices.diarize(audio, spans, None, session).labels
+
+
 class LocalWhisperTranscriber:
     """Whisper base on the CPU; every argument but `cpu_threads` and `at_once` changes the output, so all are in
     options(). `cpu_threads` (default: every core) are shared out between `at_once` transcriptions, which may run at
@@ -188,7 +199,7 @@ class LocalWhisperTranscriber:
             "piece_seconds": self.piece_seconds,
             "diarize": self.diarize,
             "speaker_model": voices.MODEL,
-            "diarizer": voices.diarizer_options(),
+            "diarizer": {"with_count": "ecapa-in-pitch-groups", "without_count": voices.diarizer_options()},
         }
 
     def transcribe(self, audio_path: Path, progress: AudioProgress | None = None, speakers: int | None = None
@@ -206,7 +217,7 @@ class LocalWhisperTranscriber:
         if not self.diarize:
             labels = [0] * len(spans)
         else:
-            labels = voices.diarize(audio, spans, speakers or None, self._speaker_model.get).labels
+            labels = diarize_spans(audio, spans, speakers, self._speaker_model.get)
         for (first, last), speaker in zip(phrases, labels, strict=True):
             for w in words[first : last + 1]:
                 w["speaker"] = speaker
