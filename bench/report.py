@@ -333,6 +333,47 @@ def _local(lo: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _speakers(sk: dict[str, Any]) -> dict[str, Any]:
+    """bench/speaker_draws.py: every method on both seeds, count given and estimated."""
+    t = sk["targets"]
+    labels = {"pitch": "pitch only (diarize.py)", "ecapa": "ECAPA in pitch groups (speaker_embeddings.py)",
+              "voices": "ECAPA + soft pitch (voices.py)",
+              "shipped": "shipped: speaker_embeddings.py with a count, voices.py without"}
+    rows = []
+    for d in sk["draws"]:
+        for name, m in d["methods"].items():
+            g, e = m["given"], m["estimated"]
+            met = g["median"] >= t["median"] and g["p10"] >= t["p10"] and g["worst"] >= t["worst"]
+            rows.append([f"{d['seed']} ({d['role']})", labels.get(name, name), f"{g['median']:.1%}", f"{g['p10']:.1%}",
+                         f"{g['worst']:.1%}", _mark(met), f"{e['median']:.1%} / {e['p10']:.1%} / {e['worst']:.1%}",
+                         f"{m['count_exact']:.0%} ({m['count_mean_abs_error']:.2f})", f"{m['cpu_per_audio_second']:.4f}",
+                         d["load"]])
+    first = sk["draws"][0]
+    shipped = [f"seed {d['seed']} ({d['role']}) median {m['given']['median']:.1%}, p10 {m['given']['p10']:.1%}, worst "
+               f"{m['given']['worst']:.1%}" for d in sk["draws"] if (m := d["methods"].get("shipped"))]
+    summary = ("shipped diarizer, count given: " + "; ".join(shipped) + " (targets 95% / 85% / 60%); "
+               "pitch-only and ECAPA beside it in the section's table.")
+    def rule(r: dict[str, Any]) -> str:
+        pitch = "cosine alone" if r.get("pitch_agree", float("inf")) == float("inf") else f"pitch within {r['pitch_agree']:g}"
+        return f"{r['threshold']:g}, {pitch}"
+
+    library_rows = [[f"{d['seed']} ({d['role']})", label + rule(r), lib["enrolled_voices"], lib["known_speakers"],
+                     f"{r['known_named_right']:.0%}", f"{r['known_named_wrong']:.0%}",
+                     lib["unknown_speakers"], f"{r['unknown_false_name']:.1%}",
+                     _mark(r['unknown_false_name'] <= 0.02), lib.get("load", d["load"])]
+                    for d in sk["draws"] if (lib := d.get("library"))
+                    for label, r in (("shipped: ", lib["shipped"]), ("before: ", lib.get("before"))) if r]
+    threshold = next((d["library"]["shipped"]["threshold"] for d in sk["draws"] if d.get("library")), "?")
+    return {"speakers": True, "sk_summary": summary, "sk_episodes": " / ".join(str(d["episodes"]) for d in sk["draws"]),
+            "sk_wanted": first.get("episodes_wanted", first["episodes"]), "sk_threshold": threshold,
+            "sk_library_table": _table(["seed", "rule (SAME_PERSON, PITCH_AGREE)", "voices enrolled",
+                                        "known voices heard again", "named right", "named wrong",
+                                        "unknown voices heard", "given a name (false)", "target <= 2%", "load"], library_rows),
+            "sk_audio": f"{sum(d['audio_seconds'] for d in sk['draws']) / 60:.0f}",
+            "sk_table": _table(["seed", "diarizer", "median", "p10", "worst", "targets", "no count: median / p10 / worst",
+                                "count estimate exact (mean abs error)", "CPU s per audio s", "load"], rows)}
+
+
 def figures(results: dict[str, Any]) -> dict[str, Any]:
     """Every placeholder's value, from bench/results.json: BENCHMARKS.md and README's figures block share them."""
     s = results.get("sections", {})
@@ -340,7 +381,7 @@ def figures(results: dict[str, Any]) -> dict[str, Any]:
     if par := s.get("parallel"):
         values |= _parallel(par, results["machine"])
     for name, figures in (("api", _api), ("store", _store), ("search", _search), ("local", _local),
-                            ("serve", _serve)):
+                            ("serve", _serve), ("speakers", _speakers)):
         if name in s:
             values |= figures(s[name])
     values["fleet"] = "fleet" in s

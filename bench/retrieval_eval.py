@@ -88,7 +88,7 @@ def transcripts(cache: Path) -> dict[str, tuple[Transcript, dict[str, str]]]:
         speakers_map = json.loads((ROOT / "data" / "samples" / f"{stem}.script.json").read_text())["speakers_map"]
         path = cache / f"{stem}.raw.json"  # whisper's raw output: parsed again by today's rules on every run
         if not path.exists():
-            whisper = LocalWhisperTranscriber(shipped_whisper_base(ROOT / ".gdr"), home=ROOT / ".gdr")
+            whisper = LocalWhisperTranscriber(shipped_whisper_base(ROOT / ".gdr" / "models"), models=ROOT / ".gdr" / "models")
             result = whisper.transcribe(ROOT / "data" / "audio" / f"{stem}.mp3", speakers=len(speakers_map))
             path.write_text(json.dumps(result.raw))
         out[stem] = (provider_registry(Settings(_env_file=None)).parse_raw(json.loads(path.read_text())), speakers_map)

@@ -5,7 +5,7 @@
     uv run python -m bench.run_all --only search   # one section; the others keep their last results
 
 Sections: parallel, api, store, search, local, fleet (the three engines compared), serve (gdr web and gdr mcp),
-scale (a million chunks, ~40 min alone). Not tests: nothing here
+scale (a million chunks, ~40 min alone), speakers (diarization on drawn espeak-ng voices). Not tests: nothing here
 asserts on time; targets are reported as met or missed. Every section notes the machine's load, which the figures depend on.
 """
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ["parallel", "api", "store", "search", "local", "fleet", "serve", "scale"]
+SECTIONS = ["parallel", "api", "store", "search", "local", "fleet", "serve", "scale", "speakers"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results.json"
 CHART = REPO_ROOT / "bench" / "speedup.png"
@@ -162,6 +162,12 @@ def run_sections(sections: list[str], folder: Path, results: dict[str, Any], *, 
         t0 = time.perf_counter()
         log("== 5. local pipeline (offline Whisper + MiniLM)")
         record("local", local_pipeline.run(quick=quick), t0)
+    if "speakers" in sections:
+        from bench import speaker_draws
+
+        t0 = time.perf_counter()
+        log("== 10. speakers on drawn voices (pitch, ECAPA, shipped)")
+        record("speakers", speaker_draws.run(quick=quick), t0)
 
 
 if __name__ == "__main__":

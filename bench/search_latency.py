@@ -156,7 +156,7 @@ def library(world: dict[str, Any], queries: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         searcher = S.Searcher(settings, db)  # a serving process keeps one: its query embedder is loaded once
-        embedder = LocalMiniLMQueryEmbedder(settings.home)  # the query embedder the library call uses
+        embedder = LocalMiniLMQueryEmbedder(settings.models)  # the query embedder the library call uses
         cases = (("vector", {"mode": "vector"}), ("hybrid", {"mode": "hybrid"}),
                  ("vector + speaker filter", {"mode": "vector", "speaker": GUESTS[7]}),
                  ("hybrid + speaker filter", {"mode": "hybrid", "speaker": GUESTS[7]}),

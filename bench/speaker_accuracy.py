@@ -51,7 +51,7 @@ def speaker_accuracy(spans: list[tuple[float, float]], labels: list[int], turns:
 
 def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="gdr-speakers-"))
-    whisper = LocalWhisperTranscriber(shipped_whisper_base(ROOT / ".gdr"), diarize=False, home=home)
+    whisper = LocalWhisperTranscriber(shipped_whisper_base(ROOT / ".gdr" / "models"), diarize=False, models=home)
     started = time.perf_counter()
     session = speaker_embeddings.load_session(home)
     print(f"ECAPA ONNX model built from the shipped checkpoint in {time.perf_counter() - started:.2f} s")

@@ -53,6 +53,25 @@ def fresh_db_url(pg_server: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session", autouse=True)
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One MODELS_DIR for the session, the speaker model built in it up front: every episode's voices stage loads
+    it, and each test's GDR_HOME building its own would cost each test the build (~10 s). Set in this process's
+    environment, so the settings of every test and of the `gdr` processes that inherit it read it; a child given
+    an environment of its own builds in its GDR_HOME, as a user's does."""
+    from gent_disagreement_rag.providers.transcribers.speaker_embeddings import ecapa_model_path
+
+    folder = tmp_path_factory.mktemp("models")
+    ecapa_model_path(folder)
+    before = os.environ.get("MODELS_DIR")
+    os.environ["MODELS_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("MODELS_DIR", None)
+    else:
+        os.environ["MODELS_DIR"] = before
+
+
 @pytest.fixture
 def settings(tmp_path: Path, fresh_db_url: str) -> Settings:
     """Settings pointing at a fresh database, with every state directory under tmp_path."""

@@ -99,9 +99,9 @@ def test_sigkill_while_transcribing_then_resume(world: World) -> None:
 
 
 def stage_records(world: World, markers: dict[str, str]) -> dict[tuple[str, str], Path]:
-    """The latest Prefect result record in the world's stage cache for each (stage, episode): each record
-    read with Prefect's own deserializer and told apart by what it holds (the episode's marker, its export
-    paths, or the fake's vector for its chunk)."""
+    """The latest Prefect result record in the world's stage cache for each (stage, episode) of the transcribe,
+    format, export and embed stages: each record read with Prefect's own deserializer and told apart by what it
+    holds (the episode's marker, its export paths, or the fake's vector for its chunk)."""
     from prefect.results import ResultRecord
 
     kinds = {"TranscriptionResult": "transcribe", "FormattedEpisode": "format", "dict": "export", "EmbeddingBatch": "embed"}
@@ -111,6 +111,8 @@ def stage_records(world: World, markers: dict[str, str]) -> dict[tuple[str, str]
     chunk_texts = {e: [c.text for c in r.chunks] for r in records.values() if type(r).__name__ == "FormattedEpisode"
                    for e, m in markers.items() if m in repr(r)}
     for path, result in records.items():
+        if isinstance(result, list):  # the voices stage's (the speakers' voices): not one of the stages torn here
+            continue
         stage = kinds[type(result).__name__]
         for e, marker in markers.items():
             if stage == "embed":

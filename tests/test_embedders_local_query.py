@@ -28,7 +28,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_query_vectors_are_close_to_the_stored_models_and_batch_independent(home: Path) -> None:
-    query = LocalMiniLMQueryEmbedder(home)
+    query = LocalMiniLMQueryEmbedder(home / "models")
     batch = query.embed(TEXTS)
     assert batch.vectors.shape == (len(TEXTS), 384) and batch.vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(batch.vectors, axis=1), 1.0, atol=1e-5)
@@ -41,12 +41,12 @@ def test_query_vectors_are_close_to_the_stored_models_and_batch_independent(home
 
 
 def test_query_model_is_built_once_with_int8_matmuls_and_saved_optimized(home: Path) -> None:
-    LocalMiniLMQueryEmbedder(home).embed(["a first query builds the model"])
-    path = query_model_path(home)
+    LocalMiniLMQueryEmbedder(home / "models").embed(["a first query builds the model"])
+    path = query_model_path(home / "models")
     assert path.parent == home / "models" and path.exists()
     built = path.stat().st_mtime_ns
-    LocalMiniLMQueryEmbedder(home).embed(["a second embedder reuses it"])
-    assert query_model_path(home) == path and path.stat().st_mtime_ns == built
+    LocalMiniLMQueryEmbedder(home / "models").embed(["a second embedder reuses it"])
+    assert query_model_path(home / "models") == path and path.stat().st_mtime_ns == built
     ops = [node.op_type for node in onnx.load(str(path)).graph.node]
     assert ops.count("DynamicQuantizeMatMul") == 36  # 6 layers: Q, K, V, output, two feed-forward
     assert "MatMul" in ops  # the attention products (activations on both sides) stay fp32

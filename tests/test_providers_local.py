@@ -76,7 +76,7 @@ def embedder() -> LocalMiniLMEmbedder:
 
 def test_whisper_base_is_joined_once_even_when_two_callers_race(tmp_path: Path) -> None:
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(shipped_whisper_base(tmp_path))) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: results.append(shipped_whisper_base(tmp_path / "models"))) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:

@@ -83,3 +83,21 @@ def test_episodes_stored_before_the_config_was_recorded_are_judged_by_their_vect
     assert stale(settings) == {"ST-0": None, "ST-1": None}
     monkeypatch.setenv("EMBEDDING_DIMENSIONS", "512")
     assert stale(settings)["ST-0"] == f"embedded with {OPENAI}, settings want openai/text-embedding-3-small@512"
+
+
+def test_a_new_voice_naming_threshold_names_map_less_episodes_again_without_transcribing(
+        settings, fake_api, monkeypatch, prefect_api) -> None:
+    from gent_disagreement_rag.providers.transcribers import voices
+
+    tone_catalogue(settings, fake_api, monkeypatch, {f"NV-{i}": (20 + i, 300 + 60 * i) for i in range(2)}, {})
+    assert run_ingest().is_completed()
+    assert stale(settings) == {"NV-0": None, "NV-1": None}
+    requests = len(fake_api.requests_to(LISTEN))
+
+    monkeypatch.setattr(voices, "SAME_PERSON", 0.95)
+    found = stale(settings)
+    assert all(reason and reason.startswith("speakers named by voice with ") and '"same_person": 0.95' in reason
+               for reason in found.values()), found
+    assert run_ingest().is_completed()
+    assert len(fake_api.requests_to(LISTEN)) == requests  # named again from the cached transcripts
+    assert stale(settings) == {"NV-0": None, "NV-1": None}

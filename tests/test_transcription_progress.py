@@ -16,7 +16,7 @@ SPOKEN = ("Welcome back to the show. Today we are talking about bees on the roof
 def test_progress_starts_at_zero_and_follows_the_segments(tmp_path: Path) -> None:
     wav = tmp_path / "talk.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), SPOKEN], check=True)
-    whisper = LocalWhisperTranscriber(shipped_whisper_base(tmp_path / "home"), home=tmp_path / "home", diarize=False)
+    whisper = LocalWhisperTranscriber(shipped_whisper_base(tmp_path / "models"), models=tmp_path / "models", diarize=False)
     reports: list[tuple[float, float]] = []
     result = whisper.transcribe(wav, lambda done, total: reports.append((done, total)))
     total = result.transcript.duration

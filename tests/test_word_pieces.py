@@ -40,7 +40,7 @@ def whisper_result(tmp_path_factory: pytest.TempPathFactory) -> TranscriptionRes
     folder = tmp_path_factory.mktemp("pieces")
     wav = folder / "pieces.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), SPOKEN], check=True)
-    whisper = LocalWhisperTranscriber(shipped_whisper_base(folder / "home"), home=folder / "home")
+    whisper = LocalWhisperTranscriber(shipped_whisper_base(folder / "models"), models=folder / "models")
     return whisper.transcribe(wav, speakers=1)
 
 

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
 
     # Files
     gdr_home: Path = Field(Path(".gdr"), description="State directory: embedded Postgres, caches, models")
+    models_dir: Path | None = Field(None, description=
+        "Where the models built from the shipped weights on first use are kept (Whisper base, the MiniLM query "
+        "model, the speaker model); unset = GDR_HOME/models. Homes or machines may share one.")
     episodes_file: Path = Field(Path("data/episodes.json"), description="The episode catalogue (JSON list)")
     audio_dir: Path = Field(Path("data/audio"), description="Where catalogue file_names are found")
     transcripts_dir: Path = Field(Path("data/transcripts"), description="Exports: raw response, chunks, Markdown, SRT, VTT")
@@ -151,6 +154,10 @@ class Settings(BaseSettings):
     @property
     def home(self) -> Path:
         return self.gdr_home.resolve()
+
+    @property
+    def models(self) -> Path:
+        return self.models_dir.resolve() if self.models_dir is not None else self.home / "models"
 
     @property
     def pgdata(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -93,7 +94,13 @@ def app_environment(settings: Settings, fake_api: FakeAPI) -> dict[str, str]:
         "AUDIO_DIR": str(settings.audio_dir),
         "TRANSCRIPTS_DIR": str(settings.transcripts_dir),
         **{k.upper(): v for k, v in fake_api.settings_fields().items()},
+        **shared_models(),
     }
+
+
+def shared_models() -> dict[str, str]:
+    """The session's MODELS_DIR (tests/conftest.py), for a child process given an environment of its own."""
+    return {"MODELS_DIR": os.environ["MODELS_DIR"]} if "MODELS_DIR" in os.environ else {}
 
 
 def run_ingest(**parameters: Any):

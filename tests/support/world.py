@@ -22,7 +22,7 @@ from gent_disagreement_rag.ingest.context import RunContext
 from gent_disagreement_rag.settings import Settings
 from gent_disagreement_rag.storage import episodes as episode_store
 from gent_disagreement_rag.storage.database import Database
-from tests.support.builders import app_environment, make_audio
+from tests.support.builders import app_environment, make_audio, shared_models
 from tests.support.fakeapi import (
     LISTEN,
     FakeAPI,
@@ -162,6 +162,7 @@ def world(tmp_path: Path, fresh_db_url: str, fake_api: FakeAPI, prefect_api: str
         "AUDIO_DIR": str(tmp_path / "audio"),
         "TRANSCRIPTS_DIR": str(tmp_path / "transcripts"),
         **{k.upper(): v for k, v in fake_api.settings_fields().items()},
+        **shared_models(),
     }
     for name, value in app_env.items():
         monkeypatch.setenv(name, value)

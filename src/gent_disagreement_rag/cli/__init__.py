@@ -5,7 +5,7 @@ What only some commands need (the catalogue's pydantic models, the ingest layer,
 inside them, so that `gdr search` does not pay for it (BENCHMARKS.md "Design figures").
 """
 
-from . import db, ingest, search, serve, server  # noqa: F401 (registers the commands)
+from . import db, ingest, search, serve, server, speakers  # noqa: F401 (registers the commands)
 from .common import app
 from .db import seed_db
 

@@ -6,6 +6,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
+from typing import Any
 
 from ..providers.embedders import Embedder
 from ..providers.lazy import Lazy
@@ -21,6 +22,12 @@ from .events import ProgressCallback, ignore_progress
 _ACTIVE: ContextVar[RunContext | None] = ContextVar("gdr_run_context", default=None)
 
 
+def _load_speaker_model(settings: Settings) -> Any:
+    from ..providers.transcribers.speaker_embeddings import load_session  # onnxruntime: only when a stage needs it
+
+    return load_session(settings.models)
+
+
 class RunContext:
     """Settings, the database pool, the providers (built on first use, once) and the progress callback.
 
@@ -29,7 +36,7 @@ class RunContext:
     """
 
     __slots__ = ("settings", "db", "progress", "transcriptions_at_once", "fleet", "interrupted", "halted",
-                 "providers", "_transcriber", "_embedder")
+                 "providers", "_transcriber", "_embedder", "_speaker_model")
 
     def __init__(self, settings: Settings, db: Database, progress: ProgressCallback | None = None,
                  transcriptions_at_once: int = 1, *, fleet: bool = False):
@@ -47,6 +54,8 @@ class RunContext:
         self.providers: Registry = provider_registry(settings)
         self._transcriber: Lazy[Transcriber] = Lazy(lambda: self.providers.transcriber(transcriptions_at_once))
         self._embedder: Lazy[Embedder] = Lazy(self.providers.embedder)
+        # The ECAPA session of the voices stage, loaded by the first episode that needs it, shared by the run's.
+        self._speaker_model: Lazy[Any] = Lazy(lambda: _load_speaker_model(settings))
 
     @classmethod
     def open(cls, settings: Settings | None = None, progress: ProgressCallback | None = None, *,
@@ -74,7 +83,7 @@ class RunContext:
         """The same run (settings, pool, providers) reporting to `progress` instead."""
         other = RunContext(self.settings, self.db, progress, self.transcriptions_at_once, fleet=self.fleet)
         other.interrupted, other.halted = self.interrupted, self.halted
-        other._transcriber, other._embedder = self._transcriber, self._embedder
+        other._transcriber, other._embedder, other._speaker_model = self._transcriber, self._embedder, self._speaker_model
         return other
 
     def transcribing_at_once(self, count: int) -> RunContext:
@@ -85,7 +94,7 @@ class RunContext:
             return self
         other = RunContext(self.settings, self.db, self.progress, count, fleet=self.fleet)
         other.interrupted, other.halted = self.interrupted, self.halted
-        other._embedder = self._embedder
+        other._embedder, other._speaker_model = self._embedder, self._speaker_model
         return other
 
     @property
@@ -95,6 +104,10 @@ class RunContext:
     @property
     def embedder(self) -> Embedder:
         return self._embedder.get()
+
+    def speaker_model(self) -> Any:
+        """The speaker-embedding model (an onnxruntime session), loaded on first use."""
+        return self._speaker_model.get()
 
     def warm_up(self) -> None:
         """Build the providers and load the tokenizer now, while the first transcriptions are in flight,

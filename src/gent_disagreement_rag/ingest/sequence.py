@@ -1,5 +1,6 @@
 """The one episode sequence:
-[download (audio, the publisher's transcript and chapters) ->] transcribe -> format -> export -> embed -> store.
+[download (audio, the publisher's transcript and chapters) ->] transcribe -> voices -> name -> format -> export
+-> embed -> store.
 
 Written once, here. `process_episode` calls each stage through `run_stage`: directly by default (a
 shell, the bench), or as a cached, retried Prefect task (the orchestration passes its own runner), so
@@ -23,13 +24,14 @@ from .config import (
     StageKeys,
     TranscribeConfig,
     TranscriberConfig,
+    VoicesConfig,
 )
 from .context import RunContext
 from .events import EpisodeStatus, ProgressEvent
 from .plan import EpisodeJob
 from .reformat import parsed_again
 
-STAGE_NAMES = ("download", "transcribe", "format", "export", "embed", "store")
+STAGE_NAMES = ("download", "transcribe", "voices", "name", "format", "export", "embed", "store")
 
 
 class StageRunner(Protocol):
@@ -59,7 +61,7 @@ def episode_config(ctx: RunContext, job: EpisodeJob) -> EpisodeConfig:
         transcribe = TranscriberConfig(t.provider, t.model, t.options(), len(job.speakers_map) if t.uses_speaker_count else None)
     folder = ctx.settings.transcripts_dir.resolve()
     present = all((folder / f"{job.stem}{suffix}").exists() for suffix in EXPORT_SUFFIXES.values())
-    return EpisodeConfig(transcribe, FormatConfig.from_settings(ctx.settings, job.speakers_map),
+    return EpisodeConfig(transcribe, VoicesConfig.current(), FormatConfig.from_settings(ctx.settings, job.speakers_map),
                          ExportConfig(str(folder), job.title, present), EmbedConfig(ctx.embedder.model_id))
 
 
@@ -84,12 +86,17 @@ def _sequence(ctx: RunContext, job: EpisodeJob, run_id: str, run_stage: StageRun
     # transcribed at all is decided there, before the transcribe stage's cache key is computed.
     if job.needs_download or job.needs_publisher_files:
         job = run_stage("download", stages.download, ctx, job)
-    keys = stage_keys(ctx, job)
+    config = episode_config(ctx, job)
+    keys = config.keys(job.audio_sha256)
     # A cached transcription holds the transcript as the version that made it parsed it: read again from its raw response.
     transcription = parsed_again(run_stage("transcribe", stages.transcribe, ctx, job, run_id, cache_key=keys.transcribe),
                                  ctx.settings)
-    episode = run_stage("format", stages.format_episode, ctx, job, transcription.transcript, cache_key=keys.format)
-    run_stage("export", stages.export, ctx, job, transcription, episode, cache_key=keys.export)
+    # The speakers' voices (cached), then their names: the map's (its voices join the library) or the library's.
+    found = run_stage("voices", stages.speaker_voices, ctx, job, transcription.transcript, cache_key=keys.voices)
+    names = run_stage("name", stages.name_speakers, ctx, job, found)
+    keys = config.named(names).keys(job.audio_sha256)
+    episode = run_stage("format", stages.format_episode, ctx, job, transcription.transcript, names, cache_key=keys.format)
+    run_stage("export", stages.export, ctx, job, transcription, episode, names, cache_key=keys.export)
     batch = run_stage("embed", stages.embed, ctx, job, episode, run_id, cache_key=keys.embed)
-    segments = run_stage("store", stages.store, ctx, job, episode, batch)
+    segments = run_stage("store", stages.store, ctx, job, episode, batch, names)
     return EpisodeOutcome(segments=segments, audio_seconds=transcription.transcript.duration)

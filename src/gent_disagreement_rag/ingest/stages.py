@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError, UndecodableAudioError
 from ..files import write_all_atomic, write_atomic
 from ..providers import audio
@@ -33,6 +35,7 @@ from ..sources.publisher import (
     parse_transcript,
 )
 from ..storage import costs, episodes, segments
+from ..storage import voices as voice_library
 from ..storage.episodes import TranscriptOrigin, TranscriptSource
 from ..text.chunking import Chunk, chunk_transcript
 from ..text.exports import render_exports
@@ -187,20 +190,77 @@ def transcribe(ctx: RunContext, job: EpisodeJob, run_id: str = "") -> Transcript
     return result
 
 
-def format_episode(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> FormattedEpisode:
-    """Quality gate, then speaker turns and retrieval chunks; a failing gate stops the episode."""
+VOICE_PAUSE_SECONDS = 0.3  # a speaker's words are cut into stretches at pauses this long (as the local diarizer's phrases)
+
+
+def speaker_stretches(transcript: Transcript) -> tuple[list[tuple[float, float]], list[int]]:
+    """(start, end) of each stretch of one speaker's words without a pause, and its speaker (unlabelled: 0)."""
+    spans: list[tuple[float, float]] = []
+    labels: list[int] = []
+    speaker = 0
+    for w in transcript.words:
+        speaker = w.speaker if w.speaker is not None else speaker
+        if spans and labels[-1] == speaker and w.start - spans[-1][1] < VOICE_PAUSE_SECONDS:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], w.end))
+        else:
+            spans.append((w.start, w.end))
+            labels.append(speaker)
+    return spans, labels
+
+
+def speaker_voices(ctx: RunContext, job: EpisodeJob, transcript: Transcript) -> list[dict[str, Any]]:
+    """The voices stage: what each speaker of the transcript (the local diarizer's, Deepgram's or the publisher's)
+    sounds like, embedded from the cached audio over their own stretches of speech. Plain JSON, cached by its key."""
+    from ..providers.transcribers import voices
+    from ..providers.transcribers.local_whisper import decode
+
+    spans, labels = speaker_stretches(transcript)
+    if not spans:
+        return []
+    found = voices.speaker_voices(decode(job.audio_path), spans, labels, ctx.speaker_model)
+    return [{"speaker": v.speaker, "embedding": [round(float(x), 6) for x in v.embedding], "seconds": round(v.seconds, 2),
+             "pitch": None if v.pitch is None else round(v.pitch, 3)} for v in found]
+
+
+def name_speakers(ctx: RunContext, job: EpisodeJob, found: list[dict[str, Any]]) -> dict[str, str]:
+    """The name stage: the episode's speakers_map when it has one (whose voices then join the library), else each
+    voice's nearest known voice above voices.SAME_PERSON; a speaker left out gets "Speaker N" from the chunker."""
+    from ..providers.transcribers import voices
+
+    stored = [voices.SpeakerVoice(v["speaker"], np.asarray(v["embedding"], dtype=np.float32), v["seconds"],
+                                  v.get("pitch")) for v in found]
+    voice_library.save_episode_voices(ctx.db, job.episode_id, voices.MODEL, stored)
+    if job.speakers_map:
+        voice_library.enroll(ctx.db, job.episode_id, voices.MODEL,
+                             {int(k): name for k, name in job.speakers_map.items() if k.isdigit()})
+        return dict(job.speakers_map)
+    known = voice_library.library(ctx.db, voices.MODEL, excluding_episode=job.episode_id)
+    return {str(k): name for k, name in sorted(voices.name_voices(stored, known).items())}
+
+
+def format_config(ctx: RunContext, job: EpisodeJob, names: dict[str, str] | None) -> FormatConfig:
+    """The format stage's configuration, with the name stage's names when it ran."""
+    config = FormatConfig.from_settings(ctx.settings, job.speakers_map)
+    return config if names is None else config.named(names)
+
+
+def format_episode(ctx: RunContext, job: EpisodeJob, transcript: Transcript, names: dict[str, str] | None = None
+                   ) -> FormattedEpisode:
+    """Quality gate, then speaker turns and retrieval chunks; a failing gate stops the episode. `names`: the
+    speakers' names (name_speakers), the episode's speakers_map without them."""
     report = check_transcript(transcript, transcript.duration)
     if not ctx.settings.skip_quality_gate:
         enforce(report, f"episode {job.episode_id}:")
-    config = FormatConfig.from_settings(ctx.settings, job.speakers_map)
-    chunks = chunk_transcript(transcript, config.speakers_map, config=config.chunker)
+    config = format_config(ctx, job, names)
+    chunks = chunk_transcript(transcript, config.names, config=config.chunker)
     return FormattedEpisode(chunks=chunks, quality=report)
 
 
-def export(ctx: RunContext, job: EpisodeJob, transcription: TranscriptionResult, episode: FormattedEpisode) -> dict[str, str]:
+def export(ctx: RunContext, job: EpisodeJob, transcription: TranscriptionResult, episode: FormattedEpisode,
+           names: dict[str, str] | None = None) -> dict[str, str]:
     """The episode's five files under TRANSCRIPTS_DIR, replaced as one set; returns their paths by kind."""
     rendered = render_exports(job.stem, transcription.raw, transcription.transcript, episode.chunks, job.title,
-                              job.speakers_map)
+                              job.speakers_map if names is None else names)
     return {kind: str(path) for kind, path in write_exports(ctx.settings.transcripts_dir, rendered).items()}
 
 
@@ -218,12 +278,13 @@ def embed(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, run_id: s
     return batch
 
 
-def store(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, batch: EmbeddingBatch) -> int:
+def store(ctx: RunContext, job: EpisodeJob, episode: FormattedEpisode, batch: EmbeddingBatch,
+          names: dict[str, str] | None = None) -> int:
     """Replace the episode's rows atomically and mark it processed; returns the number of segments."""
     segments.store_episode(
         ctx.db, job.episode_id, episode.chunks, model_id=batch.model_id, provider=batch.provider, model=batch.model,
         vectors=batch.vectors, audio_sha256=job.audio_sha256, duration_seconds=episode.quality.duration,
-        processed_by=processed_by(ctx), segments_config=FormatConfig.from_settings(ctx.settings, job.speakers_map).stored(),
+        processed_by=processed_by(ctx), segments_config=format_config(ctx, job, names).stored(),
         chapters=episode_chapters(job), origin=transcript_origin(job),
     )
     return len(episode.chunks)

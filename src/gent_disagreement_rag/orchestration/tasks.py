@@ -19,7 +19,7 @@ from ..ingest.retry import MAX_RETRY_AFTER, RETRIES, RETRY_DELAYS, RETRY_JITTER,
 from ..ingest.sequence import STAGE_NAMES
 from .fleet import DEEPGRAM_LIMIT
 
-CACHED_STAGES = frozenset({"transcribe", "format", "export", "embed"})  # store: the database is the record
+CACHED_STAGES = frozenset({"transcribe", "voices", "format", "export", "embed"})  # name, store: they read or write the database
 
 
 def retry_transient(task_: Task, task_run: Any, state: Any) -> bool:

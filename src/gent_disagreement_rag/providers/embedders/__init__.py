@@ -73,7 +73,7 @@ class LocalEmbedders:
 
         if model != self.settings_model(settings):
             raise ConfigError(f"the stored vectors were made with {model}, which is not available locally")
-        return LocalMiniLMQueryEmbedder(settings.home)
+        return LocalMiniLMQueryEmbedder(settings.models)
 
     def cost(self, settings: Settings, tokens: int) -> float:
         return 0.0

