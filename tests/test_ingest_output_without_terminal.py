@@ -39,10 +39,11 @@ def test_without_a_terminal_each_event_is_one_plain_line(settings: Settings, fak
     assert events == [
         "starting the orchestration server (Prefect)",
         "LOG-1 queued", "LOG-1 running",
-        "LOG-1 transcribe", "LOG-1 transcribe: 20/20 s of audio", "LOG-1 format", "LOG-1 export", "LOG-1 embed", "LOG-1 store",
-        events[9],
+        "LOG-1 transcribe", "LOG-1 transcribe: 20/20 s of audio", "LOG-1 voices", "LOG-1 name", "LOG-1 format",
+        "LOG-1 export", "LOG-1 embed", "LOG-1 store",
+        events[11],
         missing,
     ], events
-    assert events[9].startswith("LOG-1 processed: ") and events[9].endswith(" s"), events[9]
+    assert events[11].startswith("LOG-1 processed: ") and events[11].endswith(" s"), events[11]
     assert sum("audio file not found" in line for line in lines) == 1, lines  # the reason once, on a line of its own
     assert lines[-1] == "1/2 episodes processed; 1 failed or skipped", lines
