@@ -21,7 +21,7 @@ import pytest
 
 from gent_disagreement_rag.ingest.context import RunContext
 from gent_disagreement_rag.ingest.plan import plan_episodes
-from gent_disagreement_rag.ingest.sequence import stage_keys
+from gent_disagreement_rag.ingest.sequence import episode_config
 from gent_disagreement_rag.ingest.stages import register_catalogue
 from gent_disagreement_rag.storage import segments as segment_store
 from gent_disagreement_rag.storage.database import Database
@@ -171,7 +171,7 @@ def test_sigkill_while_a_stage_cache_record_is_written_then_resume(world: World)
     with RunContext.open(settings) as ctx:
         register_catalogue(ctx)
         [job] = plan_episodes(settings, ctx.db, episode_ids=[e]).jobs
-        record = settings.result_storage_path / stage_keys(ctx, job).transcribe
+        record = settings.result_storage_path / episode_config(ctx, job).keys(job.audio_sha256).transcribe
     # strace kills `gdr ingest` (SIGKILL) as it enters the first write(2) to the transcription's record: the
     # file is created and empty, as a kill between Prefect's open and write leaves it. (With --seccomp-bpf,
     # strace missed that write.)

@@ -21,7 +21,6 @@ from .config import (
     ExportConfig,
     FormatConfig,
     PublisherTranscriptConfig,
-    StageKeys,
     TranscribeConfig,
     TranscriberConfig,
     VoicesConfig,
@@ -63,11 +62,6 @@ def episode_config(ctx: RunContext, job: EpisodeJob) -> EpisodeConfig:
     present = all((folder / f"{job.stem}{suffix}").exists() for suffix in EXPORT_SUFFIXES.values())
     return EpisodeConfig(transcribe, VoicesConfig.current(), FormatConfig.from_settings(ctx.settings, job.speakers_map),
                          ExportConfig(str(folder), job.title, present), EmbedConfig(ctx.embedder.model_id))
-
-
-def stage_keys(ctx: RunContext, job: EpisodeJob) -> StageKeys:
-    """The cache keys of an episode whose audio is known (after its download)."""
-    return episode_config(ctx, job).keys(job.audio_sha256)
 
 
 def process_episode(ctx: RunContext, job: EpisodeJob, run_id: str = "", run_stage: StageRunner = call_stage) -> EpisodeOutcome:

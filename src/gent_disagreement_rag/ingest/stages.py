@@ -260,7 +260,7 @@ def export(ctx: RunContext, job: EpisodeJob, transcription: TranscriptionResult,
            names: dict[str, str] | None = None) -> dict[str, str]:
     """The episode's five files under TRANSCRIPTS_DIR, replaced as one set; returns their paths by kind."""
     rendered = render_exports(job.stem, transcription.raw, transcription.transcript, episode.chunks, job.title,
-                              job.speakers_map if names is None else names)
+                              format_config(ctx, job, names).names)
     return {kind: str(path) for kind, path in write_exports(ctx.settings.transcripts_dir, rendered).items()}
 
 

@@ -48,10 +48,6 @@ class Diarization:
     seconds: list[float]  # speech time per speaker
 
 
-def _pitches(audio: np.ndarray, spans: Sequence[tuple[float, float]]) -> np.ndarray:
-    return span_pitches(audio, SAMPLE_RATE, spans)
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -88,7 +84,7 @@ def diarize(
     there are fewer stretches), estimated otherwise."""
     if not spans:
         return Diarization([], np.zeros((0, 192), np.float32), [])
-    pitch = _pitches(audio, spans)
+    pitch = span_pitches(audio, SAMPLE_RATE, spans)
     long_enough = [i for i, (s, e) in enumerate(spans) if e - s >= MIN_EMBED_SECONDS]
     if not long_enough:  # nothing to tell voices by: everything is one speaker
         return Diarization([0] * len(spans), np.zeros((1, 192), np.float32), [sum(e - s for s, e in spans)])
@@ -159,7 +155,7 @@ class KnownVoice:
 
 
 def _median_pitch(audio: np.ndarray, spans: Sequence[tuple[float, float]]) -> float | None:
-    pitches = _pitches(audio, spans)
+    pitches = span_pitches(audio, SAMPLE_RATE, spans)
     return float(np.nanmedian(pitches)) if (~np.isnan(pitches)).any() else None
 
 
